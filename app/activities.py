@@ -1,0 +1,542 @@
+"""Activities: the external calls of each step plus their database effects.
+
+Each step's state change and event are written in the same transaction as its effect, and
+every write is idempotent, so a retried or duplicated attempt changes nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, ParamSpec, TypeVar
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from app import metrics
+from app.db import Event, Order, Payment, timed_transaction
+from app.models import (
+    ERR_INVALID_ORDER,
+    ERR_ORDER_CANCELLED,
+    ERR_ORDER_DISPATCHED,
+    ERR_PAYMENT_CONFLICT,
+    TERMINAL_STATES,
+    Address,
+    AddressChangeInput,
+    CancelMarkInput,
+    ChargeInput,
+    CloseInput,
+    CloseOutcome,
+    DispatchInput,
+    DispatchOutcome,
+    OrderState,
+    PaymentStatus,
+    PrepareInput,
+    ReceiveInput,
+    StepOutcome,
+    ValidateInput,
+    order_amount_cents,
+)
+from app.stubs import ExternalServices
+from app.validation import address_problems
+
+log = logging.getLogger("app.activities")
+
+# Business rules checked by ValidateOrder.
+MAX_ORDER_CENTS = 1_000_000
+MAX_QTY = 100
+SHIPPABLE_COUNTRIES = frozenset({"US", "CA", "GB", "DE", "FR", "NL", "ES", "IT", "AU", "JP"})
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _cents(amount_cents: int) -> Decimal:
+    return (Decimal(amount_cents) / 100).quantize(Decimal("0.01"))
+
+
+def _event(order_id: str, type_: str, **payload: Any) -> dict[str, Any]:
+    return {"order_id": order_id, "type": type_, "payload_json": payload}
+
+
+def step_activity(step: str) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+    """Counts attempts and records each failed attempt (timeouts included) as an event.
+
+    The failure record is best effort and in its own transaction: it must never turn a
+    retryable failure into a different one.
+    """
+
+    def wrap(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        @functools.wraps(fn)
+        async def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            info = activity.info()
+            self = args[0]
+            assert isinstance(self, _ActivityBase)
+            order_id = getattr(getattr(args[1], "ctx", None), "order_id", "?")
+            name = info.activity_type
+            metrics.ACTIVITY_ATTEMPTS.labels(activity=name).inc()
+            if info.attempt > 1:
+                metrics.ACTIVITY_RETRIES.labels(activity=name).inc()
+                log.info(
+                    "retrying activity",
+                    extra={"order_id": order_id, "step": step, "attempt": info.attempt},
+                )
+            started = time.perf_counter()
+            try:
+                result = await fn(*args, **kwargs)
+            except BaseException as err:
+                kind = _failure_kind(err)
+                metrics.STEP_ERRORS.labels(step=step, error=kind).inc()
+                log.warning(
+                    "activity attempt failed",
+                    extra={
+                        "order_id": order_id,
+                        "step": step,
+                        "attempt": info.attempt,
+                        "error_type": kind,
+                        "error": str(err) or kind,
+                    },
+                )
+                await asyncio.shield(
+                    self._record_attempt_failure(order_id, step, info.attempt, kind, err)
+                )
+                raise
+            metrics.STEP_DURATION.labels(step=step).observe(time.perf_counter() - started)
+            return result
+
+        return run
+
+    return wrap
+
+
+def _failure_kind(err: BaseException) -> str:
+    if isinstance(err, asyncio.CancelledError):
+        details = activity.cancellation_details()
+        return "timeout" if details is None or details.timed_out else "cancelled"
+    if isinstance(err, ApplicationError) and err.type:
+        return err.type
+    return type(err).__name__
+
+
+class _ActivityBase:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], services: ExternalServices
+    ) -> None:
+        self.sessions = sessions
+        self.services = services
+
+    async def _record_attempt_failure(
+        self, order_id: str, step: str, attempt: int, kind: str, err: BaseException
+    ) -> None:
+        message = "activity timed out" if kind == "timeout" else (str(err) or kind)[:500]
+        try:
+            async with timed_transaction(self.sessions, "record_attempt_failure") as s:
+                await s.execute(
+                    insert(Event).values(
+                        **_event(
+                            order_id,
+                            "STEP_ATTEMPT_FAILED",
+                            step=step,
+                            attempt=attempt,
+                            kind=kind,
+                            message=message,
+                        )
+                    )
+                )
+        except Exception:  # the database may be the thing that failed
+            log.warning("could not record attempt failure", extra={"order_id": order_id})
+
+
+async def _lock_order(session: AsyncSession, order_id: str) -> Order:
+    order = (
+        await session.execute(select(Order).where(Order.id == order_id).with_for_update())
+    ).scalar_one_or_none()
+    if order is None:
+        # Retryable: the row may not be visible yet if ReceiveOrder is still committing.
+        raise ApplicationError(f"order {order_id} not found in database", type="OrderNotFound")
+    return order
+
+
+class OrderActivities(_ActivityBase):
+    """Activities of the orders queue."""
+
+    @activity.defn(name="ReceiveOrder")
+    @step_activity("RECEIVE")
+    async def receive_order(self, inp: ReceiveInput) -> StepOutcome:
+        info = activity.info()
+        await self.services.receive_order(inp.ctx.order_id, info.attempt, inp.ctx.fault_profile)
+        async with timed_transaction(self.sessions, "receive_order") as s:
+            inserted = (
+                await s.execute(
+                    pg_insert(Order)
+                    .values(
+                        id=inp.ctx.order_id,
+                        state=OrderState.RECEIVED,
+                        step="RECEIVE",
+                        address_json=inp.address.as_dict(),
+                        workflow_id=inp.workflow_id,
+                        run_id=inp.run_id,
+                        payment_id=inp.payment_id,
+                        amount=_cents(order_amount_cents(inp.items)),
+                        items_json=[vars(i) for i in inp.items],
+                        deadline_at=datetime.fromisoformat(inp.deadline_iso).replace(tzinfo=None),
+                    )
+                    .on_conflict_do_nothing(index_elements=[Order.id])
+                    .returning(Order.id)
+                )
+            ).scalar_one_or_none()
+            if inserted is None:
+                existing = await s.get(Order, inp.ctx.order_id)
+                if existing is not None and existing.run_id != inp.run_id:
+                    raise ApplicationError(
+                        f"order id {inp.ctx.order_id} already belongs to another workflow run",
+                        type=ERR_INVALID_ORDER,
+                        non_retryable=True,
+                    )
+            else:
+                await s.execute(
+                    insert(Event).values(
+                        **_event(
+                            inp.ctx.order_id,
+                            "RECEIVED",
+                            state=OrderState.RECEIVED,
+                            attempt=info.attempt,
+                            workflow_id=inp.workflow_id,
+                            run_id=inp.run_id,
+                        )
+                    )
+                )
+        return StepOutcome(attempt=info.attempt)
+
+    @activity.defn(name="ValidateOrder")
+    @step_activity("VALIDATE")
+    async def validate_order(self, inp: ValidateInput) -> StepOutcome:
+        info = activity.info()
+        await self.services.validate_order(inp.ctx.order_id, info.attempt, inp.ctx.fault_profile)
+        problems = _business_problems(inp)
+        async with timed_transaction(self.sessions, "validate_order") as s:
+            order = await _lock_order(s, inp.ctx.order_id)
+            if problems:
+                # Recorded with the failure; the workflow closes the order as FAILED.
+                await s.execute(
+                    insert(Event).values(
+                        **_event(inp.ctx.order_id, "VALIDATION_FAILED", problems=problems)
+                    )
+                )
+            elif order.state == OrderState.RECEIVED:
+                order.state = OrderState.VALIDATED
+                order.step = "MANUAL_REVIEW"
+                order.updated_at = _now()
+                await s.execute(
+                    insert(Event).values(
+                        **_event(
+                            inp.ctx.order_id,
+                            "VALIDATED",
+                            state=OrderState.VALIDATED,
+                            attempt=info.attempt,
+                        )
+                    )
+                )
+        if problems:
+            raise ApplicationError(
+                "order is invalid: " + "; ".join(f"{k} {v}" for k, v in problems.items()),
+                problems,
+                type=ERR_INVALID_ORDER,
+                non_retryable=True,
+            )
+        return StepOutcome(attempt=info.attempt)
+
+    @activity.defn(name="ChargePayment")
+    @step_activity("PAY")
+    async def charge_payment(self, inp: ChargeInput) -> StepOutcome:
+        """Idempotent on payment_id: however often it runs, at most one charge exists."""
+        info = activity.info()
+        order_id = inp.ctx.order_id
+        ref = await self.services.charge(order_id, info.attempt, inp.ctx.fault_profile)
+        async with timed_transaction(self.sessions, "charge_payment") as s:
+            # A charge that happened is always recorded, even if a cancel raced it: the
+            # workflow then refunds it. Skipping the record would lose the money trail.
+            order = await _lock_order(s, order_id)
+            charged = (
+                await s.execute(
+                    pg_insert(Payment)
+                    .values(
+                        payment_id=inp.payment_id,
+                        order_id=order_id,
+                        status=PaymentStatus.CHARGED,
+                        amount=_cents(inp.amount_cents),
+                        gateway_ref=ref,
+                    )
+                    .on_conflict_do_nothing(index_elements=[Payment.payment_id])
+                    .returning(Payment.payment_id)
+                )
+            ).scalar_one_or_none()
+            if charged is None:
+                existing = await s.get(Payment, inp.payment_id)
+                if existing is not None and existing.order_id != order_id:
+                    raise ApplicationError(
+                        f"payment id {inp.payment_id} already belongs to another order",
+                        type=ERR_PAYMENT_CONFLICT,
+                        non_retryable=True,
+                    )
+                log.info(
+                    "charge already recorded; not charging again",
+                    extra={"order_id": order_id, "attempt": info.attempt},
+                )
+            else:
+                order.state = OrderState.PAID
+                order.step = "PAY"
+                order.updated_at = _now()
+                await s.execute(
+                    insert(Event),
+                    [
+                        _event(order_id, "APPROVED", by=inp.approved_by, at=inp.approved_at_iso),
+                        _event(
+                            order_id,
+                            "PAYMENT_CHARGED",
+                            state=OrderState.PAID,
+                            payment_id=inp.payment_id,
+                            amount_cents=inp.amount_cents,
+                            attempt=info.attempt,
+                        ),
+                    ],
+                )
+        profile = self.services.faults.profile(inp.ctx.fault_profile)
+        if info.attempt <= profile.charge_crash_attempts:
+            raise RuntimeError("simulated crash after the charge was recorded")
+        return StepOutcome(attempt=info.attempt)
+
+    @activity.defn(name="ApplyAddressChange")
+    async def apply_address_change(self, inp: AddressChangeInput) -> None:
+        """Accept a new address unless the carrier already has the parcel."""
+        problems = address_problems(inp.address.as_dict())
+        if problems:
+            raise ApplicationError("invalid address", problems, type=ERR_INVALID_ORDER)
+        async with timed_transaction(self.sessions, "apply_address_change") as s:
+            order = await _lock_order(s, inp.ctx.order_id)
+            _refuse_if_closed_or_dispatched(order)
+            order.address_json = inp.address.as_dict()
+            order.updated_at = _now()
+            await s.execute(
+                insert(Event).values(
+                    **_event(
+                        inp.ctx.order_id,
+                        "ADDRESS_UPDATED",
+                        address=inp.address.as_dict(),
+                        by=inp.requested_by,
+                    )
+                )
+            )
+
+    @activity.defn(name="MarkCancelRequested")
+    async def mark_cancel_requested(self, inp: CancelMarkInput) -> None:
+        """Claim the order for cancellation so a later dispatch refuses to ship it."""
+        async with timed_transaction(self.sessions, "mark_cancel_requested") as s:
+            order = await _lock_order(s, inp.ctx.order_id)
+            if order.cancel_requested:
+                return
+            _refuse_if_closed_or_dispatched(order)
+            order.cancel_requested = True
+            order.updated_at = _now()
+            await s.execute(
+                insert(Event).values(
+                    **_event(
+                        inp.ctx.order_id,
+                        "CANCEL_REQUESTED",
+                        reason=inp.reason,
+                        by=inp.requested_by,
+                    )
+                )
+            )
+
+    @activity.defn(name="CloseOrder")
+    async def close_order(self, inp: CloseInput) -> CloseOutcome:
+        """Compensate (refund if charged) and record the terminal state, idempotently.
+
+        A dispatch that already committed wins: the order stays COMPLETED.
+        """
+        info = activity.info()
+        order_id = inp.ctx.order_id
+        async with timed_transaction(self.sessions, "close_order_read") as s:
+            order = await s.get(Order, order_id)
+            payment = await s.get(Payment, inp.payment_id)
+        if order is not None and order.state == OrderState.COMPLETED:
+            status = payment.status if payment else PaymentStatus.NONE
+            return CloseOutcome(state=OrderState.COMPLETED, payment_status=status, refunded=False)
+        must_refund = (
+            payment is not None
+            and payment.order_id == order_id
+            and payment.status == PaymentStatus.CHARGED
+        )
+        if must_refund:
+            await self.services.refund(order_id, info.attempt, inp.ctx.fault_profile)
+        async with timed_transaction(self.sessions, "close_order") as s:
+            events: list[dict[str, Any]] = []
+            refunded = False
+            if must_refund:
+                refunded = (
+                    await s.execute(
+                        update(Payment)
+                        .where(
+                            Payment.payment_id == inp.payment_id,
+                            Payment.status == PaymentStatus.CHARGED,
+                        )
+                        .values(status=PaymentStatus.REFUNDED, refunded_at=_now())
+                        .returning(Payment.payment_id)
+                    )
+                ).scalar_one_or_none() is not None
+                if refunded:
+                    events.append(_event(order_id, "PAYMENT_REFUNDED", payment_id=inp.payment_id))
+            locked = (
+                await s.execute(select(Order).where(Order.id == order_id).with_for_update())
+            ).scalar_one_or_none()
+            final = inp.state
+            if locked is None:
+                # The order never reached the database (ReceiveOrder failed): record it now
+                # so every order that was started can be found and audited.
+                await s.execute(
+                    pg_insert(Order)
+                    .values(id=order_id, state=inp.state, reason=inp.reason, closed_at=_now())
+                    .on_conflict_do_nothing(index_elements=[Order.id])
+                )
+                events.append(_event(order_id, inp.state, state=inp.state, reason=inp.reason))
+            elif locked.state == OrderState.COMPLETED:
+                final = OrderState.COMPLETED
+            elif locked.state not in TERMINAL_STATES:
+                locked.state = inp.state
+                locked.reason = inp.reason
+                locked.updated_at = locked.closed_at = _now()
+                events.append(_event(order_id, inp.state, state=inp.state, reason=inp.reason))
+            else:
+                final = OrderState(locked.state)
+            if events:
+                await s.execute(insert(Event), events)
+            status_row = await s.get(Payment, inp.payment_id)
+            status = (
+                status_row.status
+                if status_row is not None and status_row.order_id == order_id
+                else PaymentStatus.NONE
+            )
+        metrics.ORDERS_TERMINAL.labels(state=final, reason=inp.reason or "").inc()
+        log.info(
+            "order closed",
+            extra={
+                "order_id": order_id,
+                "state": final,
+                "reason": inp.reason,
+                "refunded": refunded,
+            },
+        )
+        return CloseOutcome(state=final, payment_status=status, refunded=refunded)
+
+
+def _refuse_if_closed_or_dispatched(order: Order) -> None:
+    if order.state == OrderState.COMPLETED or order.tracking_number is not None:
+        raise ApplicationError(
+            "order was already dispatched", type=ERR_ORDER_DISPATCHED, non_retryable=True
+        )
+    if order.state in TERMINAL_STATES or order.cancel_requested:
+        raise ApplicationError(
+            "order is already closed or being cancelled",
+            type=ERR_ORDER_CANCELLED,
+            non_retryable=True,
+        )
+
+
+def _business_problems(inp: ValidateInput) -> dict[str, str]:
+    problems: dict[str, str] = {}
+    if not inp.items:
+        problems["items"] = "must not be empty"
+    elif any(i.qty < 1 or i.qty > MAX_QTY for i in inp.items):
+        problems["items"] = f"quantities must be between 1 and {MAX_QTY}"
+    elif any(i.unit_price_cents < 0 for i in inp.items):
+        problems["items"] = "prices must not be negative"
+    elif order_amount_cents(inp.items) > MAX_ORDER_CENTS:
+        problems["amount"] = "exceeds the limit for one order"
+    problems.update({f"address.{k}": v for k, v in address_problems(inp.address.as_dict()).items()})
+    if "address.country" not in problems and inp.address.country not in SHIPPABLE_COUNTRIES:
+        problems["address.country"] = f"we do not ship to {inp.address.country}"
+    return problems
+
+
+class ShippingActivities(_ActivityBase):
+    """Activities of the shipping queue."""
+
+    @activity.defn(name="PreparePackage")
+    @step_activity("SHIP")
+    async def prepare_package(self, inp: PrepareInput) -> StepOutcome:
+        info = activity.info()
+        order_id = inp.ctx.order_id
+        await self.services.prepare_package(
+            order_id, f"{inp.shipping_attempt}.{info.attempt}", inp.ctx.fault_profile
+        )
+        async with timed_transaction(self.sessions, "prepare_package") as s:
+            await s.execute(
+                insert(Event).values(
+                    **_event(
+                        order_id,
+                        "PACKAGE_PREPARED",
+                        shipping_attempt=inp.shipping_attempt,
+                        attempt=info.attempt,
+                    )
+                )
+            )
+        return StepOutcome(attempt=info.attempt)
+
+    @activity.defn(name="DispatchCarrier")
+    @step_activity("SHIP")
+    async def dispatch_carrier(self, inp: DispatchInput) -> DispatchOutcome:
+        """Hand the parcel to the carrier, holding the order row so a concurrent cancel or
+        address change is decided before or after dispatch, never during."""
+        info = activity.info()
+        order_id = inp.ctx.order_id
+        async with timed_transaction(self.sessions, "dispatch_carrier") as s:
+            order = await _lock_order(s, order_id)
+            if order.tracking_number is not None:  # an earlier attempt already dispatched
+                return DispatchOutcome(
+                    attempt=info.attempt,
+                    tracking_number=order.tracking_number,
+                    address=Address(**(order.address_json or {})),
+                )
+            if order.cancel_requested or order.state in TERMINAL_STATES:
+                raise ApplicationError(
+                    "order was cancelled before dispatch",
+                    type=ERR_ORDER_CANCELLED,
+                    non_retryable=True,
+                )
+            address = Address(**(order.address_json or {}))
+            tracking = await self.services.dispatch_carrier(
+                order_id, f"{inp.shipping_attempt}.{info.attempt}", inp.ctx.fault_profile
+            )
+            order.tracking_number = tracking
+            order.state = OrderState.COMPLETED
+            order.step = "SHIP"
+            order.updated_at = order.closed_at = _now()
+            await s.execute(
+                insert(Event),
+                [
+                    _event(
+                        order_id,
+                        "DISPATCHED",
+                        tracking_number=tracking,
+                        shipping_attempt=inp.shipping_attempt,
+                        attempt=info.attempt,
+                        address=address.as_dict(),
+                    ),
+                    _event(order_id, "COMPLETED", state=OrderState.COMPLETED),
+                ],
+            )
+        metrics.ORDERS_TERMINAL.labels(state=OrderState.COMPLETED, reason="").inc()
+        return DispatchOutcome(attempt=info.attempt, tracking_number=tracking, address=address)

@@ -1,0 +1,68 @@
+"""All settings in one place, read from the environment and `.env` (never scattered getenv)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # The guide's variables, same names and meaning.
+    database_url: SecretStr = SecretStr("postgresql+asyncpg://app:app@127.0.0.1:5432/app")
+    temporal_target: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    order_task_queue: str = "orders-tq"
+    shipping_task_queue: str = "shipping-tq"
+    log_level: str = "INFO"
+    # json (one object per line) or console (readable, for a terminal)
+    log_format: str = "json"
+
+    # Order rules (DESIGN.md); configurable so tests and demos can shorten them.
+    review_timeout_s: float = 30.0
+    order_deadline_s: float = 60.0
+
+    # Failure simulation: seed (1/3 fail, 1/3 hang, 1/3 ok), off, or "fail=0.2,hang=0.1".
+    fault_profile: str = "seed"
+    # When set, fault draws are reproducible per (seed, order, activity, attempt).
+    fault_seed: int | None = None
+    # Whether a start request may choose its own fault profile (dev stack only).
+    allow_fault_injection: bool = False
+
+    # API
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    # "key:role[+role],key2:role"; roles: viewer, operator, reviewer, admin
+    api_keys: SecretStr = SecretStr("")
+    temporal_ui_url: str = "http://127.0.0.1:8233"
+
+    # Embedded stack
+    run_dir: Path = Field(default=PROJECT_ROOT / ".run")
+    temporal_port: int = 7233
+    temporal_ui_port: int = 8233
+    postgres_port: int = 5432
+
+    # Worker tuning
+    worker_metrics_port: int = 0
+    max_concurrent_activities: int = 200
+    max_concurrent_workflow_tasks: int = 200
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper(cls, v: str) -> str:
+        return v.upper()
+
+    @property
+    def database_url_plain(self) -> str:
+        return self.database_url.get_secret_value()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,120 @@
+"""PostgreSQL: table models (the guide's orders, payments, events), engine and sessions.
+
+Tables are created by Alembic migrations (app/migrations); these models mirror them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Numeric,
+    String,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from app import metrics
+
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Order(Base):
+    __tablename__ = "orders"
+
+    id: Mapped[str] = mapped_column(String, primary_key=True)
+    state: Mapped[str] = mapped_column(String, nullable=False)
+    address_json: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    created_at: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
+    # Added beyond the guide's schema: what status and the dispatch gate need.
+    step: Mapped[str | None] = mapped_column(String)
+    workflow_id: Mapped[str | None] = mapped_column(String)
+    run_id: Mapped[str | None] = mapped_column(String)
+    payment_id: Mapped[str | None] = mapped_column(String)
+    amount: Mapped[Decimal | None] = mapped_column(Numeric(12, 2))
+    items_json: Mapped[list[dict[str, Any]] | None] = mapped_column(JsonType)
+    reason: Mapped[str | None] = mapped_column(String)
+    deadline_at: Mapped[datetime | None] = mapped_column(DateTime)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    tracking_number: Mapped[str | None] = mapped_column(String)
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    __table_args__ = (Index("ix_orders_state_created", "state", "created_at"),)
+
+
+class Payment(Base):
+    __tablename__ = "payments"
+
+    payment_id: Mapped[str] = mapped_column(String, primary_key=True)
+    order_id: Mapped[str] = mapped_column(String, ForeignKey("orders.id"), nullable=False)
+    status: Mapped[str] = mapped_column(String, nullable=False)
+    amount: Mapped[Decimal | None] = mapped_column(Numeric(12, 2))
+    created_at: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
+    gateway_ref: Mapped[str | None] = mapped_column(String)
+    refunded_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class Event(Base):
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    order_id: Mapped[str] = mapped_column(String, nullable=False)
+    type: Mapped[str] = mapped_column(String, nullable=False)
+    payload_json: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    ts: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
+
+    __table_args__ = (Index("ix_events_order_ts", "order_id", "ts"),)
+
+
+def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+    )
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+@asynccontextmanager
+async def timed_transaction(
+    sessions: async_sessionmaker[AsyncSession], operation: str
+) -> AsyncIterator[AsyncSession]:
+    """One transaction, measured as a database operation (latency and errors by name)."""
+    started = time.perf_counter()
+    try:
+        async with sessions.begin() as session:
+            yield session
+    except BaseException as err:
+        metrics.DB_ERRORS.labels(operation=operation, error=type(err).__name__).inc()
+        raise
+    finally:
+        metrics.DB_LATENCY.labels(operation=operation).observe(time.perf_counter() - started)

@@ -1,0 +1,295 @@
+"""Plain data passed between the API, workflows and activities.
+
+Kept free of heavy imports: the workflow sandbox re-imports this module for every run.
+One dataclass per workflow/activity/update input so fields can be added without breaking
+running workflows or callers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Step(StrEnum):
+    RECEIVE = "RECEIVE"
+    VALIDATE = "VALIDATE"
+    MANUAL_REVIEW = "MANUAL_REVIEW"
+    PAY = "PAY"
+    SHIP = "SHIP"
+
+
+class OrderState(StrEnum):
+    """`orders.state`: where the order is; the last three are terminal."""
+
+    RECEIVED = "RECEIVED"
+    VALIDATED = "VALIDATED"  # validated, waiting for manual review
+    PAID = "PAID"
+    COMPLETED = "COMPLETED"
+    CANCELLED = "CANCELLED"
+    FAILED = "FAILED"
+    # Before ReceiveOrder has written the row, the workflow reports this.
+    PENDING = "PENDING"
+
+
+TERMINAL_STATES = frozenset({OrderState.COMPLETED, OrderState.CANCELLED, OrderState.FAILED})
+
+
+class PaymentStatus(StrEnum):
+    NONE = "none"
+    CHARGED = "charged"
+    REFUNDED = "refunded"
+
+
+# ApplicationError types. Business refusals are non-retryable and map to HTTP 409/422.
+ERR_INVALID_ORDER = "InvalidOrder"
+ERR_ORDER_DISPATCHED = "OrderAlreadyDispatched"
+ERR_ORDER_CLOSED = "OrderClosed"
+ERR_ORDER_CANCELLED = "OrderCancelled"
+ERR_REVIEW_OVER = "ReviewNotPending"
+ERR_PAYMENT_CONFLICT = "PaymentIdInUse"
+ERR_DISPATCH_FAILED = "DispatchFailed"
+
+# Workflow message names: real Temporal signals/queries/updates, usable from `temporal`.
+SIGNAL_APPROVE = "approve_order"
+SIGNAL_CANCEL = "cancel_order"
+SIGNAL_UPDATE_ADDRESS = "update_address"
+SIGNAL_DISPATCH_FAILED = "dispatch_failed"
+UPDATE_APPROVE = "approve"
+UPDATE_CANCEL = "cancel"
+UPDATE_ADDRESS = "change_address"
+QUERY_STATUS = "status"
+
+ORDER_WORKFLOW = "OrderWorkflow"
+SHIPPING_WORKFLOW = "ShippingWorkflow"
+
+
+def order_workflow_id(order_id: str) -> str:
+    return f"order-{order_id}"
+
+
+@dataclass
+class Address:
+    street: str
+    city: str
+    state: str
+    zip: str
+    country: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "street": self.street,
+            "city": self.city,
+            "state": self.state,
+            "zip": self.zip,
+            "country": self.country,
+        }
+
+
+@dataclass
+class LineItem:
+    sku: str
+    qty: int
+    unit_price_cents: int
+
+
+DEFAULT_ITEMS = [LineItem(sku="SKU-DEMO-1", qty=1, unit_price_cents=1999)]
+
+
+@dataclass
+class OrderInput:
+    order_id: str
+    payment_id: str
+    address: Address
+    items: list[LineItem] = field(default_factory=lambda: list(DEFAULT_ITEMS))
+    # Fault profile spec for this order's external calls; None = the worker's default.
+    fault_profile: str | None = None
+    shipping_task_queue: str = "shipping-tq"
+    # Overrides for tests and demos; None = the configured defaults.
+    review_timeout_s: float | None = None
+    deadline_s: float | None = None
+
+
+@dataclass
+class OrderResult:
+    order_id: str
+    state: str
+    reason: str | None = None
+    tracking_number: str | None = None
+    payment_status: str = PaymentStatus.NONE
+
+
+@dataclass
+class ShippingInput:
+    order_id: str
+    address: Address
+    # Which shipping attempt this child is (1 = first); part of its workflow id.
+    attempt: int = 1
+    fault_profile: str | None = None
+
+
+@dataclass
+class ShippingResult:
+    tracking_number: str
+    attempt: int
+    dispatched_address: Address
+
+
+@dataclass
+class ApproveRequest:
+    reviewer: str = "unknown"
+    note: str | None = None
+
+
+@dataclass
+class CancelRequest:
+    reason: str = "customer_request"
+    requested_by: str = "unknown"
+
+
+@dataclass
+class AddressChange:
+    address: Address
+    requested_by: str = "unknown"
+
+
+@dataclass
+class DispatchFailure:
+    reason: str
+    attempt: int = 1
+
+
+# --- activity inputs/outputs -------------------------------------------------------------
+
+
+@dataclass
+class ActivityContext:
+    """What every activity call carries besides its own fields."""
+
+    order_id: str
+    fault_profile: str | None = None
+
+
+@dataclass
+class ReceiveInput:
+    ctx: ActivityContext
+    workflow_id: str
+    run_id: str
+    payment_id: str
+    address: Address
+    items: list[LineItem]
+    deadline_iso: str
+
+
+@dataclass
+class ValidateInput:
+    ctx: ActivityContext
+    address: Address
+    items: list[LineItem]
+
+
+@dataclass
+class ChargeInput:
+    ctx: ActivityContext
+    payment_id: str
+    amount_cents: int
+    approved_by: str
+    approved_at_iso: str
+
+
+@dataclass
+class StepOutcome:
+    """What a step activity reports back: its attempt number feeds the status view."""
+
+    attempt: int
+    detail: str | None = None
+
+
+@dataclass
+class AddressChangeInput:
+    ctx: ActivityContext
+    address: Address
+    requested_by: str
+
+
+@dataclass
+class CancelMarkInput:
+    ctx: ActivityContext
+    reason: str
+    requested_by: str
+
+
+@dataclass
+class CloseInput:
+    """Terminal bookkeeping: refund if charged (compensation), then record the end state."""
+
+    ctx: ActivityContext
+    payment_id: str
+    state: str
+    reason: str | None
+
+
+@dataclass
+class CloseOutcome:
+    state: str
+    payment_status: str
+    refunded: bool
+
+
+@dataclass
+class PrepareInput:
+    ctx: ActivityContext
+    shipping_attempt: int
+
+
+@dataclass
+class DispatchInput:
+    ctx: ActivityContext
+    shipping_attempt: int
+
+
+@dataclass
+class DispatchOutcome:
+    attempt: int
+    tracking_number: str
+    address: Address
+
+
+# --- status view -------------------------------------------------------------------------
+
+
+@dataclass
+class StepError:
+    step: str
+    attempt: int
+    message: str
+    at: str
+    kind: str = "error"  # error | timeout
+
+
+@dataclass
+class OrderStatus:
+    order_id: str
+    workflow_id: str
+    state: str
+    step: str | None
+    address: Address
+    payment_id: str
+    payment_status: str
+    amount_cents: int
+    attempts: dict[str, int]
+    errors: list[StepError]
+    created_at: str
+    updated_at: str
+    deadline_at: str
+    review_deadline_at: str | None = None
+    approved: bool = False
+    approved_by: str | None = None
+    cancel_requested: bool = False
+    reason: str | None = None
+    shipping_attempts: int = 0
+    tracking_number: str | None = None
+
+
+def order_amount_cents(items: list[LineItem]) -> int:
+    return sum(i.qty * i.unit_price_cents for i in items)

@@ -1,0 +1,163 @@
+"""Worker entry point: `python -m app.worker --queue orders|shipping|all`.
+
+Waits for Temporal and PostgreSQL, serves the queue(s), and drains gracefully on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from datetime import timedelta
+
+from prometheus_client import start_http_server
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.client import Client
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.worker import Worker
+
+from app.activities import OrderActivities, ShippingActivities
+from app.config import Settings, get_settings
+from app.db import create_engine, session_factory
+from app.logging_setup import configure_logging
+from app.stubs import ExternalServices, FaultInjector
+from app.temporal_client import connect_client
+from app.workflows import OrderWorkflow, ShippingWorkflow
+
+log = logging.getLogger("app.worker")
+
+QUEUES = ("orders", "shipping", "all")
+
+
+async def wait_for_database(engine: AsyncEngine, timeout: float = 60.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text("select 1"))
+            return
+        except Exception as err:
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"database not reachable after {timeout:.0f}s: {err}") from err
+            log.info("waiting for database", extra={"error": type(err).__name__})
+            await asyncio.sleep(1.0)
+
+
+async def wait_for_temporal(
+    settings: Settings, runtime: Runtime | None, timeout: float = 60.0
+) -> Client:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            return await connect_client(settings, runtime=runtime)
+        except Exception as err:
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(
+                    f"Temporal not reachable at {settings.temporal_target} after {timeout:.0f}s"
+                ) from err
+            log.info("waiting for Temporal", extra={"target": settings.temporal_target})
+            await asyncio.sleep(1.0)
+
+
+def build_workers(
+    client: Client,
+    settings: Settings,
+    engine: AsyncEngine,
+    queue: str,
+) -> list[Worker]:
+    sessions = session_factory(engine)
+    services = ExternalServices(FaultInjector(settings.fault_profile, settings.fault_seed))
+    workers: list[Worker] = []
+    common = {
+        "max_concurrent_activities": settings.max_concurrent_activities,
+        "max_concurrent_workflow_tasks": settings.max_concurrent_workflow_tasks,
+        "graceful_shutdown_timeout": timedelta(seconds=10),
+    }
+    if queue in ("orders", "all"):
+        acts = OrderActivities(sessions, services)
+        workers.append(
+            Worker(
+                client,
+                task_queue=settings.order_task_queue,
+                workflows=[OrderWorkflow],
+                activities=[
+                    acts.receive_order,
+                    acts.validate_order,
+                    acts.charge_payment,
+                    acts.apply_address_change,
+                    acts.mark_cancel_requested,
+                    acts.close_order,
+                ],
+                **common,  # type: ignore[arg-type]
+            )
+        )
+    if queue in ("shipping", "all"):
+        ship = ShippingActivities(sessions, services)
+        workers.append(
+            Worker(
+                client,
+                task_queue=settings.shipping_task_queue,
+                workflows=[ShippingWorkflow],
+                activities=[ship.prepare_package, ship.dispatch_carrier],
+                **common,  # type: ignore[arg-type]
+            )
+        )
+    return workers
+
+
+async def run(queue: str, settings: Settings, metrics_port: int, sdk_metrics_port: int) -> None:
+    runtime = None
+    if sdk_metrics_port:
+        runtime = Runtime(
+            telemetry=TelemetryConfig(
+                metrics=PrometheusConfig(
+                    bind_address=f"127.0.0.1:{sdk_metrics_port}", durations_as_seconds=True
+                )
+            )
+        )
+    if metrics_port:
+        start_http_server(metrics_port, addr="127.0.0.1")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    engine = create_engine(settings.database_url_plain, pool_size=20)
+    try:
+        await wait_for_database(engine)
+        client = await wait_for_temporal(settings, runtime)
+        workers = build_workers(client, settings, engine, queue)
+        async with AsyncExitStack() as stack:
+            for w in workers:
+                await stack.enter_async_context(w)
+            log.info(
+                "worker running",
+                extra={
+                    "queues": [w.task_queue for w in workers],
+                    "fault_profile": settings.fault_profile,
+                },
+            )
+            await stop.wait()
+            log.info("shutting down: finishing in-flight tasks")
+    finally:
+        await engine.dispose()
+    log.info("worker stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run a Temporal worker for the order service.")
+    parser.add_argument("--queue", choices=QUEUES, default="all", help="which task queue(s)")
+    parser.add_argument("--metrics-port", type=int, default=0, help="app metrics (0 = off)")
+    parser.add_argument("--sdk-metrics-port", type=int, default=0, help="SDK metrics (0 = off)")
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    configure_logging(f"worker-{args.queue}", settings.log_level, settings.log_format)
+    asyncio.run(run(args.queue, settings, args.metrics_port, args.sdk_metrics_port))
+
+
+if __name__ == "__main__":
+    main()
