@@ -31,16 +31,18 @@ class FaultProfile:
     # The first N ChargePayment attempts fail *after* the charge is written: proves a
     # retried charge is not charged twice.
     charge_crash_attempts: int = 0
+    # Seconds every call takes before its outcome: a slow but healthy service.
+    delay: float = 0.0
 
     @staticmethod
     def parse(spec: str) -> FaultProfile:
-        """`seed`, `off`, or custom rates such as `fail=0.2,hang=0.1,charge_crash_attempts=1`."""
+        """`seed`, `off`, or custom rates such as `fail=0.2,hang=0.1,delay=0.5,charge_crash_attempts=1`."""
         spec = spec.strip().lower()
         if spec == "seed":
             return FaultProfile("seed", 1 / 3, 1 / 3)
         if spec == "off":
             return FaultProfile("off", 0.0, 0.0)
-        rates = {"fail": 0.0, "hang": 0.0, "charge_crash_attempts": 0.0}
+        rates = {"fail": 0.0, "hang": 0.0, "charge_crash_attempts": 0.0, "delay": 0.0}
         for part in spec.split(","):
             key, sep, value = part.partition("=")
             key = key.strip()
@@ -57,7 +59,9 @@ class FaultProfile:
             raise FaultProfileError("fault rates must be in [0, 1] and sum to at most 1")
         if crashes < 0 or crashes != int(crashes):
             raise FaultProfileError("charge_crash_attempts must be a whole number >= 0")
-        return FaultProfile(spec, fail, hang, int(crashes))
+        if not 0.0 <= rates["delay"] <= 60.0:
+            raise FaultProfileError("delay must be between 0 and 60 seconds")
+        return FaultProfile(spec, fail, hang, int(crashes), rates["delay"])
 
 
 class FaultInjector:
@@ -84,6 +88,8 @@ class FaultInjector:
 
 async def flaky_call(profile: FaultProfile, roll: float) -> None:
     """Fail, hang or succeed according to `roll` in [0, 1)."""
+    if profile.delay:
+        await asyncio.sleep(profile.delay)
     if roll < profile.fail_rate:
         raise SimulatedFailure("simulated failure of an external service")
     if roll < profile.fail_rate + profile.hang_rate:

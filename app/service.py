@@ -1,0 +1,542 @@
+"""Order operations shared by the REST API and the CLI (one implementation, two front ends).
+
+Errors are `ServiceError` subclasses carrying an HTTP-like status, so the API maps them to
+responses and the CLI to one-line messages, and neither shows a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from app.config import Settings
+from app.db import Event, Order, Payment
+from app.models import (
+    DEFAULT_ITEMS,
+    ERR_INVALID_ORDER,
+    ERR_ORDER_CANCELLED,
+    ERR_ORDER_CLOSED,
+    ERR_ORDER_DISPATCHED,
+    ERR_REVIEW_OVER,
+    QUERY_STATUS,
+    TERMINAL_STATES,
+    UPDATE_ADDRESS,
+    UPDATE_APPROVE,
+    UPDATE_CANCEL,
+    Address,
+    AddressChange,
+    ApproveRequest,
+    CancelRequest,
+    LineItem,
+    OrderInput,
+    OrderStatus,
+    order_workflow_id,
+)
+from app.stubs import FaultProfile, FaultProfileError
+from app.validation import address_problems, order_id_problem, payment_id_problem
+
+# Closed workflows are answered from the database; a running one from its query.
+_REFUSAL_STATUS = {
+    ERR_ORDER_DISPATCHED: 409,
+    ERR_ORDER_CLOSED: 409,
+    ERR_ORDER_CANCELLED: 409,
+    ERR_REVIEW_OVER: 409,
+    ERR_INVALID_ORDER: 422,
+}
+
+
+class ServiceError(Exception):
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, field: str | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.extra = extra
+
+
+class InvalidInput(ServiceError):
+    status = 422
+    code = "invalid_input"
+
+
+class OrderNotFound(ServiceError):
+    status = 404
+    code = "order_not_found"
+
+
+class OrderConflict(ServiceError):
+    status = 409
+    code = "conflict"
+
+
+class Forbidden(ServiceError):
+    status = 403
+    code = "forbidden"
+
+
+class Unavailable(ServiceError):
+    status = 503
+    code = "unavailable"
+
+
+def _iso(dt: datetime | None) -> str | None:
+    if dt is None:
+        return None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).isoformat()
+
+
+def validate_order_id(order_id: str) -> None:
+    problem = order_id_problem(order_id)
+    if problem:
+        raise InvalidInput(f"order_id {problem}", field="order_id")
+
+
+def validate_address(address: dict[str, Any], prefix: str = "address") -> Address:
+    problems = address_problems(address)
+    if problems:
+        name, problem = next(iter(problems.items()))
+        raise InvalidInput(
+            f"{prefix}.{name} {problem}",
+            field=f"{prefix}.{name}",
+            problems={f"{prefix}.{k}": v for k, v in problems.items()},
+        )
+    return Address(**{k: str(address[k]) for k in ("street", "city", "state", "zip", "country")})
+
+
+class OrderService:
+    def __init__(
+        self,
+        client: Client,
+        sessions: async_sessionmaker[AsyncSession],
+        settings: Settings,
+    ) -> None:
+        self.client = client
+        self.sessions = sessions
+        self.settings = settings
+
+    # --- commands --------------------------------------------------------------------------
+
+    async def start_order(
+        self,
+        order_id: str,
+        payment_id: str,
+        address: dict[str, Any],
+        *,
+        items: list[dict[str, Any]] | None = None,
+        fault_profile: str | None = None,
+        review_timeout_s: float | None = None,
+        deadline_s: float | None = None,
+    ) -> dict[str, Any]:
+        validate_order_id(order_id)
+        problem = payment_id_problem(payment_id)
+        if problem:
+            raise InvalidInput(f"payment_id {problem}", field="payment_id")
+        addr = validate_address(address)
+        if fault_profile is not None:
+            if not self.settings.allow_fault_injection:
+                raise Forbidden(
+                    "fault injection is disabled on this server (ALLOW_FAULT_INJECTION=false)",
+                    field="fault_profile",
+                )
+            try:
+                FaultProfile.parse(fault_profile)
+            except FaultProfileError as err:
+                raise InvalidInput(str(err), field="fault_profile") from None
+        line_items = [LineItem(**i) for i in items] if items is not None else list(DEFAULT_ITEMS)
+        async with self.sessions() as s:
+            existing = await s.get(Order, order_id)
+            if existing is not None:
+                raise OrderConflict(
+                    f"order {order_id} already exists",
+                    order_id=order_id,
+                    workflow_id=existing.workflow_id,
+                    run_id=existing.run_id,
+                )
+        workflow_id = order_workflow_id(order_id)
+        inp = OrderInput(
+            order_id=order_id,
+            payment_id=payment_id,
+            address=addr,
+            items=line_items,
+            fault_profile=fault_profile,
+            shipping_task_queue=self.settings.shipping_task_queue,
+            review_timeout_s=review_timeout_s or self.settings.review_timeout_s,
+            deadline_s=deadline_s or self.settings.order_deadline_s,
+        )
+        try:
+            handle: WorkflowHandle[Any, Any] = await self.client.start_workflow(
+                "OrderWorkflow",
+                inp,
+                id=workflow_id,
+                task_queue=self.settings.order_task_queue,
+                # Never a second run for the same order, running or closed.
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                # Backstop only: the workflow enforces its own deadline and compensates.
+                execution_timeout=timedelta(seconds=inp.deadline_s or 60) + timedelta(minutes=5),
+            )
+        except WorkflowAlreadyStartedError as err:
+            raise OrderConflict(
+                f"order {order_id} already exists",
+                order_id=order_id,
+                workflow_id=workflow_id,
+                run_id=err.run_id,
+            ) from None
+        except RPCError as err:
+            raise Unavailable(f"Temporal is unavailable: {err.message}") from None
+        return {
+            "order_id": order_id,
+            "workflow_id": workflow_id,
+            "run_id": handle.result_run_id,
+            "state": "PENDING",
+            "step": "RECEIVE",
+        }
+
+    async def approve(self, order_id: str, reviewer: str, note: str | None = None) -> OrderStatus:
+        return await self._update(order_id, UPDATE_APPROVE, ApproveRequest(reviewer, note))
+
+    async def cancel(
+        self, order_id: str, reason: str = "customer_request", requested_by: str = "api"
+    ) -> OrderStatus:
+        return await self._update(order_id, UPDATE_CANCEL, CancelRequest(reason, requested_by))
+
+    async def update_address(
+        self, order_id: str, address: dict[str, Any], requested_by: str = "api"
+    ) -> OrderStatus:
+        addr = validate_address(address)
+        return await self._update(order_id, UPDATE_ADDRESS, AddressChange(addr, requested_by))
+
+    async def _update(self, order_id: str, update: str, arg: Any) -> OrderStatus:
+        validate_order_id(order_id)
+        handle = self.client.get_workflow_handle(order_workflow_id(order_id))
+        try:
+            return await handle.execute_update(update, arg, result_type=OrderStatus)
+        except WorkflowUpdateFailedError as err:
+            cause = err.cause
+            if isinstance(cause, ApplicationError):
+                status = _REFUSAL_STATUS.get(cause.type or "", 409)
+                details = cause.details[0] if cause.details else None
+                if status == 422 and isinstance(details, dict) and details:
+                    name = next(iter(details))
+                    raise InvalidInput(
+                        f"address.{name} {details[name]}", field=f"address.{name}"
+                    ) from None
+                raise OrderConflict(cause.message, reason=cause.type) from None
+            raise OrderConflict(str(cause or err)) from None
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                if await self._db_order(order_id) is not None:
+                    raise OrderConflict(f"order {order_id} is already closed") from None
+                raise OrderNotFound(f"order {order_id} not found") from None
+            if err.status == RPCStatusCode.FAILED_PRECONDITION or "completed" in err.message:
+                raise OrderConflict(f"order {order_id} is already closed") from None
+            raise Unavailable(f"Temporal is unavailable: {err.message}") from None
+
+    # --- reads -----------------------------------------------------------------------------
+
+    async def _db_order(self, order_id: str) -> Order | None:
+        async with self.sessions() as s:
+            return await s.get(Order, order_id)
+
+    async def status(self, order_id: str) -> dict[str, Any]:
+        """The order's live view: from the workflow while it runs, from the DB once closed."""
+        validate_order_id(order_id)
+        async with self.sessions() as s:
+            order = await s.get(Order, order_id)
+            payment = await s.get(Payment, order.payment_id) if order and order.payment_id else None
+            errors = await self._recent_errors(s, order_id)
+            attempts = await self._attempts(s, order_id)
+        if order is not None and order.state in TERMINAL_STATES:
+            return self._status_from_db(order, payment, errors, attempts)
+        handle = self.client.get_workflow_handle(order_workflow_id(order_id))
+        try:
+            live: OrderStatus = await handle.query(QUERY_STATUS, result_type=OrderStatus)
+            desc = await handle.describe()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                if order is not None:
+                    return self._status_from_db(order, payment, errors, attempts)
+                raise OrderNotFound(f"order {order_id} not found") from None
+            if order is not None:
+                return self._status_from_db(order, payment, errors, attempts)
+            raise Unavailable(f"Temporal is unavailable: {err.message}") from None
+        except WorkflowQueryFailedError as err:
+            raise Unavailable(f"status query failed: {err}") from None
+        view = dataclasses.asdict(live)
+        view["run_id"] = desc.run_id
+        view["workflow_status"] = desc.status.name if desc.status else None
+        # Attempts recorded per attempt in the DB are the most precise; pending ones too.
+        merged = {**view["attempts"], **attempts}
+        pending = []
+        for act in desc.raw_description.pending_activities:
+            merged[_step_of(act.activity_type.name)] = max(
+                merged.get(_step_of(act.activity_type.name), 0), act.attempt
+            )
+            pending.append(
+                {
+                    "activity": act.activity_type.name,
+                    "attempt": act.attempt,
+                    "last_failure": act.last_failure.message or None,
+                }
+            )
+        view["attempts"] = merged
+        view["pending_activities"] = pending
+        view["errors"] = _merge_errors(view["errors"], errors)
+        if order is not None:
+            view["payment_status"] = payment.status if payment else view["payment_status"]
+        view["source"] = "workflow"
+        return view
+
+    def _status_from_db(
+        self,
+        order: Order,
+        payment: Payment | None,
+        errors: list[dict[str, Any]],
+        attempts: dict[str, int],
+    ) -> dict[str, Any]:
+        return {
+            "order_id": order.id,
+            "workflow_id": order.workflow_id or order_workflow_id(order.id),
+            "run_id": order.run_id,
+            "state": order.state,
+            "step": order.step,
+            "address": order.address_json,
+            "payment_id": order.payment_id,
+            "payment_status": payment.status if payment else "none",
+            "amount_cents": int(order.amount * 100) if order.amount is not None else None,
+            "attempts": attempts,
+            "errors": errors,
+            "created_at": _iso(order.created_at),
+            "updated_at": _iso(order.updated_at),
+            "closed_at": _iso(order.closed_at),
+            "deadline_at": _iso(order.deadline_at),
+            "reason": order.reason,
+            "tracking_number": order.tracking_number,
+            "cancel_requested": order.cancel_requested,
+            "workflow_status": None,
+            "pending_activities": [],
+            "source": "database",
+        }
+
+    async def _recent_errors(self, s: AsyncSession, order_id: str) -> list[dict[str, Any]]:
+        rows = (
+            await s.execute(
+                select(Event)
+                .where(Event.order_id == order_id, Event.type == "STEP_ATTEMPT_FAILED")
+                .order_by(Event.id.desc())
+                .limit(20)
+            )
+        ).scalars()
+        out = []
+        for e in rows:
+            p = e.payload_json or {}
+            out.append(
+                {
+                    "step": p.get("step"),
+                    "attempt": p.get("attempt"),
+                    "message": p.get("message"),
+                    "kind": p.get("kind"),
+                    "at": _iso(e.ts),
+                }
+            )
+        return out
+
+    async def _attempts(self, s: AsyncSession, order_id: str) -> dict[str, int]:
+        rows = (
+            await s.execute(
+                select(Event.payload_json).where(
+                    Event.order_id == order_id,
+                    Event.type.in_(
+                        [
+                            "RECEIVED",
+                            "VALIDATED",
+                            "PAYMENT_CHARGED",
+                            "DISPATCHED",
+                            "STEP_ATTEMPT_FAILED",
+                        ]
+                    ),
+                )
+            )
+        ).scalars()
+        step_of_type = {"RECEIVED": "RECEIVE", "VALIDATED": "VALIDATE"}
+        succeeded: dict[str, int] = {}
+        failed: dict[str, int] = {}
+        for payload in rows:
+            p = payload or {}
+            attempt = p.get("attempt")
+            if not isinstance(attempt, int):
+                continue
+            if "kind" in p:  # STEP_ATTEMPT_FAILED
+                failed[p["step"]] = max(failed.get(p["step"], 0), attempt)
+                continue
+            step = step_of_type.get(str(p.get("state")))
+            if step is None:
+                step = "PAY" if "payment_id" in p else "SHIP"
+            succeeded[step] = max(succeeded.get(step, 0), attempt)
+        attempts = dict(failed)
+        for step, attempt in succeeded.items():
+            # A step that succeeded after failed attempts succeeded on a later one, even
+            # when the successful attempt only confirmed an earlier attempt's write.
+            attempts[step] = max(attempt, failed.get(step, 0) + 1)
+        return attempts
+
+    async def list_orders(
+        self, state: str | None = None, limit: int = 20, offset: int = 0
+    ) -> dict[str, Any]:
+        async with self.sessions() as s:
+            q = select(Order)
+            count_q = select(func.count()).select_from(Order)
+            if state:
+                q = q.where(Order.state == state)
+                count_q = count_q.where(Order.state == state)
+            rows = (
+                await s.execute(
+                    q.order_by(Order.created_at.desc(), Order.id.desc()).limit(limit).offset(offset)
+                )
+            ).scalars()
+            total = (await s.execute(count_q)).scalar_one()
+            items = [
+                {
+                    "order_id": o.id,
+                    "workflow_id": o.workflow_id,
+                    "state": o.state,
+                    "step": o.step,
+                    "payment_id": o.payment_id,
+                    "reason": o.reason,
+                    "created_at": _iso(o.created_at),
+                    "updated_at": _iso(o.updated_at),
+                }
+                for o in rows
+            ]
+        return {"items": items, "total": total, "limit": limit, "offset": offset}
+
+    async def events(self, order_id: str) -> list[dict[str, Any]]:
+        validate_order_id(order_id)
+        async with self.sessions() as s:
+            rows = list(
+                (
+                    await s.execute(
+                        select(Event).where(Event.order_id == order_id).order_by(Event.id)
+                    )
+                ).scalars()
+            )
+            if not rows and await s.get(Order, order_id) is None:
+                raise OrderNotFound(f"order {order_id} not found")
+        return [
+            {"id": e.id, "type": e.type, "payload": e.payload_json, "ts": _iso(e.ts)} for e in rows
+        ]
+
+    async def describe(self, workflow_id: str) -> dict[str, Any]:
+        handle = self.client.get_workflow_handle(workflow_id)
+        try:
+            d = await handle.describe()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise OrderNotFound(f"workflow {workflow_id} not found") from None
+            raise Unavailable(f"Temporal is unavailable: {err.message}") from None
+        raw = d.raw_description
+        return {
+            "workflow_id": d.id,
+            "run_id": d.run_id,
+            "type": d.workflow_type,
+            "status": d.status.name if d.status else None,
+            "task_queue": d.task_queue,
+            "start_time": _iso(d.start_time),
+            "close_time": _iso(d.close_time),
+            "history_length": d.history_length,
+            "pending_activities": [
+                {
+                    "activity": a.activity_type.name,
+                    "state": a.state,
+                    "attempt": a.attempt,
+                    "last_failure": a.last_failure.message or None,
+                }
+                for a in raw.pending_activities
+            ],
+            "pending_children": [
+                {"workflow_id": c.workflow_id, "run_id": c.run_id} for c in raw.pending_children
+            ],
+        }
+
+    async def history(self, workflow_id: str) -> list[dict[str, Any]]:
+        """A readable summary of the workflow's event history."""
+        handle = self.client.get_workflow_handle(workflow_id)
+        out: list[dict[str, Any]] = []
+        try:
+            async for event in handle.fetch_history_events():
+                out.append(
+                    {
+                        "event_id": event.event_id,
+                        "time": _iso(event.event_time.ToDatetime(tzinfo=UTC)),
+                        "type": EventType.Name(event.event_type).removeprefix("EVENT_TYPE_"),
+                        "detail": _event_detail(event),
+                    }
+                )
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise OrderNotFound(f"workflow {workflow_id} not found") from None
+            raise Unavailable(f"Temporal is unavailable: {err.message}") from None
+        return out
+
+    async def is_closed(self, order_id: str) -> bool:
+        handle = self.client.get_workflow_handle(order_workflow_id(order_id))
+        d = await handle.describe()
+        return d.status not in (None, WorkflowExecutionStatus.RUNNING)
+
+
+def _step_of(activity_type: str) -> str:
+    return {
+        "ReceiveOrder": "RECEIVE",
+        "ValidateOrder": "VALIDATE",
+        "ChargePayment": "PAY",
+        "PreparePackage": "SHIP",
+        "DispatchCarrier": "SHIP",
+    }.get(activity_type, activity_type)
+
+
+def _merge_errors(
+    from_workflow: list[dict[str, Any]], from_db: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    merged = [*from_db, *from_workflow]
+    merged.sort(key=lambda e: e.get("at") or "", reverse=True)
+    return merged[:20]
+
+
+def _event_detail(event: Any) -> str | None:
+    """Short, payload-free description: payloads may hold addresses (kept out of summaries)."""
+    for attr, fmt in (
+        ("activity_task_scheduled_event_attributes", lambda a: a.activity_type.name),
+        ("activity_task_failed_event_attributes", lambda a: a.failure.message),
+        ("activity_task_timed_out_event_attributes", lambda a: a.failure.message),
+        ("workflow_execution_signaled_event_attributes", lambda a: a.signal_name),
+        (
+            "workflow_execution_update_accepted_event_attributes",
+            lambda a: a.accepted_request.input.name,
+        ),
+        ("start_child_workflow_execution_initiated_event_attributes", lambda a: a.workflow_id),
+        ("timer_started_event_attributes", lambda a: f"{a.start_to_fire_timeout.ToSeconds()}s"),
+        ("workflow_execution_failed_event_attributes", lambda a: a.failure.message),
+    ):
+        if event.HasField(attr):
+            try:
+                return str(fmt(getattr(event, attr)))
+            except Exception:
+                return None
+    return None
