@@ -227,8 +227,8 @@ class OrderService:
         validate_order_id(order_id)
         handle = self.client.get_workflow_handle(order_workflow_id(order_id))
         try:
-            status: OrderStatus = await handle.execute_update(update, arg, result_type=OrderStatus)
-            return status
+            view: OrderStatus = await handle.execute_update(update, arg, result_type=OrderStatus)
+            return view
         except WorkflowUpdateFailedError as err:
             cause = err.cause
             if isinstance(cause, ApplicationError):
