@@ -429,7 +429,8 @@ class OrderActivities(_ActivityBase):
                 if status_row is not None and status_row.order_id == order_id
                 else PaymentStatus.NONE
             )
-        metrics.ORDERS_TERMINAL.labels(state=final, reason=inp.reason or "").inc()
+        if events:  # this attempt recorded the end (a retry that found it closed did not)
+            _observe_end(final, inp.reason, order.created_at if order else None)
         log.info(
             "order closed",
             extra={
@@ -440,6 +441,14 @@ class OrderActivities(_ActivityBase):
             },
         )
         return CloseOutcome(state=final, payment_status=status, refunded=refunded)
+
+
+def _observe_end(state: str, reason: str | None, created_at: datetime | None) -> None:
+    metrics.ORDERS_TERMINAL.labels(state=state, reason=reason or "").inc()
+    if created_at is not None:
+        metrics.ORDER_DURATION.labels(outcome=state).observe(
+            max((_now() - created_at).total_seconds(), 0.0)
+        )
 
 
 def _refuse_if_closed_or_dispatched(order: Order) -> None:
@@ -538,5 +547,5 @@ class ShippingActivities(_ActivityBase):
                     _event(order_id, "COMPLETED", state=OrderState.COMPLETED),
                 ],
             )
-        metrics.ORDERS_TERMINAL.labels(state=OrderState.COMPLETED, reason="").inc()
+        _observe_end(OrderState.COMPLETED, None, order.created_at)
         return DispatchOutcome(attempt=info.attempt, tracking_number=tracking, address=address)

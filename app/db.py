@@ -97,6 +97,8 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         max_overflow=pool_size,
         pool_pre_ping=True,
         pool_recycle=1800,
+        # TIMESTAMP columns hold UTC: the code compares them with UTC clocks.
+        connect_args={"server_settings": {"timezone": "UTC", "application_name": "orders"}},
     )
 
 
