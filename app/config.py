@@ -49,7 +49,9 @@ class Settings(BaseSettings):
     postgres_port: int = 5432
 
     # Worker tuning
+    # Worker /metrics (app + Temporal SDK); 0 = off. Bound to METRICS_HOST.
     worker_metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
     max_concurrent_activities: int = 200
     max_concurrent_workflow_tasks: int = 200
 

@@ -9,11 +9,16 @@ import argparse
 import asyncio
 import logging
 import signal
-from collections.abc import Sequence
+import socket
+import urllib.request
+from collections.abc import Iterator, Sequence
 from contextlib import AsyncExitStack
 from datetime import timedelta
 
-from prometheus_client import start_http_server
+from prometheus_client import REGISTRY, start_http_server
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
@@ -109,18 +114,44 @@ def build_workers(
     return workers
 
 
-async def run(queue: str, settings: Settings, metrics_port: int, sdk_metrics_port: int) -> None:
-    runtime = None
-    if sdk_metrics_port:
-        runtime = Runtime(
-            telemetry=TelemetryConfig(
-                metrics=PrometheusConfig(
-                    bind_address=f"127.0.0.1:{sdk_metrics_port}", durations_as_seconds=True
-                )
+class _SdkMetrics(Collector):
+    """Re-exports the Temporal SDK's own Prometheus endpoint, so one port serves both."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            with urllib.request.urlopen(self.url, timeout=2) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return
+        yield from text_string_to_metric_families(text)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serve_metrics(port: int, host: str) -> Runtime:
+    """Application metrics and the SDK's (worker, poll, task latency) on one endpoint."""
+    sdk_port = _free_port()
+    runtime = Runtime(
+        telemetry=TelemetryConfig(
+            metrics=PrometheusConfig(
+                bind_address=f"127.0.0.1:{sdk_port}", durations_as_seconds=True
             )
         )
-    if metrics_port:
-        start_http_server(metrics_port, addr="127.0.0.1")
+    )
+    REGISTRY.register(_SdkMetrics(f"http://127.0.0.1:{sdk_port}/metrics"))
+    start_http_server(port, addr=host)
+    return runtime
+
+
+async def run(queue: str, settings: Settings, metrics_port: int) -> None:
+    runtime = _serve_metrics(metrics_port, settings.metrics_host) if metrics_port else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -151,12 +182,18 @@ async def run(queue: str, settings: Settings, metrics_port: int, sdk_metrics_por
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run a Temporal worker for the order service.")
     parser.add_argument("--queue", choices=QUEUES, default="all", help="which task queue(s)")
-    parser.add_argument("--metrics-port", type=int, default=0, help="app metrics (0 = off)")
-    parser.add_argument("--sdk-metrics-port", type=int, default=0, help="SDK metrics (0 = off)")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="Prometheus /metrics port: app + Temporal SDK metrics (0 = off; default "
+        "WORKER_METRICS_PORT)",
+    )
     args = parser.parse_args(argv)
     settings = get_settings()
     configure_logging(f"worker-{args.queue}", settings.log_level, settings.log_format)
-    asyncio.run(run(args.queue, settings, args.metrics_port, args.sdk_metrics_port))
+    port = settings.worker_metrics_port if args.metrics_port is None else args.metrics_port
+    asyncio.run(run(args.queue, settings, port))
 
 
 if __name__ == "__main__":
