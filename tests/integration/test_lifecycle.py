@@ -236,3 +236,33 @@ async def test_signals_by_their_guide_names(running: Running) -> None:
     handle = running.client.get_workflow_handle(order_workflow_id(order_id))
     await handle.signal(SIGNAL_APPROVE, ApproveRequest(reviewer="cli"))
     assert (await handle.result())["state"] == "COMPLETED"
+
+
+async def test_hanging_service_times_out_and_every_attempt_is_recorded(running: Running) -> None:
+    """flaky_call's 300 s hang is cut by the 3 s start-to-close timeout, three times."""
+    order_id = new_id()
+    await running.service.start_order(order_id, f"pmt-{order_id}", ADDRESS, fault_profile="hang=1")
+    with pytest.raises(WorkflowFailureError):
+        await _result(running, order_id)
+    order = await _order(running, order_id)
+    assert order is not None and (order.state, order.reason) == ("FAILED", "receive_failed")
+
+    async def failures() -> list[tuple[str, int, str]]:
+        async with running.sessions() as s:
+            rows = await s.execute(
+                select(Event.payload_json)
+                .where(Event.order_id == order_id, Event.type == "STEP_ATTEMPT_FAILED")
+                .order_by(Event.id)
+            )
+            found = [(f["step"], f["attempt"], f["kind"]) for f in rows.scalars()]
+        # The worker notices the last timeout itself a moment after the server does.
+        return found if len(found) >= 3 else []
+
+    assert await eventually(failures) == [
+        ("RECEIVE", 1, "timeout"),
+        ("RECEIVE", 2, "timeout"),
+        ("RECEIVE", 3, "timeout"),
+    ]
+    status = await running.service.status(order_id)
+    assert status["attempts"] == {"RECEIVE": 3}
+    assert status["payment_status"] == "none"
