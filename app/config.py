@@ -35,6 +35,12 @@ class Settings(BaseSettings):
     # Whether a start request may choose its own fault profile (dev stack only).
     allow_fault_injection: bool = False
 
+    # Payload encryption (AES-256-GCM): "key-id:base64-32-bytes,..." and/or a file of such
+    # lines; the active key seals new payloads. Empty = payloads stored in plain JSON.
+    payload_keys: SecretStr = SecretStr("")
+    payload_key_file: Path | None = None
+    payload_active_key: str = ""
+
     # API
     api_host: str = "127.0.0.1"
     api_port: int = 8000

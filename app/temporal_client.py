@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from temporalio.client import Client
+from temporalio.converter import DataConverter
 from temporalio.runtime import Runtime
 
+from app.codec import EncryptionCodec, load_keys
 from app.config import Settings
+
+
+def data_converter(settings: Settings) -> DataConverter:
+    """Default JSON conversion, encrypted when payload keys are configured."""
+    spec = settings.payload_keys.get_secret_value()
+    if not spec and settings.payload_key_file is None:
+        return DataConverter.default
+    keys = load_keys(spec, settings.payload_key_file)
+    active = settings.payload_active_key or next(iter(keys))
+    return dataclasses.replace(DataConverter.default, payload_codec=EncryptionCodec(keys, active))
 
 
 async def connect_client(settings: Settings, *, runtime: Runtime | None = None) -> Client:
@@ -13,4 +27,5 @@ async def connect_client(settings: Settings, *, runtime: Runtime | None = None) 
         settings.temporal_target,
         namespace=settings.temporal_namespace,
         runtime=runtime,
+        data_converter=data_converter(settings),
     )

@@ -171,6 +171,11 @@ class OrderWorkflow:
         except builtins.TimeoutError:
             self._stop = _OrderStopped(OrderState.FAILED, "deadline_exceeded")
             self._log("deadline exceeded", step=str(self._step))
+        except asyncio.CancelledError:
+            # A Temporal-level cancel (UI button, `temporal workflow cancel`): treated like
+            # cancel_order, so compensation still runs.
+            self._stop = _OrderStopped(OrderState.CANCELLED, "workflow_cancelled")
+            self._log("workflow cancellation requested")
 
         if not business.done():
             business.cancel()

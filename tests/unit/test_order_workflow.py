@@ -284,3 +284,17 @@ async def test_duplicate_start_rejected(env: WorkflowEnvironment) -> None:
                 task_queue=oq,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             )
+
+
+async def test_temporal_cancellation_still_compensates(env: WorkflowEnvironment) -> None:
+    shop = FakeShop()
+    shop.hold("PREPARE")
+    async with running_shop(env.client, shop) as (oq, sq):
+        handle = await start_order(env.client, oq, sq)
+        await handle.signal(SIGNAL_APPROVE)
+        await shop.entered["PREPARE"].wait()
+        await handle.cancel()
+        result = await handle.result()
+        shop.release("PREPARE")
+    assert (result.state, result.reason) == ("CANCELLED", "workflow_cancelled")
+    assert shop.refunds == 1 and shop.dispatched_address is None
