@@ -35,6 +35,15 @@ class Settings(BaseSettings):
     # Whether a start request may choose its own fault profile (dev stack only).
     allow_fault_injection: bool = False
 
+    # TLS to Temporal (mTLS when cert and key are set); any of these turns TLS on.
+    temporal_tls_ca: Path | None = None
+    temporal_tls_cert: Path | None = None
+    temporal_tls_key: Path | None = None
+    temporal_tls_server_name: str | None = None
+    # TLS to PostgreSQL: disable, require (encrypt), verify-full (encrypt + check CA/host).
+    database_sslmode: str = "disable"
+    database_ssl_ca: Path | None = None
+
     # Payload encryption (AES-256-GCM): "key-id:base64-32-bytes,..." and/or a file of such
     # lines; the active key seals new payloads. Empty = payloads stored in plain JSON.
     payload_keys: SecretStr = SecretStr("")

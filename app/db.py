@@ -5,12 +5,14 @@ Tables are created by Alembic migrations (app/migrations); these models mirror t
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     JSON,
@@ -34,6 +36,9 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from app import metrics
+
+if TYPE_CHECKING:
+    from app.config import Settings
 
 JsonType = JSON().with_variant(JSONB(), "postgresql")
 
@@ -90,15 +95,50 @@ class Event(Base):
     __table_args__ = (Index("ix_events_order_ts", "order_id", "ts"),)
 
 
-def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def ssl_context(sslmode: str, ca_file: Path | None = None) -> ssl.SSLContext | bool:
+    """asyncpg's `ssl` argument for a libpq-style sslmode."""
+    if sslmode == "disable":
+        return False
+    if sslmode == "require":  # encrypted, server not verified (like libpq's "require")
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    if sslmode == "verify-full":
+        return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    raise ValueError(f"DATABASE_SSLMODE must be disable, require or verify-full, not {sslmode!r}")
+
+
+def create_engine(
+    url: str,
+    *,
+    pool_size: int = 10,
+    sslmode: str = "disable",
+    ssl_ca: Path | None = None,
+) -> AsyncEngine:
+    connect_args: dict[str, Any] = {
+        # TIMESTAMP columns hold UTC: the code compares them with UTC clocks.
+        "server_settings": {"timezone": "UTC", "application_name": "orders"},
+    }
+    tls = ssl_context(sslmode, ssl_ca)
+    if tls:
+        connect_args["ssl"] = tls
     return create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
         pool_recycle=1800,
-        # TIMESTAMP columns hold UTC: the code compares them with UTC clocks.
-        connect_args={"server_settings": {"timezone": "UTC", "application_name": "orders"}},
+        connect_args=connect_args,
+    )
+
+
+def engine_from_settings(settings: Settings, *, pool_size: int = 10) -> AsyncEngine:
+    return create_engine(
+        settings.database_url_plain,
+        pool_size=pool_size,
+        sslmode=settings.database_sslmode,
+        ssl_ca=settings.database_ssl_ca,
     )
 
 

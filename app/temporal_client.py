@@ -7,6 +7,7 @@ import dataclasses
 from temporalio.client import Client
 from temporalio.converter import DataConverter
 from temporalio.runtime import Runtime
+from temporalio.service import TLSConfig
 
 from app.codec import EncryptionCodec, load_keys
 from app.config import Settings
@@ -22,10 +23,24 @@ def data_converter(settings: Settings) -> DataConverter:
     return dataclasses.replace(DataConverter.default, payload_codec=EncryptionCodec(keys, active))
 
 
+def tls_config(settings: Settings) -> TLSConfig | bool:
+    files = (settings.temporal_tls_ca, settings.temporal_tls_cert, settings.temporal_tls_key)
+    if not any(files) and not settings.temporal_tls_server_name:
+        return False
+    ca, cert, key = (f.read_bytes() if f else None for f in files)
+    return TLSConfig(
+        server_root_ca_cert=ca,
+        client_cert=cert,
+        client_private_key=key,
+        domain=settings.temporal_tls_server_name,
+    )
+
+
 async def connect_client(settings: Settings, *, runtime: Runtime | None = None) -> Client:
     return await Client.connect(
         settings.temporal_target,
         namespace=settings.temporal_namespace,
         runtime=runtime,
         data_converter=data_converter(settings),
+        tls=tls_config(settings),
     )

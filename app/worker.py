@@ -27,7 +27,7 @@ from temporalio.worker import Worker
 
 from app.activities import OrderActivities, ShippingActivities
 from app.config import Settings, get_settings
-from app.db import create_engine, session_factory
+from app.db import engine_from_settings, session_factory
 from app.logging_setup import configure_logging
 from app.stubs import ExternalServices, FaultInjector
 from app.temporal_client import connect_client
@@ -157,7 +157,7 @@ async def run(queue: str, settings: Settings, metrics_port: int) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    engine = create_engine(settings.database_url_plain, pool_size=20)
+    engine = engine_from_settings(settings, pool_size=20)
     try:
         await wait_for_database(engine)
         client = await wait_for_temporal(settings, runtime)
