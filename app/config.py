@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     database_sslmode: str = "disable"
     database_ssl_ca: Path | None = None
 
+    # OpenTelemetry tracing (off by default); spans to OTLP/HTTP when an endpoint is set.
+    otel_enabled: bool = False
+    otel_exporter_otlp_endpoint: str | None = None
+
     # Payload encryption (AES-256-GCM): "key-id:base64-32-bytes,..." and/or a file of such
     # lines; the active key seals new payloads. Empty = payloads stored in plain JSON.
     payload_keys: SecretStr = SecretStr("")

@@ -11,6 +11,7 @@ from temporalio.service import TLSConfig
 
 from app.codec import EncryptionCodec, load_keys
 from app.config import Settings
+from app.tracing import setup_tracing
 
 
 def data_converter(settings: Settings) -> DataConverter:
@@ -36,11 +37,15 @@ def tls_config(settings: Settings) -> TLSConfig | bool:
     )
 
 
-async def connect_client(settings: Settings, *, runtime: Runtime | None = None) -> Client:
+async def connect_client(
+    settings: Settings, *, runtime: Runtime | None = None, service: str = "client"
+) -> Client:
     return await Client.connect(
         settings.temporal_target,
         namespace=settings.temporal_namespace,
         runtime=runtime,
         data_converter=data_converter(settings),
         tls=tls_config(settings),
+        # Workers built from this client inherit the interceptors.
+        interceptors=setup_tracing(settings, service),
     )

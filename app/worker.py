@@ -58,7 +58,7 @@ async def wait_for_temporal(
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         try:
-            return await connect_client(settings, runtime=runtime)
+            return await connect_client(settings, runtime=runtime, service="worker")
         except Exception as err:
             if asyncio.get_running_loop().time() > deadline:
                 raise RuntimeError(
