@@ -408,7 +408,13 @@ class OrderActivities(_ActivityBase):
                 # so every order that was started can be found and audited.
                 await s.execute(
                     pg_insert(Order)
-                    .values(id=order_id, state=inp.state, reason=inp.reason, closed_at=_now())
+                    .values(
+                        id=order_id,
+                        state=inp.state,
+                        step=inp.step,
+                        reason=inp.reason,
+                        closed_at=_now(),
+                    )
                     .on_conflict_do_nothing(index_elements=[Order.id])
                 )
                 events.append(_event(order_id, inp.state, state=inp.state, reason=inp.reason))
@@ -417,6 +423,7 @@ class OrderActivities(_ActivityBase):
             elif locked.state not in TERMINAL_STATES:
                 locked.state = inp.state
                 locked.reason = inp.reason
+                locked.step = inp.step or locked.step
                 locked.updated_at = locked.closed_at = _now()
                 events.append(_event(order_id, inp.state, state=inp.state, reason=inp.reason))
             else:

@@ -12,7 +12,11 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    # The project's .env, then one in the working directory (which wins), so the CLI reads
+    # the same settings from any folder.
+    model_config = SettingsConfigDict(
+        env_file=(PROJECT_ROOT / ".env", ".env"), env_file_encoding="utf-8", extra="ignore"
+    )
 
     # The guide's variables, same names and meaning.
     database_url: SecretStr = SecretStr("postgresql+asyncpg://app:app@127.0.0.1:5432/app")
@@ -57,7 +61,7 @@ class Settings(BaseSettings):
     # API
     api_host: str = "127.0.0.1"
     api_port: int = 8000
-    # "key:role[+role],key2:role"; roles: viewer, operator, reviewer, admin
+    # "name:key:role1+role2,name2:key2:role"; roles: viewer, operator, reviewer, admin
     api_keys: SecretStr = SecretStr("")
     temporal_ui_url: str = "http://127.0.0.1:8233"
 

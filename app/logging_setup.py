@@ -19,6 +19,7 @@ _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)
     "message",
     "asctime",
     "taskName",
+    "color_message",  # uvicorn's copy of the message with ANSI colours
 }
 _CARD_RE = re.compile(r"\b(?:\d[ -]?){13,19}\b")
 _SECRET_KEYS = ("password", "secret", "token", "api_key", "apikey", "authorization", "card")

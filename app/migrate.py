@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from alembic import command
@@ -23,5 +24,13 @@ def upgrade(database_url: str | None = None) -> None:
     command.upgrade(alembic_config(database_url), "head")
 
 
-if __name__ == "__main__":
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description="Apply the database migrations (idempotent) to DATABASE_URL."
+    )
+    parser.parse_args()
     upgrade()
+
+
+if __name__ == "__main__":
+    main()

@@ -227,6 +227,8 @@ class CloseInput:
     payment_id: str
     state: str
     reason: str | None
+    # The step the order was in when it stopped (recorded in orders.step).
+    step: str | None = None
 
 
 @dataclass

@@ -7,6 +7,7 @@ responses and the CLI to one-line messages, and neither shows a traceback.
 from __future__ import annotations
 
 import dataclasses
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -49,6 +50,13 @@ from app.models import (
 )
 from app.stubs import FaultProfile, FaultProfileError
 from app.validation import address_problems, order_id_problem, payment_id_problem
+
+# Bounds on what one order may ask for (the amount must fit orders.amount NUMERIC(12,2)).
+MAX_ITEMS = 50
+MAX_QTY = 1000
+MAX_UNIT_PRICE_CENTS = 10_000_000
+MAX_OVERRIDE_S = 3600.0
+SKU_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 # Closed workflows are answered from the database; a running one from its query.
 _REFUSAL_STATUS = {
@@ -108,6 +116,38 @@ def validate_order_id(order_id: str) -> None:
         raise InvalidInput(f"order_id {problem}", field="order_id")
 
 
+def _line_items(items: list[dict[str, Any]]) -> list[LineItem]:
+    """Line items from plain dicts (the CLI sends what the user typed), checked."""
+    if not 1 <= len(items) <= MAX_ITEMS:
+        raise InvalidInput(f"items must hold 1 to {MAX_ITEMS} entries", field="items")
+    out = []
+    for n, item in enumerate(items):
+        if not isinstance(item, dict) or set(item) != {"sku", "qty", "unit_price_cents"}:
+            raise InvalidInput(
+                f"items[{n}] must have exactly sku, qty and unit_price_cents", field=f"items[{n}]"
+            )
+        sku, qty, price = item["sku"], item["qty"], item["unit_price_cents"]
+        if not isinstance(sku, str) or not SKU_RE.fullmatch(sku):
+            raise InvalidInput(f"items[{n}].sku is invalid", field=f"items[{n}].sku")
+        if not isinstance(qty, int) or isinstance(qty, bool) or not 1 <= qty <= MAX_QTY:
+            raise InvalidInput(
+                f"items[{n}].qty must be a whole number from 1 to {MAX_QTY}",
+                field=f"items[{n}].qty",
+            )
+        if (
+            not isinstance(price, int)
+            or isinstance(price, bool)
+            or not 0 <= price <= MAX_UNIT_PRICE_CENTS
+        ):
+            raise InvalidInput(
+                f"items[{n}].unit_price_cents must be a whole number from 0 to "
+                f"{MAX_UNIT_PRICE_CENTS}",
+                field=f"items[{n}].unit_price_cents",
+            )
+        out.append(LineItem(sku=sku, qty=qty, unit_price_cents=price))
+    return out
+
+
 def validate_address(address: dict[str, Any], prefix: str = "address") -> Address:
     problems = address_problems(address)
     if problems:
@@ -159,7 +199,13 @@ class OrderService:
                 FaultProfile.parse(fault_profile)
             except FaultProfileError as err:
                 raise InvalidInput(str(err), field="fault_profile") from None
-        line_items = [LineItem(**i) for i in items] if items is not None else list(DEFAULT_ITEMS)
+        for name, seconds in (("review_timeout_s", review_timeout_s), ("deadline_s", deadline_s)):
+            if seconds is not None and not 0 < seconds <= MAX_OVERRIDE_S:
+                raise InvalidInput(
+                    f"{name} must be more than 0 and at most {MAX_OVERRIDE_S:g} seconds",
+                    field=name,
+                )
+        line_items = _line_items(items) if items is not None else list(DEFAULT_ITEMS)
         async with self.sessions() as s:
             existing = await s.get(Order, order_id)
             if existing is not None:
@@ -177,8 +223,10 @@ class OrderService:
             items=line_items,
             fault_profile=fault_profile,
             shipping_task_queue=self.settings.shipping_task_queue,
-            review_timeout_s=review_timeout_s or self.settings.review_timeout_s,
-            deadline_s=deadline_s or self.settings.order_deadline_s,
+            review_timeout_s=(
+                review_timeout_s if review_timeout_s is not None else self.settings.review_timeout_s
+            ),
+            deadline_s=deadline_s if deadline_s is not None else self.settings.order_deadline_s,
         )
         try:
             handle: WorkflowHandle[Any, Any] = await self.client.start_workflow(
@@ -438,11 +486,22 @@ class OrderService:
                     )
                 ).scalars()
             )
-            if not rows and await s.get(Order, order_id) is None:
-                raise OrderNotFound(f"order {order_id} not found")
+            unknown = not rows and await s.get(Order, order_id) is None
+        if unknown and not await self._workflow_exists(order_id):
+            raise OrderNotFound(f"order {order_id} not found")
         return [
             {"id": e.id, "type": e.type, "payload": e.payload_json, "ts": _iso(e.ts)} for e in rows
         ]
+
+    async def _workflow_exists(self, order_id: str) -> bool:
+        """Just started, before ReceiveOrder wrote its row: known to Temporal only."""
+        try:
+            await self.client.get_workflow_handle(order_workflow_id(order_id)).describe()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise Unavailable(f"Temporal is unavailable: {err.message}") from None
+        return True
 
     async def describe(self, workflow_id: str) -> dict[str, Any]:
         handle = self.client.get_workflow_handle(workflow_id)

@@ -127,11 +127,13 @@ def _application_type(err: BaseException) -> str | None:
 
 @workflow.defn(name=ORDER_WORKFLOW)
 class OrderWorkflow:
-    def __init__(self) -> None:
-        self._inp: OrderInput | None = None
+    # The input is taken at construction so an update or query that arrives in the very
+    # first activation (start immediately followed by approve) already sees the order.
+    @workflow.init
+    def __init__(self, inp: OrderInput) -> None:
+        self._inp: OrderInput | None = inp
         self._state = OrderState.PENDING
         self._step: Step | None = Step.RECEIVE
-        self._address: Address | None = None
         self._approved = False
         self._approved_by: str | None = None
         self._approved_at: datetime | None = None
@@ -147,19 +149,17 @@ class OrderWorkflow:
         self._shipping_attempts = 0
         self._tracking_number: str | None = None
         self._reason: str | None = None
-        self._updated_at: datetime | None = None
+        self._updated_at: datetime | None = workflow.now()
         self._review_deadline: datetime | None = None
+        self._address: Address | None = inp.address
+        deadline_s = inp.deadline_s if inp.deadline_s is not None else DEFAULT_DEADLINE_S
+        self._deadline = workflow.info().start_time + timedelta(seconds=deadline_s)
 
     # --- main flow ---------------------------------------------------------------------
 
     @workflow.run
     async def run(self, inp: OrderInput) -> OrderResult:
-        self._inp = inp
-        self._address = inp.address
-        self._updated_at = workflow.now()
-        deadline_s = inp.deadline_s if inp.deadline_s is not None else DEFAULT_DEADLINE_S
-        deadline = workflow.info().start_time + timedelta(seconds=deadline_s)
-        self._deadline = deadline
+        deadline = self._deadline
         self._log("order started", deadline=deadline.isoformat())
 
         business = asyncio.create_task(self._fulfil())
@@ -337,6 +337,7 @@ class OrderWorkflow:
                 payment_id=inp.payment_id,
                 state=stop.state,
                 reason=stop.reason,
+                step=self._step,
             ),
             start_to_close_timeout=CLOSE_TIMEOUT,
             retry_policy=CLOSE_RETRY,

@@ -7,7 +7,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.config import get_settings
-from app.db import Base
+from app.db import Base, ssl_context
 
 target_metadata = Base.metadata
 
@@ -19,8 +19,10 @@ def _run(connection: Connection) -> None:
 
 
 async def _main() -> None:
-    url = context.config.get_main_option("sqlalchemy.url") or get_settings().database_url_plain
-    engine = create_async_engine(url)
+    settings = get_settings()
+    url = context.config.get_main_option("sqlalchemy.url") or settings.database_url_plain
+    tls = ssl_context(settings.database_sslmode, settings.database_ssl_ca)
+    engine = create_async_engine(url, connect_args={"ssl": tls} if tls else {})
     async with engine.connect() as conn:
         await conn.run_sync(_run)
         await conn.commit()

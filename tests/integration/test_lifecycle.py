@@ -212,7 +212,8 @@ async def test_every_state_change_has_its_event(running: Running) -> None:
     """Across the orders this module ran, each state an order reached has its event row,
     and the database agrees with the workflow on where each order ended."""
     async with running.sessions() as s:
-        orders = list((await s.execute(select(Order))).scalars())
+        # This module's orders (other modules run workers of their own that are gone now).
+        orders = list((await s.execute(select(Order).where(Order.id.like("it-%")))).scalars())
         counts = dict(
             (await s.execute(select(Event.order_id, func.count()).group_by(Event.order_id))).all()
         )
