@@ -117,7 +117,7 @@ WITH tagged AS (
     SELECT id,
            order_id,
            CASE type
-               WHEN 'STEP_ATTEMPT_FAILED' THEN payload_json ->> 'step'
+               WHEN 'STEP_ATTEMPT_FAILED' THEN coalesce(payload_json ->> 'step', 'unknown')
                WHEN 'RECEIVED' THEN 'RECEIVE'
                WHEN 'VALIDATED' THEN 'VALIDATE'
                WHEN 'PAYMENT_CHARGED' THEN 'PAY'
@@ -206,9 +206,8 @@ async def order_stats(sessions: async_sessionmaker[AsyncSession]) -> dict[str, A
         entry = outcomes[str(state)]
         entry["total"] += int(n)
         # A completed order has no reason; other outcomes without one are shown as such.
-        entry["reasons"][reason or ("none" if state == OrderState.COMPLETED else "unknown")] = int(
-            n
-        )
+        label = reason or ("none" if state == OrderState.COMPLETED else "unknown")
+        entry["reasons"][label] = int(n)
     for entry in outcomes.values():
         entry["reasons"] = dict(sorted(entry["reasons"].items(), key=lambda kv: (-kv[1], kv[0])))
 

@@ -20,6 +20,15 @@ echo "==> installing the project and its test tools"
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[dev]'
 
+# The console's browser tests drive Debian's Chromium through Playwright (never
+# `playwright install`: it downloads a browser this machine cannot fetch).
+if [ ! -x /usr/bin/chromium ]; then
+    echo "==> installing chromium (Debian package)"
+    if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+
 echo "==> ruff"
 .venv/bin/ruff check app tests scripts
 .venv/bin/ruff format --check app tests scripts
