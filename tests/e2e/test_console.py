@@ -109,10 +109,14 @@ def api_server(real_stack: RealStack) -> Iterator[ApiServer]:
         yield server
 
 
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
+def _require_chromium() -> None:
     # scripts/test.sh installs Debian's chromium; a missing browser is a failure, not a skip.
     assert CHROMIUM.exists(), f"no Chromium at {CHROMIUM}: apt-get install chromium"
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    _require_chromium()
     async with async_playwright() as playwright:
         chromium = await playwright.chromium.launch(
             executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
