@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
@@ -63,6 +63,11 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def _naive_utc(iso: str | None) -> datetime | None:
+    """An ISO timestamp as the naive UTC the TIMESTAMP columns hold."""
+    return datetime.fromisoformat(iso).astimezone(UTC).replace(tzinfo=None) if iso else None
+
+
 def _cents(amount_cents: int) -> Decimal:
     return (Decimal(amount_cents) / 100).quantize(Decimal("0.01"))
 
@@ -86,12 +91,13 @@ def step_activity(step: str) -> Callable[[Callable[P, Awaitable[R]]], Callable[P
             assert isinstance(self, _ActivityBase)
             order_id = getattr(getattr(args[1], "ctx", None), "order_id", "?")
             name = info.activity_type
+            where = {"workflow_id": info.workflow_id, "activity": name, "step": step}
             metrics.ACTIVITY_ATTEMPTS.labels(activity=name).inc()
             if info.attempt > 1:
                 metrics.ACTIVITY_RETRIES.labels(activity=name).inc()
                 log.info(
                     "retrying activity",
-                    extra={"order_id": order_id, "step": step, "attempt": info.attempt},
+                    extra={"order_id": order_id, **where, "attempt": info.attempt},
                 )
             started = time.perf_counter()
             try:
@@ -103,7 +109,7 @@ def step_activity(step: str) -> Callable[[Callable[P, Awaitable[R]]], Callable[P
                     "activity attempt failed",
                     extra={
                         "order_id": order_id,
-                        "step": step,
+                        **where,
                         "attempt": info.attempt,
                         "error_type": kind,
                         "error": str(err) or kind,
@@ -192,6 +198,8 @@ class OrderActivities(_ActivityBase):
                         amount=_cents(order_amount_cents(inp.items)),
                         items_json=[vars(i) for i in inp.items],
                         deadline_at=datetime.fromisoformat(inp.deadline_iso).replace(tzinfo=None),
+                        # now() for runs started before the workflow sent its start time.
+                        created_at=_naive_utc(inp.started_at_iso) or func.now(),
                     )
                     .on_conflict_do_nothing(index_elements=[Order.id])
                     .returning(Order.id)
@@ -403,6 +411,7 @@ class OrderActivities(_ActivityBase):
                 await s.execute(select(Order).where(Order.id == order_id).with_for_update())
             ).scalar_one_or_none()
             final = inp.state
+            started = order.created_at if order is not None else _naive_utc(inp.started_at_iso)
             if locked is None:
                 # The order never reached the database (ReceiveOrder failed): record it now
                 # so every order that was started can be found and audited.
@@ -414,6 +423,7 @@ class OrderActivities(_ActivityBase):
                         step=inp.step,
                         reason=inp.reason,
                         closed_at=_now(),
+                        created_at=started or func.now(),
                     )
                     .on_conflict_do_nothing(index_elements=[Order.id])
                 )
@@ -437,11 +447,12 @@ class OrderActivities(_ActivityBase):
                 else PaymentStatus.NONE
             )
         if events:  # this attempt recorded the end (a retry that found it closed did not)
-            _observe_end(final, inp.reason, order.created_at if order else None)
+            _observe_end(final, inp.reason, started)
         log.info(
             "order closed",
             extra={
                 "order_id": order_id,
+                "workflow_id": info.workflow_id,
                 "state": final,
                 "reason": inp.reason,
                 "refunded": refunded,

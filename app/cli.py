@@ -695,6 +695,26 @@ def events(order_id: str, as_json: JsonOpt = False) -> None:
     out.print(table)
 
 
+@app.command(rich_help_panel=INSPECT)
+def stats(as_json: JsonOpt = False) -> None:
+    """Order statistics from the database: execution time p50/p95/p99, retries and error
+    rate per step, outcomes per state."""
+    from app.stats_view import load_stats, render_stats
+
+    settings = stack_services.client_settings(_settings())
+    try:
+        data = asyncio.run(load_stats(settings))
+    except Exception as exc:
+        failure = _db_failure(exc, settings)
+        if failure is None:
+            raise
+        raise failure from exc
+    if as_json:
+        print_json(data)
+        return
+    out.print(render_stats(data))
+
+
 class LogService(StrEnum):
     app = "app"
     worker = "worker"
@@ -960,6 +980,177 @@ def demo() -> None:
         )
     wid = order_workflow_id(runs[-1].order_id)
     say(f"inspect: python scripts/cli.py history {wid}   or the Temporal UI")
+
+
+# ---------------------------------------------------------------------------------------------
+# chaos, backup, restore, retention (logic in app/chaos.py and app/backup.py)
+# ---------------------------------------------------------------------------------------------
+
+
+@app.command(rich_help_panel=TESTING)
+def chaos(
+    orders: Annotated[int, typer.Option(help="How many orders.", min=1, max=5000)] = 100,
+    duration: Annotated[
+        float, typer.Option(help="Seconds of fault injection (orders start in the first half).")
+    ] = 60.0,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the fault plan and timing (default: random).")
+    ] = None,
+    kill_interval: Annotated[
+        float, typer.Option(help="Mean seconds between worker SIGKILLs (0 = none).", min=0)
+    ] = 5.0,
+    max_worker_kills: Annotated[
+        int | None, typer.Option(help="At most this many worker kills.", min=0)
+    ] = None,
+    restart_temporal: Annotated[
+        bool, typer.Option(help="Restart the Temporal dev server once.")
+    ] = True,
+    restart_postgres: Annotated[bool, typer.Option(help="Restart PostgreSQL once.")] = True,
+    hard: Annotated[
+        bool, typer.Option("--hard", help="SIGKILL Temporal and PostgreSQL instead of stopping.")
+    ] = False,
+    order_deadline: Annotated[
+        float | None,
+        typer.Option(help="Per-order deadline in seconds (default ORDER_DEADLINE_S).", min=5),
+    ] = None,
+    grace: Annotated[
+        float, typer.Option(help="Seconds past the deadline to wait for orders to close.", min=0)
+    ] = 30.0,
+    id_prefix: Annotated[
+        str | None, typer.Option(help="Order ids PREFIX-NNNN (default: unique per run).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Orders under seed faults while workers die and Temporal/PostgreSQL restart; checks.
+
+    Runs against the embedded stack of RUN_DIR and exits 3 when an invariant is broken
+    (double charge, charge without refund, DB vs Temporal mismatch, missing event, order
+    not closed in time). See docs/operations.md, "Chaos runs".
+    """
+    from app.chaos import ChaosError, ChaosOptions, run_chaos, summary_lines
+
+    opts = ChaosOptions(
+        orders=orders,
+        duration_s=duration,
+        seed=seed if seed is not None else secrets.randbelow(1_000_000),
+        kill_interval_s=kill_interval,
+        max_worker_kills=max_worker_kills,
+        restart_temporal=restart_temporal,
+        restart_postgres=restart_postgres,
+        hard_restarts=hard,
+        order_deadline_s=order_deadline,
+        grace_s=grace,
+        id_prefix=id_prefix,
+    )
+    try:
+        summary = asyncio.run(run_chaos(_settings(), opts, lambda m: err.print(Text(m))))
+    except ChaosError as exc:
+        raise CliError(str(exc)) from None
+    if as_json:
+        print_json(summary)
+    else:
+        for line in summary_lines(summary):
+            say(line, "bold red" if line.startswith("VIOLATION") else None)
+    if not summary["ok"]:
+        raise typer.Exit(3)
+
+
+@app.command(rich_help_panel=TESTING)
+def bench(
+    orders: Annotated[int, typer.Option(help="Orders through the REST API.", min=1)] = 300,
+    concurrency: Annotated[int, typer.Option(help="Orders in flight at once.", min=1)] = 8,
+    baseline: Annotated[
+        bool, typer.Option(help="Also run bare-Temporal workflows of the same shape.")
+    ] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Orders/s and latency of the running stack against a bare-Temporal baseline.
+
+    Uses the `off` fault profile and approves each order at once. Figures and how to read
+    them: docs/performance.md.
+    """
+    from app.bench import BenchError, format_report, run_bench_sync
+
+    settings = stack_services.client_settings(_settings())
+    progress = None if as_json else (lambda m: err.print(Text(m)))
+    try:
+        result = run_bench_sync(
+            settings,
+            orders=orders,
+            concurrency=concurrency,
+            progress=progress,
+            baseline=baseline,
+        )
+    except BenchError as exc:
+        raise CliError(str(exc)) from None
+    if as_json:
+        print_json(result)
+    else:
+        say(format_report(result))
+
+
+@app.command(rich_help_panel=STACK)
+def backup(
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Folder to write (default RUN_DIR/backups/backup-<time>)."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Back up the embedded stack: Temporal's state (online SQLite copy), then the database."""
+    from app.backup import BackupError
+    from app.backup import backup as make_backup
+
+    try:
+        manifest = make_backup(_settings(), output)
+    except BackupError as exc:
+        raise CliError(str(exc)) from None
+    if as_json:
+        print_json(manifest)
+        return
+    rows = manifest["database"]["rows"] or {}
+    say(f"backup written to {manifest['path']} in {manifest['seconds']:.1f}s", "bold green")
+    say(f"  database: {rows.get('orders', 0)} orders, {rows.get('events', 0)} events")
+    say(f"  temporal: {manifest['temporal'].get('executions')} workflow executions")
+    say(f"  restore into a stopped stack with: python scripts/cli.py restore {manifest['path']}")
+
+
+@app.command(rich_help_panel=STACK)
+def restore(
+    folder: Annotated[Path, typer.Argument(help="A folder written by `cli.py backup`.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace this run dir's existing state.")
+    ] = False,
+) -> None:
+    """Restore a backup into the (stopped) embedded stack of RUN_DIR; then `cli.py start`."""
+    from app.backup import BackupError
+    from app.backup import restore as restore_backup
+
+    try:
+        messages = restore_backup(_settings(), folder, force=force)
+    except BackupError as exc:
+        raise CliError(str(exc)) from None
+    for message in messages:
+        say(f"  {message}")
+    say("restored; start the stack with: python scripts/cli.py start", "bold green")
+
+
+@app.command(rich_help_panel=STACK)
+def retention(
+    value: Annotated[
+        str | None, typer.Argument(help="New retention, e.g. 30d or 72h (omit to show it).")
+    ] = None,
+) -> None:
+    """Show or set how long Temporal keeps closed workflow histories (the namespace's
+    retention; TEMPORAL_NAMESPACE_RETENTION applies it at every `start`)."""
+    from app.backup import BackupError, apply_retention, current_retention
+
+    try:
+        if value is not None:
+            say(apply_retention(_settings(), value), "bold green")
+        say(f"retention: {current_retention(_settings())}")
+    except BackupError as exc:
+        raise CliError(str(exc)) from None
 
 
 if __name__ == "__main__":

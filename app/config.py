@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     database_url: SecretStr = SecretStr("postgresql+asyncpg://app:app@127.0.0.1:5432/app")
     temporal_target: str = "127.0.0.1:7233"
     temporal_namespace: str = "default"
+    # How long closed workflow histories are kept (e.g. 7d, 72h); applied by `cli.py start`
+    # with `temporal operator namespace update --retention`. Empty = leave it as it is.
+    temporal_namespace_retention: str = ""
     order_task_queue: str = "orders-tq"
     shipping_task_queue: str = "shipping-tq"
     log_level: str = "INFO"
@@ -57,6 +60,9 @@ class Settings(BaseSettings):
     payload_keys: SecretStr = SecretStr("")
     payload_key_file: Path | None = None
     payload_active_key: str = ""
+    # Browser origins allowed to call the codec endpoint (/codec/decode, /codec/encode),
+    # comma-separated; empty = the origin of TEMPORAL_UI_URL.
+    codec_cors_origins: str = ""
 
     # API
     api_host: str = "127.0.0.1"

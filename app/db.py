@@ -5,6 +5,7 @@ Tables are created by Alembic migrations (app/migrations); these models mirror t
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -27,6 +28,7 @@ from sqlalchemy import (
     func,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -146,16 +148,25 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+# OSError includes TimeoutError (Python 3.11) and connection failures asyncpg raises as is.
+_DATABASE_FAILURES = (SQLAlchemyError, OSError, asyncio.CancelledError)
+
+
 @asynccontextmanager
 async def timed_transaction(
     sessions: async_sessionmaker[AsyncSession], operation: str
 ) -> AsyncIterator[AsyncSession]:
-    """One transaction, measured as a database operation (latency and errors by name)."""
+    """One transaction, measured as a database operation (latency and errors by name).
+
+    Errors count only when they are the database's: driver, connection or pool failures, or
+    the transaction cut off while in flight (timeout/cancel). A business rule or an external
+    call failing inside the block rolls back too, but has its own metric (step errors).
+    """
     started = time.perf_counter()
     try:
         async with sessions.begin() as session:
             yield session
-    except BaseException as err:
+    except _DATABASE_FAILURES as err:
         metrics.DB_ERRORS.labels(operation=operation, error=type(err).__name__).inc()
         raise
     finally:

@@ -22,6 +22,9 @@ _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)
     "color_message",  # uvicorn's copy of the message with ANSI colours
 }
 _CARD_RE = re.compile(r"\b(?:\d[ -]?){13,19}\b")
+# Workflow ids that name an order: order-{order_id} and its shipping children
+# shipping-{order_id}-{attempt} (app/workflows.py).
+_ORDER_WORKFLOW_RE = re.compile(r"^(?:order-(.+)|shipping-(.+)-\d+)$")
 _SECRET_KEYS = ("password", "secret", "token", "api_key", "apikey", "authorization", "card")
 
 
@@ -52,11 +55,14 @@ def _context(record: logging.LogRecord) -> dict[str, Any]:
             fields.setdefault("activity", value.get("activity_type"))
             fields.setdefault("attempt", value.get("attempt"))
             continue
+        if key == "temporal_log":
+            continue  # forwarded Temporal core log: its text is already the message
         if value is not None:
             fields[key] = value
     wf = fields.get("workflow_id")
-    if "order_id" not in fields and isinstance(wf, str) and wf.startswith("order-"):
-        fields["order_id"] = wf.removeprefix("order-")
+    match = _ORDER_WORKFLOW_RE.match(wf) if isinstance(wf, str) else None
+    if "order_id" not in fields and match:
+        fields["order_id"] = match.group(1) or match.group(2)
     return fields
 
 

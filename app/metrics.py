@@ -1,4 +1,8 @@
-"""The application's own Prometheus metrics (names and labels: docs/operations.md)."""
+"""The application's own Prometheus metrics (names and labels: docs/operations.md).
+
+All live in prometheus_client's default registry, which each process serves on /metrics
+(workers: app/worker.py; API: app/routes/metrics.py).
+"""
 
 from __future__ import annotations
 
@@ -39,4 +43,10 @@ ORDER_DURATION = Histogram(
     "Order execution time from workflow start to its terminal state, by outcome",
     ["outcome"],
     buckets=_ORDER_BUCKETS,
+)
+API_REQUEST_SECONDS = Histogram(
+    "orders_api_request_seconds",
+    "REST API request latency by route template, method and status code",
+    ["route", "method", "status"],
+    buckets=_LATENCY_BUCKETS,
 )

@@ -179,6 +179,10 @@ class ReceiveInput:
     address: Address
     items: list[LineItem]
     deadline_iso: str
+    # Workflow start, stored as orders.created_at: where the order's execution time (and
+    # its orders_execution_seconds sample) begins, whatever RECEIVE retries take. None from
+    # runs started before this field existed (the row then gets the insert time).
+    started_at_iso: str | None = None
 
 
 @dataclass
@@ -229,6 +233,9 @@ class CloseInput:
     reason: str | None
     # The step the order was in when it stopped (recorded in orders.step).
     step: str | None = None
+    # Workflow start: created_at of a row this activity has to insert (RECEIVE never
+    # succeeded), so that order still gets its execution time.
+    started_at_iso: str | None = None
 
 
 @dataclass

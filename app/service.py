@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
+from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -66,6 +68,11 @@ _REFUSAL_STATUS = {
     ERR_REVIEW_OVER: 409,
     ERR_INVALID_ORDER: 422,
 }
+
+
+CLOSED_CACHE_SIZE = 10_000
+CLOSED_CACHE_TTL_S = 300.0
+CLOSED_SETTLE_S = 10.0
 
 
 class ServiceError(Exception):
@@ -170,6 +177,8 @@ class OrderService:
         self.client = client
         self.sessions = sessions
         self.settings = settings
+        # order id -> (expires at, status view) for closed orders; see _remember_closed.
+        self._closed_views: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
 
     # --- commands --------------------------------------------------------------------------
 
@@ -307,13 +316,18 @@ class OrderService:
     async def status(self, order_id: str) -> dict[str, Any]:
         """The order's live view: from the workflow while it runs, from the DB once closed."""
         validate_order_id(order_id)
+        cached = self._closed_views.get(order_id)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
         async with self.sessions() as s:
             order = await s.get(Order, order_id)
             payment = await s.get(Payment, order.payment_id) if order and order.payment_id else None
             errors = await self._recent_errors(s, order_id)
             attempts = await self._attempts(s, order_id)
         if order is not None and order.state in TERMINAL_STATES:
-            return self._status_from_db(order, payment, errors, attempts)
+            view = self._status_from_db(order, payment, errors, attempts)
+            self._remember_closed(order_id, view, order.closed_at)
+            return view
         handle = self.client.get_workflow_handle(order_workflow_id(order_id))
         try:
             live: OrderStatus = await handle.query(QUERY_STATUS, result_type=OrderStatus)
@@ -352,6 +366,20 @@ class OrderService:
             view["payment_status"] = payment.status if payment else view["payment_status"]
         view["source"] = "workflow"
         return view
+
+    def _remember_closed(
+        self, order_id: str, view: dict[str, Any], closed_at: datetime | None
+    ) -> None:
+        """Closed orders no longer change, so their view is cached (status reads of finished
+        orders are the API's hottest path). For a few seconds after closing, a cancelled
+        activity attempt may still record its failure: cache those views only briefly."""
+        closed = (closed_at or datetime.now(UTC).replace(tzinfo=None)).replace(tzinfo=UTC)
+        settled = datetime.now(UTC) - closed > timedelta(seconds=CLOSED_SETTLE_S)
+        expires = time.monotonic() + (CLOSED_CACHE_TTL_S if settled else 1.0)
+        self._closed_views[order_id] = (expires, view)
+        self._closed_views.move_to_end(order_id)
+        while len(self._closed_views) > CLOSED_CACHE_SIZE:
+            self._closed_views.popitem(last=False)
 
     def _status_from_db(
         self,

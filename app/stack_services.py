@@ -301,23 +301,36 @@ def start_stack(settings: Settings, report: Callable[[str], None], timeout: floa
     for message in _parallel(infra):
         report(message)
     report(_migrate(cfg))
-    env = process_env(settings, cfg)
+    if settings.temporal_namespace_retention:
+        from app.backup import apply_retention
 
-    def start(svc: AppService) -> Callable[[], str]:
-        return lambda: stack.start_process(
-            cfg,
-            svc.name,
-            svc.argv,
-            env=env,
-            ready=_ready_check(cfg, svc),
-            timeout=timeout,
-            cwd=PROJECT_ROOT,
-            port=svc.port,
-            port_setting=svc.port_setting,
-        )
-
-    for message in _parallel([start(svc) for svc in services]):
+        report(apply_retention(settings, settings.temporal_namespace_retention))
+    calls = [partial(start_app_service, settings, svc.name, timeout) for svc in services]
+    for message in _parallel(calls):
         report(message)
+
+
+def start_app_service(settings: Settings, name: str, timeout: float = 90.0) -> str:
+    """Start one application process exactly as `start` does (no-op while it runs).
+
+    One recipe for first start and for restarting a single process (`cli.py chaos` kills
+    workers and brings them back through here), so a restarted process is the same process.
+    """
+    cfg = stack_config(settings)
+    svc = next((s for s in app_services(settings) if s.name == name), None)
+    if svc is None:
+        raise StackError(f"unknown application service {name!r}; one of {', '.join(APP_SERVICES)}")
+    return stack.start_process(
+        cfg,
+        svc.name,
+        svc.argv,
+        env=process_env(settings, cfg),
+        ready=_ready_check(cfg, svc),
+        timeout=timeout,
+        cwd=PROJECT_ROOT,
+        port=svc.port,
+        port_setting=svc.port_setting,
+    )
 
 
 def stop_stack(settings: Settings, timeout: float = 15.0) -> list[str]:

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 from temporalio.client import Client
 from temporalio.converter import DataConverter
-from temporalio.runtime import Runtime
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    PrometheusConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
 from temporalio.service import TLSConfig
 
 from app.codec import EncryptionCodec, load_keys
@@ -22,6 +30,26 @@ def data_converter(settings: Settings) -> DataConverter:
     keys = load_keys(spec, settings.payload_key_file)
     active = settings.payload_active_key or next(iter(keys))
     return dataclasses.replace(DataConverter.default, payload_codec=EncryptionCodec(keys, active))
+
+
+def runtime_with_core_logs(metrics: PrometheusConfig | None = None) -> Runtime:
+    """A Temporal runtime whose core (Rust) logs go through Python logging.
+
+    By default the core writes its warnings straight to stderr in its own coloured text
+    format, the only non-JSON lines a worker's log would otherwise have.
+    """
+    return Runtime(
+        telemetry=TelemetryConfig(
+            logging=LoggingConfig(
+                # The SDK's default levels.
+                filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+                forwarding=LogForwardingConfig(
+                    logger=logging.getLogger("temporalio.core"), append_target_to_name=False
+                ),
+            ),
+            metrics=metrics,
+        )
+    )
 
 
 def tls_config(settings: Settings) -> TLSConfig | bool:

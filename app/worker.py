@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
-from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.runtime import PrometheusConfig, Runtime
 from temporalio.worker import Worker
 
 from app.activities import OrderActivities, ShippingActivities
@@ -30,7 +30,7 @@ from app.config import Settings, get_settings
 from app.db import engine_from_settings, session_factory
 from app.logging_setup import configure_logging
 from app.stubs import ExternalServices, FaultInjector
-from app.temporal_client import connect_client
+from app.temporal_client import connect_client, runtime_with_core_logs
 from app.workflows import OrderWorkflow, ShippingWorkflow
 
 log = logging.getLogger("app.worker")
@@ -138,12 +138,8 @@ def _free_port() -> int:
 def _serve_metrics(port: int, host: str) -> Runtime:
     """Application metrics and the SDK's (worker, poll, task latency) on one endpoint."""
     sdk_port = _free_port()
-    runtime = Runtime(
-        telemetry=TelemetryConfig(
-            metrics=PrometheusConfig(
-                bind_address=f"127.0.0.1:{sdk_port}", durations_as_seconds=True
-            )
-        )
+    runtime = runtime_with_core_logs(
+        PrometheusConfig(bind_address=f"127.0.0.1:{sdk_port}", durations_as_seconds=True)
     )
     REGISTRY.register(_SdkMetrics(f"http://127.0.0.1:{sdk_port}/metrics"))
     start_http_server(port, addr=host)
@@ -151,7 +147,11 @@ def _serve_metrics(port: int, host: str) -> Runtime:
 
 
 async def run(queue: str, settings: Settings, metrics_port: int) -> None:
-    runtime = _serve_metrics(metrics_port, settings.metrics_host) if metrics_port else None
+    runtime = (
+        _serve_metrics(metrics_port, settings.metrics_host)
+        if metrics_port
+        else runtime_with_core_logs()
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -222,6 +222,7 @@ class OrderWorkflow:
                 address=self._current_address(),
                 items=inp.items,
                 deadline_iso=self._deadline.isoformat(),
+                started_at_iso=info.start_time.isoformat(),
             ),
             RECEIVE_TIMEOUT,
         )
@@ -338,6 +339,7 @@ class OrderWorkflow:
                 state=stop.state,
                 reason=stop.reason,
                 step=self._step,
+                started_at_iso=workflow.info().start_time.isoformat(),
             ),
             start_to_close_timeout=CLOSE_TIMEOUT,
             retry_policy=CLOSE_RETRY,

@@ -2,12 +2,15 @@
 
 - `orders`: order commands and reads under /orders
 - `health`: /health (dependency reachability, no auth)
+- `stats`: /stats (order statistics for the console's dashboard)
+- `metrics`: /metrics (Prometheus; its request histogram is fed through
+  `app.state.request_observers`, see app/api.py)
+- `codec`: /codec/decode, /codec/encode (Temporal remote codec for the Web UI and CLI,
+  with CORS on /codec only)
 
 `deps` holds the shared `Annotated` dependency aliases (service, caller, order id).
-A Prometheus `/metrics` router belongs beside these when it lands (its own issue); the
-request hook for its counters is `app.state.request_observers` (see app/api.py).
 """
 
-from app.routes import health, orders
+from app.routes import health, metrics, orders, stats
 
-__all__ = ["health", "orders"]
+__all__ = ["health", "metrics", "orders", "stats"]

@@ -6,7 +6,7 @@ the app is serving, `service` (the one OrderService of the process).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Path, Request, status
@@ -32,7 +32,9 @@ _api_key_header = APIKeyHeader(
 )
 
 
-def get_service(request: Request) -> OrderService:
+# Async on purpose: FastAPI runs plain `def` dependencies in a thread pool (a thread hop
+# per dependency per request), which cost more than these few lines of work.
+async def get_service(request: Request) -> OrderService:
     service: OrderService | None = getattr(request.app.state, "service", None)
     if service is None:
         # Only between process start and the end of the lifespan's startup.
@@ -40,7 +42,7 @@ def get_service(request: Request) -> OrderService:
     return service
 
 
-def caller(
+async def caller(
     request: Request,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     api_key: Annotated[str | None, Depends(_api_key_header)],
@@ -63,8 +65,8 @@ def caller(
     return principal
 
 
-def require(role: Role) -> Callable[[Principal], Principal]:
-    def check(principal: Annotated[Principal, Depends(caller)]) -> Principal:
+def require(role: Role) -> Callable[[Principal], Awaitable[Principal]]:
+    async def check(principal: Annotated[Principal, Depends(caller)]) -> Principal:
         if not principal.has(role):
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN, f"this API key does not have the {role} role"

@@ -1,0 +1,151 @@
+"""`cli.py chaos` end to end: 20 orders under seed faults on a stack of its own, while one
+worker is SIGKILLed, the Temporal dev server restarts and PostgreSQL restarts.
+
+A stack of its own (not the session's `cli_stack`): restarting Temporal and PostgreSQL
+under the other e2e tests would make them fail for reasons of ours. Its listening ports
+are taken below the kernel's ephemeral range: while a service is down, a client's new
+outgoing connection can take a port from that range as its source port, and the service
+could not come back on it.
+
+The workers run with FAULT_SEED and the order ids are fixed, so every external call's
+outcome (fail, hang, succeed) is the same on each run; which attempts a kill or a restart
+interrupts still varies.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import socket
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from app.config import PROJECT_ROOT
+from tests.e2e.conftest import CliStack, describe, leftover_processes, stack_env
+
+ORDERS = 20
+# Low ports: below /proc/sys/net/ipv4/ip_local_port_range (32768 by default), and with
+# room for Temporal's metrics port (TEMPORAL_PORT + 2000).
+LOW_PORTS = (20000, 29000)
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def low_ports() -> dict[str, str]:
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(*LOW_PORTS) // 10 * 10
+        # postgres, temporal, UI, API, worker metrics x2, temporal metrics (+2000)
+        wanted = [base, base + 1, base + 2, base + 3, base + 4, base + 5, base + 1 + 2000]
+        if all(_free(p) for p in wanted):
+            return {
+                "POSTGRES_PORT": str(base),
+                "TEMPORAL_PORT": str(base + 1),
+                "TEMPORAL_UI_PORT": str(base + 2),
+                "API_PORT": str(base + 3),
+                "WORKER_METRICS_PORT": str(base + 4),
+                "DATABASE_URL": f"postgresql+asyncpg://app:app@127.0.0.1:{base}/app",
+                "TEMPORAL_TARGET": f"127.0.0.1:{base + 1}",
+            }
+    raise RuntimeError("no free low ports")
+
+
+@pytest.fixture(scope="module")
+def chaos_stack() -> Iterator[CliStack]:
+    run_dir = PROJECT_ROOT / ".run" / f"chaos-{uuid.uuid4().hex[:8]}"
+    env = {**stack_env(run_dir), **low_ports(), "FAULT_SEED": "20240611"}
+    stack = CliStack(run_dir, env)
+    started = stack.run("start")
+    try:
+        assert started.returncode == 0, describe(started)
+        yield stack
+    finally:
+        listed = stack.run("ps", "--json")
+        pids = (
+            [r["pid"] for r in json.loads(listed.stdout) if r["pid"]]
+            if listed.returncode == 0
+            else []
+        )
+        stopped = stack.run("stop")
+        left = leftover_processes(run_dir, pids)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        assert stopped.returncode == 0, describe(stopped)
+        assert not left, f"processes left after `cli.py stop`: {left}"
+
+
+@pytest.mark.timeout(240)
+def test_invariants_hold_through_kills_and_restarts(chaos_stack: CliStack) -> None:
+    result = chaos_stack.run(
+        "chaos",
+        "--orders",
+        str(ORDERS),
+        "--duration",
+        "16",
+        "--seed",
+        "7",
+        "--kill-interval",
+        "4",
+        "--max-worker-kills",
+        "1",
+        "--order-deadline",
+        "40",
+        "--grace",
+        "40",
+        "--id-prefix",
+        "chaos-e2e",
+        "--json",
+        timeout=200,
+    )
+    assert result.stdout, describe(result)
+    summary: dict[str, Any] = json.loads(result.stdout)
+    violations = {k: v for k, v in summary["violations"].items() if v}
+    evidence = json.dumps(summary.get("evidence", {}), indent=1)[:6000]
+    assert result.returncode == 0 and summary["ok"], f"{violations}\n{evidence}\n{result.stderr}"
+    assert summary["violation_count"] == 0
+
+    # It did what it says: every order started and approved, one fault of each kind, each
+    # service back afterwards.
+    assert summary["orders_started"] == ORDERS
+    # (An order whose RECEIVE fails fast may close before its approval lands.)
+    assert summary["orders_approved"] > ORDERS // 2
+    assert summary["fault_counts"] == {
+        "kill_worker": 1,
+        "restart_temporal": 1,
+        "restart_postgres": 1,
+    }
+    for fault in summary["faults"]:
+        assert fault["ok"] and fault["new_pid"] != fault["pid"], fault
+    assert sum(summary["terminal"].values()) == ORDERS
+    payments = summary["payments"]
+    assert payments["charged"] == payments["refunded"] + payments["kept"]
+    assert payments["kept"] == summary["terminal"]["COMPLETED"]
+    rows = json.loads(chaos_stack.ok("ps", "--json"))
+    assert all(r["state"] == "running" for r in rows), rows
+
+    # The stack still works for a plain order after all that.
+    chaos_stack.ok("start-workflow", "after-chaos", "pmt-after-chaos", "--approve")
+    view = chaos_stack.wait_status("after-chaos", lambda v: v["state"] == "COMPLETED")
+    assert view["payment_status"] == "charged"
+
+
+def test_chaos_refuses_a_stopped_stack() -> None:
+    run_dir = PROJECT_ROOT / ".run" / f"chaos-none-{uuid.uuid4().hex[:8]}"
+    stack = CliStack(run_dir, stack_env(run_dir))
+    try:
+        result = stack.run("chaos", "--orders", "1", "--duration", "5")
+        assert result.returncode == 1, describe(result)
+        assert "not running" in result.stderr and "cli.py start" in result.stderr
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
