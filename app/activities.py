@@ -41,6 +41,7 @@ from app.models import (
     PaymentStatus,
     PrepareInput,
     ReceiveInput,
+    RefundInput,
     StepOutcome,
     ValidateInput,
     order_amount_cents,
@@ -388,25 +389,12 @@ class OrderActivities(_ActivityBase):
             and payment.order_id == order_id
             and payment.status == PaymentStatus.CHARGED
         )
-        if must_refund:
+        refund_now = must_refund and not inp.defer_refund
+        if refund_now:
             await self.services.refund(order_id, info.attempt, inp.ctx.fault_profile)
         async with timed_transaction(self.sessions, "close_order") as s:
             events: list[dict[str, Any]] = []
-            refunded = False
-            if must_refund:
-                refunded = (
-                    await s.execute(
-                        update(Payment)
-                        .where(
-                            Payment.payment_id == inp.payment_id,
-                            Payment.status == PaymentStatus.CHARGED,
-                        )
-                        .values(status=PaymentStatus.REFUNDED, refunded_at=_now())
-                        .returning(Payment.payment_id)
-                    )
-                ).scalar_one_or_none() is not None
-                if refunded:
-                    events.append(_event(order_id, "PAYMENT_REFUNDED", payment_id=inp.payment_id))
+            refunded = refund_now and await _mark_refunded(s, order_id, inp.payment_id)
             locked = (
                 await s.execute(select(Order).where(Order.id == order_id).with_for_update())
             ).scalar_one_or_none()
@@ -458,7 +446,55 @@ class OrderActivities(_ActivityBase):
                 "refunded": refunded,
             },
         )
-        return CloseOutcome(state=final, payment_status=status, refunded=refunded)
+        return CloseOutcome(
+            state=final,
+            payment_status=status,
+            refunded=refunded,
+            refund_pending=must_refund and inp.defer_refund and final != OrderState.COMPLETED,
+        )
+
+    @activity.defn(name="RefundPayment")
+    async def refund_payment(self, inp: RefundInput) -> CloseOutcome:
+        """Compensation after the order is closed: refund a kept charge, once."""
+        info = activity.info()
+        order_id = inp.ctx.order_id
+        async with timed_transaction(self.sessions, "refund_read") as s:
+            order = await s.get(Order, order_id)
+            payment = await s.get(Payment, inp.payment_id)
+        state = order.state if order is not None else OrderState.FAILED
+        if (
+            payment is None
+            or payment.order_id != order_id
+            or payment.status != PaymentStatus.CHARGED
+            or state == OrderState.COMPLETED
+        ):
+            status = payment.status if payment is not None else PaymentStatus.NONE
+            return CloseOutcome(state=state, payment_status=status, refunded=False)
+        await self.services.refund(order_id, info.attempt, inp.ctx.fault_profile)
+        async with timed_transaction(self.sessions, "refund_payment") as s:
+            refunded = await _mark_refunded(s, order_id, inp.payment_id)
+        log.info(
+            "payment refunded",
+            extra={"order_id": order_id, "workflow_id": info.workflow_id, "attempt": info.attempt},
+        )
+        return CloseOutcome(state=state, payment_status=PaymentStatus.REFUNDED, refunded=refunded)
+
+
+async def _mark_refunded(s: AsyncSession, order_id: str, payment_id: str) -> bool:
+    """charged -> refunded with its event; False when another attempt already did it."""
+    done = (
+        await s.execute(
+            update(Payment)
+            .where(Payment.payment_id == payment_id, Payment.status == PaymentStatus.CHARGED)
+            .values(status=PaymentStatus.REFUNDED, refunded_at=_now())
+            .returning(Payment.payment_id)
+        )
+    ).scalar_one_or_none() is not None
+    if done:
+        await s.execute(
+            insert(Event).values(**_event(order_id, "PAYMENT_REFUNDED", payment_id=payment_id))
+        )
+    return done
 
 
 def _observe_end(state: str, reason: str | None, created_at: datetime | None) -> None:

@@ -785,7 +785,12 @@ def _follow(paths: dict[str, Path], prefix: bool) -> None:
 
 
 def is_terminal(view: dict[str, Any]) -> bool:
-    return view.get("state") in TERMINAL_STATES
+    """Closed and compensated: a cancelled or failed order is recorded as closed first and
+    refunded right after, so it is settled once its charge is no longer just "charged"."""
+    state = view.get("state")
+    if state not in TERMINAL_STATES:
+        return False
+    return state == OrderState.COMPLETED or view.get("payment_status") != "charged"
 
 
 async def wait_for_order(

@@ -122,9 +122,8 @@ def create_engine(
         # TIMESTAMP columns hold UTC: the code compares them with UTC clocks.
         "server_settings": {"timezone": "UTC", "application_name": "orders"},
     }
-    tls = ssl_context(sslmode, ssl_ca)
-    if tls:
-        connect_args["ssl"] = tls
+    # Always explicit: asyncpg's own default is "prefer", which would encrypt "disable" too.
+    connect_args["ssl"] = ssl_context(sslmode, ssl_ca)
     return create_async_engine(
         url,
         pool_size=pool_size,

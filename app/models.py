@@ -236,6 +236,10 @@ class CloseInput:
     # Workflow start: created_at of a row this activity has to insert (RECEIVE never
     # succeeded), so that order still gets its execution time.
     started_at_iso: str | None = None
+    # Record the end state only and leave the refund to RefundPayment, so a flaky payment
+    # gateway cannot hold the order open past its deadline (workflows since the
+    # "refund-after-close" patch).
+    defer_refund: bool = False
 
 
 @dataclass
@@ -243,6 +247,14 @@ class CloseOutcome:
     state: str
     payment_status: str
     refunded: bool
+    # A charge is waiting for RefundPayment (defer_refund).
+    refund_pending: bool = False
+
+
+@dataclass
+class RefundInput:
+    ctx: ActivityContext
+    payment_id: str
 
 
 @dataclass

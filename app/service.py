@@ -372,9 +372,11 @@ class OrderService:
     ) -> None:
         """Closed orders no longer change, so their view is cached (status reads of finished
         orders are the API's hottest path). For a few seconds after closing, a cancelled
-        activity attempt may still record its failure: cache those views only briefly."""
+        activity attempt may still record its failure, and a refund may still be on its way:
+        cache those views only briefly."""
         closed = (closed_at or datetime.now(UTC).replace(tzinfo=None)).replace(tzinfo=UTC)
-        settled = datetime.now(UTC) - closed > timedelta(seconds=CLOSED_SETTLE_S)
+        compensated = view["state"] == "COMPLETED" or view["payment_status"] != "charged"
+        settled = compensated and datetime.now(UTC) - closed > timedelta(seconds=CLOSED_SETTLE_S)
         expires = time.monotonic() + (CLOSED_CACHE_TTL_S if settled else 1.0)
         self._closed_views[order_id] = (expires, view)
         self._closed_views.move_to_end(order_id)

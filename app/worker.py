@@ -96,6 +96,7 @@ def build_workers(
                     acts.apply_address_change,
                     acts.mark_cancel_requested,
                     acts.close_order,
+                    acts.refund_payment,
                 ],
                 **common,  # type: ignore[arg-type]
             )

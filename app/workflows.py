@@ -60,6 +60,7 @@ with workflow.unsafe.imports_passed_through():
         PaymentStatus,
         PrepareInput,
         ReceiveInput,
+        RefundInput,
         ShippingInput,
         ShippingResult,
         Step,
@@ -91,6 +92,7 @@ CLOSE_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=5),
 )
 MAX_SHIPPING_ATTEMPTS = 3
+PATCH_REFUND_AFTER_CLOSE = "refund-after-close"
 DEFAULT_REVIEW_TIMEOUT_S = 30.0
 DEFAULT_DEADLINE_S = 60.0
 # Kept on the workflow so the status view stays small.
@@ -340,18 +342,35 @@ class OrderWorkflow:
                 reason=stop.reason,
                 step=self._step,
                 started_at_iso=workflow.info().start_time.isoformat(),
+                # Versioned: histories recorded before this change refunded inside
+                # CloseOrder and must replay that way.
+                defer_refund=workflow.patched(PATCH_REFUND_AFTER_CLOSE),
             ),
             start_to_close_timeout=CLOSE_TIMEOUT,
             retry_policy=CLOSE_RETRY,
         )
         self._payment_status = PaymentStatus(outcome.payment_status)
-        if outcome.refunded:
-            self._log("payment refunded", payment_id=inp.payment_id)
         # The database may know better: a dispatch that committed wins over a late stop.
         final = OrderState(outcome.state)
         self._reason = None if final == OrderState.COMPLETED else stop.reason
         self._set_state(final)
         self._closed = True
+        if outcome.refund_pending:
+            # The order is already closed in the database; the refund retries until the
+            # gateway takes it, however long that is.
+            refunded = await workflow.execute_activity_method(
+                OrderActivities.refund_payment,
+                RefundInput(
+                    ctx=ActivityContext(order_id=inp.order_id, fault_profile=inp.fault_profile),
+                    payment_id=inp.payment_id,
+                ),
+                start_to_close_timeout=CLOSE_TIMEOUT,
+                retry_policy=CLOSE_RETRY,
+            )
+            self._payment_status = PaymentStatus(refunded.payment_status)
+            outcome.refunded = refunded.refunded
+        if outcome.refunded:
+            self._log("payment refunded", payment_id=inp.payment_id)
         return OrderResult(
             order_id=inp.order_id,
             state=final,

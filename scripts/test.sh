@@ -29,6 +29,14 @@ if [ ! -x /usr/bin/chromium ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
 fi
 
+# The TLS test needs a PostgreSQL built with OpenSSL (the embedded wheel has none).
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+    echo "==> installing postgresql (Debian package, for the TLS test)"
+    if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
+fi
+
 echo "==> ruff"
 .venv/bin/ruff check app tests scripts
 .venv/bin/ruff format --check app tests scripts

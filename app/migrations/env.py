@@ -22,7 +22,7 @@ async def _main() -> None:
     settings = get_settings()
     url = context.config.get_main_option("sqlalchemy.url") or settings.database_url_plain
     tls = ssl_context(settings.database_sslmode, settings.database_ssl_ca)
-    engine = create_async_engine(url, connect_args={"ssl": tls} if tls else {})
+    engine = create_async_engine(url, connect_args={"ssl": tls})
     async with engine.connect() as conn:
         await conn.run_sync(_run)
         await conn.commit()

@@ -158,7 +158,10 @@ async def test_cancel_after_payment_refunds(running: Running) -> None:
     payments = await _payments(running, order_id)
     assert [p.status for p in payments] == ["refunded"]
     events = await _events(running, order_id)
-    assert events[-2:] == ["PAYMENT_REFUNDED", "CANCELLED"] and "DISPATCHED" not in events
+    # Closed first (within the deadline), then compensated; never dispatched. (A package
+    # preparation cut short by the cancel may still record itself in between.)
+    assert events.index("CANCELLED") < events.index("PAYMENT_REFUNDED")
+    assert events.count("PAYMENT_REFUNDED") == 1 and "DISPATCHED" not in events
 
 
 async def test_address_change_before_dispatch_is_what_ships(running: Running) -> None:

@@ -33,6 +33,7 @@ from app.models import (
     OrderInput,
     PrepareInput,
     ReceiveInput,
+    RefundInput,
     StepOutcome,
     ValidateInput,
 )
@@ -117,17 +118,37 @@ class FakeShop:
                 raise ApplicationError("dispatched", type=ERR_ORDER_DISPATCHED, non_retryable=True)
             shop.cancel_requested = True
 
+        def _refund() -> bool:
+            if shop.charged and not shop.refunded:
+                shop.refunded = True
+                shop.refunds += 1
+                return True
+            return False
+
+        def _payment_status() -> str:
+            return "refunded" if shop.refunded else ("charged" if shop.charged else "none")
+
         @activity.defn(name="CloseOrder")
         async def close(inp: CloseInput) -> CloseOutcome:
             if shop.dispatched_address is not None:
                 return CloseOutcome(state="COMPLETED", payment_status="charged", refunded=False)
-            refunded = False
-            if shop.charged and not shop.refunded:
-                shop.refunded = refunded = True
-                shop.refunds += 1
             shop.closed_state, shop.closed_reason = inp.state, inp.reason
-            status = "refunded" if shop.refunded else ("charged" if shop.charged else "none")
-            return CloseOutcome(state=inp.state, payment_status=status, refunded=refunded)
+            pending = inp.defer_refund and shop.charged and not shop.refunded
+            refunded = False if inp.defer_refund else _refund()
+            return CloseOutcome(
+                state=inp.state,
+                payment_status=_payment_status(),
+                refunded=refunded,
+                refund_pending=pending,
+            )
+
+        @activity.defn(name="RefundPayment")
+        async def refund(inp: RefundInput) -> CloseOutcome:
+            refunded = _refund()
+            status = _payment_status()
+            return CloseOutcome(
+                state=shop.closed_state or "", payment_status=status, refunded=refunded
+            )
 
         @activity.defn(name="PreparePackage")
         async def prepare(inp: PrepareInput) -> StepOutcome:
@@ -143,7 +164,17 @@ class FakeShop:
             shop.dispatched_address = shop.address
             return DispatchOutcome(attempt=attempt, tracking_number="TRK1", address=shop.address)
 
-        return [receive, validate, charge, apply_address, mark_cancel, close, prepare, dispatch]
+        return [
+            receive,
+            validate,
+            charge,
+            apply_address,
+            mark_cancel,
+            close,
+            refund,
+            prepare,
+            dispatch,
+        ]
 
 
 @asynccontextmanager
