@@ -138,11 +138,11 @@ def discover_processes(settings: Settings) -> dict[str, list[int]]:
     """Pids of the stack's processes by service name, from the run folder's pid files
     (`cli.py start`); workers not found there are looked up by command line
     (`app.worker` with this stack's TEMPORAL_TARGET in its environment)."""
-    from app import stack
+    from app import stack, stack_services
 
     found: dict[str, list[int]] = {}
     with contextlib.suppress(Exception):
-        cfg = stack.StackConfig.from_settings(settings)
+        cfg = stack_services.stack_config(settings)
         for status in stack.all_statuses(cfg):
             if status.running and status.pid is not None:
                 found[status.name] = [status.pid]

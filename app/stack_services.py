@@ -73,8 +73,37 @@ class AppService:
 # ---------------------------------------------------------------------------------------------
 
 
+# When 5432 is taken and POSTGRES_PORT is not set, `start` picks another port and keeps it
+# here, so every later command (and every process it starts) uses the same one.
+PORT_FILE = "postgres.port"
+
+
 def stack_config(settings: Settings) -> StackConfig:
-    return StackConfig.from_settings(settings)
+    cfg = StackConfig.from_settings(settings)
+    saved = cfg.run_dir / PORT_FILE
+    if "postgres_port" not in settings.model_fields_set and saved.is_file():
+        cfg.postgres_port = int(saved.read_text().strip())
+    return cfg
+
+
+def _move_postgres_if_taken(settings: Settings, cfg: StackConfig) -> str | None:
+    """DESIGN: if 5432 is taken, use another port, say so plainly, and use it everywhere."""
+    if "postgres_port" in settings.model_fields_set or stack.process_status(cfg, POSTGRES).running:
+        return None
+    owner = stack.port_in_use(cfg.host, cfg.postgres_port)
+    if owner is None:
+        return None
+    for port in range(cfg.postgres_port + 1, cfg.postgres_port + 50):
+        if stack.port_in_use(cfg.host, port) is None:
+            taken = cfg.postgres_port
+            cfg.postgres_port = port
+            cfg.run_dir.mkdir(parents=True, exist_ok=True)
+            (cfg.run_dir / PORT_FILE).write_text(f"{port}\n")
+            return (
+                f"postgres: port {taken} is in use by another program ({owner}); using "
+                f"{port} instead (kept in {cfg.run_dir / PORT_FILE}; DATABASE_URL follows it)"
+            )
+    return None
 
 
 def client_settings(settings: Settings) -> Settings:
@@ -291,6 +320,9 @@ def is_running(settings: Settings) -> bool:
 def start_stack(settings: Settings, report: Callable[[str], None], timeout: float = 90.0) -> None:
     """Start whatever is not running yet: infra, migrations, then the app processes."""
     cfg = stack_config(settings)
+    moved = _move_postgres_if_taken(settings, cfg)
+    if moved:
+        report(moved)
     services = app_services(settings)
     _check_ports(cfg, services)
     # PostgreSQL and Temporal (SQLite) do not depend on each other.
