@@ -15,6 +15,7 @@ It also wraps `docker compose` for the production-shaped stack (`--compose`).
 
 from __future__ import annotations
 
+import compileall
 import shutil
 import subprocess
 import sys
@@ -337,6 +338,9 @@ def start_stack(settings: Settings, report: Callable[[str], None], timeout: floa
         from app.backup import apply_retention
 
         report(apply_retention(settings, settings.temporal_namespace_retention))
+    # The workflow sandbox re-imports the workflow modules for every run; without bytecode
+    # (PYTHONDONTWRITEBYTECODE is common) it compiles them from source each time.
+    compileall.compile_dir(str(Path(__file__).resolve().parent), quiet=1)
     calls = [partial(start_app_service, settings, svc.name, timeout) for svc in services]
     for message in _parallel(calls):
         report(message)

@@ -105,7 +105,10 @@ def in_review(s: dict[str, Any]) -> bool:
 
 
 def closed(s: dict[str, Any]) -> bool:
-    return s["state"] in ("COMPLETED", "CANCELLED", "FAILED")
+    """Closed and compensated: a cancelled order is closed first, refunded right after."""
+    if s["state"] not in ("COMPLETED", "CANCELLED", "FAILED"):
+        return False
+    return s["state"] == "COMPLETED" or s["payment_status"] != "charged"
 
 
 def assert_error(r: httpx.Response, status: int, code: str, field: str | None = None) -> None:
