@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -92,6 +93,20 @@ async def running(real_stack: RealStack) -> AsyncIterator[Running]:
             await workers.enter_async_context(w)
         yield Running(settings, client, engine, sessions, OrderService(client, sessions, settings))
     await engine.dispose()
+
+
+async def wait_for_step(running: Running, order_id: str, step: str) -> dict[str, Any]:
+    """The order's status view once its workflow reports `step`."""
+
+    async def check() -> dict[str, Any] | None:
+        try:
+            status = await running.service.status(order_id)
+        except Exception:  # not started yet, or Temporal busy: look again
+            return None
+        return status if status.get("step") == step else None
+
+    result: dict[str, Any] = await eventually(check)
+    return result
 
 
 async def eventually(check, timeout: float = 20.0, interval: float = 0.1):  # type: ignore[no-untyped-def]

@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -32,7 +31,7 @@ from sqlalchemy import select
 from app.api import create_app
 from app.config import PROJECT_ROOT, Settings
 from app.db import Event, Order, Payment
-from tests.conftest import RealStack, Running, eventually, free_port
+from tests.conftest import RealStack, Running, eventually, free_port, wait_for_step
 
 CHROMIUM = Path(os.environ.get("CONSOLE_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -169,18 +168,6 @@ async def shot(page: Page, name: str) -> None:
     await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
-async def wait_step(running: Running, order_id: str, step: str) -> dict[str, Any]:
-    async def check() -> dict[str, Any] | None:
-        try:
-            status = await running.service.status(order_id)
-        except Exception:
-            return None
-        return status if status.get("step") == step else None
-
-    result: dict[str, Any] = await eventually(check)
-    return result
-
-
 async def event_rows(running: Running, order_id: str) -> list[Event]:
     async with running.sessions() as s:
         query = select(Event).where(Event.order_id == order_id).order_by(Event.id)
@@ -239,7 +226,7 @@ async def test_cancel_after_payment_refunds(
     payment_id = f"pay-{order_id}"
     # Every external call takes 1 s: time to cancel between the charge and the dispatch.
     await running.service.start_order(order_id, payment_id, ADDRESS, fault_profile="delay=1")
-    await wait_step(running, order_id, "MANUAL_REVIEW")
+    await wait_for_step(running, order_id, "MANUAL_REVIEW")
 
     await login(page, f"{api_server.url}/console/orders/{order_id}")
     await expect(page.locator("#order-state")).to_have_text("VALIDATED")
@@ -276,7 +263,7 @@ async def test_invalid_address_shows_field_errors(
 ) -> None:
     order_id = new_id("con-addr")
     await running.service.start_order(order_id, f"pay-{order_id}", ADDRESS)
-    await wait_step(running, order_id, "MANUAL_REVIEW")
+    await wait_for_step(running, order_id, "MANUAL_REVIEW")
 
     await login(page, f"{api_server.url}/console/orders/{order_id}")
     await expect(page.locator("#addr-street")).to_have_value(ADDRESS["street"])
@@ -345,9 +332,9 @@ async def test_dashboard_draws_charts(running: Running, api_server: ApiServer, p
     await running.service.start_order(
         retried, f"pay-{retried}", ADDRESS, fault_profile="charge_crash_attempts=1"
     )
-    await wait_step(running, cancelled, "MANUAL_REVIEW")
+    await wait_for_step(running, cancelled, "MANUAL_REVIEW")
     await running.service.cancel(cancelled, reason="dashboard_test")
-    await wait_step(running, retried, "MANUAL_REVIEW")
+    await wait_for_step(running, retried, "MANUAL_REVIEW")
     await running.service.approve(retried, reviewer="dashboard-test")
 
     async def closed() -> bool:
@@ -404,7 +391,7 @@ async def test_open_api_needs_no_key(
     """Without API_KEYS (loopback dev setups) the console works without asking for a key."""
     order_id = new_id("con-open")
     await running.service.start_order(order_id, f"pay-{order_id}", ADDRESS)
-    await wait_step(running, order_id, "MANUAL_REVIEW")
+    await wait_for_step(running, order_id, "MANUAL_REVIEW")
     settings = real_stack.settings.model_copy(update={"api_keys": SecretStr("")})
     with serve(settings) as server:
         async with open_tab(browser, server.url) as tab:

@@ -12,7 +12,7 @@ from temporalio.client import WorkflowFailureError
 from app.db import Event, Order, Payment
 from app.models import SIGNAL_APPROVE, ApproveRequest, order_workflow_id
 from app.service import OrderConflict
-from tests.conftest import Running, eventually
+from tests.conftest import Running, eventually, wait_for_step
 
 ADDRESS = {
     "street": "1 Main St",
@@ -64,18 +64,6 @@ async def _payments(r: Running, order_id: str) -> list[Payment]:
         )
 
 
-async def _wait_state(r: Running, order_id: str, step: str) -> dict[str, Any]:
-    async def check() -> dict[str, Any] | None:
-        try:
-            status = await r.service.status(order_id)
-        except Exception:
-            return None
-        return status if status.get("step") == step else None
-
-    result: dict[str, Any] = await eventually(check)
-    return result
-
-
 async def _result(r: Running, order_id: str) -> Any:
     return await r.client.get_workflow_handle(order_workflow_id(order_id)).result()
 
@@ -84,7 +72,7 @@ async def test_order_completes_end_to_end(running: Running) -> None:
     order_id = new_id()
     started = await running.service.start_order(order_id, f"pmt-{order_id}", ADDRESS)
     assert started["workflow_id"] == f"order-{order_id}" and started["run_id"]
-    await _wait_state(running, order_id, "MANUAL_REVIEW")
+    await wait_for_step(running, order_id, "MANUAL_REVIEW")
     await running.service.approve(order_id, reviewer="alice")
     result = await _result(running, order_id)
     assert result["state"] == "COMPLETED"
@@ -113,7 +101,7 @@ async def test_charge_failing_after_db_write_is_not_charged_twice(running: Runni
     await running.service.start_order(
         order_id, f"pmt-{order_id}", ADDRESS, fault_profile="fail=0,charge_crash_attempts=1"
     )
-    await _wait_state(running, order_id, "MANUAL_REVIEW")
+    await wait_for_step(running, order_id, "MANUAL_REVIEW")
     await running.service.approve(order_id, reviewer="alice")
     assert (await _result(running, order_id))["state"] == "COMPLETED"
     payments = await _payments(running, order_id)
@@ -143,7 +131,7 @@ async def test_cancel_after_payment_refunds(running: Running) -> None:
     order_id = new_id()
     # Slow services (1 s a call) leave time to cancel between payment and dispatch.
     await running.service.start_order(order_id, f"pmt-{order_id}", ADDRESS, fault_profile="delay=1")
-    await _wait_state(running, order_id, "MANUAL_REVIEW")
+    await wait_for_step(running, order_id, "MANUAL_REVIEW")
     await running.service.approve(order_id, reviewer="alice")
 
     async def paid_or_done() -> bool:
@@ -167,7 +155,7 @@ async def test_cancel_after_payment_refunds(running: Running) -> None:
 async def test_address_change_before_dispatch_is_what_ships(running: Running) -> None:
     order_id = new_id()
     await running.service.start_order(order_id, f"pmt-{order_id}", ADDRESS)
-    await _wait_state(running, order_id, "MANUAL_REVIEW")
+    await wait_for_step(running, order_id, "MANUAL_REVIEW")
     status = await running.service.update_address(order_id, NEW_ADDRESS)
     assert status.address.street == NEW_ADDRESS["street"]
     await running.service.approve(order_id, reviewer="alice")
