@@ -34,7 +34,7 @@ from rich.text import Text
 
 from app import stack, stack_services
 from app.config import Settings
-from app.models import TERMINAL_STATES, OrderState, Step, order_workflow_id
+from app.models import OrderState, Step, is_settled, order_workflow_id
 from app.stack import StackError
 
 if TYPE_CHECKING:
@@ -785,12 +785,8 @@ def _follow(paths: dict[str, Path], prefix: bool) -> None:
 
 
 def is_terminal(view: dict[str, Any]) -> bool:
-    """Closed and compensated: a cancelled or failed order is recorded as closed first and
-    refunded right after, so it is settled once its charge is no longer just "charged"."""
-    state = view.get("state")
-    if state not in TERMINAL_STATES:
-        return False
-    return state == OrderState.COMPLETED or view.get("payment_status") != "charged"
+    """Closed and compensated (a refund follows the close): the service's `settled`."""
+    return is_settled(view)
 
 
 async def wait_for_order(

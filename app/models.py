@@ -7,6 +7,7 @@ running workflows or callers.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -33,6 +34,14 @@ class OrderState(StrEnum):
 
 
 TERMINAL_STATES = frozenset({OrderState.COMPLETED, OrderState.CANCELLED, OrderState.FAILED})
+
+
+def is_settled(view: Mapping[str, object]) -> bool:
+    """Closed and compensated. A cancelled or failed order is recorded as closed first and
+    refunded right after, so it is settled once its charge is no longer just "charged"."""
+    if view.get("state") not in TERMINAL_STATES:
+        return False
+    return view.get("state") == OrderState.COMPLETED or view.get("payment_status") != "charged"
 
 
 class PaymentStatus(StrEnum):

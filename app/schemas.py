@@ -262,6 +262,10 @@ class OrderStatusResponse(BaseModel):
     workflow_status: str | None = None
     pending_activities: list[PendingActivity] = Field(default_factory=list)
     source: str = Field(description="workflow (live query), database (closed) or update")
+    settled: bool = Field(
+        default=False,
+        description="Closed and compensated: nothing about this order changes any more",
+    )
 
 
 class OrderSummary(BaseModel):

@@ -48,6 +48,7 @@ from app.models import (
     LineItem,
     OrderInput,
     OrderStatus,
+    is_settled,
     order_workflow_id,
 )
 from app.stubs import FaultProfile, FaultProfileError
@@ -365,6 +366,7 @@ class OrderService:
         if order is not None:
             view["payment_status"] = payment.status if payment else view["payment_status"]
         view["source"] = "workflow"
+        view["settled"] = is_settled(view)
         return view
 
     def _remember_closed(
@@ -375,8 +377,8 @@ class OrderService:
         activity attempt may still record its failure, and a refund may still be on its way:
         cache those views only briefly."""
         closed = (closed_at or datetime.now(UTC).replace(tzinfo=None)).replace(tzinfo=UTC)
-        compensated = view["state"] == "COMPLETED" or view["payment_status"] != "charged"
-        settled = compensated and datetime.now(UTC) - closed > timedelta(seconds=CLOSED_SETTLE_S)
+        quiet = datetime.now(UTC) - closed > timedelta(seconds=CLOSED_SETTLE_S)
+        settled = view["settled"] and quiet
         expires = time.monotonic() + (CLOSED_CACHE_TTL_S if settled else 1.0)
         self._closed_views[order_id] = (expires, view)
         self._closed_views.move_to_end(order_id)
@@ -390,6 +392,7 @@ class OrderService:
         errors: list[dict[str, Any]],
         attempts: dict[str, int],
     ) -> dict[str, Any]:
+        payment_status = payment.status if payment else "none"
         return {
             "order_id": order.id,
             "workflow_id": order.workflow_id or order_workflow_id(order.id),
@@ -398,7 +401,7 @@ class OrderService:
             "step": order.step,
             "address": order.address_json,
             "payment_id": order.payment_id,
-            "payment_status": payment.status if payment else "none",
+            "payment_status": payment_status,
             "amount_cents": int(order.amount * 100) if order.amount is not None else None,
             "attempts": attempts,
             "errors": errors,
@@ -412,6 +415,7 @@ class OrderService:
             "workflow_status": None,
             "pending_activities": [],
             "source": "database",
+            "settled": is_settled({"state": order.state, "payment_status": payment_status}),
         }
 
     async def _recent_errors(self, s: AsyncSession, order_id: str) -> list[dict[str, Any]]:

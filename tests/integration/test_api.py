@@ -105,10 +105,8 @@ def in_review(s: dict[str, Any]) -> bool:
 
 
 def closed(s: dict[str, Any]) -> bool:
-    """Closed and compensated: a cancelled order is closed first, refunded right after."""
-    if s["state"] not in ("COMPLETED", "CANCELLED", "FAILED"):
-        return False
-    return s["state"] == "COMPLETED" or s["payment_status"] != "charged"
+    """Closed and compensated (a cancelled order is closed first, refunded right after)."""
+    return bool(s["settled"])
 
 
 def assert_error(r: httpx.Response, status: int, code: str, field: str | None = None) -> None:

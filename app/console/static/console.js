@@ -589,10 +589,8 @@ function orderPage() {
       $('order-error').hidden = true;
       renderStatus(s);
       renderEvents(Array.isArray(ev) ? ev : ev.events || []);
-      // A closed order no longer changes once compensated (its refund follows the close):
-      // stop polling when its end is on the page.
-      const settled = s.state === 'COMPLETED' || s.payment_status !== 'charged';
-      if (TERMINAL.has(s.state) && settled && poller) poller.stop();
+      // A settled order (closed, and its refund done) no longer changes: stop polling.
+      if (s.settled && poller) poller.stop();
     } catch (error) {
       if (error.status === 404) {
         $('order-error').textContent = `No order ${id} (yet). This page keeps looking.`;
