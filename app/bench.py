@@ -1,9 +1,14 @@
 """Benchmark: orders through the REST API, against the same shape on bare Temporal.
 
 `run_bench()` (async) and `run_bench_sync()` (for the CLI) drive a running stack, by
-default the embedded one started by `cli.py start`:
+default the embedded one started by `cli.py start`. The phases run in this order:
 
-1. **orders**: `orders` orders (after `warmup` unmeasured ones) through the REST API at a
+1. **baseline**: the same number of workflows of the same shape on bare Temporal
+   (`app/bench_baseline.py`: no API, no database, no-op activities), started by a Temporal
+   client at the same concurrency on the same dev server, with two worker processes (one
+   per task queue) that this function starts and stops. It runs first so that it has the
+   fresh server; run after the orders it would share it with their timers coming due.
+2. **orders**: `orders` orders (after `warmup` unmeasured ones) through the REST API at a
    fixed `concurrency` (closed loop: each of `concurrency` clients starts an order, approves
    it, waits for it to complete, and starts the next). Fault profile `off`. The approval is
    sent right after the start (an approval before the review step is kept by design), as
@@ -11,13 +16,9 @@ default the embedded one started by `cli.py start`:
    `POST /orders/{id}/signals/approve` (`approve="api"`, a Temporal Update). Completion is
    the workflow's close event, seen by a long poll on its history (`handle.result()`),
    which costs one request per order instead of a stream of status polls.
-2. **status**: `GET /orders/{id}/status` on the completed orders (answered from the
+3. **status**: `GET /orders/{id}/status` on the completed orders (answered from the
    database) at saturation for `status_seconds`, from `status_concurrency` keep-alive
    connections.
-3. **baseline**: the same number of workflows of the same shape on bare Temporal
-   (`app/bench_baseline.py`: no API, no database, no-op activities), started by a Temporal
-   client at the same concurrency on the same dev server, with two worker processes (one
-   per task queue) that this function starts and stops.
 
 Latencies are measured by the client from just before the start request to the moment the
 client learns the workflow closed. Percentiles are nearest-rank. Worker RSS is sampled
@@ -331,7 +332,7 @@ async def closed_loop(
     return PhaseResult(latencies, starts, failures, wall, load_before, _load(), cpu)
 
 
-# --- phase 1: orders through the API ---------------------------------------------------------
+# --- phase 2: orders through the API ---------------------------------------------------------
 
 
 class _Orders:
@@ -396,7 +397,7 @@ def _refuse(resp: httpx.Response, what: str) -> None:
     raise BenchError(f"{what} answered {resp.status_code}: {detail}")
 
 
-# --- phase 2: status reads at saturation -------------------------------------------------------
+# --- phase 3: status reads at saturation -------------------------------------------------------
 
 
 async def status_load(
@@ -499,7 +500,7 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-# --- phase 3: bare-Temporal baseline ---------------------------------------------------------
+# --- phase 1: bare-Temporal baseline ---------------------------------------------------------
 
 
 class BaselineWorkers:
@@ -606,6 +607,44 @@ class _Baseline:
 # --- the benchmark ---------------------------------------------------------------------------
 
 
+def _baseline_queues(run_id: str) -> list[str]:
+    return [f"bench-base-orders-{run_id}", f"bench-base-shipping-{run_id}"]
+
+
+async def _baseline_phase(
+    settings: Settings,
+    client: Client,
+    run_id: str,
+    orders: int,
+    concurrency: int,
+    warmup: int,
+    procs: Mapping[str, Sequence[int]],
+    say: Progress,
+) -> tuple[PhaseResult, float | None]:
+    """Phase 1 of the module docstring: bare-Temporal workflows of the order's shape."""
+    queues = _baseline_queues(run_id)
+    base_workers = BaselineWorkers(settings, *queues)
+    try:
+        say("baseline: starting two bare-Temporal worker processes")
+        await base_workers.start()
+        base = _Baseline(client, run_id, *queues)
+        if warmup:
+            await closed_loop(base.one, warmup, concurrency)
+        say(f"baseline: {orders} workflows at concurrency {concurrency}")
+        base_rss = RssSampler(base_workers.pids)
+        base_rss.start()
+        groups: dict[str, Sequence[int]] = {"baseline_workers": base_workers.pids}
+        groups.update({k: v for k, v in procs.items() if k == "temporal"})
+        phase = await closed_loop(
+            base.one, orders, concurrency, first_index=warmup, cpu_groups=groups
+        )
+        await base_rss.stop()
+        say(f"baseline: {phase.completed} completed at {phase.per_s:.1f}/s")
+        return phase, base_rss.max_mb
+    finally:
+        base_workers.stop()
+
+
 async def run_bench(
     settings: Settings,
     *,
@@ -630,8 +669,8 @@ async def run_bench(
     `warmup`: unmeasured orders first (default max(concurrency, 10)), on both sides.
     `processes`: pids by service name (names starting with "worker" are the workers whose
     RSS is reported); default from the run folder's pid files or the command lines.
-    `baseline=False` skips phase 3 (baseline_per_s and ratio are then None);
-    `status_seconds=0` skips phase 2 (status_rps is then None).
+    `baseline=False` skips phase 1 (baseline_per_s and ratio are then None);
+    `status_seconds=0` skips phase 3 (status_rps is then None).
     """
     if orders < 1 or concurrency < 1:
         raise BenchError("orders and concurrency must be at least 1")
@@ -676,6 +715,19 @@ async def run_bench(
         if health.status_code != 200:
             raise BenchError(f"the API is not healthy: {health.status_code} {health.text[:200]}")
 
+        # The baseline goes first, on the fresh dev server: run after the orders it would
+        # share the server with their timers (deadline, execution timeouts) coming due.
+        baseline_phase: PhaseResult | None = None
+        baseline_rss: float | None = None
+        if baseline:
+            baseline_phase, baseline_rss = await _baseline_phase(
+                settings, client, run_id, orders, concurrency, warmup, procs, say
+            )
+            result["baseline_phase"] = {
+                **baseline_phase.summary(),
+                "task_queues": _baseline_queues(run_id),
+            }
+
         runner = _Orders(http, client, run_id, approve, fault_profile)
         if warmup:
             say(f"orders: warming up with {warmup} orders")
@@ -705,32 +757,6 @@ async def run_bench(
             say(f"status: {status['status_rps']:.0f} requests/s")
         await rss.stop()
         result["status_phase"] = status
-
-    baseline_phase: PhaseResult | None = None
-    baseline_rss: float | None = None
-    if baseline:
-        queues = (f"bench-base-orders-{run_id}", f"bench-base-shipping-{run_id}")
-        base_workers = BaselineWorkers(settings, *queues)
-        try:
-            say("baseline: starting two bare-Temporal worker processes")
-            await base_workers.start()
-            base = _Baseline(client, run_id, *queues)
-            if warmup:
-                await closed_loop(base.one, warmup, concurrency)
-            say(f"baseline: {orders} workflows at concurrency {concurrency}")
-            base_rss = RssSampler(base_workers.pids)
-            base_rss.start()
-            groups: dict[str, Sequence[int]] = {"baseline_workers": base_workers.pids}
-            groups.update({k: v for k, v in procs.items() if k == "temporal"})
-            baseline_phase = await closed_loop(
-                base.one, orders, concurrency, first_index=warmup, cpu_groups=groups
-            )
-            await base_rss.stop()
-            baseline_rss = base_rss.max_mb
-            say(f"baseline: {baseline_phase.completed} completed at {baseline_phase.per_s:.1f}/s")
-        finally:
-            base_workers.stop()
-        result["baseline_phase"] = {**baseline_phase.summary(), "task_queues": list(queues)}
 
     orders_per_s = phase.per_s
     baseline_per_s = baseline_phase.per_s if baseline_phase is not None else None

@@ -13,8 +13,8 @@ Run one worker process per task queue, like the order system:
     python -m app.bench_baseline --queue shipping --task-queue bench-base-shipping
 
 The worker prints `baseline worker running` once its pollers run; it stops on SIGTERM/SIGINT.
-Worker options (task slots) are the order workers' (MAX_CONCURRENT_ACTIVITIES,
-MAX_CONCURRENT_WORKFLOW_TASKS), so both sides get the same configuration.
+Worker options are the order workers' (MAX_CONCURRENT_ACTIVITIES,
+MAX_CONCURRENT_WORKFLOW_TASKS, WORKFLOW_SANDBOX), so both sides get the same configuration.
 """
 
 from __future__ import annotations
@@ -98,6 +98,7 @@ class BaselineOrderWorkflow:
 def build_worker(client: Client, queue: str, task_queue: str) -> Worker:
     """The baseline worker for `queue` ("orders" or "shipping"), tuned like app/worker.py."""
     from app.config import get_settings
+    from app.worker import workflow_runner
 
     settings = get_settings()
     workflows: list[type] = [
@@ -110,6 +111,7 @@ def build_worker(client: Client, queue: str, task_queue: str) -> Worker:
         activities=[noop],
         max_concurrent_activities=settings.max_concurrent_activities,
         max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
+        workflow_runner=workflow_runner(settings),
         graceful_shutdown_timeout=timedelta(seconds=5),
     )
 

@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     max_concurrent_activities: int = 200
     max_concurrent_workflow_tasks: int = 200
+    # Run workflow code in Temporal's sandbox in production workers too. Off by default:
+    # the unit tests run every workflow path in the strict sandbox, and in a worker it
+    # costs a module re-import per workflow run plus an exec per activation.
+    workflow_sandbox: bool = False
 
     @field_validator("log_level")
     @classmethod

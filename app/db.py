@@ -117,7 +117,12 @@ def create_engine(
     pool_size: int = 10,
     sslmode: str = "disable",
     ssl_ca: Path | None = None,
+    pre_ping: bool = True,
 ) -> AsyncEngine:
+    """`pre_ping`: test each connection as it leaves the pool. asyncpg's ping is three round
+    trips (BEGIN, an empty query, ROLLBACK), more than a short transaction itself; callers
+    that retry anyway (activities) turn it off and rely on SQLAlchemy invalidating the whole
+    pool on the first disconnect error instead."""
     connect_args: dict[str, Any] = {
         # TIMESTAMP columns hold UTC: the code compares them with UTC clocks.
         "server_settings": {"timezone": "UTC", "application_name": "orders"},
@@ -128,16 +133,19 @@ def create_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         pool_recycle=1800,
         connect_args=connect_args,
     )
 
 
-def engine_from_settings(settings: Settings, *, pool_size: int = 10) -> AsyncEngine:
+def engine_from_settings(
+    settings: Settings, *, pool_size: int = 10, pre_ping: bool = True
+) -> AsyncEngine:
     return create_engine(
         settings.database_url_plain,
         pool_size=pool_size,
+        pre_ping=pre_ping,
         sslmode=settings.database_sslmode,
         ssl_ca=settings.database_ssl_ca,
     )

@@ -5,8 +5,6 @@ One dataclass per workflow/activity/update input so fields can be added without 
 running workflows or callers.
 """
 
-from __future__ import annotations
-
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum

@@ -23,7 +23,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from app.activities import OrderActivities, ShippingActivities
 from app.config import Settings, get_settings
@@ -36,6 +37,18 @@ from app.workflows import OrderWorkflow, ShippingWorkflow
 log = logging.getLogger("app.worker")
 
 QUEUES = ("orders", "shipping", "all")
+
+
+def workflow_runner(settings: Settings) -> WorkflowRunner:
+    """The sandbox only when WORKFLOW_SANDBOX asks for it (docs/performance.md).
+
+    In a worker the sandbox re-imports a workflow's module for every new run and execs code
+    for every activation and payload: 20-25 ms of CPU per order, a third of the workers'
+    cost. What it guards against, non-deterministic calls in workflow code, is checked
+    where it is cheap: the unit tests run every workflow path in the default, strict
+    sandbox, and the replay tests catch changes that break recorded histories.
+    """
+    return SandboxedWorkflowRunner() if settings.workflow_sandbox else UnsandboxedWorkflowRunner()
 
 
 async def wait_for_database(engine: AsyncEngine, timeout: float = 60.0) -> None:
@@ -81,6 +94,7 @@ def build_workers(
         "max_concurrent_activities": settings.max_concurrent_activities,
         "max_concurrent_workflow_tasks": settings.max_concurrent_workflow_tasks,
         "graceful_shutdown_timeout": timedelta(seconds=10),
+        "workflow_runner": workflow_runner(settings),
     }
     if queue in ("orders", "all"):
         acts = OrderActivities(sessions, services)
@@ -158,7 +172,8 @@ async def run(queue: str, settings: Settings, metrics_port: int) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    engine = engine_from_settings(settings, pool_size=20)
+    # No pre-ping: a failed attempt on a stale connection is retried like any other.
+    engine = engine_from_settings(settings, pool_size=20, pre_ping=False)
     try:
         await wait_for_database(engine)
         client = await wait_for_temporal(settings, runtime)

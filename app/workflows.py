@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -609,7 +610,8 @@ class OrderWorkflow:
     def _enter(self, step: Step) -> None:
         self._step = step
         self._updated_at = workflow.now()
-        self._log("step started", step=str(step))
+        # DEBUG: the state change that ends each step is logged at INFO anyway.
+        self._log("step started", level=logging.DEBUG, step=str(step))
 
     def _set_state(self, state: OrderState) -> None:
         self._state = state
@@ -622,9 +624,10 @@ class OrderWorkflow:
         )
         del self._errors[:-MAX_ERRORS_KEPT]
 
-    def _log(self, message: str, **fields: object) -> None:
+    def _log(self, message: str, level: int = logging.INFO, **fields: object) -> None:
         inp = self._inp
-        workflow.logger.info(
+        workflow.logger.log(
+            level,
             message,
             extra={"order_id": inp.order_id if inp else None, "step": self._step, **fields},
         )

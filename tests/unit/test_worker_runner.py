@@ -1,0 +1,16 @@
+"""Which workflow runner the production workers use (WORKFLOW_SANDBOX)."""
+
+from temporalio.worker import UnsandboxedWorkflowRunner
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
+
+from app.config import Settings
+from app.worker import workflow_runner
+
+
+def test_workers_run_workflows_unsandboxed_by_default() -> None:
+    assert isinstance(workflow_runner(Settings(_env_file=None)), UnsandboxedWorkflowRunner)
+
+
+def test_workflow_sandbox_setting_turns_the_sandbox_on(monkeypatch) -> None:
+    monkeypatch.setenv("WORKFLOW_SANDBOX", "true")
+    assert isinstance(workflow_runner(Settings(_env_file=None)), SandboxedWorkflowRunner)
