@@ -47,6 +47,7 @@ from app.models import (
     CancelRequest,
     LineItem,
     OrderInput,
+    OrderState,
     OrderStatus,
     is_settled,
     order_workflow_id,
@@ -373,12 +374,16 @@ class OrderService:
         self, order_id: str, view: dict[str, Any], closed_at: datetime | None
     ) -> None:
         """Closed orders no longer change, so their view is cached (status reads of finished
-        orders are the API's hottest path). For a few seconds after closing, a cancelled
-        activity attempt may still record its failure, and a refund may still be on its way:
-        cache those views only briefly."""
+        orders are the API's hottest path).
+
+        A COMPLETED order is final at once: the dispatch that completes it is the last write,
+        and attempts run one after another, so every failed attempt was recorded before it.
+        A cancelled or failed one is not: for a few seconds an activity cancelled on the way
+        out may still record its failed attempt, and a refund may still be on its way, so
+        those views are cached only briefly until then."""
         closed = (closed_at or datetime.now(UTC).replace(tzinfo=None)).replace(tzinfo=UTC)
         quiet = datetime.now(UTC) - closed > timedelta(seconds=CLOSED_SETTLE_S)
-        settled = view["settled"] and quiet
+        settled = view["state"] == OrderState.COMPLETED or (view["settled"] and quiet)
         expires = time.monotonic() + (CLOSED_CACHE_TTL_S if settled else 1.0)
         self._closed_views[order_id] = (expires, view)
         self._closed_views.move_to_end(order_id)
