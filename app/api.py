@@ -372,7 +372,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if not authenticator.enabled:
         logger.warning("API authentication is off: no API_KEYS set, every caller has every role")
     client = await _connect_temporal(settings)
-    engine = engine_from_settings(settings)
+    # Room for a burst of concurrent reads without opening and closing overflow connections
+    # (each new one pays authentication and starts with no prepared statements).
+    engine = engine_from_settings(settings, pool_size=20)
     app.state.temporal = client
     app.state.engine = engine
     app.state.service = OrderService(client, session_factory(engine), settings)

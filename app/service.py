@@ -6,6 +6,7 @@ responses and the CLI to one-line messages, and neither shows a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 import time
@@ -75,6 +76,15 @@ _REFUSAL_STATUS = {
 CLOSED_CACHE_SIZE = 10_000
 CLOSED_CACHE_TTL_S = 300.0
 CLOSED_SETTLE_S = 10.0
+MAX_ERRORS_SHOWN = 20
+# The event that records a step's successful attempt; failed ones are STEP_ATTEMPT_FAILED.
+_SUCCESS_EVENT_STEP = {
+    "RECEIVED": "RECEIVE",
+    "VALIDATED": "VALIDATE",
+    "PAYMENT_CHARGED": "PAY",
+    "DISPATCHED": "SHIP",
+}
+_ATTEMPT_EVENTS = [*_SUCCESS_EVENT_STEP, "STEP_ATTEMPT_FAILED"]
 
 
 class ServiceError(Exception):
@@ -181,6 +191,8 @@ class OrderService:
         self.settings = settings
         # order id -> (expires at, status view) for closed orders; see _remember_closed.
         self._closed_views: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
+        # order id -> the status lookup in flight for it; see status().
+        self._status_lookups: dict[str, asyncio.Future[dict[str, Any]]] = {}
 
     # --- commands --------------------------------------------------------------------------
 
@@ -321,11 +333,33 @@ class OrderService:
         cached = self._closed_views.get(order_id)
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
+        # Concurrent reads of one order share one lookup. Without this, readers that get
+        # ahead of a slow first read all miss the cache for the same order at once.
+        lookup = self._status_lookups.get(order_id)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._lookup_status(order_id))
+            self._status_lookups[order_id] = lookup
+            lookup.add_done_callback(lambda done: self._lookup_done(order_id, done))
+        # Shielded: one caller going away must not cancel the others' lookup.
+        return await asyncio.shield(lookup)
+
+    def _lookup_done(self, order_id: str, done: asyncio.Future[dict[str, Any]]) -> None:
+        self._status_lookups.pop(order_id, None)
+        if not done.cancelled():
+            done.exception()  # retrieved here, so a failure nobody awaited is not logged
+
+    async def _lookup_status(self, order_id: str) -> dict[str, Any]:
+        # Two queries: the order with its payment, then its attempt events.
         async with self.sessions() as s:
-            order = await s.get(Order, order_id)
-            payment = await s.get(Payment, order.payment_id) if order and order.payment_id else None
-            errors = await self._recent_errors(s, order_id)
-            attempts = await self._attempts(s, order_id)
+            row = (
+                await s.execute(
+                    select(Order, Payment)
+                    .outerjoin(Payment, Payment.payment_id == Order.payment_id)
+                    .where(Order.id == order_id)
+                )
+            ).first()
+            order, payment = (row[0], row[1]) if row is not None else (None, None)
+            errors, attempts = await self._attempt_history(s, order_id)
         if order is not None and order.state in TERMINAL_STATES:
             view = self._status_from_db(order, payment, errors, attempts)
             self._remember_closed(order_id, view, order.closed_at)
@@ -423,67 +457,45 @@ class OrderService:
             "settled": is_settled({"state": order.state, "payment_status": payment_status}),
         }
 
-    async def _recent_errors(self, s: AsyncSession, order_id: str) -> list[dict[str, Any]]:
+    async def _attempt_history(
+        self, s: AsyncSession, order_id: str
+    ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        """Recent failed attempts (newest first) and the attempt count of every step."""
         rows = (
             await s.execute(
-                select(Event)
-                .where(Event.order_id == order_id, Event.type == "STEP_ATTEMPT_FAILED")
+                select(Event.type, Event.payload_json, Event.ts)
+                .where(Event.order_id == order_id, Event.type.in_(_ATTEMPT_EVENTS))
                 .order_by(Event.id.desc())
-                .limit(20)
             )
-        ).scalars()
-        out = []
-        for e in rows:
-            p = e.payload_json or {}
-            out.append(
-                {
-                    "step": p.get("step"),
-                    "attempt": p.get("attempt"),
-                    "message": p.get("message"),
-                    "kind": p.get("kind"),
-                    "at": _iso(e.ts),
-                }
-            )
-        return out
-
-    async def _attempts(self, s: AsyncSession, order_id: str) -> dict[str, int]:
-        rows = (
-            await s.execute(
-                select(Event.payload_json).where(
-                    Event.order_id == order_id,
-                    Event.type.in_(
-                        [
-                            "RECEIVED",
-                            "VALIDATED",
-                            "PAYMENT_CHARGED",
-                            "DISPATCHED",
-                            "STEP_ATTEMPT_FAILED",
-                        ]
-                    ),
-                )
-            )
-        ).scalars()
-        step_of_type = {"RECEIVED": "RECEIVE", "VALIDATED": "VALIDATE"}
+        ).all()
+        errors: list[dict[str, Any]] = []
         succeeded: dict[str, int] = {}
         failed: dict[str, int] = {}
-        for payload in rows:
+        for type_, payload, ts in rows:
             p = payload or {}
             attempt = p.get("attempt")
-            if not isinstance(attempt, int):
-                continue
-            if "kind" in p:  # STEP_ATTEMPT_FAILED
-                failed[p["step"]] = max(failed.get(p["step"], 0), attempt)
-                continue
-            step = step_of_type.get(str(p.get("state")))
-            if step is None:
-                step = "PAY" if "payment_id" in p else "SHIP"
-            succeeded[step] = max(succeeded.get(step, 0), attempt)
+            if type_ == "STEP_ATTEMPT_FAILED":
+                if len(errors) < MAX_ERRORS_SHOWN:
+                    errors.append(
+                        {
+                            "step": p.get("step"),
+                            "attempt": attempt,
+                            "message": p.get("message"),
+                            "kind": p.get("kind"),
+                            "at": _iso(ts),
+                        }
+                    )
+                if isinstance(attempt, int):
+                    failed[p["step"]] = max(failed.get(p["step"], 0), attempt)
+            elif isinstance(attempt, int):
+                step = _SUCCESS_EVENT_STEP[type_]
+                succeeded[step] = max(succeeded.get(step, 0), attempt)
         attempts = dict(failed)
         for step, attempt in succeeded.items():
             # A step that succeeded after failed attempts succeeded on a later one, even
             # when the successful attempt only confirmed an earlier attempt's write.
             attempts[step] = max(attempt, failed.get(step, 0) + 1)
-        return attempts
+        return errors, attempts
 
     async def list_orders(
         self, state: str | None = None, limit: int = 20, offset: int = 0
