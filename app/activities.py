@@ -15,14 +15,25 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import (
+    Insert,
+    Select,
+    Update,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from app import metrics
-from app.db import Event, Order, Payment, timed_transaction
+from app.db import Event, JsonType, Order, Payment, timed_statements, timed_transaction
 from app.models import (
     ERR_INVALID_ORDER,
     ERR_ORDER_CANCELLED,
@@ -75,6 +86,26 @@ def _cents(amount_cents: int) -> Decimal:
 
 def _event(order_id: str, type_: str, **payload: Any) -> dict[str, Any]:
     return {"order_id": order_id, "type": type_, "payload_json": payload}
+
+
+def _with_events(write: Insert | Update, *events: tuple[str, dict[str, Any]]) -> Select[Any]:
+    """One statement: `write` on an order row, plus the events for the row it wrote.
+
+    Selects the order id when `write` wrote the row, nothing when it did not (then no event
+    is recorded either). A statement's data-modifying CTEs commit together or not at all,
+    so the step's state change and its events need no transaction around them: one round
+    trip to PostgreSQL instead of four (these writes are the hottest path of an order)."""
+    written = write.returning(Order.id).cte("written")
+    rows = [
+        select(written.c.id, literal(type_), literal(payload, JsonType))
+        for type_, payload in events
+    ]
+    recorded = (
+        insert(Event)
+        .from_select(["order_id", "type", "payload_json"], union_all(*rows))
+        .cte("recorded")
+    )
+    return select(written.c.id).add_cte(recorded)
 
 
 def step_activity(step: str) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
@@ -176,6 +207,11 @@ async def _lock_order(session: AsyncSession, order_id: str) -> Order:
     return order
 
 
+async def _require_order(session: AsyncSession, order_id: str) -> None:
+    if (await session.execute(select(Order.id).where(Order.id == order_id))).first() is None:
+        raise ApplicationError(f"order {order_id} not found in database", type="OrderNotFound")
+
+
 class OrderActivities(_ActivityBase):
     """Activities of the orders queue."""
 
@@ -184,29 +220,36 @@ class OrderActivities(_ActivityBase):
     async def receive_order(self, inp: ReceiveInput) -> StepOutcome:
         info = activity.info()
         await self.services.receive_order(inp.ctx.order_id, info.attempt, inp.ctx.fault_profile)
-        async with timed_transaction(self.sessions, "receive_order") as s:
-            inserted = (
-                await s.execute(
-                    pg_insert(Order)
-                    .values(
-                        id=inp.ctx.order_id,
-                        state=OrderState.RECEIVED,
-                        step="RECEIVE",
-                        address_json=inp.address.as_dict(),
-                        workflow_id=inp.workflow_id,
-                        run_id=inp.run_id,
-                        payment_id=inp.payment_id,
-                        amount=_cents(order_amount_cents(inp.items)),
-                        items_json=[vars(i) for i in inp.items],
-                        deadline_at=datetime.fromisoformat(inp.deadline_iso).replace(tzinfo=None),
-                        # now() for runs started before the workflow sent its start time.
-                        created_at=_naive_utc(inp.started_at_iso) or func.now(),
-                    )
-                    .on_conflict_do_nothing(index_elements=[Order.id])
-                    .returning(Order.id)
-                )
-            ).scalar_one_or_none()
-            if inserted is None:
+        new_order = (
+            pg_insert(Order)
+            .values(
+                id=inp.ctx.order_id,
+                state=OrderState.RECEIVED,
+                step="RECEIVE",
+                address_json=inp.address.as_dict(),
+                workflow_id=inp.workflow_id,
+                run_id=inp.run_id,
+                payment_id=inp.payment_id,
+                amount=_cents(order_amount_cents(inp.items)),
+                items_json=[vars(i) for i in inp.items],
+                deadline_at=datetime.fromisoformat(inp.deadline_iso).replace(tzinfo=None),
+                # now() for runs started before the workflow sent its start time.
+                created_at=_naive_utc(inp.started_at_iso) or func.now(),
+            )
+            .on_conflict_do_nothing(index_elements=[Order.id])
+        )
+        received = (
+            "RECEIVED",
+            {
+                "state": OrderState.RECEIVED,
+                "attempt": info.attempt,
+                "workflow_id": inp.workflow_id,
+                "run_id": inp.run_id,
+            },
+        )
+        async with timed_statements(self.sessions, "receive_order") as s:
+            inserted = (await s.execute(_with_events(new_order, received))).scalar_one_or_none()
+            if inserted is None:  # a retry, or the id is taken
                 existing = await s.get(Order, inp.ctx.order_id)
                 if existing is not None and existing.run_id != inp.run_id:
                     raise ApplicationError(
@@ -214,19 +257,6 @@ class OrderActivities(_ActivityBase):
                         type=ERR_INVALID_ORDER,
                         non_retryable=True,
                     )
-            else:
-                await s.execute(
-                    insert(Event).values(
-                        **_event(
-                            inp.ctx.order_id,
-                            "RECEIVED",
-                            state=OrderState.RECEIVED,
-                            attempt=info.attempt,
-                            workflow_id=inp.workflow_id,
-                            run_id=inp.run_id,
-                        )
-                    )
-                )
         return StepOutcome(attempt=info.attempt)
 
     @activity.defn(name="ValidateOrder")
@@ -235,29 +265,26 @@ class OrderActivities(_ActivityBase):
         info = activity.info()
         await self.services.validate_order(inp.ctx.order_id, info.attempt, inp.ctx.fault_profile)
         problems = _business_problems(inp)
-        async with timed_transaction(self.sessions, "validate_order") as s:
-            order = await _lock_order(s, inp.ctx.order_id)
-            if problems:
-                # Recorded with the failure; the workflow closes the order as FAILED.
+        if problems:
+            # Recorded with the failure; the workflow closes the order as FAILED.
+            async with timed_transaction(self.sessions, "validate_order") as s:
+                await _lock_order(s, inp.ctx.order_id)
                 await s.execute(
                     insert(Event).values(
                         **_event(inp.ctx.order_id, "VALIDATION_FAILED", problems=problems)
                     )
                 )
-            elif order.state == OrderState.RECEIVED:
-                order.state = OrderState.VALIDATED
-                order.step = "MANUAL_REVIEW"
-                order.updated_at = _now()
-                await s.execute(
-                    insert(Event).values(
-                        **_event(
-                            inp.ctx.order_id,
-                            "VALIDATED",
-                            state=OrderState.VALIDATED,
-                            attempt=info.attempt,
-                        )
-                    )
-                )
+        else:
+            validated = (
+                update(Order)
+                .where(Order.id == inp.ctx.order_id, Order.state == OrderState.RECEIVED)
+                .values(state=OrderState.VALIDATED, step="MANUAL_REVIEW", updated_at=_now())
+            )
+            event = ("VALIDATED", {"state": OrderState.VALIDATED, "attempt": info.attempt})
+            async with timed_statements(self.sessions, "validate_order") as s:
+                if (await s.execute(_with_events(validated, event))).scalar_one_or_none() is None:
+                    # Validated by an earlier attempt, or not there at all.
+                    await _require_order(s, inp.ctx.order_id)
         if problems:
             raise ApplicationError(
                 "order is invalid: " + "; ".join(f"{k} {v}" for k, v in problems.items()),
@@ -277,19 +304,42 @@ class OrderActivities(_ActivityBase):
         async with timed_transaction(self.sessions, "charge_payment") as s:
             # A charge that happened is always recorded, even if a cancel raced it: the
             # workflow then refunds it. Skipping the record would lose the money trail.
-            order = await _lock_order(s, order_id)
+            await _lock_order(s, order_id)
+            payment = (
+                pg_insert(Payment)
+                .values(
+                    payment_id=inp.payment_id,
+                    order_id=order_id,
+                    status=PaymentStatus.CHARGED,
+                    amount=_cents(inp.amount_cents),
+                    gateway_ref=ref,
+                )
+                .on_conflict_do_nothing(index_elements=[Payment.payment_id])
+                .returning(Payment.payment_id)
+                .cte("charged")
+            )
+            # The order is marked paid, with its events, only when this attempt recorded
+            # the charge (one statement).
+            paid = (
+                update(Order)
+                .where(Order.id == order_id, exists(select(payment.c.payment_id)))
+                .values(state=OrderState.PAID, step="PAY", updated_at=_now())
+            )
             charged = (
                 await s.execute(
-                    pg_insert(Payment)
-                    .values(
-                        payment_id=inp.payment_id,
-                        order_id=order_id,
-                        status=PaymentStatus.CHARGED,
-                        amount=_cents(inp.amount_cents),
-                        gateway_ref=ref,
+                    _with_events(
+                        paid,
+                        ("APPROVED", {"by": inp.approved_by, "at": inp.approved_at_iso}),
+                        (
+                            "PAYMENT_CHARGED",
+                            {
+                                "state": OrderState.PAID,
+                                "payment_id": inp.payment_id,
+                                "amount_cents": inp.amount_cents,
+                                "attempt": info.attempt,
+                            },
+                        ),
                     )
-                    .on_conflict_do_nothing(index_elements=[Payment.payment_id])
-                    .returning(Payment.payment_id)
                 )
             ).scalar_one_or_none()
             if charged is None:
@@ -303,24 +353,6 @@ class OrderActivities(_ActivityBase):
                 log.info(
                     "charge already recorded; not charging again",
                     extra={"order_id": order_id, "attempt": info.attempt},
-                )
-            else:
-                order.state = OrderState.PAID
-                order.step = "PAY"
-                order.updated_at = _now()
-                await s.execute(
-                    insert(Event),
-                    [
-                        _event(order_id, "APPROVED", by=inp.approved_by, at=inp.approved_at_iso),
-                        _event(
-                            order_id,
-                            "PAYMENT_CHARGED",
-                            state=OrderState.PAID,
-                            payment_id=inp.payment_id,
-                            amount_cents=inp.amount_cents,
-                            attempt=info.attempt,
-                        ),
-                    ],
                 )
         profile = self.services.faults.profile(inp.ctx.fault_profile)
         if info.attempt <= profile.charge_crash_attempts:
@@ -545,7 +577,7 @@ class ShippingActivities(_ActivityBase):
         await self.services.prepare_package(
             order_id, f"{inp.shipping_attempt}.{info.attempt}", inp.ctx.fault_profile
         )
-        async with timed_transaction(self.sessions, "prepare_package") as s:
+        async with timed_statements(self.sessions, "prepare_package") as s:
             await s.execute(
                 insert(Event).values(
                     **_event(
@@ -583,23 +615,32 @@ class ShippingActivities(_ActivityBase):
             tracking = await self.services.dispatch_carrier(
                 order_id, f"{inp.shipping_attempt}.{info.attempt}", inp.ctx.fault_profile
             )
-            order.tracking_number = tracking
-            order.state = OrderState.COMPLETED
-            order.step = "SHIP"
-            order.updated_at = order.closed_at = _now()
+            now = _now()
+            completed = (
+                update(Order)
+                .where(Order.id == order_id)
+                .values(
+                    tracking_number=tracking,
+                    state=OrderState.COMPLETED,
+                    step="SHIP",
+                    updated_at=now,
+                    closed_at=now,
+                )
+            )
             await s.execute(
-                insert(Event),
-                [
-                    _event(
-                        order_id,
+                _with_events(
+                    completed,
+                    (
                         "DISPATCHED",
-                        tracking_number=tracking,
-                        shipping_attempt=inp.shipping_attempt,
-                        attempt=info.attempt,
-                        address=address.as_dict(),
+                        {
+                            "tracking_number": tracking,
+                            "shipping_attempt": inp.shipping_attempt,
+                            "attempt": info.attempt,
+                            "address": address.as_dict(),
+                        },
                     ),
-                    _event(order_id, "COMPLETED", state=OrderState.COMPLETED),
-                ],
+                    ("COMPLETED", {"state": OrderState.COMPLETED}),
+                )
             )
         _observe_end(OrderState.COMPLETED, None, order.created_at)
         return DispatchOutcome(attempt=info.attempt, tracking_number=tracking, address=address)

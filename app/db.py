@@ -169,10 +169,26 @@ async def timed_transaction(
     the transaction cut off while in flight (timeout/cancel). A business rule or an external
     call failing inside the block rolls back too, but has its own metric (step errors).
     """
+    async with _timed(operation), sessions.begin() as session:
+        yield session
+
+
+@asynccontextmanager
+async def timed_statements(
+    sessions: async_sessionmaker[AsyncSession], operation: str
+) -> AsyncIterator[AsyncSession]:
+    """Like `timed_transaction`, for writes that are each one atomic statement: every
+    statement commits on its own, saving the BEGIN and COMMIT round trips."""
+    async with _timed(operation), sessions() as session:
+        await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        yield session
+
+
+@asynccontextmanager
+async def _timed(operation: str) -> AsyncIterator[None]:
     started = time.perf_counter()
     try:
-        async with sessions.begin() as session:
-            yield session
+        yield
     except _DATABASE_FAILURES as err:
         metrics.DB_ERRORS.labels(operation=operation, error=type(err).__name__).inc()
         raise
