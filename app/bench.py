@@ -1,14 +1,9 @@
 """Benchmark: orders through the REST API, against the same shape on bare Temporal.
 
 `run_bench()` (async) and `run_bench_sync()` (for the CLI) drive a running stack, by
-default the embedded one started by `cli.py start`. The phases run in this order:
+default the embedded one started by `cli.py start`:
 
-1. **baseline**: the same number of workflows of the same shape on bare Temporal
-   (`app/bench_baseline.py`: no API, no database, no-op activities), started by a Temporal
-   client at the same concurrency on the same dev server, with two worker processes (one
-   per task queue) that this function starts and stops. It runs first so that it has the
-   fresh server; run after the orders it would share it with their timers coming due.
-2. **orders**: `orders` orders (after `warmup` unmeasured ones) through the REST API at a
+1. **orders**: `orders` orders (after `warmup` unmeasured ones) through the REST API at a
    fixed `concurrency` (closed loop: each of `concurrency` clients starts an order, approves
    it, waits for it to complete, and starts the next). Fault profile `off`. The approval is
    sent right after the start (an approval before the review step is kept by design), as
@@ -16,6 +11,12 @@ default the embedded one started by `cli.py start`. The phases run in this order
    `POST /orders/{id}/signals/approve` (`approve="api"`, a Temporal Update). Completion is
    the workflow's close event, seen by a long poll on its history (`handle.result()`),
    which costs one request per order instead of a stream of status polls.
+2. **baseline**: the same number of workflows of the same shape on bare Temporal
+   (`app/bench_baseline.py`: no API, no database, no-op activities), started by a Temporal
+   client at the same concurrency on the same dev server, with two worker processes (one
+   per task queue) that this function starts and stops.
+   Orders and baseline are measured in alternating chunks, baseline-orders-orders-baseline
+   (`SEQUENCE`), and each side's chunks are added up.
 3. **status**: `GET /orders/{id}/status` on the completed orders (answered from the
    database) at saturation for `status_seconds`, from `status_concurrency` keep-alive
    connections.
@@ -258,6 +259,23 @@ class PhaseResult:
     def completed(self) -> int:
         return len(self.latencies_ms)
 
+    @classmethod
+    def merge(cls, parts: Sequence[PhaseResult]) -> PhaseResult:
+        """One result for runs measured in several chunks (wall times and CPU add up)."""
+        cpu: dict[str, float] = {}
+        for part in parts:
+            for name, seconds in part.cpu_s.items():
+                cpu[name] = cpu.get(name, 0.0) + seconds
+        return cls(
+            latencies_ms=[ms for p in parts for ms in p.latencies_ms],
+            start_ms=[ms for p in parts for ms in p.start_ms],
+            failures=[f for p in parts for f in p.failures],
+            wall_s=sum(p.wall_s for p in parts),
+            load_before=parts[0].load_before,
+            load_after=parts[-1].load_after,
+            cpu_s=cpu,
+        )
+
     @property
     def per_s(self) -> float:
         return self.completed / self.wall_s if self.wall_s > 0 else 0.0
@@ -332,7 +350,7 @@ async def closed_loop(
     return PhaseResult(latencies, starts, failures, wall, load_before, _load(), cpu)
 
 
-# --- phase 2: orders through the API ---------------------------------------------------------
+# --- phase 1: orders through the API ---------------------------------------------------------
 
 
 class _Orders:
@@ -500,7 +518,7 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-# --- phase 1: bare-Temporal baseline ---------------------------------------------------------
+# --- phase 2: bare-Temporal baseline ---------------------------------------------------------
 
 
 class BaselineWorkers:
@@ -611,38 +629,15 @@ def _baseline_queues(run_id: str) -> list[str]:
     return [f"bench-base-orders-{run_id}", f"bench-base-shipping-{run_id}"]
 
 
-async def _baseline_phase(
-    settings: Settings,
-    client: Client,
-    run_id: str,
-    orders: int,
-    concurrency: int,
-    warmup: int,
-    procs: Mapping[str, Sequence[int]],
-    say: Progress,
-) -> tuple[PhaseResult, float | None]:
-    """Phase 1 of the module docstring: bare-Temporal workflows of the order's shape."""
-    queues = _baseline_queues(run_id)
-    base_workers = BaselineWorkers(settings, *queues)
-    try:
-        say("baseline: starting two bare-Temporal worker processes")
-        await base_workers.start()
-        base = _Baseline(client, run_id, *queues)
-        if warmup:
-            await closed_loop(base.one, warmup, concurrency)
-        say(f"baseline: {orders} workflows at concurrency {concurrency}")
-        base_rss = RssSampler(base_workers.pids)
-        base_rss.start()
-        groups: dict[str, Sequence[int]] = {"baseline_workers": base_workers.pids}
-        groups.update({k: v for k, v in procs.items() if k == "temporal"})
-        phase = await closed_loop(
-            base.one, orders, concurrency, first_index=warmup, cpu_groups=groups
-        )
-        await base_rss.stop()
-        say(f"baseline: {phase.completed} completed at {phase.per_s:.1f}/s")
-        return phase, base_rss.max_mb
-    finally:
-        base_workers.stop()
+# Measured chunks per side, in this order ("ABBA"): each side runs once right after the
+# other, once after itself, and the server ages evenly under both. Run one after the other
+# instead, the second measured up to 40 % more dev server CPU per workflow than the first,
+# whichever side it was.
+SEQUENCE = ("baseline", "orders", "orders", "baseline")
+
+
+def _chunks(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
 async def run_bench(
@@ -669,7 +664,7 @@ async def run_bench(
     `warmup`: unmeasured orders first (default max(concurrency, 10)), on both sides.
     `processes`: pids by service name (names starting with "worker" are the workers whose
     RSS is reported); default from the run folder's pid files or the command lines.
-    `baseline=False` skips phase 1 (baseline_per_s and ratio are then None);
+    `baseline=False` skips phase 2 (baseline_per_s and ratio are then None);
     `status_seconds=0` skips phase 3 (status_rps is then None).
     """
     if orders < 1 or concurrency < 1:
@@ -715,33 +710,57 @@ async def run_bench(
         if health.status_code != 200:
             raise BenchError(f"the API is not healthy: {health.status_code} {health.text[:200]}")
 
-        # The baseline goes first, on the fresh dev server: run after the orders it would
-        # share the server with their timers (deadline, execution timeouts) coming due.
-        baseline_phase: PhaseResult | None = None
-        baseline_rss: float | None = None
-        if baseline:
-            baseline_phase, baseline_rss = await _baseline_phase(
-                settings, client, run_id, orders, concurrency, warmup, procs, say
-            )
-            result["baseline_phase"] = {
-                **baseline_phase.summary(),
-                "task_queues": _baseline_queues(run_id),
-            }
-
         runner = _Orders(http, client, run_id, approve, fault_profile)
-        if warmup:
-            say(f"orders: warming up with {warmup} orders")
-            warm = await closed_loop(runner.one, warmup, concurrency)
-            if warm.failures:
-                raise BenchError(f"warm-up orders failed: {warm.failures[0]}")
-        say(f"orders: {orders} orders through {base_url} at concurrency {concurrency}")
-        rss = RssSampler(workers)
-        rss.start()
-        phase = await closed_loop(
-            runner.one, orders, concurrency, first_index=warmup, cpu_groups=procs
-        )
+        queues = _baseline_queues(run_id)
+        base_workers = BaselineWorkers(settings, *queues)
+        sides: dict[str, tuple[OneRun, Mapping[str, Sequence[int]]]] = {
+            "orders": (runner.one, procs)
+        }
+        try:
+            if baseline:
+                say("baseline: starting two bare-Temporal worker processes")
+                await base_workers.start()
+                base = _Baseline(client, run_id, *queues)
+                groups: dict[str, Sequence[int]] = {"baseline_workers": base_workers.pids}
+                groups.update({k: v for k, v in procs.items() if k == "temporal"})
+                sides["baseline"] = (base.one, groups)
+            sequence = [side for side in SEQUENCE if side in sides]
+            if warmup:
+                for side, (one, _) in sides.items():
+                    say(f"{side}: warming up with {warmup} runs")
+                    warm = await closed_loop(one, warmup, concurrency)
+                    if warm.failures:
+                        raise BenchError(f"{side} warm-up failed: {warm.failures[0]}")
+            say(
+                f"measuring {orders} runs per side at concurrency {concurrency}: {', '.join(sequence)}"
+            )
+            rss = RssSampler(workers)
+            base_rss = RssSampler(base_workers.pids)
+            rss.start()
+            base_rss.start()
+            parts: dict[str, list[PhaseResult]] = {side: [] for side in sides}
+            next_index = dict.fromkeys(sides, warmup)
+            for side in sequence:
+                one, cpu_groups = sides[side]
+                count = _chunks(orders, sequence.count(side))[len(parts[side])]
+                part = await closed_loop(
+                    one, count, concurrency, first_index=next_index[side], cpu_groups=cpu_groups
+                )
+                next_index[side] += count
+                parts[side].append(part)
+                say(f"{side}: {part.completed} completed at {part.per_s:.1f}/s")
+            await base_rss.stop()
+            baseline_rss = base_rss.max_mb
+        finally:
+            base_workers.stop()
+
+        phase = PhaseResult.merge(parts["orders"])
         result["orders_phase"] = phase.summary()
-        say(f"orders: {phase.completed} completed at {phase.per_s:.1f}/s")
+        baseline_phase: PhaseResult | None = None
+        if baseline:
+            baseline_phase = PhaseResult.merge(parts["baseline"])
+            result["baseline_phase"] = {**baseline_phase.summary(), "task_queues": queues}
+        result["sequence"] = sequence
 
         status: dict[str, Any] = {"status_rps": None}
         if status_seconds > 0:
