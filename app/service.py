@@ -23,6 +23,7 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
@@ -319,7 +320,17 @@ class OrderService:
                 raise OrderNotFound(f"order {order_id} not found") from None
             if err.status == RPCStatusCode.FAILED_PRECONDITION or "completed" in err.message:
                 raise OrderConflict(f"order {order_id} is already closed") from None
+            if await self._closed_in_db(order_id):  # it closed while the request was in flight
+                raise OrderConflict(f"order {order_id} is already closed") from None
             raise Unavailable(f"Temporal is unavailable: {err.message}") from None
+        except WorkflowUpdateRPCTimeoutOrCancelledError:
+            if await self._closed_in_db(order_id):
+                raise OrderConflict(f"order {order_id} is already closed") from None
+            raise Unavailable("Temporal did not answer the request in time") from None
+
+    async def _closed_in_db(self, order_id: str) -> bool:
+        order = await self._db_order(order_id)
+        return order is not None and order.state in TERMINAL_STATES
 
     # --- reads -----------------------------------------------------------------------------
 

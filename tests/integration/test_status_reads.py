@@ -1,4 +1,5 @@
-"""Status reads of closed orders: cached once final, and one lookup per order at a time."""
+"""Reads and requests on closed orders: status cached once final, one lookup per order at a
+time, and a request that races the order's close answered as a conflict."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import uuid
 from typing import Any
 
 import pytest
+from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
+from temporalio.service import RPCError, RPCStatusCode
 
 from app.models import order_workflow_id
-from app.service import OrderService
+from app.service import OrderConflict, OrderService, Unavailable
 from tests.conftest import Running, wait_for_step
 
 ADDRESS = {
@@ -78,3 +81,46 @@ async def test_a_failed_lookup_reaches_every_waiting_reader(running: Running) ->
     )
     assert all(type(r).__name__ == "OrderNotFound" for r in results)
     assert service._status_lookups == {}
+
+
+class _ClosingWorkflow:
+    """A workflow handle whose update fails the way it does when the workflow closes while
+    the request is in flight."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    async def execute_update(self, *_args: Any, **_kwargs: Any) -> Any:
+        raise self.error
+
+
+class _ClientOfClosingWorkflow:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def get_workflow_handle(self, _workflow_id: str) -> _ClosingWorkflow:
+        return _ClosingWorkflow(self.error)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RPCError("workflow update aborted", RPCStatusCode.ABORTED, b""),
+        WorkflowUpdateRPCTimeoutOrCancelledError(),
+    ],
+    ids=["aborted", "rpc-timeout"],
+)
+async def test_request_racing_the_close_is_a_conflict(
+    running: Running, completed_order: str, error: BaseException
+) -> None:
+    client: Any = _ClientOfClosingWorkflow(error)
+    service = OrderService(client, running.sessions, running.settings)
+    with pytest.raises(OrderConflict, match="already closed"):
+        await service.approve(completed_order, reviewer="late")
+
+
+async def test_same_failure_on_an_order_not_closed_is_unavailable(running: Running) -> None:
+    client: Any = _ClientOfClosingWorkflow(RPCError("unavailable", RPCStatusCode.UNAVAILABLE, b""))
+    service = OrderService(client, running.sessions, running.settings)
+    with pytest.raises(Unavailable):
+        await service.approve(f"reads-open-{uuid.uuid4().hex[:8]}", reviewer="late")
