@@ -13,7 +13,7 @@ Run one worker process per task queue, like the order system:
     python -m app.bench_baseline --queue shipping --task-queue bench-base-shipping
 
 The worker prints `baseline worker running` once its pollers run; it stops on SIGTERM/SIGINT.
-Worker options are the order workers' (MAX_CONCURRENT_ACTIVITIES,
+Worker options are the order workers' (`app/worker_tuning.py`: MAX_CONCURRENT_ACTIVITIES,
 MAX_CONCURRENT_WORKFLOW_TASKS, WORKFLOW_SANDBOX), so both sides get the same configuration.
 """
 
@@ -96,9 +96,9 @@ class BaselineOrderWorkflow:
 
 
 def build_worker(client: Client, queue: str, task_queue: str) -> Worker:
-    """The baseline worker for `queue` ("orders" or "shipping"), tuned like app/worker.py."""
+    """The baseline worker for `queue` ("orders" or "shipping"), tuned like the order workers."""
     from app.config import get_settings
-    from app.worker import workflow_runner
+    from app.worker_tuning import worker_tuning
 
     settings = get_settings()
     workflows: list[type] = [
@@ -109,10 +109,8 @@ def build_worker(client: Client, queue: str, task_queue: str) -> Worker:
         task_queue=task_queue,
         workflows=workflows,
         activities=[noop],
-        max_concurrent_activities=settings.max_concurrent_activities,
-        max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
-        workflow_runner=workflow_runner(settings),
         graceful_shutdown_timeout=timedelta(seconds=5),
+        **worker_tuning(settings),
     )
 
 

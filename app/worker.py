@@ -23,8 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime
-from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
+from temporalio.worker import Worker
 
 from app.activities import OrderActivities, ShippingActivities
 from app.config import Settings, get_settings
@@ -32,23 +31,12 @@ from app.db import engine_from_settings, session_factory
 from app.logging_setup import configure_logging
 from app.stubs import ExternalServices, FaultInjector
 from app.temporal_client import connect_client, runtime_with_core_logs
+from app.worker_tuning import worker_tuning
 from app.workflows import OrderWorkflow, ShippingWorkflow
 
 log = logging.getLogger("app.worker")
 
 QUEUES = ("orders", "shipping", "all")
-
-
-def workflow_runner(settings: Settings) -> WorkflowRunner:
-    """The sandbox only when WORKFLOW_SANDBOX asks for it (docs/performance.md).
-
-    In a worker the sandbox re-imports a workflow's module for every new run and execs code
-    for every activation and payload: 20-25 ms of CPU per order, a third of the workers'
-    cost. What it guards against, non-deterministic calls in workflow code, is checked
-    where it is cheap: the unit tests run every workflow path in the default, strict
-    sandbox, and the replay tests catch changes that break recorded histories.
-    """
-    return SandboxedWorkflowRunner() if settings.workflow_sandbox else UnsandboxedWorkflowRunner()
 
 
 async def wait_for_database(engine: AsyncEngine, timeout: float = 60.0) -> None:
@@ -90,12 +78,8 @@ def build_workers(
     sessions = session_factory(engine)
     services = ExternalServices(FaultInjector(settings.fault_profile, settings.fault_seed))
     workers: list[Worker] = []
-    common = {
-        "max_concurrent_activities": settings.max_concurrent_activities,
-        "max_concurrent_workflow_tasks": settings.max_concurrent_workflow_tasks,
-        "graceful_shutdown_timeout": timedelta(seconds=10),
-        "workflow_runner": workflow_runner(settings),
-    }
+    tuning = worker_tuning(settings)
+    drain = timedelta(seconds=10)
     if queue in ("orders", "all"):
         acts = OrderActivities(sessions, services)
         workers.append(
@@ -112,7 +96,8 @@ def build_workers(
                     acts.close_order,
                     acts.refund_payment,
                 ],
-                **common,  # type: ignore[arg-type]
+                graceful_shutdown_timeout=drain,
+                **tuning,
             )
         )
     if queue in ("shipping", "all"):
@@ -123,7 +108,8 @@ def build_workers(
                 task_queue=settings.shipping_task_queue,
                 workflows=[ShippingWorkflow],
                 activities=[ship.prepare_package, ship.dispatch_carrier],
-                **common,  # type: ignore[arg-type]
+                graceful_shutdown_timeout=drain,
+                **tuning,
             )
         )
     return workers
