@@ -16,16 +16,36 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.client import Client
 
 from app import stack
 from app.config import PROJECT_ROOT, Settings
-from app.db import create_engine, session_factory
+from app.db import Event, create_engine, session_factory
 from app.migrate import upgrade
 from app.service import OrderService
 from app.temporal_client import connect_client
 from app.worker import build_workers
+
+# A valid order address for tests that do not care which one.
+ADDRESS = {
+    "street": "1 Main St",
+    "city": "Springfield",
+    "state": "IL",
+    "zip": "62701",
+    "country": "US",
+}
+# The events a completed order has, in order.
+HAPPY_PATH_EVENTS = [
+    "RECEIVED",
+    "VALIDATED",
+    "APPROVED",
+    "PAYMENT_CHARGED",
+    "PACKAGE_PREPARED",
+    "DISPATCHED",
+    "COMPLETED",
+]
 
 
 def free_port() -> int:
@@ -107,6 +127,15 @@ async def wait_for_step(running: Running, order_id: str, step: str) -> dict[str,
 
     result: dict[str, Any] = await eventually(check)
     return result
+
+
+async def order_events(running: Running, order_id: str) -> list[str]:
+    """The order's event types, oldest first."""
+    async with running.sessions() as s:
+        rows = await s.execute(
+            select(Event.type).where(Event.order_id == order_id).order_by(Event.id)
+        )
+        return list(rows.scalars())
 
 
 async def eventually(check, timeout: float = 20.0, interval: float = 0.1):  # type: ignore[no-untyped-def]

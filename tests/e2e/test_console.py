@@ -31,7 +31,14 @@ from sqlalchemy import select
 from app.api import create_app
 from app.config import PROJECT_ROOT, Settings
 from app.db import Event, Order, Payment
-from tests.conftest import RealStack, Running, eventually, free_port, wait_for_step
+from tests.conftest import (
+    ADDRESS,
+    RealStack,
+    Running,
+    eventually,
+    free_port,
+    wait_for_step,
+)
 
 CHROMIUM = Path(os.environ.get("CONSOLE_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -45,13 +52,6 @@ CHROMIUM_ARGS = [
 ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "console"
 KEY_NAME = "console-e2e"
 API_KEY = "console-e2e-key-7f3a9c"
-ADDRESS = {
-    "street": "1 Main St",
-    "city": "Springfield",
-    "state": "IL",
-    "zip": "62701",
-    "country": "US",
-}
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -35,16 +35,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import ADDRESS
 from tests.e2e.conftest import CliStack, describe
 from tests.metrics_docs import dashboard_metrics, documented_metrics
 
-ADDRESS = {
-    "street": "1 Main St",
-    "city": "Springfield",
-    "state": "IL",
-    "zip": "62701",
-    "country": "US",
-}
 TERMINAL = ("COMPLETED", "CANCELLED", "FAILED")
 ALL_STATES = ("RECEIVED", "VALIDATED", "PAID", *TERMINAL)
 # The success event of each step (app/stats.py); failures are STEP_ATTEMPT_FAILED events.

@@ -16,7 +16,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from app.activities import OrderActivities, ShippingActivities
-from app.db import Event, Order, Payment
+from app.db import Order, Payment
 from app.models import (
     DEFAULT_ITEMS,
     ActivityContext,
@@ -29,9 +29,9 @@ from app.models import (
     order_amount_cents,
 )
 from app.stubs import ExternalServices, FaultInjector
-from tests.conftest import Running
+from tests.conftest import ADDRESS, HAPPY_PATH_EVENTS, Running, order_events
 
-ADDRESS = Address(street="1 Main St", city="Springfield", state="IL", zip="62701", country="US")
+SHIP_TO = Address(**ADDRESS)
 ITEMS = list(DEFAULT_ITEMS)
 
 
@@ -50,19 +50,11 @@ def _receive(order_id: str, run_id: str = "run-1") -> ReceiveInput:
         workflow_id=f"order-{order_id}",
         run_id=run_id,
         payment_id=f"pmt-{order_id}",
-        address=ADDRESS,
+        address=SHIP_TO,
         items=ITEMS,
         deadline_iso=(now + timedelta(seconds=60)).isoformat(),
         started_at_iso=now.isoformat(),
     )
-
-
-async def _events(running: Running, order_id: str) -> list[str]:
-    async with running.sessions() as s:
-        rows = await s.execute(
-            select(Event.type).where(Event.order_id == order_id).order_by(Event.id)
-        )
-        return list(rows.scalars())
 
 
 async def _row(running: Running, order_id: str) -> Any:
@@ -79,7 +71,7 @@ async def test_every_step_recorded_once_when_each_attempt_runs_twice(
     ctx = ActivityContext(order_id=order_id, fault_profile="off")
     steps: list[tuple[Any, Any]] = [
         (orders.receive_order, _receive(order_id)),
-        (orders.validate_order, ValidateInput(ctx=ctx, address=ADDRESS, items=ITEMS)),
+        (orders.validate_order, ValidateInput(ctx=ctx, address=SHIP_TO, items=ITEMS)),
         (
             orders.charge_payment,
             ChargeInput(
@@ -99,15 +91,7 @@ async def test_every_step_recorded_once_when_each_attempt_runs_twice(
         if fn != shipping.prepare_package:  # preparing twice is two packing slips
             assert await env.run(fn, arg) == outcomes[-1]
 
-    assert await _events(running, order_id) == [
-        "RECEIVED",
-        "VALIDATED",
-        "APPROVED",
-        "PAYMENT_CHARGED",
-        "PACKAGE_PREPARED",
-        "DISPATCHED",
-        "COMPLETED",
-    ]
+    assert await order_events(running, order_id) == HAPPY_PATH_EVENTS
     order = await _row(running, order_id)
     assert (order.state, order.step, order.run_id) == ("COMPLETED", "SHIP", "run-1")
     assert order.tracking_number == outcomes[-1].tracking_number and order.closed_at
@@ -127,7 +111,7 @@ async def test_order_id_of_another_run_is_refused(
         await env.run(orders.receive_order, _receive(order_id, run_id="run-2"))
     assert err.value.non_retryable and "another workflow run" in str(err.value)
     assert (await _row(running, order_id)).run_id == "run-1"
-    assert await _events(running, order_id) == ["RECEIVED", "STEP_ATTEMPT_FAILED"]
+    assert await order_events(running, order_id) == ["RECEIVED", "STEP_ATTEMPT_FAILED"]
 
 
 async def test_validating_an_unknown_order_is_retryable(
@@ -137,6 +121,6 @@ async def test_validating_an_unknown_order_is_retryable(
     ctx = ActivityContext(order_id=f"acts-{uuid.uuid4().hex[:10]}", fault_profile="off")
     with pytest.raises(ApplicationError) as err:
         await ActivityEnvironment().run(
-            orders.validate_order, ValidateInput(ctx=ctx, address=ADDRESS, items=ITEMS)
+            orders.validate_order, ValidateInput(ctx=ctx, address=SHIP_TO, items=ITEMS)
         )
     assert err.value.type == "OrderNotFound" and not err.value.non_retryable

@@ -12,15 +12,15 @@ from temporalio.client import WorkflowFailureError
 from app.db import Event, Order, Payment
 from app.models import SIGNAL_APPROVE, ApproveRequest, order_workflow_id
 from app.service import OrderConflict
-from tests.conftest import Running, eventually, wait_for_step
+from tests.conftest import (
+    ADDRESS,
+    HAPPY_PATH_EVENTS,
+    Running,
+    eventually,
+    order_events,
+    wait_for_step,
+)
 
-ADDRESS = {
-    "street": "1 Main St",
-    "city": "Springfield",
-    "state": "IL",
-    "zip": "62701",
-    "country": "US",
-}
 NEW_ADDRESS = {
     "street": "9 Elm St",
     "city": "Shelbyville",
@@ -42,14 +42,6 @@ STATE_EVENT = {
 
 def new_id() -> str:
     return f"it-{uuid.uuid4().hex[:10]}"
-
-
-async def _events(r: Running, order_id: str) -> list[str]:
-    async with r.sessions() as s:
-        rows = await s.execute(
-            select(Event.type).where(Event.order_id == order_id).order_by(Event.id)
-        )
-        return list(rows.scalars())
 
 
 async def _order(r: Running, order_id: str) -> Order | None:
@@ -82,15 +74,7 @@ async def test_order_completes_end_to_end(running: Running) -> None:
     assert order.address_json == ADDRESS
     payments = await _payments(running, order_id)
     assert [(p.payment_id, p.status) for p in payments] == [(f"pmt-{order_id}", "charged")]
-    assert await _events(running, order_id) == [
-        "RECEIVED",
-        "VALIDATED",
-        "APPROVED",
-        "PAYMENT_CHARGED",
-        "PACKAGE_PREPARED",
-        "DISPATCHED",
-        "COMPLETED",
-    ]
+    assert await order_events(running, order_id) == HAPPY_PATH_EVENTS
     status = await running.service.status(order_id)
     assert status["state"] == "COMPLETED" and status["source"] == "database"
     assert status["attempts"] == {"RECEIVE": 1, "VALIDATE": 1, "PAY": 1, "SHIP": 1}
@@ -106,7 +90,7 @@ async def test_charge_failing_after_db_write_is_not_charged_twice(running: Runni
     assert (await _result(running, order_id))["state"] == "COMPLETED"
     payments = await _payments(running, order_id)
     assert len(payments) == 1 and payments[0].status == "charged"
-    events = await _events(running, order_id)
+    events = await order_events(running, order_id)
     assert events.count("PAYMENT_CHARGED") == 1
     status = await running.service.status(order_id)
     assert status["attempts"]["PAY"] == 2
@@ -145,7 +129,7 @@ async def test_cancel_after_payment_refunds(running: Running) -> None:
     assert (result["state"], result["payment_status"]) == ("CANCELLED", "refunded")
     payments = await _payments(running, order_id)
     assert [p.status for p in payments] == ["refunded"]
-    events = await _events(running, order_id)
+    events = await order_events(running, order_id)
     # Closed first (within the deadline), then compensated; never dispatched. (A package
     # preparation cut short by the cancel may still record itself in between.)
     assert events.index("CANCELLED") < events.index("PAYMENT_REFUNDED")
@@ -195,7 +179,7 @@ async def test_invalid_order_fails_fast(running: Running) -> None:
         await _result(running, order_id)
     order = await _order(running, order_id)
     assert order is not None and (order.state, order.reason) == ("FAILED", "invalid_order")
-    events = await _events(running, order_id)
+    events = await order_events(running, order_id)
     assert events == ["RECEIVED", "VALIDATION_FAILED", "STEP_ATTEMPT_FAILED", "FAILED"]
 
 
@@ -210,7 +194,7 @@ async def test_every_state_change_has_its_event(running: Running) -> None:
         )
     assert orders
     for order in orders:
-        events = await _events(running, order.id)
+        events = await order_events(running, order.id)
         assert STATE_EVENT[order.state] in events, (order.id, order.state, events)
         assert counts[order.id] == len(events)
         # The states it passed through on the way are recorded too.

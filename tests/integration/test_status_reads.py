@@ -13,15 +13,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from app.models import order_workflow_id
 from app.service import OrderConflict, OrderService, Unavailable
-from tests.conftest import Running, wait_for_step
-
-ADDRESS = {
-    "street": "1 Main St",
-    "city": "Springfield",
-    "state": "IL",
-    "zip": "62701",
-    "country": "US",
-}
+from tests.conftest import ADDRESS, Running, wait_for_step
 
 
 @pytest.fixture(scope="module")

@@ -13,15 +13,7 @@ from app.service import OrderService
 from app.temporal_client import connect_client
 from app.tracing import setup_tracing
 from app.worker import build_workers
-from tests.conftest import Running
-
-ADDRESS = {
-    "street": "1 Main St",
-    "city": "Springfield",
-    "state": "IL",
-    "zip": "62701",
-    "country": "US",
-}
+from tests.conftest import ADDRESS, Running
 
 
 async def test_one_trace_from_request_to_activities(running: Running) -> None:
