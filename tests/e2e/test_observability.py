@@ -217,10 +217,13 @@ async def run_db_error(api: httpx.AsyncClient, dsn: str, oid: str) -> dict[str, 
         await holder.execute("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE", oid)
         await approve(api, oid)
         # ChargePayment's transaction queues behind our row lock; kill its connection.
+        # pg_locks, not pg_stat_activity: inside this transaction pg_stat_activity is a
+        # snapshot taken at its first read, blind to a connection the worker opens later.
         me = holder.get_server_pid()
         blocked = await until(
             lambda: holder.fetchval(
-                "SELECT pid FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))", me
+                "SELECT pid FROM pg_locks WHERE NOT granted AND $1 = ANY(pg_blocking_pids(pid))",
+                me,
             ),
             "ChargePayment to wait on the row lock",
         )
