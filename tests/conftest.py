@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
@@ -27,6 +26,7 @@ from app.migrate import upgrade
 from app.service import OrderService
 from app.temporal_client import connect_client
 from app.worker import build_workers
+from tests.ports import free_ports
 
 # A valid order address for tests that do not care which one.
 ADDRESS = {
@@ -48,12 +48,6 @@ HAPPY_PATH_EVENTS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class RealStack:
     cfg: stack.StackConfig
@@ -63,12 +57,13 @@ class RealStack:
 @pytest.fixture(scope="session")
 def real_stack() -> Iterator[RealStack]:
     run_dir = PROJECT_ROOT / ".run" / f"test-{uuid.uuid4().hex[:8]}"
+    pg, grpc, ui, metrics = free_ports(4)
     cfg = stack.StackConfig(
         run_dir=run_dir,
-        postgres_port=free_port(),
-        temporal_port=free_port(),
-        temporal_ui_port=free_port(),
-        temporal_metrics_port=free_port(),
+        postgres_port=pg,
+        temporal_port=grpc,
+        temporal_ui_port=ui,
+        temporal_metrics_port=metrics,
         headless=True,
     )
     stack.start_infra(cfg)

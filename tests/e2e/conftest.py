@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,40 +25,20 @@ import psutil
 import pytest
 
 from app.config import PROJECT_ROOT
+from tests.ports import port_block
 
 CLI = str(PROJECT_ROOT / "scripts" / "cli.py")
 TEST_WORKFLOW = str(PROJECT_ROOT / "scripts" / "test-workflow.py")
 
 
-def free_ports(count: int) -> list[int]:
-    """Distinct free ports (bound together so none is handed out twice)."""
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
-def free_port_pair() -> int:
-    """A port p with p+1 also free (the two workers' metrics ports)."""
-    for _ in range(50):
-        (port,) = free_ports(1)
-        if port < 65535:
-            with socket.socket() as a, socket.socket() as b:
-                try:
-                    a.bind(("127.0.0.1", port))
-                    b.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no two consecutive free ports")
+# postgres, temporal, UI, API, worker metrics x2, and Temporal's metrics port, which
+# `cli.py start` puts at TEMPORAL_PORT + 2000.
+STACK_PORT_OFFSETS = (0, 1, 2, 3, 4, 5, 1 + 2000)
 
 
 def stack_env(run_dir: Path) -> dict[str, str]:
-    pg, grpc, ui, api = free_ports(4)
+    base = port_block(STACK_PORT_OFFSETS)
+    pg, grpc, ui, api, worker_metrics = range(base, base + 5)
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "NO_COLOR")}
     env.update(
         {
@@ -70,7 +49,7 @@ def stack_env(run_dir: Path) -> dict[str, str]:
             "API_PORT": str(api),
             "API_HOST": "127.0.0.1",
             "API_KEYS": "",
-            "WORKER_METRICS_PORT": str(free_port_pair()),
+            "WORKER_METRICS_PORT": str(worker_metrics),  # shipping: the next port
             "DATABASE_URL": f"postgresql+asyncpg://app:app@127.0.0.1:{pg}/app",
             "TEMPORAL_TARGET": f"127.0.0.1:{grpc}",
             "ORDER_TASK_QUEUE": "orders-tq",

@@ -2,10 +2,10 @@
 worker is SIGKILLed, the Temporal dev server restarts and PostgreSQL restarts.
 
 A stack of its own (not the session's `cli_stack`): restarting Temporal and PostgreSQL
-under the other e2e tests would make them fail for reasons of ours. Its listening ports
-are taken below the kernel's ephemeral range: while a service is down, a client's new
-outgoing connection can take a port from that range as its source port, and the service
-could not come back on it.
+under the other e2e tests would make them fail for reasons of ours. Its ports, like every
+test stack's, are below the kernel's ephemeral range (tests/ports.py): while a service is
+down, a client's new outgoing connection could otherwise take its port as a source port,
+and the service could not come back on it.
 
 The workers run with FAULT_SEED and the order ids are fixed, so every external call's
 outcome (fail, hang, succeed) is the same on each run; which attempts a kill or a restart
@@ -15,9 +15,7 @@ interrupts still varies.
 from __future__ import annotations
 
 import json
-import random
 import shutil
-import socket
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -28,44 +26,12 @@ from app.config import PROJECT_ROOT
 from tests.e2e.conftest import CliStack, describe, leftover_processes, stack_env
 
 ORDERS = 20
-# Low ports: below /proc/sys/net/ipv4/ip_local_port_range (32768 by default), and with
-# room for Temporal's metrics port (TEMPORAL_PORT + 2000).
-LOW_PORTS = (20000, 29000)
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def low_ports() -> dict[str, str]:
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(*LOW_PORTS) // 10 * 10
-        # postgres, temporal, UI, API, worker metrics x2, temporal metrics (+2000)
-        wanted = [base, base + 1, base + 2, base + 3, base + 4, base + 5, base + 1 + 2000]
-        if all(_free(p) for p in wanted):
-            return {
-                "POSTGRES_PORT": str(base),
-                "TEMPORAL_PORT": str(base + 1),
-                "TEMPORAL_UI_PORT": str(base + 2),
-                "API_PORT": str(base + 3),
-                "WORKER_METRICS_PORT": str(base + 4),
-                "DATABASE_URL": f"postgresql+asyncpg://app:app@127.0.0.1:{base}/app",
-                "TEMPORAL_TARGET": f"127.0.0.1:{base + 1}",
-            }
-    raise RuntimeError("no free low ports")
 
 
 @pytest.fixture(scope="module")
 def chaos_stack() -> Iterator[CliStack]:
     run_dir = PROJECT_ROOT / ".run" / f"chaos-{uuid.uuid4().hex[:8]}"
-    env = {**stack_env(run_dir), **low_ports(), "FAULT_SEED": "20240611"}
+    env = {**stack_env(run_dir), "FAULT_SEED": "20240611"}
     stack = CliStack(run_dir, env)
     started = stack.run("start")
     try:

@@ -26,7 +26,8 @@ from pydantic import SecretStr
 from app.api import MAX_BODY_BYTES, create_app, startup_problem
 from app.auth import ApiKeyConfigError
 from app.config import PROJECT_ROOT, Settings
-from tests.conftest import Running, eventually, free_port
+from tests.conftest import Running, eventually
+from tests.ports import free_port
 
 ADMIN_KEY = "adm-0123456789"
 OPS_KEY = "ops-0123456789"

@@ -22,7 +22,8 @@ import pytest
 from app import stack
 from app.bench import RESULT_KEYS, discover_processes, percentile, run_bench
 from app.config import PROJECT_ROOT, Settings
-from tests.conftest import RealStack, free_port
+from tests.conftest import RealStack
+from tests.ports import free_port
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import yaml
 
 from app.config import PROJECT_ROOT, Settings
 from tests.conftest import RealStack
+from tests.ports import free_port
 
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"
 REQUIRED_SERVICES = {
@@ -151,9 +151,7 @@ def test_api_command_starts_and_answers_health(
     compose: dict[str, Any], real_stack: RealStack
 ) -> None:
     cmd = _command(compose, "app")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, *cmd[1:]],
         cwd=PROJECT_ROOT,

@@ -41,20 +41,9 @@ from app.stack import (
     tail_log,
     temporal_target,
 )
+from tests.ports import free_ports
 
 PERSIST_NAMESPACE = "stack-persist-check"
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free ports (all bound at once so none is handed out twice)."""
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 @pytest.fixture

@@ -34,7 +34,8 @@ from app import stack
 from app.config import PROJECT_ROOT, Settings
 from app.db import engine_from_settings, ssl_context
 from app.temporal_client import connect_client, tls_config
-from tests.conftest import RealStack, free_port
+from tests.conftest import RealStack
+from tests.ports import free_port
 
 SSL_QUERY = "select ssl, version from pg_stat_ssl where pid = pg_backend_pid()"
 
