@@ -36,9 +36,9 @@ from tests.conftest import (
     RealStack,
     Running,
     eventually,
-    free_port,
     wait_for_step,
 )
+from tests.ports import free_port
 
 CHROMIUM = Path(os.environ.get("CONSOLE_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
