@@ -380,9 +380,13 @@ def test_scenario_runner(cli_stack: CliStack) -> None:
 def test_orders_and_histories_survive_stop_and_restart(cli_stack: CliStack, done: Done) -> None:
     before = cli_stack.status(done.order_id)
     history_before = cli_stack.json("history", f"order-{done.order_id}")
-    # An order in flight: its review timer has to survive too.
+    # An order in flight: its review timer has to survive too. Its deadline (60 s by
+    # default) is lifted so a slow restart cannot fail it before it is approved.
     waiting = new_id("e2e-inflight")
-    cli_stack.ok("start-workflow", waiting, f"pmt-{waiting}", "--review-timeout", "90")
+    long_deadline = {**cli_stack.env, "ORDER_DEADLINE_S": "900"}
+    cli_stack.ok(
+        "start-workflow", waiting, f"pmt-{waiting}", "--review-timeout", "90", env=long_deadline
+    )
     cli_stack.wait_status(waiting, in_review)
 
     assert "stack stopped" in cli_stack.ok("stop")

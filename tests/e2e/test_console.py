@@ -178,12 +178,13 @@ async def test_approve_from_review_queue_until_completed(
     running: Running, api_server: ApiServer, page: Page
 ) -> None:
     order_id = new_id("con-approve")
-    await running.service.start_order(order_id, f"pay-{order_id}", ADDRESS)
+    # A long review window: a slow browser must not see the order time out of the queue.
+    await running.service.start_order(order_id, f"pay-{order_id}", ADDRESS, review_timeout_s=600)
 
     await login(page, f"{api_server.url}/console/review")
     row = page.locator(f'#review-rows tr[data-order-id="{order_id}"]')
     await expect(row).to_be_visible(timeout=15_000)
-    # Countdown to the review deadline (30 s by default), ticking in the page.
+    # Countdown to the review deadline, ticking in the page.
     await expect(row.locator(".countdown")).to_have_text(re.compile(r"^\d+ s left$"))
     await shot(page, "review-queue")
 
@@ -262,7 +263,7 @@ async def test_invalid_address_shows_field_errors(
     running: Running, api_server: ApiServer, page: Page
 ) -> None:
     order_id = new_id("con-addr")
-    await running.service.start_order(order_id, f"pay-{order_id}", ADDRESS)
+    await running.service.start_order(order_id, f"pay-{order_id}", ADDRESS, review_timeout_s=600)
     await wait_for_step(running, order_id, "MANUAL_REVIEW")
 
     await login(page, f"{api_server.url}/console/orders/{order_id}")
@@ -390,7 +391,7 @@ async def test_open_api_needs_no_key(
 ) -> None:
     """Without API_KEYS (loopback dev setups) the console works without asking for a key."""
     order_id = new_id("con-open")
-    await running.service.start_order(order_id, f"pay-{order_id}", ADDRESS)
+    await running.service.start_order(order_id, f"pay-{order_id}", ADDRESS, review_timeout_s=600)
     await wait_for_step(running, order_id, "MANUAL_REVIEW")
     settings = real_stack.settings.model_copy(update={"api_keys": SecretStr("")})
     with serve(settings) as server:

@@ -182,6 +182,21 @@ def closed(view: dict[str, Any]) -> bool:
     return view["state"] in TERMINAL and view.get("source") == "database"
 
 
+CLOSE_EVENTS = {f"WORKFLOW_EXECUTION_{end}" for end in ("COMPLETED", "FAILED", "CANCELED")}
+
+
+async def workflow_closed(api: httpx.AsyncClient, oid: str) -> None:
+    """The row turns terminal inside the last activity, before that activity records its
+    metrics and logs; the workflow closes only after the activity has returned."""
+
+    async def last_event_closes() -> bool:
+        response = await api.get(f"/orders/{oid}/history")
+        assert response.status_code == 200, response.text
+        return bool(response.json()["events"][-1]["type"] in CLOSE_EVENTS)
+
+    await until(last_event_closes, f"workflow of {oid} to close")
+
+
 async def approve(api: httpx.AsyncClient, oid: str) -> None:
     response = await api.post(f"/orders/{oid}/signals/approve", json={"reviewer": "e2e-obs"})
     assert response.status_code == 200, response.text
@@ -253,6 +268,7 @@ async def run(cli_stack: CliStack) -> Run:
             run_cancelled(api, orders.cancelled, orders.cancel_reason),
             run_db_error(api, database_dsn(cli_stack), orders.db_error),
         )
+        await asyncio.gather(*(workflow_closed(api, oid) for oid in orders.ids))
         # One request no route matches: its latency is labelled without the raw path.
         assert (await api.get(f"/no-such-page/{suffix}")).status_code == 404
     views = dict(zip(orders.ids, results, strict=True))

@@ -194,8 +194,8 @@ def test_taken_port_is_reported(run_dir: Path) -> None:
 CHILD_SCRIPT = """
 import subprocess, sys, time, pathlib
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+print("worker up", flush=True)  # before the marker: the test reads the log once it exists
 pathlib.Path(sys.argv[1]).write_text(str(child.pid))
-print("worker up", flush=True)
 time.sleep(600)
 """
 
