@@ -26,7 +26,7 @@ from pydantic import SecretStr
 from app.api import MAX_BODY_BYTES, create_app, startup_problem
 from app.auth import ApiKeyConfigError
 from app.config import PROJECT_ROOT, Settings
-from tests.conftest import Running, eventually
+from tests.conftest import ADDRESS, Running, eventually
 from tests.ports import free_port
 
 ADMIN_KEY = "adm-0123456789"
@@ -38,13 +38,6 @@ API_KEYS = (
     f"dashboard:{VIEW_KEY}:viewer,alice:{REVIEW_KEY}:reviewer"
 )
 
-ADDRESS = {
-    "street": "123 Main St",
-    "city": "Test City",
-    "state": "TS",
-    "zip": "12345",
-    "country": "US",
-}
 NEW_ADDRESS = {
     "street": "456 New St",
     "city": "New City",

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import func, select
 from temporalio.client import WorkflowFailureError
 
+from app.chaos import STATE_EVENT
 from app.db import Event, Order, Payment
 from app.models import SIGNAL_APPROVE, ApproveRequest, order_workflow_id
 from app.service import OrderConflict
@@ -27,16 +28,6 @@ NEW_ADDRESS = {
     "state": "IL",
     "zip": "62565",
     "country": "US",
-}
-
-# Which event type records each state change in orders.state.
-STATE_EVENT = {
-    "RECEIVED": "RECEIVED",
-    "VALIDATED": "VALIDATED",
-    "PAID": "PAYMENT_CHARGED",
-    "COMPLETED": "COMPLETED",
-    "CANCELLED": "CANCELLED",
-    "FAILED": "FAILED",
 }
 
 
