@@ -204,6 +204,15 @@ def _crash(cfg: StackConfig, name: str) -> int | None:
     return pid
 
 
+# How the supervisor stops and starts each server a restart fault hits.
+_SERVER_CONTROL: dict[
+    str, tuple[Callable[[StackConfig], str], Callable[[StackConfig, float], str]]
+] = {
+    TEMPORAL: (stack.stop_temporal, stack.start_temporal),
+    POSTGRES: (stack.stop_postgres, stack.start_postgres),
+}
+
+
 def execute_fault(
     settings: Settings, fault: PlannedFault, timeout: float = 90.0, *, hard: bool = False
 ) -> dict[str, Any]:
@@ -228,26 +237,17 @@ def execute_fault(
             _wait_ports_free(cfg, _ports_of(settings, cfg, fault.target), 15.0)
             stack_services.start_app_service(settings, fault.target, timeout)
             record["new_pid"] = stack.process_status(cfg, fault.target).pid
-        elif fault.kind == "restart_temporal":
-            record["pid"] = stack.process_status(cfg, TEMPORAL).pid
+        elif fault.kind in ("restart_temporal", "restart_postgres"):
+            stop, start = _SERVER_CONTROL[fault.target]
+            record["pid"] = stack.process_status(cfg, fault.target).pid
             record["mode"] = "SIGKILL" if hard else "stop"
             if hard:
-                _crash(cfg, TEMPORAL)
+                _crash(cfg, fault.target)
             else:
-                stack.stop_temporal(cfg)
-            _wait_ports_free(cfg, _ports_of(settings, cfg, TEMPORAL), 15.0)
-            stack.start_temporal(cfg, timeout)
-            record["new_pid"] = stack.process_status(cfg, TEMPORAL).pid
-        elif fault.kind == "restart_postgres":
-            record["pid"] = stack.process_status(cfg, POSTGRES).pid
-            record["mode"] = "SIGKILL" if hard else "stop"
-            if hard:
-                _crash(cfg, POSTGRES)
-            else:
-                stack.stop_postgres(cfg)
-            _wait_ports_free(cfg, _ports_of(settings, cfg, POSTGRES), 15.0)
-            stack.start_postgres(cfg, timeout)
-            record["new_pid"] = stack.process_status(cfg, POSTGRES).pid
+                stop(cfg)
+            _wait_ports_free(cfg, _ports_of(settings, cfg, fault.target), 15.0)
+            start(cfg, timeout)
+            record["new_pid"] = stack.process_status(cfg, fault.target).pid
         else:
             raise StackError(f"unknown fault {fault.kind!r}")
     except (StackError, OSError) as err:
