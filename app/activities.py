@@ -57,7 +57,25 @@ from app.models import (
     ValidateInput,
     order_amount_cents,
 )
-from app.stubs import ExternalServices
+from app.providers.api import (
+    Carrier,
+    Charge,
+    ChargeNotFound,
+    ChargeRequest,
+    DispatchRequest,
+    IdempotencyConflict,
+    PaymentGateway,
+    PrepareRequest,
+    ProviderRefusal,
+    Refund,
+    RefundRequest,
+    VoidRequest,
+    charge_key,
+    dispatch_key,
+    prepare_key,
+    refund_key,
+)
+from app.stubs import CallInfo, OrderIntake
 from app.validation import address_problems
 
 log = logging.getLogger("app.activities")
@@ -169,11 +187,8 @@ def _failure_kind(err: BaseException) -> str:
 
 
 class _ActivityBase:
-    def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], services: ExternalServices
-    ) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self.sessions = sessions
-        self.services = services
 
     async def _record_attempt_failure(
         self, order_id: str, step: str, attempt: int, kind: str, err: BaseException
@@ -212,14 +227,33 @@ async def _require_order(session: AsyncSession, order_id: str) -> None:
         raise ApplicationError(f"order {order_id} not found in database", type="OrderNotFound")
 
 
+def _refused(err: ProviderRefusal, type_: str | None = None) -> ApplicationError:
+    """A provider's refusal: the same request would get the same answer, so never retried."""
+    return ApplicationError(str(err), type=type_ or err.code, non_retryable=True)
+
+
+def _call(inp_ctx: Any, attempt: int | str) -> CallInfo:
+    return CallInfo(inp_ctx.order_id, attempt, inp_ctx.fault_profile)
+
+
 class OrderActivities(_ActivityBase):
     """Activities of the orders queue."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        intake: OrderIntake,
+        gateway: PaymentGateway,
+    ) -> None:
+        super().__init__(sessions)
+        self.intake = intake
+        self.gateway = gateway
 
     @activity.defn(name="ReceiveOrder")
     @step_activity("RECEIVE")
     async def receive_order(self, inp: ReceiveInput) -> StepOutcome:
         info = activity.info()
-        await self.services.receive_order(inp.ctx.order_id, info.attempt, inp.ctx.fault_profile)
+        await self.intake.receive_order(_call(inp.ctx, info.attempt))
         new_order = (
             pg_insert(Order)
             .values(
@@ -263,7 +297,7 @@ class OrderActivities(_ActivityBase):
     @step_activity("VALIDATE")
     async def validate_order(self, inp: ValidateInput) -> StepOutcome:
         info = activity.info()
-        await self.services.validate_order(inp.ctx.order_id, info.attempt, inp.ctx.fault_profile)
+        await self.intake.validate_order(_call(inp.ctx, info.attempt))
         problems = _business_problems(inp)
         if problems:
             # Recorded with the failure; the workflow closes the order as FAILED.
@@ -297,10 +331,25 @@ class OrderActivities(_ActivityBase):
     @activity.defn(name="ChargePayment")
     @step_activity("PAY")
     async def charge_payment(self, inp: ChargeInput) -> StepOutcome:
-        """Idempotent on payment_id: however often it runs, at most one charge exists."""
+        """Idempotent on payment_id: however often it runs, at most one charge exists.
+
+        The gateway sees the payment id as the charge's idempotency key, so an attempt
+        after a lost answer gets the first charge back instead of a second one."""
         info = activity.info()
         order_id = inp.ctx.order_id
-        ref = await self.services.charge(order_id, info.attempt, inp.ctx.fault_profile)
+        request = ChargeRequest(
+            key=charge_key(inp.payment_id),
+            payment_id=inp.payment_id,
+            order_id=order_id,
+            amount_cents=inp.amount_cents,
+        )
+        try:
+            charge = await self.gateway.charge(request, _call(inp.ctx, info.attempt))
+        except IdempotencyConflict as err:
+            # The payment id is another order's (or was sent with another amount).
+            raise _refused(err, ERR_PAYMENT_CONFLICT) from None
+        except ProviderRefusal as err:
+            raise _refused(err) from None
         async with timed_transaction(self.sessions, "charge_payment") as s:
             # A charge that happened is always recorded, even if a cancel raced it: the
             # workflow then refunds it. Skipping the record would lose the money trail.
@@ -311,8 +360,8 @@ class OrderActivities(_ActivityBase):
                     payment_id=inp.payment_id,
                     order_id=order_id,
                     status=PaymentStatus.CHARGED,
-                    amount=_cents(inp.amount_cents),
-                    gateway_ref=ref,
+                    amount=_cents(charge.amount_cents),
+                    gateway_ref=charge.charge_id,
                 )
                 .on_conflict_do_nothing(index_elements=[Payment.payment_id])
                 .returning(Payment.payment_id)
@@ -354,9 +403,6 @@ class OrderActivities(_ActivityBase):
                     "charge already recorded; not charging again",
                     extra={"order_id": order_id, "attempt": info.attempt},
                 )
-        profile = self.services.faults.profile(inp.ctx.fault_profile)
-        if info.attempt <= profile.charge_crash_attempts:
-            raise RuntimeError("simulated crash after the charge was recorded")
         return StepOutcome(attempt=info.attempt)
 
     @activity.defn(name="ApplyAddressChange")
@@ -416,14 +462,14 @@ class OrderActivities(_ActivityBase):
         if order is not None and order.state == OrderState.COMPLETED:
             status = payment.status if payment else PaymentStatus.NONE
             return CloseOutcome(state=OrderState.COMPLETED, payment_status=status, refunded=False)
-        must_refund = (
-            payment is not None
-            and payment.order_id == order_id
-            and payment.status == PaymentStatus.CHARGED
-        )
+        ours = payment is not None and payment.order_id == order_id
+        must_refund = ours and payment is not None and payment.status == PaymentStatus.CHARGED
+        # Stopped while charging with no charge recorded: the gateway may still have taken
+        # the money (the answer was lost). RefundPayment asks it.
+        maybe_charged = not ours and inp.step == "PAY"
         refund_now = must_refund and not inp.defer_refund
-        if refund_now:
-            await self.services.refund(order_id, info.attempt, inp.ctx.fault_profile)
+        if refund_now and payment is not None:
+            await self._refund(payment, _call(inp.ctx, info.attempt))
         async with timed_transaction(self.sessions, "close_order") as s:
             events: list[dict[str, Any]] = []
             refunded = refund_now and await _mark_refunded(s, order_id, inp.payment_id)
@@ -482,34 +528,119 @@ class OrderActivities(_ActivityBase):
             state=final,
             payment_status=status,
             refunded=refunded,
-            refund_pending=must_refund and inp.defer_refund and final != OrderState.COMPLETED,
+            refund_pending=(
+                (must_refund or maybe_charged)
+                and inp.defer_refund
+                and final != OrderState.COMPLETED
+            ),
         )
 
     @activity.defn(name="RefundPayment")
     async def refund_payment(self, inp: RefundInput) -> CloseOutcome:
-        """Compensation after the order is closed: refund a kept charge, once."""
+        """Compensation after the order is closed: refund a kept charge, once.
+
+        With no charge recorded, the gateway is asked to void the payment: that closes it
+        for late charge attempts and names a charge whose answer was lost, which is then
+        recorded and refunded like any other."""
         info = activity.info()
         order_id = inp.ctx.order_id
+        call = _call(inp.ctx, info.attempt)
         async with timed_transaction(self.sessions, "refund_read") as s:
             order = await s.get(Order, order_id)
             payment = await s.get(Payment, inp.payment_id)
         state = order.state if order is not None else OrderState.FAILED
-        if (
-            payment is None
-            or payment.order_id != order_id
-            or payment.status != PaymentStatus.CHARGED
-            or state == OrderState.COMPLETED
+        ours = payment is not None and payment.order_id == order_id
+        if state == OrderState.COMPLETED or (
+            ours and payment is not None and payment.status != PaymentStatus.CHARGED
         ):
-            status = payment.status if payment is not None else PaymentStatus.NONE
+            status = payment.status if ours and payment is not None else PaymentStatus.NONE
             return CloseOutcome(state=state, payment_status=status, refunded=False)
-        await self.services.refund(order_id, info.attempt, inp.ctx.fault_profile)
-        async with timed_transaction(self.sessions, "refund_payment") as s:
-            refunded = await _mark_refunded(s, order_id, inp.payment_id)
+        if ours and payment is not None:
+            await self._refund(payment, call)
+            async with timed_transaction(self.sessions, "refund_payment") as s:
+                refunded = await _mark_refunded(s, order_id, inp.payment_id)
+        else:
+            try:
+                lost = await self.gateway.void(VoidRequest(inp.payment_id, order_id), call)
+            except ProviderRefusal as err:
+                raise _refused(err) from None
+            if lost is None:  # never charged, and now it cannot be
+                return CloseOutcome(state=state, payment_status=PaymentStatus.NONE, refunded=False)
+            log.warning(
+                "gateway has a charge we never recorded (its answer was lost); refunding it",
+                extra={"order_id": order_id, "charge_id": lost.charge_id},
+            )
+            refund = await self._gateway_refund(
+                RefundRequest(
+                    refund_key(inp.payment_id), inp.payment_id, order_id, lost.amount_cents
+                ),
+                call,
+            )
+            async with timed_transaction(self.sessions, "refund_payment") as s:
+                refunded = await _record_lost_charge_refunded(s, order_id, lost, refund.refund_id)
         log.info(
             "payment refunded",
             extra={"order_id": order_id, "workflow_id": info.workflow_id, "attempt": info.attempt},
         )
         return CloseOutcome(state=state, payment_status=PaymentStatus.REFUNDED, refunded=refunded)
+
+    async def _refund(self, payment: Payment, call: CallInfo) -> None:
+        """Refund a charge we recorded, in full."""
+        amount = int((payment.amount or Decimal(0)) * 100)
+        await self._gateway_refund(
+            RefundRequest(
+                refund_key(payment.payment_id), payment.payment_id, payment.order_id, amount
+            ),
+            call,
+        )
+
+    async def _gateway_refund(self, req: RefundRequest, call: CallInfo) -> Refund:
+        try:
+            return await self.gateway.refund(req, call)
+        except ChargeNotFound as err:
+            # Our ledger says charged, the gateway's does not: never papered over.
+            log.error("refund refused: no such charge", extra={"order_id": req.order_id})
+            raise _refused(err) from None
+        except ProviderRefusal as err:
+            raise _refused(err) from None
+
+
+async def _record_lost_charge_refunded(
+    s: AsyncSession, order_id: str, charge: Charge, refund_id: str
+) -> bool:
+    """A charge found only at the gateway, recorded with its refund (the money trail)."""
+    now = _now()
+    inserted = (
+        await s.execute(
+            pg_insert(Payment)
+            .values(
+                payment_id=charge.payment_id,
+                order_id=order_id,
+                status=PaymentStatus.REFUNDED,
+                amount=_cents(charge.amount_cents),
+                gateway_ref=charge.charge_id,
+                refunded_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=[Payment.payment_id])
+            .returning(Payment.payment_id)
+        )
+    ).scalar_one_or_none()
+    if inserted is None:
+        return False
+    await s.execute(
+        insert(Event),
+        [
+            _event(
+                order_id,
+                "PAYMENT_CHARGED",
+                payment_id=charge.payment_id,
+                amount_cents=charge.amount_cents,
+                found_at_gateway=True,
+            ),
+            _event(order_id, "PAYMENT_REFUNDED", payment_id=charge.payment_id, refund_id=refund_id),
+        ],
+    )
+    return True
 
 
 async def _mark_refunded(s: AsyncSession, order_id: str, payment_id: str) -> bool:
@@ -569,14 +700,24 @@ def _business_problems(inp: ValidateInput) -> dict[str, str]:
 class ShippingActivities(_ActivityBase):
     """Activities of the shipping queue."""
 
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], carrier: Carrier) -> None:
+        super().__init__(sessions)
+        self.carrier = carrier
+
     @activity.defn(name="PreparePackage")
     @step_activity("SHIP")
     async def prepare_package(self, inp: PrepareInput) -> StepOutcome:
         info = activity.info()
         order_id = inp.ctx.order_id
-        await self.services.prepare_package(
-            order_id, f"{inp.shipping_attempt}.{info.attempt}", inp.ctx.fault_profile
+        request = PrepareRequest(
+            prepare_key(order_id, inp.shipping_attempt), order_id, inp.shipping_attempt
         )
+        try:
+            await self.carrier.prepare(
+                request, _call(inp.ctx, f"{inp.shipping_attempt}.{info.attempt}")
+            )
+        except ProviderRefusal as err:
+            raise _refused(err) from None
         async with timed_statements(self.sessions, "prepare_package") as s:
             await s.execute(
                 insert(Event).values(
@@ -612,9 +753,21 @@ class ShippingActivities(_ActivityBase):
                     non_retryable=True,
                 )
             address = Address(**(order.address_json or {}))
-            tracking = await self.services.dispatch_carrier(
-                order_id, f"{inp.shipping_attempt}.{info.attempt}", inp.ctx.fault_profile
+            request = DispatchRequest(
+                key=dispatch_key(order_id, inp.shipping_attempt),
+                order_id=order_id,
+                address=address.as_dict(),
+                supersedes=tuple(dispatch_key(order_id, n) for n in range(1, inp.shipping_attempt)),
             )
+            try:
+                booking = await self.carrier.dispatch(
+                    request, _call(inp.ctx, f"{inp.shipping_attempt}.{info.attempt}")
+                )
+            except ProviderRefusal as err:
+                raise _refused(err) from None
+            tracking = booking.tracking_number
+            # An earlier attempt's booking (its answer was lost) went to its own address.
+            address = Address(**booking.address)
             now = _now()
             completed = (
                 update(Order)

@@ -7,8 +7,12 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The provider simulators' databases (created by the embedded stack and by compose).
+GATEWAY_DB = "gateway"
+CARRIER_DB = "carrier"
 
 
 class Settings(BaseSettings):
@@ -20,6 +24,10 @@ class Settings(BaseSettings):
 
     # The guide's variables, same names and meaning.
     database_url: SecretStr = SecretStr("postgresql+asyncpg://app:app@127.0.0.1:5432/app")
+    # The provider simulators' own ledgers, on the same server by default (the app's URL with
+    # database `gateway` / `carrier`). The order system never reads them.
+    gateway_database_url: SecretStr = SecretStr("")
+    carrier_database_url: SecretStr = SecretStr("")
     temporal_target: str = "127.0.0.1:7233"
     temporal_namespace: str = "default"
     # How long closed workflow histories are kept (e.g. 7d, 72h); applied by `cli.py start`
@@ -96,6 +104,19 @@ class Settings(BaseSettings):
     @property
     def database_url_plain(self) -> str:
         return self.database_url.get_secret_value()
+
+    @property
+    def gateway_database_url_plain(self) -> str:
+        return self.gateway_database_url.get_secret_value() or self._sibling(GATEWAY_DB)
+
+    @property
+    def carrier_database_url_plain(self) -> str:
+        return self.carrier_database_url.get_secret_value() or self._sibling(CARRIER_DB)
+
+    def _sibling(self, database: str) -> str:
+        """The app's database URL with another database name."""
+        url = make_url(self.database_url_plain).set(database=database)
+        return url.render_as_string(hide_password=False)
 
 
 @lru_cache

@@ -118,6 +118,7 @@ def create_engine(
     sslmode: str = "disable",
     ssl_ca: Path | None = None,
     pre_ping: bool = True,
+    application_name: str = "orders",
 ) -> AsyncEngine:
     """`pre_ping`: test each connection as it leaves the pool. asyncpg's ping is three round
     trips (BEGIN, an empty query, ROLLBACK), more than a short transaction itself; callers
@@ -125,7 +126,7 @@ def create_engine(
     pool on the first disconnect error instead."""
     connect_args: dict[str, Any] = {
         # TIMESTAMP columns hold UTC: the code compares them with UTC clocks.
-        "server_settings": {"timezone": "UTC", "application_name": "orders"},
+        "server_settings": {"timezone": "UTC", "application_name": application_name},
     }
     # Always explicit: asyncpg's own default is "prefer", which would encrypt "disable" too.
     connect_args["ssl"] = ssl_context(sslmode, ssl_ca)

@@ -45,6 +45,8 @@ from urllib.parse import quote
 
 import psutil
 
+from app.config import CARRIER_DB, GATEWAY_DB
+
 if TYPE_CHECKING:
     from app.config import Settings
 
@@ -1028,7 +1030,13 @@ def check_postgres(cfg: StackConfig, timeout: float = 2.0) -> bool:
 
 
 def _ensure_database(cfg: StackConfig) -> bool:
-    """Create the application database if missing. Returns True when it was created."""
+    """Create the application database, and the provider simulators' ledger databases, if
+    missing. Returns True when the application database was created."""
+    created = [_ensure_one_database(cfg, name) for name in (cfg.pg_db, GATEWAY_DB, CARRIER_DB)]
+    return created[0]
+
+
+def _ensure_one_database(cfg: StackConfig, name: str) -> bool:
     bin_dir = postgres_bin_dir()
     conn = ["-h", cfg.host, "-p", str(cfg.postgres_port), "-U", cfg.pg_user]
     query = _run_pg_tool(
@@ -1036,7 +1044,7 @@ def _ensure_database(cfg: StackConfig) -> bool:
         [str(bin_dir / "psql"), *conn, "-d", "postgres", "-X", "-q", "-t", "-A"],
         password=True,
         stdin=(
-            f"\\set ON_ERROR_STOP on\n\\set dbname '{cfg.pg_db}'\n"
+            f"\\set ON_ERROR_STOP on\n\\set dbname '{name}'\n"
             "SELECT count(*) FROM pg_database WHERE datname = :'dbname';\n"
         ),
         timeout=30.0,
@@ -1051,13 +1059,13 @@ def _ensure_database(cfg: StackConfig) -> bool:
         return False
     create = _run_pg_tool(
         cfg,
-        [str(bin_dir / "createdb"), *conn, "-O", cfg.pg_user, cfg.pg_db],
+        [str(bin_dir / "createdb"), *conn, "-O", cfg.pg_user, name],
         password=True,
         timeout=30.0,
     )
     if create.returncode != 0 and "already exists" not in create.stderr:
         raise _error(
-            cfg, POSTGRES, f"cannot create database {cfg.pg_db!r}: {_first_line(create.stderr)}"
+            cfg, POSTGRES, f"cannot create database {name!r}: {_first_line(create.stderr)}"
         )
     return True
 

@@ -1,8 +1,11 @@
-"""External services (order intake, validation, payment gateway, warehouse, carrier).
+"""Failure simulation for the external services, and the order intake and validation stubs.
 
-Each one calls `flaky_call()`, which behaves as the guide says: about 1/3 of calls raise,
-1/3 hang for 300 s (the activity's start-to-close timeout fires first), 1/3 succeed. The
-odds come from a fault profile; draws can be made reproducible with a seed.
+Every external call runs `flaky_call()`, which behaves as the guide says: under the `seed`
+profile about 1/3 of calls raise, 1/3 hang for 300 s (the activity's start-to-close timeout
+fires first), 1/3 succeed. Those faults strike *before* the call takes effect. A profile
+can add `lost`: the call takes effect at the provider, then its answer is lost (it raises
+or hangs). Only the payment gateway and the carrier (app/providers) have effects to lose.
+Draws can be made reproducible with a seed.
 """
 
 from __future__ import annotations
@@ -23,45 +26,53 @@ class SimulatedFailure(RuntimeError):
     """The failure `flaky_call` raises; retryable like any transient outage."""
 
 
+class SimulatedLostResponse(RuntimeError):
+    """The call took effect at the provider, but its answer never arrived."""
+
+
 @dataclass(frozen=True)
 class FaultProfile:
     name: str
     fail_rate: float
     hang_rate: float
-    # The first N ChargePayment attempts fail *after* the charge is written: proves a
-    # retried charge is not charged twice.
-    charge_crash_attempts: int = 0
     # Seconds every call takes before its outcome: a slow but healthy service.
     delay: float = 0.0
+    # Share of calls that take effect and then lose their answer (half raise, half hang).
+    lost_rate: float = 0.0
+    # The first N attempts of every provider call take effect and then raise: a
+    # deterministic lost answer for tests.
+    lost_first: int = 0
 
     @staticmethod
     def parse(spec: str) -> FaultProfile:
-        """`seed`, `off`, or custom rates such as `fail=0.2,hang=0.1,delay=0.5,charge_crash_attempts=1`."""
+        """`seed`, `off`, or custom rates such as `fail=0.2,hang=0.1,lost=0.2,delay=0.5`."""
         spec = spec.strip().lower()
         if spec == "seed":
             return FaultProfile("seed", 1 / 3, 1 / 3)
         if spec == "off":
             return FaultProfile("off", 0.0, 0.0)
-        rates = {"fail": 0.0, "hang": 0.0, "charge_crash_attempts": 0.0, "delay": 0.0}
+        rates = {"fail": 0.0, "hang": 0.0, "lost": 0.0, "lost_first": 0.0, "delay": 0.0}
         for part in spec.split(","):
             key, sep, value = part.partition("=")
             key = key.strip()
             if not sep or key not in rates:
                 raise FaultProfileError(
-                    f"invalid fault profile {spec!r}: use seed, off or fail=R,hang=R"
+                    f"invalid fault profile {spec!r}: use seed, off or "
+                    "fail=R,hang=R,lost=R,delay=S,lost_first=N"
                 )
             try:
                 rates[key] = float(value)
             except ValueError:
                 raise FaultProfileError(f"invalid number {value!r} in fault profile") from None
-        fail, hang, crashes = rates["fail"], rates["hang"], rates["charge_crash_attempts"]
-        if not (0.0 <= fail <= 1.0 and 0.0 <= hang <= 1.0 and fail + hang <= 1.0):
+        fail, hang, lost = rates["fail"], rates["hang"], rates["lost"]
+        if not all(0.0 <= r <= 1.0 for r in (fail, hang, lost)) or fail + hang + lost > 1.0:
             raise FaultProfileError("fault rates must be in [0, 1] and sum to at most 1")
-        if crashes < 0 or crashes != int(crashes):
-            raise FaultProfileError("charge_crash_attempts must be a whole number >= 0")
+        first = rates["lost_first"]
+        if first < 0 or first != int(first):
+            raise FaultProfileError("lost_first must be a whole number >= 0")
         if not 0.0 <= rates["delay"] <= 60.0:
             raise FaultProfileError("delay must be between 0 and 60 seconds")
-        return FaultProfile(spec, fail, hang, int(crashes), rates["delay"])
+        return FaultProfile(spec, fail, hang, rates["delay"], lost, int(first))
 
 
 class FaultInjector:
@@ -87,7 +98,7 @@ class FaultInjector:
 
 
 async def flaky_call(profile: FaultProfile, roll: float) -> None:
-    """Fail, hang or succeed according to `roll` in [0, 1)."""
+    """Fail, hang or succeed according to `roll` in [0, 1), before the call takes effect."""
     if profile.delay:
         await asyncio.sleep(profile.delay)
     if roll < profile.fail_rate:
@@ -96,40 +107,67 @@ async def flaky_call(profile: FaultProfile, roll: float) -> None:
         await asyncio.sleep(HANG_SECONDS)
 
 
+async def lose_response(profile: FaultProfile, roll: float, attempt: int) -> None:
+    """After the call took effect: raise or hang as if the answer was lost.
+
+    The lost band of the roll lies just above fail and hang, so the seed profile (no lost
+    band) is unchanged; its lower half raises, its upper half hangs."""
+    if attempt <= profile.lost_first:
+        raise SimulatedLostResponse("simulated lost response (the call took effect)")
+    low = profile.fail_rate + profile.hang_rate
+    if not low <= roll < low + profile.lost_rate:
+        return
+    if roll < low + profile.lost_rate / 2:
+        raise SimulatedLostResponse("simulated lost response (the call took effect)")
+    await asyncio.sleep(HANG_SECONDS)
+
+
 # An activity attempt, or "shipping attempt.activity attempt" for the shipping child.
 Attempt = int | str
 
 
-class ExternalServices:
-    """The five services of the guide plus the refund side of the payment gateway."""
+def attempt_number(attempt: Attempt) -> int:
+    """The activity attempt of an `Attempt` ("2.3" is the third try of shipping attempt 2)."""
+    return attempt if isinstance(attempt, int) else int(str(attempt).rsplit(".", 1)[-1])
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    """Who is calling: draws the call's faults (the seeded key) and names it in logs."""
+
+    order_id: str
+    attempt: Attempt
+    fault_profile: str | None = None
+
+
+class Faults:
+    """The fault injection of one external service."""
+
+    def __init__(self, injector: FaultInjector, service: str) -> None:
+        self.injector = injector
+        self.service = service
+
+    def _roll(self, call: CallInfo) -> tuple[FaultProfile, float]:
+        roll = self.injector.draw(f"{call.order_id}:{self.service}:{call.attempt}")
+        return self.injector.profile(call.fault_profile), roll
+
+    async def before(self, call: CallInfo) -> None:
+        await flaky_call(*self._roll(call))
+
+    async def after(self, call: CallInfo) -> None:
+        profile, roll = self._roll(call)
+        await lose_response(profile, roll, attempt_number(call.attempt))
+
+
+class OrderIntake:
+    """The order intake and validation services of the guide: no effect of their own."""
 
     def __init__(self, faults: FaultInjector) -> None:
-        self.faults = faults
+        self.receive = Faults(faults, "receive")
+        self.validate = Faults(faults, "validate")
 
-    async def _call(
-        self, service: str, order_id: str, attempt: Attempt, profile: str | None
-    ) -> None:
-        roll = self.faults.draw(f"{order_id}:{service}:{attempt}")
-        await flaky_call(self.faults.profile(profile), roll)
+    async def receive_order(self, call: CallInfo) -> None:
+        await self.receive.before(call)
 
-    async def receive_order(self, order_id: str, attempt: Attempt, profile: str | None) -> None:
-        await self._call("receive", order_id, attempt, profile)
-
-    async def validate_order(self, order_id: str, attempt: Attempt, profile: str | None) -> None:
-        await self._call("validate", order_id, attempt, profile)
-
-    async def charge(self, order_id: str, attempt: Attempt, profile: str | None) -> str:
-        """Charge through the gateway, keyed by payment id; returns the gateway reference."""
-        await self._call("charge", order_id, attempt, profile)
-        return f"ch_{order_id}"
-
-    async def refund(self, order_id: str, attempt: Attempt, profile: str | None) -> None:
-        await self._call("refund", order_id, attempt, profile)
-
-    async def prepare_package(self, order_id: str, attempt: Attempt, profile: str | None) -> None:
-        await self._call("prepare", order_id, attempt, profile)
-
-    async def dispatch_carrier(self, order_id: str, attempt: Attempt, profile: str | None) -> str:
-        await self._call("dispatch", order_id, attempt, profile)
-        digest = hashlib.sha1(order_id.encode()).hexdigest()[:10].upper()
-        return f"TRK{digest}"
+    async def validate_order(self, call: CallInfo) -> None:
+        await self.validate.before(call)

@@ -29,7 +29,8 @@ from app.activities import OrderActivities, ShippingActivities
 from app.config import Settings, get_settings
 from app.db import engine_from_settings, session_factory
 from app.logging_setup import configure_logging
-from app.stubs import ExternalServices, FaultInjector
+from app.providers.wiring import Simulators, open_simulators
+from app.stubs import FaultInjector, OrderIntake
 from app.temporal_client import connect_client, runtime_with_core_logs
 from app.worker_tuning import worker_tuning
 from app.workflows import OrderWorkflow, ShippingWorkflow
@@ -69,19 +70,24 @@ async def wait_for_temporal(
             await asyncio.sleep(1.0)
 
 
+def fault_injector(settings: Settings) -> FaultInjector:
+    return FaultInjector(settings.fault_profile, settings.fault_seed)
+
+
 def build_workers(
     client: Client,
     settings: Settings,
     engine: AsyncEngine,
     queue: str,
+    providers: Simulators,
 ) -> list[Worker]:
     sessions = session_factory(engine)
-    services = ExternalServices(FaultInjector(settings.fault_profile, settings.fault_seed))
+    intake = OrderIntake(fault_injector(settings))
     workers: list[Worker] = []
     tuning = worker_tuning(settings)
     drain = timedelta(seconds=10)
     if queue in ("orders", "all"):
-        acts = OrderActivities(sessions, services)
+        acts = OrderActivities(sessions, intake, providers.gateway)
         workers.append(
             Worker(
                 client,
@@ -101,7 +107,7 @@ def build_workers(
             )
         )
     if queue in ("shipping", "all"):
-        ship = ShippingActivities(sessions, services)
+        ship = ShippingActivities(sessions, providers.carrier)
         workers.append(
             Worker(
                 client,
@@ -163,8 +169,11 @@ async def run(queue: str, settings: Settings, metrics_port: int) -> None:
     try:
         await wait_for_database(engine)
         client = await wait_for_temporal(settings, runtime)
-        workers = build_workers(client, settings, engine, queue)
         async with AsyncExitStack() as stack:
+            providers = await stack.enter_async_context(
+                open_simulators(settings, fault_injector(settings))
+            )
+            workers = build_workers(client, settings, engine, queue, providers)
             for w in workers:
                 await stack.enter_async_context(w)
             log.info(

@@ -23,9 +23,10 @@ from app import stack
 from app.config import PROJECT_ROOT, Settings
 from app.db import Event, create_engine, session_factory
 from app.migrate import upgrade
+from app.providers.wiring import Simulators, open_simulators
 from app.service import OrderService
 from app.temporal_client import connect_client
-from app.worker import build_workers
+from app.worker import build_workers, fault_injector
 from tests.ports import free_ports
 
 # A valid order address for tests that do not care which one.
@@ -94,6 +95,8 @@ class Running:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     service: OrderService
+    # The gateway and carrier simulators the workers use (their ledgers: tests audit them).
+    providers: Simulators
 
 
 @pytest.fixture(scope="session")
@@ -104,9 +107,19 @@ async def running(real_stack: RealStack) -> AsyncIterator[Running]:
     engine = create_engine(settings.database_url_plain)
     sessions = session_factory(engine)
     async with AsyncExitStack() as workers:
-        for w in build_workers(client, settings, engine, "all"):
+        providers = await workers.enter_async_context(
+            open_simulators(settings, fault_injector(settings))
+        )
+        for w in build_workers(client, settings, engine, "all", providers):
             await workers.enter_async_context(w)
-        yield Running(settings, client, engine, sessions, OrderService(client, sessions, settings))
+        yield Running(
+            settings,
+            client,
+            engine,
+            sessions,
+            OrderService(client, sessions, settings),
+            providers,
+        )
     await engine.dispose()
 
 

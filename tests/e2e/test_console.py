@@ -331,7 +331,7 @@ async def test_dashboard_draws_charts(running: Running, api_server: ApiServer, p
     retried = new_id("con-retry")
     await running.service.start_order(cancelled, f"pay-{cancelled}", ADDRESS)
     await running.service.start_order(
-        retried, f"pay-{retried}", ADDRESS, fault_profile="charge_crash_attempts=1"
+        retried, f"pay-{retried}", ADDRESS, fault_profile="lost_first=1"
     )
     await wait_for_step(running, cancelled, "MANUAL_REVIEW")
     await running.service.cancel(cancelled, reason="dashboard_test")

@@ -28,7 +28,7 @@ from app.models import (
     ValidateInput,
     order_amount_cents,
 )
-from app.stubs import ExternalServices, FaultInjector
+from app.stubs import FaultInjector, OrderIntake
 from tests.conftest import ADDRESS, HAPPY_PATH_EVENTS, Running, order_events
 
 SHIP_TO = Address(**ADDRESS)
@@ -37,9 +37,10 @@ ITEMS = list(DEFAULT_ITEMS)
 
 @pytest.fixture
 def acts(running: Running) -> tuple[OrderActivities, ShippingActivities]:
-    services = ExternalServices(FaultInjector("off"))
-    return OrderActivities(running.sessions, services), ShippingActivities(
-        running.sessions, services
+    intake = OrderIntake(FaultInjector("off"))
+    return (
+        OrderActivities(running.sessions, intake, running.providers.gateway),
+        ShippingActivities(running.sessions, running.providers.carrier),
     )
 
 

@@ -33,7 +33,8 @@ from sqlalchemy.engine import make_url
 from app.api import RequestInfo, create_app
 from app.config import Settings
 from app.migrate import upgrade
-from app.worker import build_workers
+from app.providers.wiring import open_simulators
+from app.worker import build_workers, fault_injector
 from tests.conftest import RealStack
 
 FUZZ_KEY = "fuzz-0123456789"
@@ -49,8 +50,12 @@ _api_lifespan = app.router.lifespan_context
 @asynccontextmanager
 async def _lifespan_with_workers(app: FastAPI) -> AsyncIterator[None]:
     async with _api_lifespan(app), AsyncExitStack() as workers:
+        settings = app.state.settings
+        providers = await workers.enter_async_context(
+            open_simulators(settings, fault_injector(settings))
+        )
         for worker in build_workers(
-            app.state.temporal, app.state.settings, app.state.engine, "all"
+            app.state.temporal, settings, app.state.engine, "all", providers
         ):
             await workers.enter_async_context(worker)
         yield

@@ -218,7 +218,7 @@ async def test_decodes_a_real_encrypted_history(running: Running) -> None:
     service = OrderService(client, running.sessions, settings)
     order_id = f"codec-{suffix}"
     async with AsyncExitStack() as workers:
-        for w in build_workers(client, settings, running.engine, "all"):
+        for w in build_workers(client, settings, running.engine, "all", running.providers):
             await workers.enter_async_context(w)
         await service.start_order(order_id, f"pmt-{order_id}", ADDRESS)
         handle = client.get_workflow_handle(f"order-{order_id}")

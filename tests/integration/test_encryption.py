@@ -41,7 +41,7 @@ async def test_history_is_encrypted_at_rest(running: Running) -> None:
         "country": "US",
     }
     async with AsyncExitStack() as workers:
-        for w in build_workers(client, settings, running.engine, "all"):
+        for w in build_workers(client, settings, running.engine, "all", running.providers):
             await workers.enter_async_context(w)
         await service.start_order(order_id, f"pmt-{order_id}", address)
         handle = client.get_workflow_handle(f"order-{order_id}")

@@ -74,7 +74,7 @@ async def test_order_completes_end_to_end(running: Running) -> None:
 async def test_charge_failing_after_db_write_is_not_charged_twice(running: Running) -> None:
     order_id = new_id()
     await running.service.start_order(
-        order_id, f"pmt-{order_id}", ADDRESS, fault_profile="fail=0,charge_crash_attempts=1"
+        order_id, f"pmt-{order_id}", ADDRESS, fault_profile="lost_first=1"
     )
     await wait_for_step(running, order_id, "MANUAL_REVIEW")
     await running.service.approve(order_id, reviewer="alice")

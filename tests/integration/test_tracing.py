@@ -31,7 +31,7 @@ async def test_one_trace_from_request_to_activities(running: Running) -> None:
     service = OrderService(client, running.sessions, settings)
     order_id = f"otel-{suffix}"
     async with AsyncExitStack() as workers:
-        for w in build_workers(client, settings, running.engine, "all"):
+        for w in build_workers(client, settings, running.engine, "all", running.providers):
             await workers.enter_async_context(w)
         with trace.get_tracer("test").start_as_current_span(
             "POST /orders/{order_id}/start"

@@ -7,7 +7,15 @@ import math
 
 import pytest
 
-from app.stubs import FaultInjector, FaultProfile, FaultProfileError, SimulatedFailure, flaky_call
+from app.stubs import (
+    FaultInjector,
+    FaultProfile,
+    FaultProfileError,
+    SimulatedFailure,
+    SimulatedLostResponse,
+    flaky_call,
+    lose_response,
+)
 
 N = 3000
 
@@ -52,9 +60,23 @@ def test_seeded_draws_are_reproducible() -> None:
 
 
 def test_custom_profiles_parse_and_bad_ones_are_refused() -> None:
-    p = FaultProfile.parse("fail=0.2,hang=0.1,delay=0.5,charge_crash_attempts=1")
-    assert (p.fail_rate, p.hang_rate, p.delay, p.charge_crash_attempts) == (0.2, 0.1, 0.5, 1)
-    for bad in ("sometimes", "fail=2", "fail=0.6,hang=0.6", "fail=x", "charge_crash_attempts=1.5"):
+    p = FaultProfile.parse("fail=0.2,hang=0.1,lost=0.3,delay=0.5,lost_first=1")
+    assert (p.fail_rate, p.hang_rate, p.lost_rate, p.delay, p.lost_first) == (
+        0.2,
+        0.1,
+        0.3,
+        0.5,
+        1,
+    )
+    for bad in (
+        "sometimes",
+        "fail=2",
+        "fail=0.6,hang=0.6",
+        "fail=0.4,hang=0.3,lost=0.4",
+        "fail=x",
+        "lost_first=1.5",
+        "charge_crash_attempts=1",
+    ):
         with pytest.raises(FaultProfileError):
             FaultProfile.parse(bad)
 
@@ -65,3 +87,42 @@ async def test_delay_profile_slows_but_succeeds() -> None:
     started = loop.time()
     await flaky_call(profile, 0.0)
     assert loop.time() - started >= 0.05
+
+
+async def _after(profile: FaultProfile, roll: float, attempt: int = 1) -> str:
+    try:
+        await asyncio.wait_for(lose_response(profile, roll, attempt), timeout=0.05)
+    except SimulatedLostResponse:
+        return "lost-fail"
+    except TimeoutError:
+        return "lost-hang"
+    return "ok"
+
+
+async def test_lost_band_lies_above_fail_and_hang() -> None:
+    profile = FaultProfile.parse("fail=0.2,hang=0.2,lost=0.2")
+    # Before the effect: the guide's faults; after it: the lost band, half raise, half hang.
+    assert [await _outcome(profile, r) for r in (0.1, 0.3, 0.45, 0.7)] == [
+        "fail",
+        "hang",
+        "ok",
+        "ok",
+    ]
+    assert [await _after(profile, r) for r in (0.1, 0.3, 0.45, 0.55, 0.7)] == [
+        "ok",
+        "ok",
+        "lost-fail",
+        "lost-hang",
+        "ok",
+    ]
+
+
+async def test_seed_profile_loses_no_answers_and_lost_first_loses_early_ones() -> None:
+    seed = FaultProfile.parse("seed")
+    assert {await _after(seed, r / 100) for r in range(100)} == {"ok"}
+    first = FaultProfile.parse("lost_first=2")
+    assert [await _after(first, 0.9, attempt) for attempt in (1, 2, 3)] == [
+        "lost-fail",
+        "lost-fail",
+        "ok",
+    ]

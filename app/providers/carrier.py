@@ -1,0 +1,155 @@
+"""Carrier simulator: packages and dispatch bookings in its own ledger (`carrier` db).
+
+Idempotent like the gateway (same key and parameters: the first booking; other
+parameters: refused). A dispatch names the keys of the order's earlier shipping attempts:
+when one of them already booked the parcel (its answer was lost), that booking is the
+answer, and the superseded keys are closed so a late request under them books nothing.
+`read_ledger` is for auditors (chaos, tests).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterable
+from dataclasses import asdict
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.providers import ledger
+from app.providers.api import Booking, DispatchRequest, KeyClosed, Package, PrepareRequest
+from app.stubs import CallInfo, FaultInjector, Faults
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS packages (
+        package_id text PRIMARY KEY,
+        order_id text NOT NULL,
+        shipping_attempt integer NOT NULL,
+        idempotency_key text NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now()
+    )""",
+    """CREATE TABLE IF NOT EXISTS bookings (
+        tracking_number text PRIMARY KEY,
+        order_id text NOT NULL,
+        address jsonb NOT NULL,
+        idempotency_key text NOT NULL UNIQUE,
+        created_at timestamptz NOT NULL DEFAULT now()
+    )""",
+    "CREATE INDEX IF NOT EXISTS bookings_order ON bookings (order_id)",
+    """CREATE TABLE IF NOT EXISTS closed_keys (
+        key text PRIMARY KEY,
+        created_at timestamptz NOT NULL DEFAULT now()
+    )""",
+]
+
+
+class CarrierSimulator:
+    def __init__(self, engine: AsyncEngine, faults: FaultInjector) -> None:
+        self.engine = engine
+        self._prepare = Faults(faults, "prepare")
+        self._dispatch = Faults(faults, "dispatch")
+
+    async def install(self) -> None:
+        await ledger.install_schema(self.engine, "carrier", SCHEMA)
+
+    async def prepare(self, req: PrepareRequest, call: CallInfo) -> Package:
+        await self._prepare.before(call)
+        request = {"order_id": req.order_id, "shipping_attempt": req.shipping_attempt}
+        async with self.engine.begin() as conn:
+            await ledger.lock(conn, req.key)
+            stored = await ledger.replay(conn, req.key, "prepare", request)
+            if stored is not None:
+                result = Package(**stored)
+            else:
+                result = Package(f"pkg_{secrets.token_hex(8)}")
+                await conn.execute(
+                    text(
+                        "INSERT INTO packages (package_id, order_id, shipping_attempt, "
+                        "idempotency_key) VALUES (:p, :o, :s, :k)"
+                    ),
+                    {
+                        "p": result.package_id,
+                        "o": req.order_id,
+                        "s": req.shipping_attempt,
+                        "k": req.key,
+                    },
+                )
+                await ledger.remember(conn, req.key, "prepare", request, asdict(result))
+        await self._prepare.after(call)
+        return result
+
+    async def dispatch(self, req: DispatchRequest, call: CallInfo) -> Booking:
+        await self._dispatch.before(call)
+        request = {"order_id": req.order_id, "address": req.address}
+        async with self.engine.begin() as conn:
+            await ledger.lock(conn, req.key)
+            await ledger.lock(conn, f"order:{req.order_id}")
+            stored = await ledger.replay(conn, req.key, "dispatch", request)
+            if stored is not None:
+                result = Booking(**stored)
+            else:
+                closed = await conn.execute(
+                    text("SELECT 1 FROM closed_keys WHERE key = :k"), {"k": req.key}
+                )
+                if closed.first() is not None:
+                    raise KeyClosed(f"dispatch key {req.key!r} was superseded; nothing booked")
+                earlier = (
+                    await conn.execute(
+                        text(
+                            "SELECT tracking_number, idempotency_key AS key, address "
+                            "FROM bookings WHERE idempotency_key = ANY(:keys) "
+                            "ORDER BY created_at LIMIT 1"
+                        ),
+                        {"keys": list(req.supersedes)},
+                    )
+                ).first()
+                if earlier is not None:
+                    result = Booking(**dict(earlier._mapping))
+                else:
+                    result = Booking(f"TRK{secrets.token_hex(5).upper()}", req.key, req.address)
+                    await conn.execute(
+                        text(
+                            "INSERT INTO bookings (tracking_number, order_id, address, "
+                            "idempotency_key) VALUES (:t, :o, CAST(:a AS jsonb), :k)"
+                        ),
+                        {
+                            "t": result.tracking_number,
+                            "o": req.order_id,
+                            "a": json.dumps(req.address),
+                            "k": req.key,
+                        },
+                    )
+                if req.supersedes:
+                    await conn.execute(
+                        text(
+                            "INSERT INTO closed_keys (key) SELECT unnest(CAST(:keys AS text[])) "
+                            "ON CONFLICT DO NOTHING"
+                        ),
+                        {"keys": list(req.supersedes)},
+                    )
+                await ledger.remember(conn, req.key, "dispatch", request, asdict(result))
+        await self._dispatch.after(call)
+        return result
+
+
+async def read_ledger(
+    engine: AsyncEngine, order_ids: Iterable[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """Order id -> its bookings at the carrier (for auditors only)."""
+    ids = list(order_ids)
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT order_id, tracking_number, idempotency_key, address FROM bookings "
+                    "WHERE order_id = ANY(:ids) ORDER BY created_at"
+                ),
+                {"ids": ids},
+            )
+        ).all()
+    out: dict[str, list[dict[str, Any]]] = {oid: [] for oid in ids}
+    for r in rows:
+        out.setdefault(r.order_id, []).append(dict(r._mapping))
+    return out
