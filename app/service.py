@@ -365,7 +365,10 @@ class OrderService:
             row = (
                 await s.execute(
                     select(Order, Payment)
-                    .outerjoin(Payment, Payment.payment_id == Order.payment_id)
+                    .outerjoin(
+                        Payment,
+                        (Payment.payment_id == Order.payment_id) & (Payment.order_id == Order.id),
+                    )
                     .where(Order.id == order_id)
                 )
             ).first()

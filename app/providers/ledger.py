@@ -53,10 +53,8 @@ async def replay(
     if row is None:
         return None
     if row.operation != operation or row.request != request:
-        raise IdempotencyConflict(
-            f"idempotency key {key!r} was used with other parameters "
-            f"({row.operation} {json.dumps(row.request, sort_keys=True)})"
-        )
+        # Like a real gateway: the earlier request (another customer's) is not revealed.
+        raise IdempotencyConflict(f"idempotency key {key!r} was already used with other parameters")
     response: dict[str, Any] = row.response
     return response
 

@@ -6,6 +6,7 @@ repeated on purpose, as a retry after a lost completion would.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,13 +23,17 @@ from app.models import (
     ActivityContext,
     Address,
     ChargeInput,
+    CloseInput,
     DispatchInput,
     PrepareInput,
     ReceiveInput,
+    RefundInput,
     ValidateInput,
     order_amount_cents,
 )
-from app.stubs import FaultInjector, OrderIntake
+from app.providers.carrier import read_ledger as carrier_ledger
+from app.providers.gateway import read_ledger as gateway_ledger
+from app.stubs import FaultInjector, OrderIntake, SimulatedLostResponse
 from tests.conftest import ADDRESS, HAPPY_PATH_EVENTS, Running, order_events
 
 SHIP_TO = Address(**ADDRESS)
@@ -125,3 +130,165 @@ async def test_validating_an_unknown_order_is_retryable(
             orders.validate_order, ValidateInput(ctx=ctx, address=SHIP_TO, items=ITEMS)
         )
     assert err.value.type == "OrderNotFound" and not err.value.non_retryable
+
+
+# --- the boundary: lost answers, audited on the providers' own ledgers -------------------
+
+
+def _attempt(attempt: int) -> ActivityEnvironment:
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, attempt=attempt)
+    return env
+
+
+def _charge(order_id: str, profile: str, payment_id: str | None = None) -> ChargeInput:
+    return ChargeInput(
+        ctx=ActivityContext(order_id=order_id, fault_profile=profile),
+        payment_id=payment_id or f"pmt-{order_id}",
+        amount_cents=order_amount_cents(ITEMS),
+        approved_by="alice",
+        approved_at_iso=datetime.now(UTC).isoformat(),
+    )
+
+
+async def _received(orders: OrderActivities, order_id: str) -> None:
+    await ActivityEnvironment().run(orders.receive_order, _receive(order_id))
+
+
+async def _gateway(running: Running, order_id: str) -> list[dict[str, Any]]:
+    return (await gateway_ledger(running.providers.gateway.engine, [order_id]))[order_id]
+
+
+async def _payments(running: Running, order_id: str) -> list[Payment]:
+    async with running.sessions() as s:
+        rows = await s.execute(select(Payment).where(Payment.order_id == order_id))
+        return list(rows.scalars())
+
+
+def _close(order_id: str, step: str = "PAY") -> CloseInput:
+    return CloseInput(
+        ctx=ActivityContext(order_id=order_id, fault_profile="off"),
+        payment_id=f"pmt-{order_id}",
+        state="CANCELLED",
+        reason="customer_request",
+        step=step,
+        defer_refund=True,
+    )
+
+
+@pytest.mark.parametrize("attempts", [2, 3])
+async def test_lost_answers_charge_refund_and_dispatch_once_per_key(
+    running: Running, acts: tuple[OrderActivities, ShippingActivities], attempts: int
+) -> None:
+    orders, shipping = acts
+    order_id = f"acts-{uuid.uuid4().hex[:10]}"
+    lost = f"lost_first={attempts - 1}"  # every attempt but the last takes effect, then fails
+    await _received(orders, order_id)
+
+    for n in range(1, attempts + 1):
+        run = _attempt(n).run(orders.charge_payment, _charge(order_id, lost))
+        if n < attempts:
+            with pytest.raises(SimulatedLostResponse):
+                await run
+        else:
+            await run
+    charges = await _gateway(running, order_id)
+    assert len(charges) == 1 and charges[0]["idempotency_key"] == f"pmt-{order_id}"
+    assert [p.status for p in await _payments(running, order_id)] == ["charged"]
+
+    closed = await ActivityEnvironment().run(orders.close_order, _close(order_id))
+    assert closed.refund_pending
+    refund = RefundInput(
+        ctx=ActivityContext(order_id=order_id, fault_profile=lost), payment_id=f"pmt-{order_id}"
+    )
+    for n in range(1, attempts + 1):
+        run = _attempt(n).run(orders.refund_payment, refund)
+        if n < attempts:
+            with pytest.raises(SimulatedLostResponse):
+                await run
+        else:
+            assert (await run).refunded
+    (charge,) = await _gateway(running, order_id)
+    assert len(charge["refunds"]) == 1 and charge["refunded_cents"] == charge["amount_cents"]
+    assert [p.status for p in await _payments(running, order_id)] == ["refunded"]
+
+    shipped = f"acts-{uuid.uuid4().hex[:10]}"
+    await _received(orders, shipped)
+    ctx = ActivityContext(order_id=shipped, fault_profile=lost)
+    for n in range(1, attempts + 1):
+        run = _attempt(n).run(shipping.dispatch_carrier, DispatchInput(ctx=ctx, shipping_attempt=1))
+        if n < attempts:
+            with pytest.raises(SimulatedLostResponse):
+                await run
+        else:
+            outcome = await run
+    (booking,) = (await carrier_ledger(running.providers.carrier.engine, [shipped]))[shipped]
+    assert booking["tracking_number"] == outcome.tracking_number
+    assert (await _row(running, shipped)).tracking_number == outcome.tracking_number
+
+
+async def test_charge_whose_answer_never_came_is_found_and_refunded(
+    running: Running, acts: tuple[OrderActivities, ShippingActivities]
+) -> None:
+    orders, _ = acts
+    order_id = f"acts-{uuid.uuid4().hex[:10]}"
+    await _received(orders, order_id)
+    for n in (1, 2, 3):  # PAY fails: the gateway charged, we never heard
+        with pytest.raises(SimulatedLostResponse):
+            await _attempt(n).run(orders.charge_payment, _charge(order_id, "lost_first=3"))
+    assert await _payments(running, order_id) == []
+
+    closed = await ActivityEnvironment().run(orders.close_order, _close(order_id))
+    assert closed.refund_pending  # stopped while charging: the gateway is asked
+    refund = RefundInput(
+        ctx=ActivityContext(order_id=order_id, fault_profile="off"), payment_id=f"pmt-{order_id}"
+    )
+    assert (await ActivityEnvironment().run(orders.refund_payment, refund)).refunded
+    (charge,) = await _gateway(running, order_id)
+    assert charge["refunded_cents"] == charge["amount_cents"]
+    (payment,) = await _payments(running, order_id)
+    assert (payment.status, payment.gateway_ref) == ("refunded", charge["charge_id"])
+    events = await order_events(running, order_id)
+    assert events[-2:] == ["PAYMENT_CHARGED", "PAYMENT_REFUNDED"]
+
+    # A straggling attempt of the charge gets the first charge back: no money moves.
+    await _attempt(4).run(orders.charge_payment, _charge(order_id, "off"))
+    assert len(await _gateway(running, order_id)) == 1
+    assert [p.status for p in await _payments(running, order_id)] == ["refunded"]
+
+
+async def test_voided_payment_refuses_a_late_charge(
+    running: Running, acts: tuple[OrderActivities, ShippingActivities]
+) -> None:
+    orders, _ = acts
+    order_id = f"acts-{uuid.uuid4().hex[:10]}"
+    await _received(orders, order_id)
+    await ActivityEnvironment().run(orders.close_order, _close(order_id))
+    refund = RefundInput(
+        ctx=ActivityContext(order_id=order_id, fault_profile="off"), payment_id=f"pmt-{order_id}"
+    )
+    outcome = await ActivityEnvironment().run(orders.refund_payment, refund)
+    assert not outcome.refunded and outcome.payment_status == "none"
+    with pytest.raises(ApplicationError) as err:
+        await ActivityEnvironment().run(orders.charge_payment, _charge(order_id, "off"))
+    assert err.value.non_retryable and err.value.type == "PaymentVoided"
+    assert await _gateway(running, order_id) == []
+
+
+async def test_payment_key_reused_with_other_parameters_is_refused(
+    running: Running, acts: tuple[OrderActivities, ShippingActivities]
+) -> None:
+    orders, _ = acts
+    first, second = (f"acts-{uuid.uuid4().hex[:10]}" for _ in range(2))
+    for order_id in (first, second):
+        await _received(orders, order_id)
+    await ActivityEnvironment().run(orders.charge_payment, _charge(first, "off"))
+    # Another order under the same payment id, and the same order with another amount.
+    other_order = _charge(second, "off", payment_id=f"pmt-{first}")
+    other_amount = dataclasses.replace(_charge(first, "off"), amount_cents=1)
+    for request in (other_order, other_amount):
+        with pytest.raises(ApplicationError) as err:
+            await ActivityEnvironment().run(orders.charge_payment, request)
+        assert err.value.non_retryable and err.value.type == "PaymentIdInUse"
+    assert len(await _gateway(running, first)) == 1 and await _gateway(running, second) == []
+    assert [p.status for p in await _payments(running, first)] == ["charged"]
