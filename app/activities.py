@@ -37,6 +37,7 @@ from app.db import Event, JsonType, Order, Payment, timed_statements, timed_tran
 from app.models import (
     ERR_INVALID_ORDER,
     ERR_ORDER_CANCELLED,
+    ERR_ORDER_CLOSED,
     ERR_ORDER_DISPATCHED,
     ERR_PAYMENT_CONFLICT,
     TERMINAL_STATES,
@@ -58,8 +59,8 @@ from app.models import (
     order_amount_cents,
 )
 from app.providers.api import (
+    CancelShipmentsRequest,
     Carrier,
-    Charge,
     ChargeNotFound,
     ChargeRequest,
     DispatchRequest,
@@ -69,7 +70,6 @@ from app.providers.api import (
     ProviderRefusal,
     Refund,
     RefundRequest,
-    VoidRequest,
     charge_key,
     dispatch_key,
     prepare_key,
@@ -244,10 +244,13 @@ class OrderActivities(_ActivityBase):
         sessions: async_sessionmaker[AsyncSession],
         intake: OrderIntake,
         gateway: PaymentGateway,
+        carrier: Carrier,
     ) -> None:
         super().__init__(sessions)
         self.intake = intake
         self.gateway = gateway
+        # Compensation only: an order that closes unshipped cancels its bookings.
+        self.carrier = carrier
 
     @activity.defn(name="ReceiveOrder")
     @step_activity("RECEIVE")
@@ -351,9 +354,14 @@ class OrderActivities(_ActivityBase):
         except ProviderRefusal as err:
             raise _refused(err) from None
         async with timed_transaction(self.sessions, "charge_payment") as s:
-            # A charge that happened is always recorded, even if a cancel raced it: the
-            # workflow then refunds it. Skipping the record would lose the money trail.
-            await _lock_order(s, order_id)
+            # A charge that happened is recorded even if a cancel raced it: the workflow
+            # then refunds it. Once the order is closed, though, compensation owns the
+            # money (it asks the gateway itself): a straggling attempt records nothing.
+            locked = await _lock_order(s, order_id)
+            if locked.state in TERMINAL_STATES:
+                raise ApplicationError(
+                    "order is already closed", type=ERR_ORDER_CLOSED, non_retryable=True
+                )
             payment = (
                 pg_insert(Payment)
                 .values(
@@ -539,50 +547,90 @@ class OrderActivities(_ActivityBase):
     async def refund_payment(self, inp: RefundInput) -> CloseOutcome:
         """Compensation after the order is closed: refund a kept charge, once.
 
-        With no charge recorded, the gateway is asked to void the payment: that closes it
-        for late charge attempts and names a charge whose answer was lost, which is then
-        recorded and refunded like any other."""
+        For an order closed while shipping, its carrier bookings are cancelled first. With
+        no charge recorded, the gateway is asked to cancel or refund: it refunds a charge
+        whose answer was lost (recorded here with its refund), or voids the payment so that
+        no late charge attempt can take the money. Each finding is recorded as it is made,
+        so a retry after a flaky call carries on from there instead of starting over."""
         info = activity.info()
         order_id = inp.ctx.order_id
         call = _call(inp.ctx, info.attempt)
         async with timed_transaction(self.sessions, "refund_read") as s:
             order = await s.get(Order, order_id)
             payment = await s.get(Payment, inp.payment_id)
+            shipments_open = (
+                order is not None
+                and order.step == "SHIP"
+                and order.tracking_number is None
+                and not await _has_event(s, order_id, "SHIPMENTS_CANCELLED")
+            )
         state = order.state if order is not None else OrderState.FAILED
-        ours = payment is not None and payment.order_id == order_id
+        if payment is not None and payment.order_id != order_id:
+            payment = None  # another order's payment id: never charged for this one
         if state == OrderState.COMPLETED or (
-            ours and payment is not None and payment.status != PaymentStatus.CHARGED
+            payment is not None and payment.status != PaymentStatus.CHARGED
         ):
-            status = payment.status if ours and payment is not None else PaymentStatus.NONE
+            status = payment.status if payment is not None else PaymentStatus.NONE
             return CloseOutcome(state=state, payment_status=status, refunded=False)
-        if ours and payment is not None:
+        if shipments_open:
+            await self._cancel_shipments(order_id, call)
+        if payment is None:
+            found = await self._cancel_or_refund(inp.payment_id, order, call)
+            if found is None:  # never charged, and now it cannot be
+                return CloseOutcome(state=state, payment_status=PaymentStatus.NONE, refunded=False)
+            async with timed_transaction(self.sessions, "refund_payment") as s:
+                refunded = await _record_lost_charge_refunded(s, order_id, inp.payment_id, found)
+        else:
             await self._refund(payment, call)
             async with timed_transaction(self.sessions, "refund_payment") as s:
                 refunded = await _mark_refunded(s, order_id, inp.payment_id)
-        else:
-            try:
-                lost = await self.gateway.void(VoidRequest(inp.payment_id, order_id), call)
-            except ProviderRefusal as err:
-                raise _refused(err) from None
-            if lost is None:  # never charged, and now it cannot be
-                return CloseOutcome(state=state, payment_status=PaymentStatus.NONE, refunded=False)
-            log.warning(
-                "gateway has a charge we never recorded (its answer was lost); refunding it",
-                extra={"order_id": order_id, "charge_id": lost.charge_id},
-            )
-            refund = await self._gateway_refund(
-                RefundRequest(
-                    refund_key(inp.payment_id), inp.payment_id, order_id, lost.amount_cents
-                ),
-                call,
-            )
-            async with timed_transaction(self.sessions, "refund_payment") as s:
-                refunded = await _record_lost_charge_refunded(s, order_id, lost, refund.refund_id)
         log.info(
             "payment refunded",
             extra={"order_id": order_id, "workflow_id": info.workflow_id, "attempt": info.attempt},
         )
         return CloseOutcome(state=state, payment_status=PaymentStatus.REFUNDED, refunded=refunded)
+
+    async def _cancel_or_refund(
+        self, payment_id: str, order: Order | None, call: CallInfo
+    ) -> Refund | None:
+        """No charge recorded: refund one the gateway took anyway, or void the payment."""
+        # No order row or amount: never received, so never charged; this only voids.
+        amount = int(order.amount * 100) if order is not None and order.amount else 0
+        order_id = call.order_id
+        request = RefundRequest(refund_key(payment_id), payment_id, order_id, amount)
+        try:
+            refund = await self.gateway.cancel_or_refund(request, call)
+        except ProviderRefusal as err:
+            raise _refused(err) from None
+        if refund is not None:
+            log.warning(
+                "gateway had a charge we never recorded (its answer was lost); refunded it",
+                extra={"order_id": order_id, "charge_id": refund.charge_id},
+            )
+        return refund
+
+    async def _cancel_shipments(self, order_id: str, call: CallInfo) -> None:
+        """Closed while shipping: a booking whose answer was lost must not ship a refunded
+        order, and no late dispatch may book one."""
+        try:
+            cancelled = await self.carrier.cancel(CancelShipmentsRequest(order_id), call)
+        except ProviderRefusal as err:
+            raise _refused(err) from None
+        async with timed_transaction(self.sessions, "cancel_shipments") as s:
+            await s.execute(
+                insert(Event).values(
+                    **_event(
+                        order_id,
+                        "SHIPMENTS_CANCELLED",
+                        bookings=[b.tracking_number for b in cancelled],
+                    )
+                )
+            )
+        if cancelled:
+            log.warning(
+                "carrier had a booking we never recorded (its answer was lost); cancelled it",
+                extra={"order_id": order_id, "bookings": len(cancelled)},
+            )
 
     async def _refund(self, payment: Payment, call: CallInfo) -> None:
         """Refund a charge we recorded, in full."""
@@ -606,20 +654,19 @@ class OrderActivities(_ActivityBase):
 
 
 async def _record_lost_charge_refunded(
-    s: AsyncSession, order_id: str, charge: Charge, refund_id: str
+    s: AsyncSession, order_id: str, payment_id: str, refund: Refund
 ) -> bool:
     """A charge found only at the gateway, recorded with its refund (the money trail)."""
-    now = _now()
     inserted = (
         await s.execute(
             pg_insert(Payment)
             .values(
-                payment_id=charge.payment_id,
+                payment_id=payment_id,
                 order_id=order_id,
                 status=PaymentStatus.REFUNDED,
-                amount=_cents(charge.amount_cents),
-                gateway_ref=charge.charge_id,
-                refunded_at=now,
+                amount=_cents(refund.amount_cents),
+                gateway_ref=refund.charge_id,
+                refunded_at=_now(),
             )
             .on_conflict_do_nothing(index_elements=[Payment.payment_id])
             .returning(Payment.payment_id)
@@ -627,20 +674,23 @@ async def _record_lost_charge_refunded(
     ).scalar_one_or_none()
     if inserted is None:
         return False
-    await s.execute(
-        insert(Event),
-        [
-            _event(
-                order_id,
-                "PAYMENT_CHARGED",
-                payment_id=charge.payment_id,
-                amount_cents=charge.amount_cents,
-                found_at_gateway=True,
-            ),
-            _event(order_id, "PAYMENT_REFUNDED", payment_id=charge.payment_id, refund_id=refund_id),
-        ],
+    charged = _event(
+        order_id,
+        "PAYMENT_CHARGED",
+        payment_id=payment_id,
+        amount_cents=refund.amount_cents,
+        found_at_gateway=True,
     )
+    refunded = _event(order_id, "PAYMENT_REFUNDED", payment_id=payment_id)
+    await s.execute(insert(Event), [charged, refunded])
     return True
+
+
+async def _has_event(s: AsyncSession, order_id: str, type_: str) -> bool:
+    found = await s.execute(
+        select(Event.id).where(Event.order_id == order_id, Event.type == type_).limit(1)
+    )
+    return found.first() is not None
 
 
 async def _mark_refunded(s: AsyncSession, order_id: str, payment_id: str) -> bool:

@@ -44,6 +44,9 @@ from app import stack, stack_services
 from app.config import Settings
 from app.db import Event, Order, Payment, engine_from_settings, session_factory
 from app.models import SIGNAL_APPROVE, ApproveRequest, order_workflow_id
+from app.providers.carrier import read_ledger as carrier_ledger
+from app.providers.gateway import read_ledger as gateway_ledger
+from app.providers.wiring import ledger_engine
 from app.service import InvalidInput, OrderConflict, OrderService
 from app.stack import POSTGRES, TEMPORAL, StackConfig, StackError
 from app.temporal_client import connect_client, runtime_with_core_logs
@@ -82,6 +85,11 @@ VIOLATIONS = (
     "missing_events",
     "conflicting_terminal_events",
     "completed_without_charge",
+    # Judged on the providers' own ledgers, which the order system never reads.
+    "gateway_double_charges",
+    "gateway_charged_without_refund",
+    "ledger_mismatch",
+    "duplicate_dispatches",
 )
 
 
@@ -295,6 +303,10 @@ class OrderFacts:
     events: list[dict[str, Any]] = field(default_factory=list)
     # status (RUNNING, COMPLETED, FAILED, ...), state/reason/payment_status of the outcome
     workflow: dict[str, Any] = field(default_factory=dict)
+    # The gateway's charges for this order (each with refunded_cents and its refunds) and
+    # the carrier's bookings (tracking_number, cancelled), from their own databases.
+    gateway: list[dict[str, Any]] = field(default_factory=list)
+    carrier: list[dict[str, Any]] = field(default_factory=list)
 
 
 def check_order(facts: OrderFacts) -> dict[str, list[str]]:
@@ -359,6 +371,56 @@ def check_order(facts: OrderFacts) -> dict[str, list[str]]:
     ends = [t for t in types if t in TERMINAL]
     if len(ends) > 1:
         bad("conflicting_terminal_events", "terminal events " + ", ".join(ends))
+    for kind, detail in check_ledgers(facts):
+        bad(kind, detail)
+    return found
+
+
+def check_ledgers(facts: OrderFacts) -> list[tuple[str, str]]:
+    """Our tables against the gateway's and the carrier's ledgers, for one order."""
+    found: list[tuple[str, str]] = []
+    state = facts.db["state"] if facts.db else None
+    per_payment = Counter(c["payment_id"] for c in facts.gateway)
+    for payment_id, n in per_payment.items():
+        if n > 1:
+            found.append(("gateway_double_charges", f"{n} gateway charges for {payment_id}"))
+    kept = [c for c in facts.gateway if c["refunded_cents"] < c["amount_cents"]]
+    if state in ("CANCELLED", "FAILED") and kept:
+        found.append(
+            (
+                "gateway_charged_without_refund",
+                f"{state}, gateway charge {kept[0]['charge_id']} not refunded",
+            )
+        )
+    ours = {p["payment_id"]: p for p in facts.payments if p["order_id"] == facts.order_id}
+    for charge in facts.gateway:
+        mine = ours.pop(charge["payment_id"], None)
+        theirs = "refunded" if charge["refunded_cents"] >= charge["amount_cents"] else "charged"
+        if charge["refunded_cents"] and theirs == "charged":
+            theirs = "partly refunded"
+        if mine is None:
+            found.append(("ledger_mismatch", f"gateway charge {charge['charge_id']} unknown to us"))
+        elif (mine["status"], mine["amount_cents"]) != (theirs, charge["amount_cents"]):
+            found.append(
+                (
+                    "ledger_mismatch",
+                    f"payment {mine['payment_id']}: ours {mine['status']} "
+                    f"{mine['amount_cents']} cents, gateway {theirs} "
+                    f"{charge['amount_cents']} cents",
+                )
+            )
+    for payment_id, mine in ours.items():
+        found.append(
+            ("ledger_mismatch", f"payment {payment_id} {mine['status']}, no gateway charge")
+        )
+    if len(facts.carrier) > 1:
+        found.append(("duplicate_dispatches", f"{len(facts.carrier)} carrier bookings"))
+    active = [b["tracking_number"] for b in facts.carrier if not b["cancelled"]]
+    tracking = (facts.db or {}).get("tracking_number")
+    if tracking and tracking not in active:
+        found.append(("ledger_mismatch", f"tracking number {tracking} has no carrier booking"))
+    if active and state != "COMPLETED":
+        found.append(("ledger_mismatch", f"{state} but the carrier holds booking {active[0]}"))
     return found
 
 
@@ -414,6 +476,10 @@ class _Run:
         # stdout during the Temporal restart and corrupt `--json`.
         client = await connect_client(self.client_settings, runtime=runtime_with_core_logs())
         engine = engine_from_settings(self.client_settings, pool_size=10)
+        # The auditor reads the providers' ledgers directly; the order system never does.
+        cs = self.client_settings
+        self.gateway_engine = ledger_engine(cs, cs.gateway_database_url_plain, pool_size=2)
+        self.carrier_engine = ledger_engine(cs, cs.carrier_database_url_plain, pool_size=2)
         service = OrderService(client, session_factory(engine), self.client_settings)
         self.t0 = time.monotonic()
         self.progress(
@@ -447,6 +513,8 @@ class _Run:
                 summary["evidence"] = await self._evidence(service, summary, facts)
         finally:
             await engine.dispose()
+            await self.gateway_engine.dispose()
+            await self.carrier_engine.dispose()
         summary["timings"] = {
             "start_window_s": round(window, 1),
             "chaos_s": round(chaos_end, 1),
@@ -584,7 +652,12 @@ class _Run:
                 owner = p.order_id if p.order_id in facts else p.payment_id.removeprefix("pmt-")
                 if owner in facts:
                     facts[owner].payments.append(
-                        {"payment_id": p.payment_id, "order_id": p.order_id, "status": p.status}
+                        {
+                            "payment_id": p.payment_id,
+                            "order_id": p.order_id,
+                            "status": p.status,
+                            "amount_cents": int((p.amount or 0) * 100),
+                        }
                     )
             events = await s.execute(
                 select(Event).where(Event.order_id.in_(ids)).order_by(Event.id)
@@ -593,6 +666,10 @@ class _Run:
                 facts[e.order_id].events.append(
                     {"type": e.type, "payload": e.payload_json, "ts": e.ts.isoformat()}
                 )
+        for oid, charges in (await gateway_ledger(self.gateway_engine, ids)).items():
+            facts[oid].gateway = charges
+        for oid, bookings in (await carrier_ledger(self.carrier_engine, ids)).items():
+            facts[oid].carrier = bookings
         gate = asyncio.Semaphore(20)
 
         async def outcome(f: OrderFacts) -> None:
@@ -621,8 +698,13 @@ class _Run:
         states: Counter[str] = Counter()
         reasons: Counter[str] = Counter()
         payments: Counter[str] = Counter()
+        ledger: Counter[str] = Counter()
         for oid in sorted(live):
             f = facts[oid]
+            ledger["gateway_charges"] += len(f.gateway)
+            ledger["gateway_refunds"] += sum(len(c["refunds"]) for c in f.gateway)
+            ledger["carrier_dispatches"] += len(f.carrier)
+            ledger["carrier_cancelled"] += sum(1 for b in f.carrier if b["cancelled"])
             state = f.db["state"] if f.db else "NO_ROW"
             if state in TERMINAL:
                 states[state] += 1
@@ -652,6 +734,16 @@ class _Run:
                 "refunded": payments.get("refunded", 0),
                 "kept": payments.get("charged", 0),
             },
+            # What the providers' own ledgers hold for these orders.
+            "ledger": {
+                k: ledger.get(k, 0)
+                for k in (
+                    "gateway_charges",
+                    "gateway_refunds",
+                    "carrier_dispatches",
+                    "carrier_cancelled",
+                )
+            },
             "start_retries": sum(s.get("start_attempts", 1) - 1 for s in started),
             "plan": [asdict(f) for f in plan],
             "faults": faults,
@@ -677,6 +769,8 @@ class _Run:
             out[oid] = {
                 "db": f.db,
                 "payments": f.payments,
+                "gateway": f.gateway,
+                "carrier": f.carrier,
                 "events": [
                     {"type": e["type"], "ts": e["ts"], "payload": e["payload"]} for e in f.events
                 ],
@@ -754,6 +848,10 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         f"COMPLETED {t['COMPLETED']}, CANCELLED {t['CANCELLED']}, FAILED {t['FAILED']}, "
         f"not terminal {len(summary['not_terminal_after_deadline'])}",
         f"payments: {p['charged']} charged, {p['refunded']} refunded, {p['kept']} kept",
+        "ledgers: {gateway_charges} gateway charges, {gateway_refunds} refunds; "
+        "{carrier_dispatches} carrier bookings ({carrier_cancelled} cancelled)".format(
+            **summary["ledger"]
+        ),
         f"faults: {faults}; took {summary['timings']['total_s']:.0f}s",
     ]
     for kind, items in summary["violations"].items():

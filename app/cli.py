@@ -36,6 +36,7 @@ from app import stack, stack_services
 from app.config import Settings
 from app.models import OrderState, Step, is_settled, order_workflow_id
 from app.stack import StackError
+from app.stubs import FaultProfile, FaultProfileError
 
 if TYPE_CHECKING:
     # The service pulls in temporalio and SQLAlchemy (about a second); stack commands and
@@ -1020,13 +1021,19 @@ def chaos(
     id_prefix: Annotated[
         str | None, typer.Option(help="Order ids PREFIX-NNNN (default: unique per run).")
     ] = None,
+    fault_profile: Annotated[
+        str,
+        typer.Option(
+            help="Fault profile of every order: seed, off, or fail=R,hang=R,lost=R,delay=S."
+        ),
+    ] = "seed",
     as_json: JsonOpt = False,
 ) -> None:
     """Orders under seed faults while workers die and Temporal/PostgreSQL restart; checks.
 
     Runs against the embedded stack of RUN_DIR and exits 3 when an invariant is broken
-    (double charge, charge without refund, DB vs Temporal mismatch, missing event, order
-    not closed in time). See docs/operations.md, "Chaos runs".
+    (double charge, charge without refund, DB vs Temporal mismatch, our payments vs the
+    gateway's ledger, two carrier bookings, missing event, order not closed in time). See docs/operations.md, "Chaos runs".
     """
     from app.chaos import ChaosError, ChaosOptions, run_chaos, summary_lines
 
@@ -1042,7 +1049,12 @@ def chaos(
         order_deadline_s=order_deadline,
         grace_s=grace,
         id_prefix=id_prefix,
+        fault_profile=fault_profile,
     )
+    try:
+        FaultProfile.parse(fault_profile)
+    except FaultProfileError as exc:
+        raise CliError(f"--fault-profile: {exc}") from None
     try:
         summary = asyncio.run(run_chaos(_settings(), opts, lambda m: err.print(Text(m))))
     except ChaosError as exc:

@@ -87,7 +87,7 @@ def build_workers(
     tuning = worker_tuning(settings)
     drain = timedelta(seconds=10)
     if queue in ("orders", "all"):
-        acts = OrderActivities(sessions, intake, providers.gateway)
+        acts = OrderActivities(sessions, intake, providers.gateway, providers.carrier)
         workers.append(
             Worker(
                 client,

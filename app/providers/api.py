@@ -57,6 +57,12 @@ class PaymentVoided(ProviderRefusal):
     code = "PaymentVoided"
 
 
+class ShipmentCancelled(ProviderRefusal):
+    """The order's shipments were cancelled (the order closed unshipped); nothing is booked."""
+
+    code = "ShipmentCancelled"
+
+
 class KeyClosed(ProviderRefusal):
     """A dispatch key superseded by a later shipping attempt; it books nothing any more."""
 
@@ -94,12 +100,6 @@ class Refund:
 
 
 @dataclass(frozen=True)
-class VoidRequest:
-    payment_id: str
-    order_id: str
-
-
-@dataclass(frozen=True)
 class PrepareRequest:
     key: str
     order_id: str
@@ -122,6 +122,11 @@ class DispatchRequest:
 
 
 @dataclass(frozen=True)
+class CancelShipmentsRequest:
+    order_id: str
+
+
+@dataclass(frozen=True)
 class Booking:
     tracking_number: str
     key: str
@@ -137,11 +142,12 @@ class PaymentGateway(Protocol):
         """Give back (part of) the order's charge under this payment id, once per key."""
         ...
 
-    async def void(self, req: VoidRequest, call: CallInfo) -> Charge | None:
-        """Close the payment for new charges; the charge it already has, if any.
+    async def cancel_or_refund(self, req: RefundRequest, call: CallInfo) -> Refund | None:
+        """Refund the order's charge under this payment id, or, when there is none, void
+        the payment so no charge can be taken for it any more (None).
 
-        For an order that ends while its charge's answer may have been lost: afterwards
-        no late attempt can charge it, and a charge that did happen can be refunded."""
+        For an order that ends while its charge's answer may have been lost (like Adyen's
+        cancelOrRefund): one call settles it whichever way the charge went."""
         ...
 
 
@@ -150,4 +156,10 @@ class Carrier(Protocol):
 
     async def dispatch(self, req: DispatchRequest, call: CallInfo) -> Booking:
         """Book the parcel once per key (or return an earlier attempt's booking)."""
+        ...
+
+    async def cancel(self, req: CancelShipmentsRequest, call: CallInfo) -> list[Booking]:
+        """Cancel the order's bookings and refuse new ones; the bookings it cancelled.
+
+        For an order that ends unshipped while a dispatch's answer may have been lost."""
         ...

@@ -19,7 +19,15 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.providers import ledger
-from app.providers.api import Booking, DispatchRequest, KeyClosed, Package, PrepareRequest
+from app.providers.api import (
+    Booking,
+    CancelShipmentsRequest,
+    DispatchRequest,
+    KeyClosed,
+    Package,
+    PrepareRequest,
+    ShipmentCancelled,
+)
 from app.stubs import CallInfo, FaultInjector, Faults
 
 SCHEMA = [
@@ -35,11 +43,16 @@ SCHEMA = [
         order_id text NOT NULL,
         address jsonb NOT NULL,
         idempotency_key text NOT NULL UNIQUE,
-        created_at timestamptz NOT NULL DEFAULT now()
+        created_at timestamptz NOT NULL DEFAULT now(),
+        cancelled_at timestamptz
     )""",
     "CREATE INDEX IF NOT EXISTS bookings_order ON bookings (order_id)",
     """CREATE TABLE IF NOT EXISTS closed_keys (
         key text PRIMARY KEY,
+        created_at timestamptz NOT NULL DEFAULT now()
+    )""",
+    """CREATE TABLE IF NOT EXISTS cancelled_orders (
+        order_id text PRIMARY KEY,
         created_at timestamptz NOT NULL DEFAULT now()
     )""",
 ]
@@ -50,6 +63,7 @@ class CarrierSimulator:
         self.engine = engine
         self._prepare = Faults(faults, "prepare")
         self._dispatch = Faults(faults, "dispatch")
+        self._cancel = Faults(faults, "cancel")
 
     async def install(self) -> None:
         await ledger.install_schema(self.engine, "carrier", SCHEMA)
@@ -95,6 +109,12 @@ class CarrierSimulator:
                 )
                 if closed.first() is not None:
                     raise KeyClosed(f"dispatch key {req.key!r} was superseded; nothing booked")
+                cancelled = await conn.execute(
+                    text("SELECT 1 FROM cancelled_orders WHERE order_id = :o"),
+                    {"o": req.order_id},
+                )
+                if cancelled.first() is not None:
+                    raise ShipmentCancelled(f"shipments of order {req.order_id} were cancelled")
                 earlier = (
                     await conn.execute(
                         text(
@@ -133,6 +153,27 @@ class CarrierSimulator:
         await self._dispatch.after(call)
         return result
 
+    async def cancel(self, req: CancelShipmentsRequest, call: CallInfo) -> list[Booking]:
+        await self._cancel.before(call)
+        async with self.engine.begin() as conn:
+            await ledger.lock(conn, f"order:{req.order_id}")
+            await conn.execute(
+                text("INSERT INTO cancelled_orders (order_id) VALUES (:o) ON CONFLICT DO NOTHING"),
+                {"o": req.order_id},
+            )
+            rows = (
+                await conn.execute(
+                    text(
+                        "UPDATE bookings SET cancelled_at = now() "
+                        "WHERE order_id = :o AND cancelled_at IS NULL "
+                        "RETURNING tracking_number, idempotency_key AS key, address"
+                    ),
+                    {"o": req.order_id},
+                )
+            ).all()
+        await self._cancel.after(call)
+        return [Booking(**dict(r._mapping)) for r in rows]
+
 
 async def read_ledger(
     engine: AsyncEngine, order_ids: Iterable[str]
@@ -143,7 +184,8 @@ async def read_ledger(
         rows = (
             await conn.execute(
                 text(
-                    "SELECT order_id, tracking_number, idempotency_key, address FROM bookings "
+                    "SELECT order_id, tracking_number, idempotency_key, address, "
+                    "cancelled_at IS NOT NULL AS cancelled FROM bookings "
                     "WHERE order_id = ANY(:ids) ORDER BY created_at"
                 ),
                 {"ids": ids},

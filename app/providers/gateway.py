@@ -1,4 +1,4 @@
-"""Payment gateway simulator: charges, refunds and voids in its own ledger (`gateway` db).
+"""Payment gateway simulator: charges, refunds and voided payments in its own ledger (`gateway` db).
 
 It behaves like a real gateway with idempotency keys (think Stripe): a repeated request
 returns its first result and moves no money; a key reused with other parameters, a refund
@@ -25,7 +25,6 @@ from app.providers.api import (
     Refund,
     RefundExceedsCharge,
     RefundRequest,
-    VoidRequest,
 )
 from app.stubs import CallInfo, FaultInjector, Faults
 
@@ -61,7 +60,7 @@ class GatewaySimulator:
         self.engine = engine
         self._charge = Faults(faults, "charge")
         self._refund = Faults(faults, "refund")
-        self._void = Faults(faults, "void")
+        self._cancel_or_refund = Faults(faults, "cancel_or_refund")
 
     async def install(self) -> None:
         await ledger.install_schema(self.engine, "gateway", SCHEMA)
@@ -114,58 +113,64 @@ class GatewaySimulator:
             if stored is not None:
                 result = Refund(**stored)
             else:
-                charge = await _charge_of(conn, req.payment_id, req.order_id)
-                if charge is None:
-                    raise ChargeNotFound(
-                        f"no charge for payment {req.payment_id} of order {req.order_id}"
-                    )
-                left = charge["amount_cents"] - charge["refunded_cents"]
-                if req.amount_cents > left:
-                    raise RefundExceedsCharge(
-                        f"refund of {req.amount_cents} cents exceeds the {left} cents left "
-                        f"on charge {charge['charge_id']}"
-                    )
-                result = Refund(f"re_{secrets.token_hex(8)}", charge["charge_id"], req.amount_cents)
-                await conn.execute(
-                    text(
-                        "INSERT INTO refunds (refund_id, charge_id, amount_cents, idempotency_key)"
-                        " VALUES (:r, :c, :a, :k)"
-                    ),
-                    {
-                        "r": result.refund_id,
-                        "c": result.charge_id,
-                        "a": req.amount_cents,
-                        "k": req.key,
-                    },
-                )
-                await conn.execute(
-                    text(
-                        "UPDATE charges SET refunded_cents = refunded_cents + :a "
-                        "WHERE charge_id = :c"
-                    ),
-                    {"a": req.amount_cents, "c": result.charge_id},
-                )
+                result = await self._refund_charge(conn, req)
                 await ledger.remember(conn, req.key, "refund", request, asdict(result))
         await self._refund.after(call)
         return result
 
-    async def void(self, req: VoidRequest, call: CallInfo) -> Charge | None:
-        await self._void.before(call)
+    async def cancel_or_refund(self, req: RefundRequest, call: CallInfo) -> Refund | None:
+        await self._cancel_or_refund.before(call)
+        request = {
+            "payment_id": req.payment_id,
+            "order_id": req.order_id,
+            "amount": req.amount_cents,
+        }
         async with self.engine.begin() as conn:
+            await ledger.lock(conn, req.key)
             await ledger.lock(conn, f"payment:{req.payment_id}:{req.order_id}")
-            charge = await _charge_of(conn, req.payment_id, req.order_id)
-            if charge is None:
-                await conn.execute(
-                    text(
-                        "INSERT INTO voided_payments (payment_id, order_id) VALUES (:p, :o) "
-                        "ON CONFLICT DO NOTHING"
-                    ),
-                    {"p": req.payment_id, "o": req.order_id},
-                )
-        await self._void.after(call)
+            stored = await ledger.replay(conn, req.key, "cancel_or_refund", request)
+            if stored is not None:
+                result = Refund(**stored) if stored else None
+            else:
+                result = None
+                if await _charge_of(conn, req.payment_id, req.order_id) is None:
+                    await conn.execute(
+                        text(
+                            "INSERT INTO voided_payments (payment_id, order_id) "
+                            "VALUES (:p, :o) ON CONFLICT DO NOTHING"
+                        ),
+                        {"p": req.payment_id, "o": req.order_id},
+                    )
+                else:
+                    result = await self._refund_charge(conn, req)
+                response = asdict(result) if result is not None else {}
+                await ledger.remember(conn, req.key, "cancel_or_refund", request, response)
+        await self._cancel_or_refund.after(call)
+        return result
+
+    async def _refund_charge(self, conn: AsyncConnection, req: RefundRequest) -> Refund:
+        charge = await _charge_of(conn, req.payment_id, req.order_id)
         if charge is None:
-            return None
-        return Charge(charge["charge_id"], req.payment_id, charge["amount_cents"])
+            raise ChargeNotFound(f"no charge for payment {req.payment_id} of order {req.order_id}")
+        left = charge["amount_cents"] - charge["refunded_cents"]
+        if not 0 < req.amount_cents <= left:
+            raise RefundExceedsCharge(
+                f"refund of {req.amount_cents} cents: must be more than 0 and at most the "
+                f"{left} cents left on charge {charge['charge_id']}"
+            )
+        result = Refund(f"re_{secrets.token_hex(8)}", charge["charge_id"], req.amount_cents)
+        await conn.execute(
+            text(
+                "INSERT INTO refunds (refund_id, charge_id, amount_cents, idempotency_key)"
+                " VALUES (:r, :c, :a, :k)"
+            ),
+            {"r": result.refund_id, "c": result.charge_id, "a": req.amount_cents, "k": req.key},
+        )
+        await conn.execute(
+            text("UPDATE charges SET refunded_cents = refunded_cents + :a WHERE charge_id = :c"),
+            {"a": req.amount_cents, "c": result.charge_id},
+        )
+        return result
 
 
 async def _voided(conn: AsyncConnection, payment_id: str, order_id: str) -> bool:

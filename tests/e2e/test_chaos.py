@@ -1,4 +1,4 @@
-"""`cli.py chaos` end to end: 20 orders under seed faults on a stack of its own, while one
+"""`cli.py chaos` end to end: 20 orders under faults (lost answers too) on a stack of its own, while one
 worker is SIGKILLed, the Temporal dev server restarts and PostgreSQL restarts.
 
 A stack of its own (not the session's `cli_stack`): restarting Temporal and PostgreSQL
@@ -22,10 +22,13 @@ from typing import Any
 
 import pytest
 
+from app.chaos import VIOLATIONS
 from app.config import PROJECT_ROOT
 from tests.e2e.conftest import CliStack, describe, leftover_processes, stack_env
 
 ORDERS = 20
+# The guide's faults before the effect, plus answers lost after it (the provider acted).
+PROFILE = "fail=0.2,hang=0.2,lost=0.2"
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +74,8 @@ def test_invariants_hold_through_kills_and_restarts(chaos_stack: CliStack) -> No
         "40",
         "--id-prefix",
         "chaos-e2e",
+        "--fault-profile",
+        PROFILE,
         "--json",
         timeout=200,
     )
@@ -80,6 +85,8 @@ def test_invariants_hold_through_kills_and_restarts(chaos_stack: CliStack) -> No
     evidence = json.dumps(summary.get("evidence", {}), indent=1)[:6000]
     assert result.returncode == 0 and summary["ok"], f"{violations}\n{evidence}\n{result.stderr}"
     assert summary["violation_count"] == 0
+    assert set(VIOLATIONS) == set(summary["violations"])  # the ledger checks among them
+    assert summary["fault_profile"] == PROFILE
 
     # It did what it says: every order started and approved, one fault of each kind, each
     # service back afterwards.
@@ -97,6 +104,13 @@ def test_invariants_hold_through_kills_and_restarts(chaos_stack: CliStack) -> No
     payments = summary["payments"]
     assert payments["charged"] == payments["refunded"] + payments["kept"]
     assert payments["kept"] == summary["terminal"]["COMPLETED"]
+    # The providers' own ledgers agree: every gateway charge is one of our payment rows,
+    # every refund one of our refunds, and only shipped orders keep a carrier booking.
+    ledger = summary["ledger"]
+    assert ledger["gateway_charges"] == payments["charged"]
+    assert ledger["gateway_refunds"] == payments["refunded"]
+    booked = ledger["carrier_dispatches"] - ledger["carrier_cancelled"]
+    assert booked == summary["terminal"]["COMPLETED"]
     rows = json.loads(chaos_stack.ok("ps", "--json"))
     assert all(r["state"] == "running" for r in rows), rows
 

@@ -44,7 +44,9 @@ ITEMS = list(DEFAULT_ITEMS)
 def acts(running: Running) -> tuple[OrderActivities, ShippingActivities]:
     intake = OrderIntake(FaultInjector("off"))
     return (
-        OrderActivities(running.sessions, intake, running.providers.gateway),
+        OrderActivities(
+            running.sessions, intake, running.providers.gateway, running.providers.carrier
+        ),
         ShippingActivities(running.sessions, running.providers.carrier),
     )
 
@@ -251,8 +253,11 @@ async def test_charge_whose_answer_never_came_is_found_and_refunded(
     events = await order_events(running, order_id)
     assert events[-2:] == ["PAYMENT_CHARGED", "PAYMENT_REFUNDED"]
 
-    # A straggling attempt of the charge gets the first charge back: no money moves.
-    await _attempt(4).run(orders.charge_payment, _charge(order_id, "off"))
+    # A straggling attempt of the charge gets the first charge back (no money moves) and
+    # records nothing: the order is closed and its compensation is done.
+    with pytest.raises(ApplicationError) as err:
+        await _attempt(4).run(orders.charge_payment, _charge(order_id, "off"))
+    assert err.value.non_retryable and err.value.type == "OrderClosed"
     assert len(await _gateway(running, order_id)) == 1
     assert [p.status for p in await _payments(running, order_id)] == ["refunded"]
 
@@ -292,3 +297,36 @@ async def test_payment_key_reused_with_other_parameters_is_refused(
         assert err.value.non_retryable and err.value.type == "PaymentIdInUse"
     assert len(await _gateway(running, first)) == 1 and await _gateway(running, second) == []
     assert [p.status for p in await _payments(running, first)] == ["charged"]
+
+
+async def test_booking_whose_answer_never_came_is_cancelled_when_the_order_closes(
+    running: Running, acts: tuple[OrderActivities, ShippingActivities]
+) -> None:
+    orders, shipping = acts
+    order_id = f"acts-{uuid.uuid4().hex[:10]}"
+    await _received(orders, order_id)
+    await ActivityEnvironment().run(orders.charge_payment, _charge(order_id, "off"))
+    ctx = ActivityContext(order_id=order_id, fault_profile="lost_first=3")
+    for n in (1, 2, 3):  # the carrier booked, we never heard
+        with pytest.raises(SimulatedLostResponse):
+            await _attempt(n).run(
+                shipping.dispatch_carrier, DispatchInput(ctx=ctx, shipping_attempt=1)
+            )
+    assert (await _row(running, order_id)).tracking_number is None
+
+    closed = await ActivityEnvironment().run(orders.close_order, _close(order_id, step="SHIP"))
+    assert closed.refund_pending
+    refund = RefundInput(
+        ctx=ActivityContext(order_id=order_id, fault_profile="off"), payment_id=f"pmt-{order_id}"
+    )
+    assert (await ActivityEnvironment().run(orders.refund_payment, refund)).refunded
+    (booking,) = (await carrier_ledger(running.providers.carrier.engine, [order_id]))[order_id]
+    assert booking["cancelled"]
+    # A later shipping attempt books nothing: the order is closed, and the carrier agrees.
+    with pytest.raises(ApplicationError) as err:
+        await ActivityEnvironment().run(
+            shipping.dispatch_carrier,
+            DispatchInput(ctx=dataclasses.replace(ctx, fault_profile="off"), shipping_attempt=2),
+        )
+    assert err.value.non_retryable
+    assert len((await carrier_ledger(running.providers.carrier.engine, [order_id]))[order_id]) == 1

@@ -18,8 +18,30 @@ def ev(*types: str) -> list[dict[str, Any]]:
     return [{"type": t, "payload": {}, "ts": "2026-01-01T00:00:00"} for t in types]
 
 
+AMOUNT = 1999
+
+
 def pay(status: str, order_id: str = "o1", payment_id: str = "pmt-o1") -> dict[str, Any]:
-    return {"payment_id": payment_id, "order_id": order_id, "status": status}
+    return {
+        "payment_id": payment_id,
+        "order_id": order_id,
+        "status": status,
+        "amount_cents": AMOUNT,
+    }
+
+
+def charge(refunded: bool = False, payment_id: str = "pmt-o1", n: int = 1) -> dict[str, Any]:
+    return {
+        "charge_id": f"ch_{n}",
+        "payment_id": payment_id,
+        "amount_cents": AMOUNT,
+        "refunded_cents": AMOUNT if refunded else 0,
+        "refunds": [{"refund_id": f"re_{n}"}] if refunded else [],
+    }
+
+
+def booking(tracking: str = "T", cancelled: bool = False) -> dict[str, Any]:
+    return {"tracking_number": tracking, "cancelled": cancelled}
 
 
 def facts(
@@ -28,14 +50,26 @@ def facts(
     payments: list[dict[str, Any]] | None = None,
     workflow: dict[str, Any] | None = None,
     tracking: str | None = None,
+    gateway: list[dict[str, Any]] | None = None,
+    carrier: list[dict[str, Any]] | None = None,
 ) -> OrderFacts:
+    """Facts whose ledgers agree with our tables unless `gateway`/`carrier` say otherwise."""
+    payments = payments or []
+    if gateway is None:
+        gateway = [
+            charge(p["status"] == "refunded", p["payment_id"], n)
+            for n, p in enumerate(payments)
+            if p["order_id"] == "o1"
+        ]
     return OrderFacts(
         order_id="o1",
         payment_id="pmt-o1",
         db=None if state is None else {"state": state, "tracking_number": tracking},
-        payments=payments or [],
+        payments=payments,
         events=events,
         workflow=workflow or {},
+        gateway=gateway,
+        carrier=carrier if carrier is not None else ([booking(tracking)] if tracking else []),
     )
 
 
@@ -172,6 +206,75 @@ def test_healthy_orders_pass(ok: OrderFacts) -> None:
 def test_each_violation_is_caught(broken: OrderFacts, kind: str) -> None:
     found = check_order(broken)
     assert kind in found, found
+
+
+FAILED_UNCHARGED = (ev("RECEIVED", "VALIDATED", "FAILED"), [], {"status": "FAILED"})
+COMPLETED_EVENTS = ev("PAYMENT_CHARGED", "DISPATCHED", "COMPLETED")
+COMPLETED_WF = {"status": "COMPLETED", "state": "COMPLETED", "payment_status": "charged"}
+
+
+@pytest.mark.parametrize(
+    ("broken", "kind"),
+    [
+        (
+            facts(
+                "COMPLETED",
+                COMPLETED_EVENTS,
+                [pay("charged")],
+                COMPLETED_WF,
+                "T",
+                gateway=[charge(), charge(n=2)],
+            ),
+            "gateway_double_charges",
+        ),
+        (facts("FAILED", *FAILED_UNCHARGED, gateway=[charge()]), "gateway_charged_without_refund"),
+        (facts("FAILED", *FAILED_UNCHARGED, gateway=[charge()]), "ledger_mismatch"),
+        (
+            facts(
+                "FAILED",
+                ev("PAYMENT_CHARGED", "PAYMENT_REFUNDED", "FAILED"),
+                [pay("refunded")],
+                {"status": "FAILED", "state": "FAILED", "payment_status": "refunded"},
+                gateway=[charge(refunded=False)],
+            ),
+            "ledger_mismatch",
+        ),
+        (
+            facts("COMPLETED", COMPLETED_EVENTS, [pay("charged")], COMPLETED_WF, "T", gateway=[]),
+            "ledger_mismatch",
+        ),
+        (
+            facts("COMPLETED", COMPLETED_EVENTS, [pay("charged")], COMPLETED_WF, "T", carrier=[]),
+            "ledger_mismatch",
+        ),
+        (facts("FAILED", *FAILED_UNCHARGED, carrier=[booking()]), "ledger_mismatch"),
+        (
+            facts(
+                "COMPLETED",
+                COMPLETED_EVENTS,
+                [pay("charged")],
+                COMPLETED_WF,
+                "T",
+                carrier=[booking("T"), booking("T2")],
+            ),
+            "duplicate_dispatches",
+        ),
+    ],
+)
+def test_each_ledger_violation_is_caught(broken: OrderFacts, kind: str) -> None:
+    found = check_order(broken)
+    assert kind in found, found
+
+
+def test_a_cancelled_booking_of_a_closed_order_and_a_refunded_charge_are_healthy() -> None:
+    f = facts(
+        "FAILED",
+        ev("PAYMENT_CHARGED", "PAYMENT_REFUNDED", "FAILED"),
+        [pay("refunded")],
+        {"status": "FAILED", "state": "FAILED", "payment_status": "refunded"},
+        carrier=[booking(cancelled=True)],
+    )
+    assert check_order(f) == {}
 
 
 def test_a_payment_of_another_order_counts_as_a_double_charge() -> None:
