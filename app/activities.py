@@ -7,6 +7,7 @@ every write is idempotent, so a retried or duplicated attempt changes nothing tw
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -501,7 +502,7 @@ class OrderActivities(_ActivityBase):
                     )
                     .on_conflict_do_nothing(index_elements=[Order.id])
                 )
-                events.append(_event(order_id, inp.state, state=inp.state, reason=inp.reason))
+                events.append(_terminal_event(inp))
             elif locked.state == OrderState.COMPLETED:
                 final = OrderState.COMPLETED
             elif locked.state not in TERMINAL_STATES:
@@ -509,7 +510,7 @@ class OrderActivities(_ActivityBase):
                 locked.reason = inp.reason
                 locked.step = inp.step or locked.step
                 locked.updated_at = locked.closed_at = _now()
-                events.append(_event(order_id, inp.state, state=inp.state, reason=inp.reason))
+                events.append(_terminal_event(inp))
             else:
                 final = OrderState(locked.state)
             if events:
@@ -708,6 +709,19 @@ async def _mark_refunded(s: AsyncSession, order_id: str, payment_id: str) -> boo
             insert(Event).values(**_event(order_id, "PAYMENT_REFUNDED", payment_id=payment_id))
         )
     return done
+
+
+def _terminal_event(inp: CloseInput) -> dict[str, Any]:
+    """The end state, with the workflow's final attempt counts and errors (the status of
+    a closed order is read from here on)."""
+    return _event(
+        inp.ctx.order_id,
+        inp.state,
+        state=inp.state,
+        reason=inp.reason,
+        attempts=inp.attempts,
+        errors=[dataclasses.asdict(e) for e in inp.errors],
+    )
 
 
 def _observe_end(state: str, reason: str | None, created_at: datetime | None) -> None:

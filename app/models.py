@@ -231,6 +231,15 @@ class CancelMarkInput:
 
 
 @dataclass
+class StepError:
+    step: str
+    attempt: int
+    message: str
+    at: str
+    kind: str = "error"  # error | timeout
+
+
+@dataclass
 class CloseInput:
     """Terminal bookkeeping: refund if charged (compensation), then record the end state."""
 
@@ -247,6 +256,11 @@ class CloseInput:
     # gateway cannot hold the order open past its deadline (workflows since the
     # "refund-after-close" patch).
     defer_refund: bool = False
+    # The workflow's attempt count per step and its recent errors, kept with the terminal
+    # event: a closed order's status is final from there on, even when a timed-out attempt
+    # records its failure seconds later (Core cancels it 5 s past its timeout).
+    attempts: dict[str, int] = field(default_factory=dict)
+    errors: list[StepError] = field(default_factory=list)
 
 
 @dataclass
@@ -284,15 +298,6 @@ class DispatchOutcome:
 
 
 # --- status view -------------------------------------------------------------------------
-
-
-@dataclass
-class StepError:
-    step: str
-    attempt: int
-    message: str
-    at: str
-    kind: str = "error"  # error | timeout
 
 
 @dataclass

@@ -49,7 +49,6 @@ from app.models import (
     CancelRequest,
     LineItem,
     OrderInput,
-    OrderState,
     OrderStatus,
     is_settled,
     order_workflow_id,
@@ -76,7 +75,6 @@ _REFUSAL_STATUS = {
 
 CLOSED_CACHE_SIZE = 10_000
 CLOSED_CACHE_TTL_S = 300.0
-CLOSED_SETTLE_S = 10.0
 MAX_ERRORS_SHOWN = 20
 # The event that records a step's successful attempt; failed ones are STEP_ATTEMPT_FAILED.
 _SUCCESS_EVENT_STEP = {
@@ -85,7 +83,7 @@ _SUCCESS_EVENT_STEP = {
     "PAYMENT_CHARGED": "PAY",
     "DISPATCHED": "SHIP",
 }
-_ATTEMPT_EVENTS = [*_SUCCESS_EVENT_STEP, "STEP_ATTEMPT_FAILED"]
+_HISTORY_EVENTS = [*_SUCCESS_EVENT_STEP, "STEP_ATTEMPT_FAILED", *TERMINAL_STATES]
 
 
 class ServiceError(Exception):
@@ -376,7 +374,7 @@ class OrderService:
             errors, attempts = await self._attempt_history(s, order_id)
         if order is not None and order.state in TERMINAL_STATES:
             view = self._status_from_db(order, payment, errors, attempts)
-            self._remember_closed(order_id, view, order.closed_at)
+            self._remember_closed(order_id, view)
             return view
         handle = self.client.get_workflow_handle(order_workflow_id(order_id))
         try:
@@ -418,21 +416,13 @@ class OrderService:
         view["settled"] = is_settled(view)
         return view
 
-    def _remember_closed(
-        self, order_id: str, view: dict[str, Any], closed_at: datetime | None
-    ) -> None:
+    def _remember_closed(self, order_id: str, view: dict[str, Any]) -> None:
         """Closed orders no longer change, so their view is cached (status reads of finished
         orders are the API's hottest path).
 
-        A COMPLETED order is final at once: the dispatch that completes it is the last write,
-        and attempts run one after another, so every failed attempt was recorded before it.
-        A cancelled or failed one is not: for a few seconds an activity cancelled on the way
-        out may still record its failed attempt, and a refund may still be on its way, so
-        those views are cached only briefly until then."""
-        closed = (closed_at or datetime.now(UTC).replace(tzinfo=None)).replace(tzinfo=UTC)
-        quiet = datetime.now(UTC) - closed > timedelta(seconds=CLOSED_SETTLE_S)
-        settled = view["state"] == OrderState.COMPLETED or (view["settled"] and quiet)
-        expires = time.monotonic() + (CLOSED_CACHE_TTL_S if settled else 1.0)
+        Attempts and errors are final at the close (see _attempt_history); only a refund
+        may still be on its way, so an unsettled view is cached briefly until it lands."""
+        expires = time.monotonic() + (CLOSED_CACHE_TTL_S if view["settled"] else 1.0)
         self._closed_views[order_id] = (expires, view)
         self._closed_views.move_to_end(order_id)
         while len(self._closed_views) > CLOSED_CACHE_SIZE:
@@ -474,14 +464,24 @@ class OrderService:
     async def _attempt_history(
         self, s: AsyncSession, order_id: str
     ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-        """Recent failed attempts (newest first) and the attempt count of every step."""
+        """Recent failed attempts (newest first) and the attempt count of every step.
+
+        Once the order is closed, they are what they were at its close: an attempt that
+        records its failure later (a timed-out attempt is cancelled 5 s past its timeout)
+        stays in `events` but no longer changes the view. The workflow's own counts and
+        errors, kept with the terminal event, complete it."""
         rows = (
             await s.execute(
                 select(Event.type, Event.payload_json, Event.ts)
-                .where(Event.order_id == order_id, Event.type.in_(_ATTEMPT_EVENTS))
+                .where(Event.order_id == order_id, Event.type.in_(_HISTORY_EVENTS))
                 .order_by(Event.id.desc())
             )
         ).all()
+        end = next((i for i, row in enumerate(rows) if row[0] in TERMINAL_STATES), None)
+        final: dict[str, Any] = {}
+        if end is not None:
+            final = rows[end][1] or {}
+            rows = rows[end + 1 :]
         errors: list[dict[str, Any]] = []
         succeeded: dict[str, int] = {}
         failed: dict[str, int] = {}
@@ -501,7 +501,7 @@ class OrderService:
                     )
                 if isinstance(attempt, int):
                     failed[p["step"]] = max(failed.get(p["step"], 0), attempt)
-            elif isinstance(attempt, int):
+            elif isinstance(attempt, int) and type_ in _SUCCESS_EVENT_STEP:
                 step = _SUCCESS_EVENT_STEP[type_]
                 succeeded[step] = max(succeeded.get(step, 0), attempt)
         attempts = dict(failed)
@@ -509,7 +509,11 @@ class OrderService:
             # A step that succeeded after failed attempts succeeded on a later one, even
             # when the successful attempt only confirmed an earlier attempt's write.
             attempts[step] = max(attempt, failed.get(step, 0) + 1)
-        return errors, attempts
+        for step, attempt in (final.get("attempts") or {}).items():
+            attempts[step] = max(attempts.get(step, 0), attempt)
+        seen = {(e["step"], e["attempt"]) for e in errors}
+        late = [e for e in final.get("errors") or [] if (e["step"], e["attempt"]) not in seen]
+        return _merge_errors(late, errors), attempts
 
     async def list_orders(
         self, state: str | None = None, limit: int = 20, offset: int = 0

@@ -20,6 +20,7 @@ from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
     ChildWorkflowError,
+    RetryState,
     TimeoutError,
     is_cancelled_exception,
 )
@@ -346,6 +347,8 @@ class OrderWorkflow:
                 # Versioned: histories recorded before this change refunded inside
                 # CloseOrder and must replay that way.
                 defer_refund=workflow.patched(PATCH_REFUND_AFTER_CLOSE),
+                attempts=dict(self._attempts),
+                errors=list(self._errors),
             ),
             start_to_close_timeout=CLOSE_TIMEOUT,
             retry_policy=CLOSE_RETRY,
@@ -405,10 +408,11 @@ class OrderWorkflow:
             if self._stop is not None or is_cancelled_exception(err):
                 raise
             message = _failure_message(err)
-            attempts = STEP_RETRY.maximum_attempts if err.retry_state is not None else 1
-            if _application_type(err) == ERR_INVALID_ORDER:
-                attempts = 1
-            self._attempts[step] = attempts
+            # Retries used up: every attempt ran. Otherwise (a refusal, non-retryable) the
+            # attempt that failed recorded itself with its number before we heard of it.
+            exhausted = err.retry_state in (RetryState.MAXIMUM_ATTEMPTS_REACHED, RetryState.TIMEOUT)
+            attempts = STEP_RETRY.maximum_attempts if exhausted else 1
+            self._attempts[step] = max(self._attempts.get(step, 0), attempts)
             self._record_error(step, attempts, message)
             self._log("step failed", step=str(step), error=message)
             if _application_type(err) == ERR_INVALID_ORDER:

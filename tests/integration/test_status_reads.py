@@ -8,12 +8,14 @@ import uuid
 from typing import Any
 
 import pytest
-from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
+from sqlalchemy import select
+from temporalio.client import WorkflowFailureError, WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
+from app.db import Event
 from app.models import order_workflow_id
 from app.service import OrderConflict, OrderService, Unavailable
-from tests.conftest import ADDRESS, Running, wait_for_step
+from tests.conftest import ADDRESS, Running, eventually, wait_for_step
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +118,30 @@ async def test_same_failure_on_an_order_not_closed_is_unavailable(running: Runni
     service = OrderService(client, running.sessions, running.settings)
     with pytest.raises(Unavailable):
         await service.approve(f"reads-open-{uuid.uuid4().hex[:8]}", reviewer="late")
+
+
+async def test_a_closed_orders_status_is_final_at_its_close(running: Running) -> None:
+    """Every RECEIVE attempt hangs: the third one's timeout fails the order, and that
+    attempt records its failure only when the worker cancels it, about 5 s later. The
+    view read at the close already counts it, and the late record changes nothing."""
+    order_id = f"reads-{uuid.uuid4().hex[:10]}"
+    await running.service.start_order(order_id, f"pmt-{order_id}", ADDRESS, fault_profile="hang=1")
+    handle = running.client.get_workflow_handle(order_workflow_id(order_id))
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    at_close = await _fresh_service(running).status(order_id)
+    assert (at_close["state"], at_close["attempts"]) == ("FAILED", {"RECEIVE": 3})
+    assert any(e["step"] == "RECEIVE" and e["attempt"] == 3 for e in at_close["errors"])
+
+    async def third_attempt_recorded() -> bool:
+        async with running.sessions() as s:
+            rows = await s.execute(
+                select(Event.payload_json).where(
+                    Event.order_id == order_id, Event.type == "STEP_ATTEMPT_FAILED"
+                )
+            )
+            return any((p or {}).get("attempt") == 3 for p in rows.scalars())
+
+    await eventually(third_attempt_recorded, timeout=15)
+    later = await _fresh_service(running).status(order_id)
+    assert (later["attempts"], later["errors"]) == (at_close["attempts"], at_close["errors"])
