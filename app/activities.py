@@ -11,7 +11,8 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, ParamSpec, TypeVar
@@ -228,9 +229,18 @@ async def _require_order(session: AsyncSession, order_id: str) -> None:
         raise ApplicationError(f"order {order_id} not found in database", type="OrderNotFound")
 
 
-def _refused(err: ProviderRefusal, type_: str | None = None) -> ApplicationError:
-    """A provider's refusal: the same request would get the same answer, so never retried."""
-    return ApplicationError(str(err), type=type_ or err.code, non_retryable=True)
+@contextmanager
+def _refusals_are_final(conflict: str | None = None) -> Iterator[None]:
+    """A provider's refusal becomes a non-retryable failure: the same request would get
+    the same answer. `conflict` names an idempotency conflict in our terms."""
+    try:
+        yield
+    except ProviderRefusal as err:
+        type_ = conflict if conflict and isinstance(err, IdempotencyConflict) else err.code
+        if isinstance(err, ChargeNotFound):
+            # Our ledger says charged, the gateway's does not: never papered over.
+            log.error("refund refused: no such charge at the gateway")
+        raise ApplicationError(str(err), type=type_, non_retryable=True) from None
 
 
 def _call(inp_ctx: Any, attempt: int | str) -> CallInfo:
@@ -347,13 +357,9 @@ class OrderActivities(_ActivityBase):
             order_id=order_id,
             amount_cents=inp.amount_cents,
         )
-        try:
+        # The payment id is another order's, or was sent with another amount: refused.
+        with _refusals_are_final(conflict=ERR_PAYMENT_CONFLICT):
             charge = await self.gateway.charge(request, _call(inp.ctx, info.attempt))
-        except IdempotencyConflict as err:
-            # The payment id is another order's (or was sent with another amount).
-            raise _refused(err, ERR_PAYMENT_CONFLICT) from None
-        except ProviderRefusal as err:
-            raise _refused(err) from None
         async with timed_transaction(self.sessions, "charge_payment") as s:
             # A charge that happened is recorded even if a cancel raced it: the workflow
             # then refunds it. Once the order is closed, though, compensation owns the
@@ -599,10 +605,8 @@ class OrderActivities(_ActivityBase):
         amount = int(order.amount * 100) if order is not None and order.amount else 0
         order_id = call.order_id
         request = RefundRequest(refund_key(payment_id), payment_id, order_id, amount)
-        try:
+        with _refusals_are_final():
             refund = await self.gateway.cancel_or_refund(request, call)
-        except ProviderRefusal as err:
-            raise _refused(err) from None
         if refund is not None:
             log.warning(
                 "gateway had a charge we never recorded (its answer was lost); refunded it",
@@ -613,10 +617,8 @@ class OrderActivities(_ActivityBase):
     async def _cancel_shipments(self, order_id: str, call: CallInfo) -> None:
         """Closed while shipping: a booking whose answer was lost must not ship a refunded
         order, and no late dispatch may book one."""
-        try:
+        with _refusals_are_final():
             cancelled = await self.carrier.cancel(CancelShipmentsRequest(order_id), call)
-        except ProviderRefusal as err:
-            raise _refused(err) from None
         async with timed_transaction(self.sessions, "cancel_shipments") as s:
             await s.execute(
                 insert(Event).values(
@@ -636,22 +638,11 @@ class OrderActivities(_ActivityBase):
     async def _refund(self, payment: Payment, call: CallInfo) -> None:
         """Refund a charge we recorded, in full."""
         amount = int((payment.amount or Decimal(0)) * 100)
-        await self._gateway_refund(
-            RefundRequest(
-                refund_key(payment.payment_id), payment.payment_id, payment.order_id, amount
-            ),
-            call,
-        )
-
-    async def _gateway_refund(self, req: RefundRequest, call: CallInfo) -> Refund:
-        try:
-            return await self.gateway.refund(req, call)
-        except ChargeNotFound as err:
-            # Our ledger says charged, the gateway's does not: never papered over.
-            log.error("refund refused: no such charge", extra={"order_id": req.order_id})
-            raise _refused(err) from None
-        except ProviderRefusal as err:
-            raise _refused(err) from None
+        pid = payment.payment_id
+        with _refusals_are_final():
+            await self.gateway.refund(
+                RefundRequest(refund_key(pid), pid, payment.order_id, amount), call
+            )
 
 
 async def _record_lost_charge_refunded(
@@ -776,12 +767,10 @@ class ShippingActivities(_ActivityBase):
         request = PrepareRequest(
             prepare_key(order_id, inp.shipping_attempt), order_id, inp.shipping_attempt
         )
-        try:
+        with _refusals_are_final():
             await self.carrier.prepare(
                 request, _call(inp.ctx, f"{inp.shipping_attempt}.{info.attempt}")
             )
-        except ProviderRefusal as err:
-            raise _refused(err) from None
         async with timed_statements(self.sessions, "prepare_package") as s:
             await s.execute(
                 insert(Event).values(
@@ -823,12 +812,10 @@ class ShippingActivities(_ActivityBase):
                 address=address.as_dict(),
                 supersedes=tuple(dispatch_key(order_id, n) for n in range(1, inp.shipping_attempt)),
             )
-            try:
+            with _refusals_are_final():
                 booking = await self.carrier.dispatch(
                     request, _call(inp.ctx, f"{inp.shipping_attempt}.{info.attempt}")
                 )
-            except ProviderRefusal as err:
-                raise _refused(err) from None
             tracking = booking.tracking_number
             # An earlier attempt's booking (its answer was lost) went to its own address.
             address = Address(**booking.address)

@@ -16,7 +16,7 @@ from dataclasses import asdict
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.providers import ledger
 from app.providers.api import (
@@ -58,9 +58,9 @@ SCHEMA = [
 ]
 
 
-class CarrierSimulator:
+class CarrierSimulator(ledger.Provider):
     def __init__(self, engine: AsyncEngine, faults: FaultInjector) -> None:
-        self.engine = engine
+        super().__init__(engine)
         self._prepare = Faults(faults, "prepare")
         self._dispatch = Faults(faults, "dispatch")
         self._cancel = Faults(faults, "cancel")
@@ -69,89 +69,91 @@ class CarrierSimulator:
         await ledger.install_schema(self.engine, "carrier", SCHEMA)
 
     async def prepare(self, req: PrepareRequest, call: CallInfo) -> Package:
-        await self._prepare.before(call)
-        request = {"order_id": req.order_id, "shipping_attempt": req.shipping_attempt}
-        async with self.engine.begin() as conn:
-            await ledger.lock(conn, req.key)
-            stored = await ledger.replay(conn, req.key, "prepare", request)
-            if stored is not None:
-                result = Package(**stored)
-            else:
-                result = Package(f"pkg_{secrets.token_hex(8)}")
+        async def pack(conn: AsyncConnection) -> dict[str, Any]:
+            package = Package(f"pkg_{secrets.token_hex(8)}")
+            await conn.execute(
+                text(
+                    "INSERT INTO packages (package_id, order_id, shipping_attempt, "
+                    "idempotency_key) VALUES (:p, :o, :s, :k)"
+                ),
+                {
+                    "p": package.package_id,
+                    "o": req.order_id,
+                    "s": req.shipping_attempt,
+                    "k": req.key,
+                },
+            )
+            return asdict(package)
+
+        stored = await self.once(
+            self._prepare,
+            call,
+            key=req.key,
+            operation="prepare",
+            request={"order_id": req.order_id, "shipping_attempt": req.shipping_attempt},
+            resource=f"order:{req.order_id}",
+            effect=pack,
+        )
+        return Package(**stored)
+
+    async def dispatch(self, req: DispatchRequest, call: CallInfo) -> Booking:
+        async def book(conn: AsyncConnection) -> dict[str, Any]:
+            closed = await conn.execute(
+                text("SELECT 1 FROM closed_keys WHERE key = :k"), {"k": req.key}
+            )
+            if closed.first() is not None:
+                raise KeyClosed(f"dispatch key {req.key!r} was superseded; nothing booked")
+            cancelled = await conn.execute(
+                text("SELECT 1 FROM cancelled_orders WHERE order_id = :o"), {"o": req.order_id}
+            )
+            if cancelled.first() is not None:
+                raise ShipmentCancelled(f"shipments of order {req.order_id} were cancelled")
+            earlier = (
                 await conn.execute(
                     text(
-                        "INSERT INTO packages (package_id, order_id, shipping_attempt, "
-                        "idempotency_key) VALUES (:p, :o, :s, :k)"
+                        "SELECT tracking_number, idempotency_key AS key, address "
+                        "FROM bookings WHERE idempotency_key = ANY(:keys) "
+                        "ORDER BY created_at LIMIT 1"
+                    ),
+                    {"keys": list(req.supersedes)},
+                )
+            ).first()
+            if earlier is not None:
+                booking = Booking(**dict(earlier._mapping))
+            else:
+                booking = Booking(f"TRK{secrets.token_hex(5).upper()}", req.key, req.address)
+                await conn.execute(
+                    text(
+                        "INSERT INTO bookings (tracking_number, order_id, address, "
+                        "idempotency_key) VALUES (:t, :o, CAST(:a AS jsonb), :k)"
                     ),
                     {
-                        "p": result.package_id,
+                        "t": booking.tracking_number,
                         "o": req.order_id,
-                        "s": req.shipping_attempt,
+                        "a": json.dumps(req.address),
                         "k": req.key,
                     },
                 )
-                await ledger.remember(conn, req.key, "prepare", request, asdict(result))
-        await self._prepare.after(call)
-        return result
+            if req.supersedes:
+                await conn.execute(
+                    text(
+                        "INSERT INTO closed_keys (key) SELECT unnest(CAST(:keys AS text[])) "
+                        "ON CONFLICT DO NOTHING"
+                    ),
+                    {"keys": list(req.supersedes)},
+                )
+            return asdict(booking)
 
-    async def dispatch(self, req: DispatchRequest, call: CallInfo) -> Booking:
-        await self._dispatch.before(call)
-        request = {"order_id": req.order_id, "address": req.address}
-        async with self.engine.begin() as conn:
-            await ledger.lock(conn, req.key)
-            await ledger.lock(conn, f"order:{req.order_id}")
-            stored = await ledger.replay(conn, req.key, "dispatch", request)
-            if stored is not None:
-                result = Booking(**stored)
-            else:
-                closed = await conn.execute(
-                    text("SELECT 1 FROM closed_keys WHERE key = :k"), {"k": req.key}
-                )
-                if closed.first() is not None:
-                    raise KeyClosed(f"dispatch key {req.key!r} was superseded; nothing booked")
-                cancelled = await conn.execute(
-                    text("SELECT 1 FROM cancelled_orders WHERE order_id = :o"),
-                    {"o": req.order_id},
-                )
-                if cancelled.first() is not None:
-                    raise ShipmentCancelled(f"shipments of order {req.order_id} were cancelled")
-                earlier = (
-                    await conn.execute(
-                        text(
-                            "SELECT tracking_number, idempotency_key AS key, address "
-                            "FROM bookings WHERE idempotency_key = ANY(:keys) "
-                            "ORDER BY created_at LIMIT 1"
-                        ),
-                        {"keys": list(req.supersedes)},
-                    )
-                ).first()
-                if earlier is not None:
-                    result = Booking(**dict(earlier._mapping))
-                else:
-                    result = Booking(f"TRK{secrets.token_hex(5).upper()}", req.key, req.address)
-                    await conn.execute(
-                        text(
-                            "INSERT INTO bookings (tracking_number, order_id, address, "
-                            "idempotency_key) VALUES (:t, :o, CAST(:a AS jsonb), :k)"
-                        ),
-                        {
-                            "t": result.tracking_number,
-                            "o": req.order_id,
-                            "a": json.dumps(req.address),
-                            "k": req.key,
-                        },
-                    )
-                if req.supersedes:
-                    await conn.execute(
-                        text(
-                            "INSERT INTO closed_keys (key) SELECT unnest(CAST(:keys AS text[])) "
-                            "ON CONFLICT DO NOTHING"
-                        ),
-                        {"keys": list(req.supersedes)},
-                    )
-                await ledger.remember(conn, req.key, "dispatch", request, asdict(result))
-        await self._dispatch.after(call)
-        return result
+        stored = await self.once(
+            self._dispatch,
+            call,
+            key=req.key,
+            operation="dispatch",
+            request={"order_id": req.order_id, "address": req.address},
+            resource=f"order:{req.order_id}",
+            effect=book,
+        )
+        return Booking(**stored)
 
     async def cancel(self, req: CancelShipmentsRequest, call: CallInfo) -> list[Booking]:
         await self._cancel.before(call)

@@ -1,9 +1,11 @@
-"""Payment gateway simulator: charges, refunds and voided payments in its own ledger (`gateway` db).
+"""Payment gateway simulator: charges, refunds and voided payments in its own ledger
+(database `gateway`).
 
 It behaves like a real gateway with idempotency keys (think Stripe): a repeated request
 returns its first result and moves no money; a key reused with other parameters, a refund
-of a charge it does not have, or one larger than the charge, is refused. The order system
-reaches it only through `PaymentGateway`; `read_ledger` is for auditors (chaos, tests).
+of a charge it does not have, or one larger than what is left of the charge, is refused.
+The order system reaches it only through `PaymentGateway`; `read_ledger` is for auditors
+(chaos, tests).
 """
 
 from __future__ import annotations
@@ -55,9 +57,17 @@ SCHEMA = [
 ]
 
 
-class GatewaySimulator:
+def _fingerprint(req: ChargeRequest | RefundRequest) -> dict[str, Any]:
+    return {"payment_id": req.payment_id, "order_id": req.order_id, "amount": req.amount_cents}
+
+
+def _payment(req: ChargeRequest | RefundRequest) -> str:
+    return f"payment:{req.payment_id}:{req.order_id}"
+
+
+class GatewaySimulator(ledger.Provider):
     def __init__(self, engine: AsyncEngine, faults: FaultInjector) -> None:
-        self.engine = engine
+        super().__init__(engine)
         self._charge = Faults(faults, "charge")
         self._refund = Faults(faults, "refund")
         self._cancel_or_refund = Faults(faults, "cancel_or_refund")
@@ -66,111 +76,99 @@ class GatewaySimulator:
         await ledger.install_schema(self.engine, "gateway", SCHEMA)
 
     async def charge(self, req: ChargeRequest, call: CallInfo) -> Charge:
-        await self._charge.before(call)
-        request = {
-            "payment_id": req.payment_id,
-            "order_id": req.order_id,
-            "amount": req.amount_cents,
-        }
-        async with self.engine.begin() as conn:
-            await ledger.lock(conn, req.key)
-            await ledger.lock(conn, f"payment:{req.payment_id}:{req.order_id}")
-            stored = await ledger.replay(conn, req.key, "charge", request)
-            if stored is not None:
-                result = Charge(**stored)
-            else:
-                if await _voided(conn, req.payment_id, req.order_id):
-                    raise PaymentVoided(f"payment {req.payment_id} was voided; not charged")
-                result = Charge(f"ch_{secrets.token_hex(8)}", req.payment_id, req.amount_cents)
-                await conn.execute(
-                    text(
-                        "INSERT INTO charges (charge_id, payment_id, order_id, amount_cents, "
-                        "idempotency_key) VALUES (:c, :p, :o, :a, :k)"
-                    ),
-                    {
-                        "c": result.charge_id,
-                        "p": req.payment_id,
-                        "o": req.order_id,
-                        "a": req.amount_cents,
-                        "k": req.key,
-                    },
-                )
-                await ledger.remember(conn, req.key, "charge", request, asdict(result))
-        await self._charge.after(call)
-        return result
+        async def take_money(conn: AsyncConnection) -> dict[str, Any]:
+            if await _voided(conn, req.payment_id, req.order_id):
+                raise PaymentVoided(f"payment {req.payment_id} was voided; not charged")
+            charge = Charge(f"ch_{secrets.token_hex(8)}", req.payment_id, req.amount_cents)
+            await conn.execute(
+                text(
+                    "INSERT INTO charges (charge_id, payment_id, order_id, amount_cents, "
+                    "idempotency_key) VALUES (:c, :p, :o, :a, :k)"
+                ),
+                {
+                    "c": charge.charge_id,
+                    "p": req.payment_id,
+                    "o": req.order_id,
+                    "a": req.amount_cents,
+                    "k": req.key,
+                },
+            )
+            return asdict(charge)
+
+        stored = await self.once(
+            self._charge,
+            call,
+            key=req.key,
+            operation="charge",
+            request=_fingerprint(req),
+            resource=_payment(req),
+            effect=take_money,
+        )
+        return Charge(**stored)
 
     async def refund(self, req: RefundRequest, call: CallInfo) -> Refund:
-        await self._refund.before(call)
-        request = {
-            "payment_id": req.payment_id,
-            "order_id": req.order_id,
-            "amount": req.amount_cents,
-        }
-        async with self.engine.begin() as conn:
-            await ledger.lock(conn, req.key)
-            await ledger.lock(conn, f"payment:{req.payment_id}:{req.order_id}")
-            stored = await ledger.replay(conn, req.key, "refund", request)
-            if stored is not None:
-                result = Refund(**stored)
-            else:
-                result = await self._refund_charge(conn, req)
-                await ledger.remember(conn, req.key, "refund", request, asdict(result))
-        await self._refund.after(call)
-        return result
+        async def give_back(conn: AsyncConnection) -> dict[str, Any]:
+            return asdict(await _refund_charge(conn, req))
+
+        stored = await self.once(
+            self._refund,
+            call,
+            key=req.key,
+            operation="refund",
+            request=_fingerprint(req),
+            resource=_payment(req),
+            effect=give_back,
+        )
+        return Refund(**stored)
 
     async def cancel_or_refund(self, req: RefundRequest, call: CallInfo) -> Refund | None:
-        await self._cancel_or_refund.before(call)
-        request = {
-            "payment_id": req.payment_id,
-            "order_id": req.order_id,
-            "amount": req.amount_cents,
-        }
-        async with self.engine.begin() as conn:
-            await ledger.lock(conn, req.key)
-            await ledger.lock(conn, f"payment:{req.payment_id}:{req.order_id}")
-            stored = await ledger.replay(conn, req.key, "cancel_or_refund", request)
-            if stored is not None:
-                result = Refund(**stored) if stored else None
-            else:
-                result = None
-                if await _charge_of(conn, req.payment_id, req.order_id) is None:
-                    await conn.execute(
-                        text(
-                            "INSERT INTO voided_payments (payment_id, order_id) "
-                            "VALUES (:p, :o) ON CONFLICT DO NOTHING"
-                        ),
-                        {"p": req.payment_id, "o": req.order_id},
-                    )
-                else:
-                    result = await self._refund_charge(conn, req)
-                response = asdict(result) if result is not None else {}
-                await ledger.remember(conn, req.key, "cancel_or_refund", request, response)
-        await self._cancel_or_refund.after(call)
-        return result
-
-    async def _refund_charge(self, conn: AsyncConnection, req: RefundRequest) -> Refund:
-        charge = await _charge_of(conn, req.payment_id, req.order_id)
-        if charge is None:
-            raise ChargeNotFound(f"no charge for payment {req.payment_id} of order {req.order_id}")
-        left = charge["amount_cents"] - charge["refunded_cents"]
-        if not 0 < req.amount_cents <= left:
-            raise RefundExceedsCharge(
-                f"refund of {req.amount_cents} cents: must be more than 0 and at most the "
-                f"{left} cents left on charge {charge['charge_id']}"
+        async def settle(conn: AsyncConnection) -> dict[str, Any]:
+            if await _charge_of(conn, req.payment_id, req.order_id) is not None:
+                return asdict(await _refund_charge(conn, req))
+            await conn.execute(
+                text(
+                    "INSERT INTO voided_payments (payment_id, order_id) VALUES (:p, :o) "
+                    "ON CONFLICT DO NOTHING"
+                ),
+                {"p": req.payment_id, "o": req.order_id},
             )
-        result = Refund(f"re_{secrets.token_hex(8)}", charge["charge_id"], req.amount_cents)
-        await conn.execute(
-            text(
-                "INSERT INTO refunds (refund_id, charge_id, amount_cents, idempotency_key)"
-                " VALUES (:r, :c, :a, :k)"
-            ),
-            {"r": result.refund_id, "c": result.charge_id, "a": req.amount_cents, "k": req.key},
+            return {}  # voided: nothing was charged, and nothing can be now
+
+        stored = await self.once(
+            self._cancel_or_refund,
+            call,
+            key=req.key,
+            operation="cancel_or_refund",
+            request=_fingerprint(req),
+            resource=_payment(req),
+            effect=settle,
         )
-        await conn.execute(
-            text("UPDATE charges SET refunded_cents = refunded_cents + :a WHERE charge_id = :c"),
-            {"a": req.amount_cents, "c": result.charge_id},
+        return Refund(**stored) if stored else None
+
+
+async def _refund_charge(conn: AsyncConnection, req: RefundRequest) -> Refund:
+    charge = await _charge_of(conn, req.payment_id, req.order_id)
+    if charge is None:
+        raise ChargeNotFound(f"no charge for payment {req.payment_id} of order {req.order_id}")
+    left = charge["amount_cents"] - charge["refunded_cents"]
+    if not 0 < req.amount_cents <= left:
+        raise RefundExceedsCharge(
+            f"refund of {req.amount_cents} cents: must be more than 0 and at most the "
+            f"{left} cents left on charge {charge['charge_id']}"
         )
-        return result
+    refund = Refund(f"re_{secrets.token_hex(8)}", charge["charge_id"], req.amount_cents)
+    await conn.execute(
+        text(
+            "INSERT INTO refunds (refund_id, charge_id, amount_cents, idempotency_key) "
+            "VALUES (:r, :c, :a, :k)"
+        ),
+        {"r": refund.refund_id, "c": refund.charge_id, "a": req.amount_cents, "k": req.key},
+    )
+    await conn.execute(
+        text("UPDATE charges SET refunded_cents = refunded_cents + :a WHERE charge_id = :c"),
+        {"a": req.amount_cents, "c": refund.charge_id},
+    )
+    return refund
 
 
 async def _voided(conn: AsyncConnection, payment_id: str, order_id: str) -> bool:

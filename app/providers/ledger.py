@@ -8,12 +8,14 @@ same parameters) gets the stored answer; other parameters under the key are refu
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.providers.api import IdempotencyConflict
+from app.stubs import CallInfo, Faults
 
 IDEMPOTENCY_TABLE = """
 CREATE TABLE IF NOT EXISTS idempotency_keys (
@@ -73,3 +75,39 @@ async def remember(
         ),
         {"k": key, "o": operation, "req": json.dumps(request), "resp": json.dumps(response)},
     )
+
+
+Effect = Callable[[AsyncConnection], Awaitable[dict[str, Any]]]
+
+
+class Provider:
+    """A simulated provider: each request runs its faults, then its effect once per key."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def once(
+        self,
+        faults: Faults,
+        call: CallInfo,
+        *,
+        key: str,
+        operation: str,
+        request: dict[str, Any],
+        resource: str,
+        effect: Effect,
+    ) -> dict[str, Any]:
+        """The guide's faults strike before the effect; a lost answer after its commit.
+
+        The key and the resource it acts on (a payment, an order) are locked until commit,
+        so a concurrent repeat waits and then replays the stored answer."""
+        await faults.before(call)
+        async with self.engine.begin() as conn:
+            await lock(conn, key)
+            await lock(conn, resource)
+            response = await replay(conn, key, operation, request)
+            if response is None:
+                response = await effect(conn)
+                await remember(conn, key, operation, request, response)
+        await faults.after(call)
+        return response
