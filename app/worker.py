@@ -25,15 +25,15 @@ from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime
 from temporalio.worker import Worker
 
-from app.activities import OrderActivities, ShippingActivities
-from app.config import Settings, get_settings
-from app.db import engine_from_settings, session_factory
-from app.logging_setup import configure_logging
-from app.providers.wiring import Simulators, open_simulators
-from app.stubs import FaultInjector, OrderIntake
-from app.temporal_client import connect_client, runtime_with_core_logs
-from app.worker_tuning import worker_tuning
-from app.workflows import OrderWorkflow, ShippingWorkflow
+from app.orders.activities import OrderActivities, ShippingActivities
+from app.orders.faults import FaultInjector, OrderIntake
+from app.orders.providers.wiring import Simulators, open_simulators
+from app.orders.workflows import OrderWorkflow, ShippingWorkflow
+from app.platform.db import engine_from_settings, session_factory
+from app.platform.logging_setup import configure_logging
+from app.platform.settings import Settings, get_settings
+from app.platform.temporal import connect_client, runtime_with_core_logs
+from app.platform.worker_tuning import worker_tuning
 
 log = logging.getLogger("app.worker")
 

@@ -38,7 +38,7 @@ stamp=.venv/.quick-start-installed
 wanted=$(.venv/bin/python -c 'import hashlib; print(hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest())')
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
     echo "==> installing the project into .venv"
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e .
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[devstack]"
     echo "$wanted" > "$stamp"
 fi
 
@@ -56,8 +56,8 @@ import sys
 
 import httpx
 
-from app.config import Settings
-from app.stack_services import api_url
+from app.platform.settings import Settings
+from devstack.services import api_url
 
 url = f"{api_url(Settings())}/health"
 try:
@@ -78,8 +78,8 @@ echo "==> running the demo"
 echo
 echo "Ready. Everything keeps running in the background (python scripts/cli.py stop ends it)."
 .venv/bin/python - <<'PY'
-from app.config import Settings
-from app.stack_services import endpoints
+from app.platform.settings import Settings
+from devstack.services import endpoints
 
 for name, where in endpoints(Settings()):
     print(f"  {name:<14} {where}")

@@ -27,7 +27,7 @@ if __name__ == "__main__":
 from rich.table import Table
 from rich.text import Text
 
-from app.cli import (
+from app.cli.main import (
     DEFAULT_ADDRESS,
     exit_now,
     is_terminal,
@@ -36,11 +36,11 @@ from app.cli import (
     report_error,
     wait_for_order,
 )
-from app.config import Settings
-from app.stack_services import client_settings
+from app.platform.settings import Settings
+from devstack.services import client_settings
 
 if TYPE_CHECKING:
-    from app.service import OrderService
+    from app.service.orders import OrderService
 
 SCENARIOS = (
     "happy-path",
@@ -115,7 +115,7 @@ def expect_state(view: dict[str, Any], state: str, payment: str) -> None:
 
 
 async def happy_path(svc: OrderService, opts: Options) -> tuple[str, list[str]]:
-    from app.service import OrderConflict
+    from app.service.orders import OrderConflict
 
     oid = f"twf-{opts.tag}-happy"
     await start(svc, oid, opts)
@@ -159,7 +159,7 @@ async def cancel_after_payment(svc: OrderService, opts: Options) -> tuple[str, l
 
 
 async def address_update(svc: OrderService, opts: Options) -> tuple[str, list[str]]:
-    from app.service import InvalidInput
+    from app.service.orders import InvalidInput
 
     oid = f"twf-{opts.tag}-address"
     await start(svc, oid, opts)
@@ -219,7 +219,7 @@ RUNNERS: dict[str, Callable[[OrderService, Options], Awaitable[tuple[str, list[s
 
 
 async def run_one(svc: OrderService, name: str, opts: Options) -> Outcome:
-    from app.service import ServiceError
+    from app.service.orders import ServiceError
 
     started = time.monotonic()
     log(name, "running")

@@ -38,8 +38,8 @@ if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
 fi
 
 echo "==> ruff"
-.venv/bin/ruff check app tests scripts
-.venv/bin/ruff format --check app tests scripts
+.venv/bin/ruff check app devstack tests scripts
+.venv/bin/ruff format --check app devstack tests scripts
 echo "==> mypy"
 .venv/bin/mypy
 

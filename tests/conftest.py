@@ -19,14 +19,14 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.client import Client
 
-from app import stack
-from app.config import PROJECT_ROOT, Settings
-from app.db import Event, create_engine, session_factory
-from app.migrate import upgrade
-from app.providers.wiring import Simulators, open_simulators
-from app.service import OrderService
-from app.temporal_client import connect_client
+from app.orders.providers.wiring import Simulators, open_simulators
+from app.platform.db import Event, create_engine, session_factory
+from app.platform.migrate import upgrade
+from app.platform.settings import PROJECT_ROOT, Settings
+from app.platform.temporal import connect_client
+from app.service.orders import OrderService
 from app.worker import build_workers, fault_injector
+from devstack import stack
 from tests.ports import free_ports
 
 # A valid order address for tests that do not care which one.

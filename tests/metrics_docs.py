@@ -10,7 +10,7 @@ import json
 import re
 from typing import Any
 
-from app.config import PROJECT_ROOT
+from app.platform.settings import PROJECT_ROOT
 
 DASHBOARD = PROJECT_ROOT / "deploy" / "grafana" / "dashboards" / "orders.json"
 _SUFFIXES = ("_bucket", "_count", "_sum")

@@ -12,9 +12,9 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from app.config import Settings, get_settings
-from app.models import OrderState
-from app.validation import ORDER_ID_RE
+from app.orders.models import OrderState
+from app.orders.validation import ORDER_ID_RE
+from app.platform.settings import Settings, get_settings
 
 # Kept out of /openapi.json: these are pages, not API (and API fuzzers need not crawl them).
 router = APIRouter(prefix="/console", include_in_schema=False)

@@ -24,7 +24,7 @@ import httpx
 import psutil
 import pytest
 
-from app.config import PROJECT_ROOT
+from app.platform.settings import PROJECT_ROOT
 from tests.ports import port_block
 
 CLI = str(PROJECT_ROOT / "scripts" / "cli.py")

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.config import PROJECT_ROOT
+from app.platform.settings import PROJECT_ROOT
 from tests.e2e.conftest import CliStack, describe, leftover_processes, stack_env
 
 ADDRESS = {

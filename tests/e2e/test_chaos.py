@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from app.chaos import VIOLATIONS
-from app.config import PROJECT_ROOT
+from app.platform.settings import PROJECT_ROOT
+from devstack.chaos import VIOLATIONS
 from tests.e2e.conftest import CliStack, describe, leftover_processes, stack_env
 
 ORDERS = 20

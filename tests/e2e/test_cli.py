@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.config import PROJECT_ROOT
+from app.platform.settings import PROJECT_ROOT
 from tests.e2e.conftest import (
     CLI,
     TEST_WORKFLOW,

@@ -28,9 +28,9 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from pydantic import SecretStr
 from sqlalchemy import select
 
-from app.api import create_app
-from app.config import PROJECT_ROOT, Settings
-from app.db import Event, Order, Payment
+from app.api.app import create_app
+from app.platform.db import Event, Order, Payment
+from app.platform.settings import PROJECT_ROOT, Settings
 from tests.conftest import (
     ADDRESS,
     RealStack,

@@ -16,9 +16,9 @@ from sqlalchemy import select
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from app.activities import OrderActivities, ShippingActivities
-from app.db import Order, Payment
-from app.models import (
+from app.orders.activities import OrderActivities, ShippingActivities
+from app.orders.faults import FaultInjector, OrderIntake, SimulatedLostResponse
+from app.orders.models import (
     DEFAULT_ITEMS,
     ActivityContext,
     Address,
@@ -31,9 +31,9 @@ from app.models import (
     ValidateInput,
     order_amount_cents,
 )
-from app.providers.carrier import read_ledger as carrier_ledger
-from app.providers.gateway import read_ledger as gateway_ledger
-from app.stubs import FaultInjector, OrderIntake, SimulatedLostResponse
+from app.orders.providers.carrier import read_ledger as carrier_ledger
+from app.orders.providers.gateway import read_ledger as gateway_ledger
+from app.platform.db import Order, Payment
 from tests.conftest import ADDRESS, HAPPY_PATH_EVENTS, Running, order_events
 
 SHIP_TO = Address(**ADDRESS)

@@ -30,10 +30,10 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.python import asgi as schemathesis_asgi
 from sqlalchemy.engine import make_url
 
-from app.api import RequestInfo, create_app
-from app.config import Settings
-from app.migrate import upgrade
-from app.providers.wiring import open_simulators
+from app.api.app import RequestInfo, create_app
+from app.orders.providers.wiring import open_simulators
+from app.platform.migrate import upgrade
+from app.platform.settings import Settings
 from app.worker import build_workers, fault_injector
 from tests.conftest import RealStack
 

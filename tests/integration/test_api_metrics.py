@@ -14,8 +14,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from app.api import create_app
-from app.config import Settings
+from app.api.app import create_app
+from app.platform.settings import Settings
 
 VIEW_KEY = "view-0123456789"
 OPS_KEY = "ops-0123456789"

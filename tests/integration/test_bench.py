@@ -19,9 +19,9 @@ import httpx
 import psutil
 import pytest
 
-from app import stack
-from app.bench import RESULT_KEYS, discover_processes, percentile, run_bench
-from app.config import PROJECT_ROOT, Settings
+from app.platform.settings import PROJECT_ROOT, Settings
+from devstack import stack
+from devstack.bench import RESULT_KEYS, discover_processes, percentile, run_bench
 from tests.conftest import RealStack
 from tests.ports import free_port
 

@@ -20,10 +20,10 @@ from google.protobuf import json_format
 from pydantic import SecretStr
 from temporalio.client import Client
 
-from app.api import create_app
-from app.config import Settings
-from app.service import OrderService
-from app.temporal_client import connect_client
+from app.api.app import create_app
+from app.platform.settings import Settings
+from app.platform.temporal import connect_client
+from app.service.orders import OrderService
 from app.worker import build_workers
 from tests.conftest import Running
 
@@ -197,7 +197,7 @@ async def test_cors_for_the_ui_origin_only(api: httpx.AsyncClient) -> None:
 
 
 def test_cors_origins_setting() -> None:
-    from app.routes.codec import cors_origins
+    from app.api.routes.codec import cors_origins
 
     assert cors_origins(Settings(temporal_ui_url="http://127.0.0.1:8233/")) == [
         "http://127.0.0.1:8233"

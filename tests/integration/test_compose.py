@@ -18,7 +18,7 @@ import httpx
 import pytest
 import yaml
 
-from app.config import PROJECT_ROOT, Settings
+from app.platform.settings import PROJECT_ROOT, Settings
 from tests.conftest import RealStack
 from tests.ports import free_port
 
@@ -177,6 +177,6 @@ def test_api_command_starts_and_answers_health(
 
 
 def test_compose_file_is_the_one_the_cli_drives() -> None:
-    from app.stack_services import COMPOSE_FILE as CLI_COMPOSE_FILE
+    from devstack.services import COMPOSE_FILE as CLI_COMPOSE_FILE
 
     assert Path(CLI_COMPOSE_FILE) == COMPOSE_FILE

@@ -10,9 +10,9 @@ from contextlib import AsyncExitStack
 from pydantic import SecretStr
 from temporalio.client import Client
 
-from app.models import SIGNAL_APPROVE
-from app.service import OrderService
-from app.temporal_client import connect_client
+from app.orders.models import SIGNAL_APPROVE
+from app.platform.temporal import connect_client
+from app.service.orders import OrderService
 from app.worker import build_workers
 from tests.conftest import Running
 

@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 from sqlalchemy import text
 
-from app.api import MAX_BODY_BYTES, create_app
-from app.validation import address_problems
+from app.api.app import MAX_BODY_BYTES, create_app
+from app.orders.validation import address_problems
 from tests.conftest import ADDRESS, Running, eventually
 
 ADMIN_KEY = "fuzz-admin-0123456789"

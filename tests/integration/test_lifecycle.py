@@ -9,11 +9,11 @@ import pytest
 from sqlalchemy import func, select
 from temporalio.client import WorkflowFailureError
 
-from app.chaos import STATE_EVENT
-from app.db import Event, Order, Payment
-from app.models import SIGNAL_APPROVE, ApproveRequest, order_workflow_id
-from app.providers.gateway import read_ledger as gateway_ledger
-from app.service import OrderConflict
+from app.orders.models import SIGNAL_APPROVE, ApproveRequest, order_workflow_id
+from app.orders.providers.gateway import read_ledger as gateway_ledger
+from app.platform.db import Event, Order, Payment
+from app.service.orders import OrderConflict
+from devstack.chaos import STATE_EVENT
 from tests.conftest import (
     ADDRESS,
     HAPPY_PATH_EVENTS,

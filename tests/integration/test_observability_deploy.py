@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from app.config import PROJECT_ROOT
+from app.platform.settings import PROJECT_ROOT
 from tests.metrics_docs import dashboard_metrics, dashboard_panels, documented_metrics
 
 DEPLOY = PROJECT_ROOT / "deploy"

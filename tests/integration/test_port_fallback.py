@@ -5,9 +5,9 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from app import stack
-from app.config import Settings
-from app.stack_services import PORT_FILE, _move_postgres_if_taken, client_settings, stack_config
+from app.platform.settings import Settings
+from devstack import stack
+from devstack.services import PORT_FILE, _move_postgres_if_taken, client_settings, stack_config
 
 
 def test_taken_default_port_moves_postgres_and_everything_follows(tmp_path: Path) -> None:

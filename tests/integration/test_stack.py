@@ -23,8 +23,8 @@ from temporalio.api.workflowservice.v1 import (
 )
 from temporalio.client import Client
 
-from app.config import PROJECT_ROOT, Settings
-from app.stack import (
+from app.platform.settings import PROJECT_ROOT, Settings
+from devstack.stack import (
     POSTGRES,
     TEMPORAL,
     StackConfig,

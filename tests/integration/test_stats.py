@@ -17,9 +17,9 @@ from sqlalchemy import insert, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
-from app.db import Event, Order, Payment, session_factory
-from app.migrate import upgrade
-from app.stats import order_stats
+from app.platform.db import Event, Order, Payment, session_factory
+from app.platform.migrate import upgrade
+from app.service.stats import order_stats
 from tests.conftest import RealStack
 
 T0 = datetime(2025, 1, 1, 12, 0, 0)

@@ -12,9 +12,9 @@ from sqlalchemy import select
 from temporalio.client import WorkflowFailureError, WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
-from app.db import Event
-from app.models import order_workflow_id
-from app.service import OrderConflict, OrderService, Unavailable
+from app.orders.models import order_workflow_id
+from app.platform.db import Event
+from app.service.orders import OrderConflict, OrderService, Unavailable
 from tests.conftest import ADDRESS, Running, eventually, wait_for_step
 
 

@@ -30,10 +30,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.service import TLSConfig
 
-from app import stack
-from app.config import PROJECT_ROOT, Settings
-from app.db import engine_from_settings, ssl_context
-from app.temporal_client import connect_client, tls_config
+from app.platform.db import engine_from_settings, ssl_context
+from app.platform.settings import PROJECT_ROOT, Settings
+from app.platform.temporal import connect_client, tls_config
+from devstack import stack
 from tests.conftest import RealStack
 from tests.ports import free_port
 

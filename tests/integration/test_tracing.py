@@ -8,10 +8,10 @@ from contextlib import AsyncExitStack
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from app.models import SIGNAL_APPROVE
-from app.service import OrderService
-from app.temporal_client import connect_client
-from app.tracing import setup_tracing
+from app.orders.models import SIGNAL_APPROVE
+from app.platform.temporal import connect_client
+from app.platform.tracing import setup_tracing
+from app.service.orders import OrderService
 from app.worker import build_workers
 from tests.conftest import ADDRESS, Running
 

@@ -18,7 +18,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
-from app.models import (
+from app.orders.models import (
     ERR_INVALID_ORDER,
     ERR_ORDER_CANCELLED,
     ERR_ORDER_DISPATCHED,
@@ -37,7 +37,7 @@ from app.models import (
     StepOutcome,
     ValidateInput,
 )
-from app.workflows import OrderWorkflow, ShippingWorkflow
+from app.orders.workflows import OrderWorkflow, ShippingWorkflow
 
 ADDRESS = Address(street="123 Main St", city="Test City", state="TS", zip="12345", country="US")
 NEW_ADDRESS = Address(street="456 New St", city="New City", state="NS", zip="54321", country="US")

@@ -15,8 +15,8 @@ from pathlib import Path
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from app.models import SIGNAL_APPROVE, ApproveRequest, CancelRequest
-from app.workflows import OrderWorkflow
+from app.orders.models import SIGNAL_APPROVE, ApproveRequest, CancelRequest
+from app.orders.workflows import OrderWorkflow
 from tests.unit.conftest import _test_server_path
 from tests.unit.fakes import FakeShop, running_shop, start_order
 

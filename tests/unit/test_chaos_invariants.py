@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from app.chaos import ChaosOptions, OrderFacts, check_order, plan_faults
+from devstack.chaos import ChaosOptions, OrderFacts, check_order, plan_faults
 
 
 def ev(*types: str) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.testing import WorkflowEnvironment
 
-from app.models import (
+from app.orders.models import (
     ERR_ORDER_DISPATCHED,
     ERR_REVIEW_OVER,
     SIGNAL_APPROVE,
@@ -19,7 +19,7 @@ from app.models import (
     CancelRequest,
     OrderResult,
 )
-from app.workflows import OrderWorkflow
+from app.orders.workflows import OrderWorkflow
 from tests.unit.fakes import NEW_ADDRESS, FakeShop, order_input, running_shop, start_order
 
 

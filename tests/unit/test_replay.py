@@ -15,8 +15,8 @@ from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
-from app.models import OrderInput, OrderResult
-from app.workflows import OrderWorkflow, ShippingWorkflow
+from app.orders.models import OrderInput, OrderResult
+from app.orders.workflows import OrderWorkflow, ShippingWorkflow
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from app.stubs import (
+from app.orders.faults import (
     FaultInjector,
     FaultProfile,
     FaultProfileError,

@@ -3,8 +3,8 @@
 from temporalio.worker import UnsandboxedWorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
-from app.config import Settings
-from app.worker_tuning import workflow_runner
+from app.platform.settings import Settings
+from app.platform.worker_tuning import workflow_runner
 
 
 def test_workers_run_workflows_unsandboxed_by_default() -> None:

@@ -1,0 +1,1 @@
+"""The REST API (FastAPI): app factory, errors, middleware, auth, routes per resource."""

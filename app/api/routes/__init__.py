@@ -1,0 +1,16 @@
+"""HTTP routers, one module per resource, assembled by `app.api.app.create_app`.
+
+- `orders`: order commands and reads under /orders
+- `health`: /health (dependency reachability, no auth)
+- `stats`: /stats (order statistics for the console's dashboard)
+- `metrics`: /metrics (Prometheus; its request histogram is fed through
+  `app.state.request_observers`, see app/api.py)
+- `codec`: /codec/decode, /codec/encode (Temporal remote codec for the Web UI and CLI,
+  with CORS on /codec only)
+
+`deps` holds the shared `Annotated` dependency aliases (service, caller, order id).
+"""
+
+from app.api.routes import health, metrics, orders, stats
+
+__all__ = ["health", "metrics", "orders", "stats"]

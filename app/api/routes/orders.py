@@ -1,0 +1,197 @@
+"""/orders: start, status, cancel, update-address, approve, list, events, history.
+
+Paths and bodies are the deployment guide's. Commands on a running order go through
+Temporal Updates (via OrderService), so the answer says whether the order accepted them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response, status
+
+from app.api.deps import Operator, OrderId, Reviewer, Service, Viewer, error_responses
+from app.api.schemas import (
+    ApproveRequestIn,
+    CancelRequestIn,
+    EventList,
+    HistoryOut,
+    OrderList,
+    OrderStatusResponse,
+    StartOrderRequest,
+    StartOrderResponse,
+    UpdateAddressRequest,
+)
+from app.orders.models import OrderState, OrderStatus, order_workflow_id
+from app.service.orders import Forbidden
+
+router = APIRouter(prefix="/orders", tags=["orders"])
+
+_READ = error_responses(401, 403, 404, 422, 500, 503)
+_COMMAND = error_responses(401, 403, 404, 409, 413, 422, 500, 503)
+
+
+def _updated(view: OrderStatus) -> OrderStatusResponse:
+    """The status an Update returned (the workflow's own view right after accepting)."""
+    return OrderStatusResponse.model_validate({**dataclasses.asdict(view), "source": "update"})
+
+
+@router.post(
+    "/{order_id}/start",
+    status_code=status.HTTP_201_CREATED,
+    summary="Start an order",
+    response_model=StartOrderResponse,
+    responses={
+        201: {
+            "description": "Order workflow started",
+            "headers": {
+                "Location": {
+                    "description": "The order's status URL",
+                    "schema": {"type": "string"},
+                }
+            },
+        },
+        **error_responses(401, 403, 409, 413, 422, 500, 503),
+    },
+)
+async def start_order(
+    order_id: OrderId,
+    body: StartOrderRequest,
+    service: Service,
+    _caller: Operator,
+    request: Request,
+    response: Response,
+) -> StartOrderResponse:
+    """Start the order's workflow (`order-{order_id}`). An order id is used once: a second
+    start, while it runs or after it closed, is a 409 naming the existing run."""
+    if not service.settings.allow_fault_injection:
+        # Test and demo knobs; the CLI (an operator's tool) may still shorten timeouts.
+        for name in ("fault_profile", "review_timeout_s", "deadline_s"):
+            if getattr(body, name) is not None:
+                raise Forbidden(
+                    f"{name} is refused: fault injection and timing overrides are disabled "
+                    "on this server (ALLOW_FAULT_INJECTION=false)",
+                    field=name,
+                )
+    started = await service.start_order(
+        order_id,
+        body.payment_id,
+        body.address.model_dump(),
+        items=[i.model_dump() for i in body.items] if body.items is not None else None,
+        fault_profile=body.fault_profile,
+        review_timeout_s=body.review_timeout_s,
+        deadline_s=body.deadline_s,
+    )
+    location = request.app.url_path_for("order_status", order_id=order_id)
+    response.headers["Location"] = request.scope.get("root_path", "") + location
+    return StartOrderResponse.model_validate(started)
+
+
+@router.get(
+    "/{order_id}/status",
+    name="order_status",
+    summary="Order status",
+    response_model=OrderStatusResponse,
+    responses=_READ,
+)
+async def order_status(order_id: OrderId, service: Service, _caller: Viewer) -> OrderStatusResponse:
+    """State, current step, address, payment, attempts per step, recent errors, deadline."""
+    return OrderStatusResponse.model_validate(await service.status(order_id))
+
+
+@router.post(
+    "/{order_id}/signals/cancel",
+    summary="Cancel an order",
+    response_model=OrderStatusResponse,
+    responses=_COMMAND,
+)
+async def cancel_order(
+    order_id: OrderId,
+    service: Service,
+    principal: Operator,
+    body: CancelRequestIn | None = None,
+) -> OrderStatusResponse:
+    """Accepted until the carrier is dispatched (a charged payment is then refunded);
+    409 after dispatch or once the order has closed."""
+    reason = body.reason if body is not None else "customer_request"
+    return _updated(await service.cancel(order_id, reason=reason, requested_by=principal.name))
+
+
+@router.post(
+    "/{order_id}/signals/update-address",
+    summary="Change the shipping address",
+    response_model=OrderStatusResponse,
+    responses=_COMMAND,
+)
+async def update_address(
+    order_id: OrderId,
+    body: UpdateAddressRequest,
+    service: Service,
+    principal: Operator,
+) -> OrderStatusResponse:
+    """Accepted until dispatch; shipping uses the latest accepted address."""
+    view = await service.update_address(
+        order_id, body.address.model_dump(), requested_by=principal.name
+    )
+    return _updated(view)
+
+
+@router.post(
+    "/{order_id}/signals/approve",
+    summary="Approve an order (manual review)",
+    response_model=OrderStatusResponse,
+    responses=_COMMAND,
+)
+async def approve_order(
+    order_id: OrderId,
+    service: Service,
+    principal: Reviewer,
+    body: ApproveRequestIn | None = None,
+) -> OrderStatusResponse:
+    """Approval kept if it arrives before the review step; 409 once the review is over."""
+    reviewer = (body.reviewer if body else None) or principal.name
+    note = body.note if body else None
+    return _updated(await service.approve(order_id, reviewer=reviewer, note=note))
+
+
+@router.get("", summary="List orders", response_model=OrderList, responses=_READ)
+async def list_orders(
+    service: Service,
+    _caller: Viewer,
+    state: Annotated[OrderState | None, Query(description="Only orders in this state")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> OrderList:
+    """Newest first."""
+    page = await service.list_orders(
+        state=state.value if state else None, limit=limit, offset=offset
+    )
+    return OrderList.model_validate(page)
+
+
+@router.get(
+    "/{order_id}/events",
+    summary="The order's audit events",
+    response_model=EventList,
+    responses=_READ,
+)
+async def order_events(order_id: OrderId, service: Service, _caller: Viewer) -> EventList:
+    """Every state change and request, oldest first (the `events` table)."""
+    events = await service.events(order_id)
+    return EventList.model_validate({"order_id": order_id, "events": events})
+
+
+@router.get(
+    "/{order_id}/history",
+    summary="Temporal event history (summary)",
+    response_model=HistoryOut,
+    responses=_READ,
+)
+async def order_history(order_id: OrderId, service: Service, _caller: Viewer) -> HistoryOut:
+    """The workflow's Temporal history, one line per event, without payloads."""
+    workflow_id = order_workflow_id(order_id)
+    events = await service.history(workflow_id)
+    return HistoryOut.model_validate(
+        {"order_id": order_id, "workflow_id": workflow_id, "events": events}
+    )

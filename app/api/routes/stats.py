@@ -1,0 +1,75 @@
+"""/stats: order statistics for the console's dashboard (app/stats.py computes them)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from app.api.deps import Service, Viewer, error_responses
+from app.service.stats import order_stats
+
+router = APIRouter(tags=["stats"])
+
+
+class OrderCounts(BaseModel):
+    total: int
+    open: int = Field(description="Orders not yet COMPLETED, CANCELLED or FAILED")
+    closed: int
+    by_state: dict[str, int]
+
+
+class Outcome(BaseModel):
+    total: int
+    reasons: dict[str, int] = Field(description="Reason -> orders, most frequent first")
+
+
+class DurationBucket(BaseModel):
+    lower_s: float | None
+    upper_s: float | None = Field(description="Exclusive upper bound; null = open-ended")
+    label: str
+    count: int
+    by_outcome: dict[str, int]
+
+
+class ExecutionTime(BaseModel):
+    count: int = Field(description="Closed orders measured (first RECEIVED to terminal event)")
+    without_start: int = Field(description="Closed orders with no RECEIVED event (not measured)")
+    mean_s: float | None
+    max_s: float | None
+    percentiles: dict[str, float | None] = Field(description="p50, p95, p99 in seconds")
+    buckets: list[DurationBucket]
+
+
+class StepStats(BaseModel):
+    step: str
+    attempts: int = Field(description="Finished activity attempts (succeeded + failed)")
+    succeeded: int = Field(description="Attempts that recorded the step's success event")
+    failed: int
+    retries: int = Field(
+        description="Failed attempts after which the order went on (the step was retried)"
+    )
+    orders_retried: int = Field(description="Orders with at least one retry of this step")
+    error_rate: float | None = Field(description="failed / attempts; null without attempts")
+    failures_by_kind: dict[str, int]
+
+
+class StatsResponse(BaseModel):
+    generated_at: str
+    orders: OrderCounts
+    completion_rate: float | None = Field(description="COMPLETED / closed orders")
+    outcomes: dict[str, Outcome] = Field(description="Per terminal state")
+    payments: dict[str, int] = Field(description="Payments per status (charged, refunded)")
+    execution_time: ExecutionTime
+    steps: list[StepStats]
+
+
+@router.get(
+    "/stats",
+    summary="Order statistics",
+    response_model=StatsResponse,
+    responses=error_responses(401, 403, 500, 503),
+)
+async def stats(service: Service, _caller: Viewer) -> StatsResponse:
+    """Counts per state, completion rate, execution-time distribution, retries and error
+    rate per step, outcomes with reasons. Computed from PostgreSQL on each call."""
+    return StatsResponse.model_validate(await order_stats(service.sessions))

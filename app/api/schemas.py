@@ -1,0 +1,368 @@
+"""Request and response bodies of the REST API (what /openapi.json documents).
+
+Requests forbid unknown fields, so a misspelt field is a 422 instead of being silently
+dropped. Length limits and patterns mirror app/validation.py; the service re-checks the
+rules that a schema cannot express (blank or non-printable text), so the API and the CLI
+refuse the same input.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
+
+from app.orders.validation import MAX_FIELD_LEN, PAYMENT_ID_RE, ZIP_RE
+from app.service.orders import MAX_ITEMS, MAX_OVERRIDE_S, MAX_QTY, MAX_UNIT_PRICE_CENTS, SKU_RE
+
+MAX_TEXT_LEN = 200
+
+EXAMPLE_ADDRESS: dict[str, JsonValue] = {
+    "street": "123 Main St",
+    "city": "Test City",
+    "state": "TS",
+    "zip": "12345",
+    "country": "US",
+}
+
+
+def _printable(value: str) -> str:
+    if not value.isprintable():
+        raise ValueError("must not contain control characters")
+    return value
+
+
+PrintableText = Annotated[str, AfterValidator(_printable)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- requests ------------------------------------------------------------------------------
+
+
+class AddressIn(_Request):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_ADDRESS]})
+
+    street: str = Field(min_length=1, max_length=MAX_FIELD_LEN["street"])
+    city: str = Field(min_length=1, max_length=MAX_FIELD_LEN["city"])
+    state: str = Field(min_length=1, max_length=MAX_FIELD_LEN["state"])
+    zip: str = Field(pattern=ZIP_RE.pattern, max_length=MAX_FIELD_LEN["zip"])
+    country: str = Field(
+        pattern=r"^[A-Z]{2}$",
+        max_length=MAX_FIELD_LEN["country"],
+        description="ISO 3166-1 alpha-2 code, in capitals",
+    )
+
+
+class LineItemIn(_Request):
+    sku: str = Field(pattern=SKU_RE.pattern, examples=["SKU-DEMO-1"])
+    qty: int = Field(ge=1, le=MAX_QTY, examples=[1])
+    unit_price_cents: int = Field(ge=0, le=MAX_UNIT_PRICE_CENTS, examples=[1999])
+
+
+class StartOrderRequest(_Request):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"payment_id": "pmt-123", "address": EXAMPLE_ADDRESS},
+                {
+                    "payment_id": "pmt-124",
+                    "address": EXAMPLE_ADDRESS,
+                    "items": [{"sku": "SKU-DEMO-1", "qty": 2, "unit_price_cents": 1999}],
+                },
+            ]
+        },
+    )
+
+    payment_id: str = Field(pattern=PAYMENT_ID_RE.pattern, examples=["pmt-123"])
+    address: AddressIn
+    items: list[LineItemIn] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_ITEMS,
+        description="Line items; one demo item when omitted",
+    )
+    # Test and demo knobs: refused with 403 unless the server allows fault injection.
+    fault_profile: str | None = Field(
+        default=None,
+        max_length=200,
+        description="Failure simulation for this order: seed, off, or e.g. fail=0.2,hang=0.1,"
+        "delay=1 (only where ALLOW_FAULT_INJECTION is on, else 403)",
+        examples=["off"],
+    )
+    review_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_OVERRIDE_S,
+        allow_inf_nan=False,
+        description="Manual review wait for this order (only with fault injection allowed)",
+    )
+    deadline_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_OVERRIDE_S,
+        allow_inf_nan=False,
+        description="Time limit for this order (only with fault injection allowed)",
+    )
+
+
+class UpdateAddressRequest(_Request):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "address": {
+                        "street": "456 New St",
+                        "city": "New City",
+                        "state": "NS",
+                        "zip": "54321",
+                        "country": "US",
+                    }
+                }
+            ]
+        },
+    )
+
+    address: AddressIn
+
+
+class CancelRequestIn(_Request):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"reason": "customer_request"}]}
+    )
+
+    reason: PrintableText = Field(default="customer_request", min_length=1, max_length=MAX_TEXT_LEN)
+
+
+class ApproveRequestIn(_Request):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"reviewer": "alice", "note": "checked by phone"}]},
+    )
+
+    reviewer: PrintableText | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="Who approves; defaults to the API key's name (or anonymous)",
+    )
+    note: PrintableText | None = Field(default=None, max_length=500)
+
+
+# --- responses -----------------------------------------------------------------------------
+
+
+class Address(BaseModel):
+    street: str
+    city: str
+    state: str
+    zip: str
+    country: str
+
+
+class StartOrderResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "order_id": "order-123",
+                    "workflow_id": "order-order-123",
+                    "run_id": "0198a7c4-5b1e-7f3a-9d2c-6e4b8a1f0c3d",
+                    "state": "PENDING",
+                    "step": "RECEIVE",
+                }
+            ]
+        }
+    )
+
+    order_id: str
+    workflow_id: str
+    run_id: str | None
+    state: str
+    step: str | None = None
+
+
+class StepErrorOut(BaseModel):
+    step: str | None
+    attempt: int | None
+    message: str | None
+    at: str | None
+    kind: str | None = None
+
+
+class PendingActivity(BaseModel):
+    activity: str
+    attempt: int
+    last_failure: str | None
+
+
+class OrderStatusResponse(BaseModel):
+    """The order's live view (DESIGN.md "Status"): from the workflow while it runs, from
+    the database once it has closed (`source` says which)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "order_id": "order-123",
+                    "workflow_id": "order-order-123",
+                    "run_id": "0198a7c4-5b1e-7f3a-9d2c-6e4b8a1f0c3d",
+                    "state": "VALIDATED",
+                    "step": "MANUAL_REVIEW",
+                    "address": EXAMPLE_ADDRESS,
+                    "payment_id": "pmt-123",
+                    "payment_status": "none",
+                    "amount_cents": 1999,
+                    "attempts": {"RECEIVE": 1, "VALIDATE": 2},
+                    "errors": [
+                        {
+                            "step": "VALIDATE",
+                            "attempt": 1,
+                            "message": "simulated failure of an external service",
+                            "at": "2025-01-01T12:00:01+00:00",
+                            "kind": "error",
+                        }
+                    ],
+                    "created_at": "2025-01-01T12:00:00+00:00",
+                    "updated_at": "2025-01-01T12:00:02+00:00",
+                    "deadline_at": "2025-01-01T12:01:00+00:00",
+                    "review_deadline_at": "2025-01-01T12:00:32+00:00",
+                    "source": "workflow",
+                }
+            ]
+        }
+    )
+
+    order_id: str
+    workflow_id: str
+    run_id: str | None = None
+    state: str
+    step: str | None = Field(description="Current (or last) step")
+    address: Address | None
+    payment_id: str | None
+    payment_status: str
+    amount_cents: int | None
+    attempts: dict[str, int] = Field(description="Attempts per step")
+    errors: list[StepErrorOut] = Field(description="Recent errors, newest first")
+    created_at: str | None
+    updated_at: str | None
+    closed_at: str | None = None
+    deadline_at: str | None
+    review_deadline_at: str | None = None
+    approved: bool | None = None
+    approved_by: str | None = None
+    cancel_requested: bool = False
+    reason: str | None = None
+    shipping_attempts: int | None = None
+    tracking_number: str | None = None
+    workflow_status: str | None = None
+    pending_activities: list[PendingActivity] = Field(default_factory=list)
+    source: str = Field(description="workflow (live query), database (closed) or update")
+    settled: bool = Field(
+        default=False,
+        description="Closed and compensated: nothing about this order changes any more",
+    )
+
+
+class OrderSummary(BaseModel):
+    order_id: str
+    workflow_id: str | None
+    state: str
+    step: str | None
+    payment_id: str | None
+    reason: str | None
+    created_at: str | None
+    updated_at: str | None
+
+
+class OrderList(BaseModel):
+    items: list[OrderSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class EventOut(BaseModel):
+    id: int
+    type: str
+    payload: dict[str, Any] | None
+    ts: str | None
+
+
+class EventList(BaseModel):
+    order_id: str
+    events: list[EventOut]
+
+
+class HistoryEventOut(BaseModel):
+    event_id: int
+    time: str | None
+    type: str
+    detail: str | None
+
+
+class HistoryOut(BaseModel):
+    order_id: str
+    workflow_id: str
+    events: list[HistoryEventOut]
+
+
+class DependencyHealth(BaseModel):
+    status: str = Field(description="up or down")
+    latency_ms: float | None = None
+    error: str | None = None
+
+
+class HealthResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "status": "ok",
+                    "dependencies": {
+                        "temporal": {"status": "up", "latency_ms": 2.1},
+                        "database": {"status": "up", "latency_ms": 1.4},
+                    },
+                }
+            ]
+        }
+    )
+
+    status: str = Field(description="ok when every dependency is up, else unavailable")
+    dependencies: dict[str, DependencyHealth]
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(examples=["invalid_input"])
+    message: str
+    field: str | None = Field(default=None, description="The offending input, dotted (address.zip)")
+    # Conflicts on start name the order that already exists.
+    order_id: str | None = None
+    workflow_id: str | None = None
+    run_id: str | None = None
+    reason: str | None = Field(default=None, description="Why a request was refused")
+    problems: dict[str, str] | None = Field(
+        default=None, description="Every invalid field and its problem"
+    )
+
+
+class ErrorResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "error": {
+                        "code": "invalid_input",
+                        "message": "address.zip must be 2-10 letters, digits, spaces or dashes",
+                        "field": "address.zip",
+                    }
+                }
+            ]
+        }
+    )
+
+    error: ErrorDetail

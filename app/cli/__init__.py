@@ -1,0 +1,1 @@
+"""The operator CLI (Typer): order commands on the service layer."""

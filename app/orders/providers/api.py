@@ -1,0 +1,165 @@
+"""What the order system knows of its providers: typed interfaces, requests, results,
+refusals, and the idempotency keys it sends.
+
+Keys are chosen by us and stable across attempts, restarts and duplicate requests, so a
+provider that sees a key again answers with its first result and moves nothing twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from app.orders.faults import CallInfo
+
+
+def charge_key(payment_id: str) -> str:
+    return payment_id
+
+
+def refund_key(payment_id: str) -> str:
+    return f"refund:{payment_id}"
+
+
+def prepare_key(order_id: str, shipping_attempt: int) -> str:
+    return f"prepare:{order_id}:{shipping_attempt}"
+
+
+def dispatch_key(order_id: str, shipping_attempt: int) -> str:
+    return f"dispatch:{order_id}:{shipping_attempt}"
+
+
+class ProviderRefusal(Exception):
+    """A provider said no. Never retryable: the same request gets the same answer."""
+
+    code = "ProviderRefused"
+
+
+class IdempotencyConflict(ProviderRefusal):
+    """The key was used before with other parameters."""
+
+    code = "IdempotencyConflict"
+
+
+class ChargeNotFound(ProviderRefusal):
+    """A refund of a charge the gateway does not have (for this payment and order)."""
+
+    code = "ChargeNotFound"
+
+
+class RefundExceedsCharge(ProviderRefusal):
+    code = "RefundExceedsCharge"
+
+
+class PaymentVoided(ProviderRefusal):
+    """The payment was voided (the order closed without a charge); no charge is taken."""
+
+    code = "PaymentVoided"
+
+
+class ShipmentCancelled(ProviderRefusal):
+    """The order's shipments were cancelled (the order closed unshipped); nothing is booked."""
+
+    code = "ShipmentCancelled"
+
+
+class KeyClosed(ProviderRefusal):
+    """A dispatch key superseded by a later shipping attempt; it books nothing any more."""
+
+    code = "DispatchSuperseded"
+
+
+@dataclass(frozen=True)
+class ChargeRequest:
+    key: str
+    payment_id: str
+    order_id: str
+    amount_cents: int
+
+
+@dataclass(frozen=True)
+class Charge:
+    charge_id: str
+    payment_id: str
+    amount_cents: int
+
+
+@dataclass(frozen=True)
+class RefundRequest:
+    key: str
+    payment_id: str
+    order_id: str
+    amount_cents: int
+
+
+@dataclass(frozen=True)
+class Refund:
+    refund_id: str
+    charge_id: str
+    amount_cents: int
+
+
+@dataclass(frozen=True)
+class PrepareRequest:
+    key: str
+    order_id: str
+    shipping_attempt: int
+
+
+@dataclass(frozen=True)
+class Package:
+    package_id: str
+
+
+@dataclass(frozen=True)
+class DispatchRequest:
+    key: str
+    order_id: str
+    address: dict[str, Any]
+    # Keys of earlier shipping attempts of this order: if one of them already booked the
+    # parcel (its answer was lost), that booking is the answer; the rest are closed.
+    supersedes: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class CancelShipmentsRequest:
+    order_id: str
+
+
+@dataclass(frozen=True)
+class Booking:
+    tracking_number: str
+    key: str
+    address: dict[str, Any]
+
+
+class PaymentGateway(Protocol):
+    async def charge(self, req: ChargeRequest, call: CallInfo) -> Charge:
+        """Take the money once per key."""
+        ...
+
+    async def refund(self, req: RefundRequest, call: CallInfo) -> Refund:
+        """Give back (part of) the order's charge under this payment id, once per key."""
+        ...
+
+    async def cancel_or_refund(self, req: RefundRequest, call: CallInfo) -> Refund | None:
+        """Refund the order's charge under this payment id, or, when there is none, void
+        the payment so no charge can be taken for it any more (None).
+
+        For an order that ends while its charge's answer may have been lost (like Adyen's
+        cancelOrRefund): one call settles it whichever way the charge went."""
+        ...
+
+
+class Carrier(Protocol):
+    async def prepare(self, req: PrepareRequest, call: CallInfo) -> Package: ...
+
+    async def dispatch(self, req: DispatchRequest, call: CallInfo) -> Booking:
+        """Book the parcel once per key (or return an earlier attempt's booking)."""
+        ...
+
+    async def cancel(self, req: CancelShipmentsRequest, call: CallInfo) -> list[Booking]:
+        """Cancel the order's bookings and refuse new ones; the bookings it cancelled.
+
+        For an order that ends unshipped while a dispatch's answer may have been lost."""
+        ...

@@ -1,0 +1,199 @@
+"""Carrier simulator: packages and dispatch bookings in its own ledger (`carrier` db).
+
+Idempotent like the gateway (same key and parameters: the first booking; other
+parameters: refused). A dispatch names the keys of the order's earlier shipping attempts:
+when one of them already booked the parcel (its answer was lost), that booking is the
+answer, and the superseded keys are closed so a late request under them books nothing.
+`read_ledger` is for auditors (chaos, tests).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterable
+from dataclasses import asdict
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.orders.faults import CallInfo, FaultInjector, Faults
+from app.orders.providers import ledger
+from app.orders.providers.api import (
+    Booking,
+    CancelShipmentsRequest,
+    DispatchRequest,
+    KeyClosed,
+    Package,
+    PrepareRequest,
+    ShipmentCancelled,
+)
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS packages (
+        package_id text PRIMARY KEY,
+        order_id text NOT NULL,
+        shipping_attempt integer NOT NULL,
+        idempotency_key text NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now()
+    )""",
+    """CREATE TABLE IF NOT EXISTS bookings (
+        tracking_number text PRIMARY KEY,
+        order_id text NOT NULL,
+        address jsonb NOT NULL,
+        idempotency_key text NOT NULL UNIQUE,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        cancelled_at timestamptz
+    )""",
+    "CREATE INDEX IF NOT EXISTS bookings_order ON bookings (order_id)",
+    """CREATE TABLE IF NOT EXISTS closed_keys (
+        key text PRIMARY KEY,
+        created_at timestamptz NOT NULL DEFAULT now()
+    )""",
+    """CREATE TABLE IF NOT EXISTS cancelled_orders (
+        order_id text PRIMARY KEY,
+        created_at timestamptz NOT NULL DEFAULT now()
+    )""",
+]
+
+
+class CarrierSimulator(ledger.Provider):
+    def __init__(self, engine: AsyncEngine, faults: FaultInjector) -> None:
+        super().__init__(engine)
+        self._prepare = Faults(faults, "prepare")
+        self._dispatch = Faults(faults, "dispatch")
+        self._cancel = Faults(faults, "cancel")
+
+    async def install(self) -> None:
+        await ledger.install_schema(self.engine, "carrier", SCHEMA)
+
+    async def prepare(self, req: PrepareRequest, call: CallInfo) -> Package:
+        async def pack(conn: AsyncConnection) -> dict[str, Any]:
+            package = Package(f"pkg_{secrets.token_hex(8)}")
+            await conn.execute(
+                text(
+                    "INSERT INTO packages (package_id, order_id, shipping_attempt, "
+                    "idempotency_key) VALUES (:p, :o, :s, :k)"
+                ),
+                {
+                    "p": package.package_id,
+                    "o": req.order_id,
+                    "s": req.shipping_attempt,
+                    "k": req.key,
+                },
+            )
+            return asdict(package)
+
+        stored = await self.once(
+            self._prepare,
+            call,
+            key=req.key,
+            operation="prepare",
+            request={"order_id": req.order_id, "shipping_attempt": req.shipping_attempt},
+            resource=f"order:{req.order_id}",
+            effect=pack,
+        )
+        return Package(**stored)
+
+    async def dispatch(self, req: DispatchRequest, call: CallInfo) -> Booking:
+        async def book(conn: AsyncConnection) -> dict[str, Any]:
+            closed = await conn.execute(
+                text("SELECT 1 FROM closed_keys WHERE key = :k"), {"k": req.key}
+            )
+            if closed.first() is not None:
+                raise KeyClosed(f"dispatch key {req.key!r} was superseded; nothing booked")
+            cancelled = await conn.execute(
+                text("SELECT 1 FROM cancelled_orders WHERE order_id = :o"), {"o": req.order_id}
+            )
+            if cancelled.first() is not None:
+                raise ShipmentCancelled(f"shipments of order {req.order_id} were cancelled")
+            earlier = (
+                await conn.execute(
+                    text(
+                        "SELECT tracking_number, idempotency_key AS key, address "
+                        "FROM bookings WHERE idempotency_key = ANY(:keys) "
+                        "ORDER BY created_at LIMIT 1"
+                    ),
+                    {"keys": list(req.supersedes)},
+                )
+            ).first()
+            if earlier is not None:
+                booking = Booking(**dict(earlier._mapping))
+            else:
+                booking = Booking(f"TRK{secrets.token_hex(5).upper()}", req.key, req.address)
+                await conn.execute(
+                    text(
+                        "INSERT INTO bookings (tracking_number, order_id, address, "
+                        "idempotency_key) VALUES (:t, :o, CAST(:a AS jsonb), :k)"
+                    ),
+                    {
+                        "t": booking.tracking_number,
+                        "o": req.order_id,
+                        "a": json.dumps(req.address),
+                        "k": req.key,
+                    },
+                )
+            if req.supersedes:
+                await conn.execute(
+                    text(
+                        "INSERT INTO closed_keys (key) SELECT unnest(CAST(:keys AS text[])) "
+                        "ON CONFLICT DO NOTHING"
+                    ),
+                    {"keys": list(req.supersedes)},
+                )
+            return asdict(booking)
+
+        stored = await self.once(
+            self._dispatch,
+            call,
+            key=req.key,
+            operation="dispatch",
+            request={"order_id": req.order_id, "address": req.address},
+            resource=f"order:{req.order_id}",
+            effect=book,
+        )
+        return Booking(**stored)
+
+    async def cancel(self, req: CancelShipmentsRequest, call: CallInfo) -> list[Booking]:
+        await self._cancel.before(call)
+        async with self.engine.begin() as conn:
+            await ledger.lock(conn, f"order:{req.order_id}")
+            await conn.execute(
+                text("INSERT INTO cancelled_orders (order_id) VALUES (:o) ON CONFLICT DO NOTHING"),
+                {"o": req.order_id},
+            )
+            rows = (
+                await conn.execute(
+                    text(
+                        "UPDATE bookings SET cancelled_at = now() "
+                        "WHERE order_id = :o AND cancelled_at IS NULL "
+                        "RETURNING tracking_number, idempotency_key AS key, address"
+                    ),
+                    {"o": req.order_id},
+                )
+            ).all()
+        await self._cancel.after(call)
+        return [Booking(**dict(r._mapping)) for r in rows]
+
+
+async def read_ledger(
+    engine: AsyncEngine, order_ids: Iterable[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """Order id -> its bookings at the carrier (for auditors only)."""
+    ids = list(order_ids)
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT order_id, tracking_number, idempotency_key, address, "
+                    "cancelled_at IS NOT NULL AS cancelled FROM bookings "
+                    "WHERE order_id = ANY(:ids) ORDER BY created_at"
+                ),
+                {"ids": ids},
+            )
+        ).all()
+    out: dict[str, list[dict[str, Any]]] = {oid: [] for oid in ids}
+    for r in rows:
+        out.setdefault(r.order_id, []).append(dict(r._mapping))
+    return out

@@ -1,0 +1,230 @@
+"""Payment gateway simulator: charges, refunds and voided payments in its own ledger
+(database `gateway`).
+
+It behaves like a real gateway with idempotency keys (think Stripe): a repeated request
+returns its first result and moves no money; a key reused with other parameters, a refund
+of a charge it does not have, or one larger than what is left of the charge, is refused.
+The order system reaches it only through `PaymentGateway`; `read_ledger` is for auditors
+(chaos, tests).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+from dataclasses import asdict
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.orders.faults import CallInfo, FaultInjector, Faults
+from app.orders.providers import ledger
+from app.orders.providers.api import (
+    Charge,
+    ChargeNotFound,
+    ChargeRequest,
+    PaymentVoided,
+    Refund,
+    RefundExceedsCharge,
+    RefundRequest,
+)
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS charges (
+        charge_id text PRIMARY KEY,
+        payment_id text NOT NULL,
+        order_id text NOT NULL,
+        amount_cents bigint NOT NULL CHECK (amount_cents > 0),
+        refunded_cents bigint NOT NULL DEFAULT 0,
+        idempotency_key text NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now()
+    )""",
+    "CREATE INDEX IF NOT EXISTS charges_payment ON charges (payment_id, order_id)",
+    """CREATE TABLE IF NOT EXISTS refunds (
+        refund_id text PRIMARY KEY,
+        charge_id text NOT NULL REFERENCES charges,
+        amount_cents bigint NOT NULL CHECK (amount_cents > 0),
+        idempotency_key text NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now()
+    )""",
+    """CREATE TABLE IF NOT EXISTS voided_payments (
+        payment_id text NOT NULL,
+        order_id text NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (payment_id, order_id)
+    )""",
+]
+
+
+def _fingerprint(req: ChargeRequest | RefundRequest) -> dict[str, Any]:
+    return {"payment_id": req.payment_id, "order_id": req.order_id, "amount": req.amount_cents}
+
+
+def _payment(req: ChargeRequest | RefundRequest) -> str:
+    return f"payment:{req.payment_id}:{req.order_id}"
+
+
+class GatewaySimulator(ledger.Provider):
+    def __init__(self, engine: AsyncEngine, faults: FaultInjector) -> None:
+        super().__init__(engine)
+        self._charge = Faults(faults, "charge")
+        self._refund = Faults(faults, "refund")
+        self._cancel_or_refund = Faults(faults, "cancel_or_refund")
+
+    async def install(self) -> None:
+        await ledger.install_schema(self.engine, "gateway", SCHEMA)
+
+    async def charge(self, req: ChargeRequest, call: CallInfo) -> Charge:
+        async def take_money(conn: AsyncConnection) -> dict[str, Any]:
+            if await _voided(conn, req.payment_id, req.order_id):
+                raise PaymentVoided(f"payment {req.payment_id} was voided; not charged")
+            charge = Charge(f"ch_{secrets.token_hex(8)}", req.payment_id, req.amount_cents)
+            await conn.execute(
+                text(
+                    "INSERT INTO charges (charge_id, payment_id, order_id, amount_cents, "
+                    "idempotency_key) VALUES (:c, :p, :o, :a, :k)"
+                ),
+                {
+                    "c": charge.charge_id,
+                    "p": req.payment_id,
+                    "o": req.order_id,
+                    "a": req.amount_cents,
+                    "k": req.key,
+                },
+            )
+            return asdict(charge)
+
+        stored = await self.once(
+            self._charge,
+            call,
+            key=req.key,
+            operation="charge",
+            request=_fingerprint(req),
+            resource=_payment(req),
+            effect=take_money,
+        )
+        return Charge(**stored)
+
+    async def refund(self, req: RefundRequest, call: CallInfo) -> Refund:
+        async def give_back(conn: AsyncConnection) -> dict[str, Any]:
+            return asdict(await _refund_charge(conn, req))
+
+        stored = await self.once(
+            self._refund,
+            call,
+            key=req.key,
+            operation="refund",
+            request=_fingerprint(req),
+            resource=_payment(req),
+            effect=give_back,
+        )
+        return Refund(**stored)
+
+    async def cancel_or_refund(self, req: RefundRequest, call: CallInfo) -> Refund | None:
+        async def settle(conn: AsyncConnection) -> dict[str, Any]:
+            if await _charge_of(conn, req.payment_id, req.order_id) is not None:
+                return asdict(await _refund_charge(conn, req))
+            await conn.execute(
+                text(
+                    "INSERT INTO voided_payments (payment_id, order_id) VALUES (:p, :o) "
+                    "ON CONFLICT DO NOTHING"
+                ),
+                {"p": req.payment_id, "o": req.order_id},
+            )
+            return {}  # voided: nothing was charged, and nothing can be now
+
+        stored = await self.once(
+            self._cancel_or_refund,
+            call,
+            key=req.key,
+            operation="cancel_or_refund",
+            request=_fingerprint(req),
+            resource=_payment(req),
+            effect=settle,
+        )
+        return Refund(**stored) if stored else None
+
+
+async def _refund_charge(conn: AsyncConnection, req: RefundRequest) -> Refund:
+    charge = await _charge_of(conn, req.payment_id, req.order_id)
+    if charge is None:
+        raise ChargeNotFound(f"no charge for payment {req.payment_id} of order {req.order_id}")
+    left = charge["amount_cents"] - charge["refunded_cents"]
+    if not 0 < req.amount_cents <= left:
+        raise RefundExceedsCharge(
+            f"refund of {req.amount_cents} cents: must be more than 0 and at most the "
+            f"{left} cents left on charge {charge['charge_id']}"
+        )
+    refund = Refund(f"re_{secrets.token_hex(8)}", charge["charge_id"], req.amount_cents)
+    await conn.execute(
+        text(
+            "INSERT INTO refunds (refund_id, charge_id, amount_cents, idempotency_key) "
+            "VALUES (:r, :c, :a, :k)"
+        ),
+        {"r": refund.refund_id, "c": refund.charge_id, "a": req.amount_cents, "k": req.key},
+    )
+    await conn.execute(
+        text("UPDATE charges SET refunded_cents = refunded_cents + :a WHERE charge_id = :c"),
+        {"a": req.amount_cents, "c": refund.charge_id},
+    )
+    return refund
+
+
+async def _voided(conn: AsyncConnection, payment_id: str, order_id: str) -> bool:
+    row = await conn.execute(
+        text("SELECT 1 FROM voided_payments WHERE payment_id = :p AND order_id = :o"),
+        {"p": payment_id, "o": order_id},
+    )
+    return row.first() is not None
+
+
+async def _charge_of(
+    conn: AsyncConnection, payment_id: str, order_id: str
+) -> dict[str, Any] | None:
+    row = (
+        await conn.execute(
+            text(
+                "SELECT charge_id, amount_cents, refunded_cents FROM charges "
+                "WHERE payment_id = :p AND order_id = :o ORDER BY created_at LIMIT 1"
+            ),
+            {"p": payment_id, "o": order_id},
+        )
+    ).first()
+    return dict(row._mapping) if row is not None else None
+
+
+async def read_ledger(
+    engine: AsyncEngine, order_ids: Iterable[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """Order id -> its charges at the gateway, each with its refunds (for auditors only)."""
+    ids = list(order_ids)
+    async with engine.connect() as conn:
+        charges = (
+            await conn.execute(
+                text(
+                    "SELECT charge_id, payment_id, order_id, amount_cents, refunded_cents, "
+                    "idempotency_key FROM charges WHERE order_id = ANY(:ids) ORDER BY created_at"
+                ),
+                {"ids": ids},
+            )
+        ).all()
+        refunds = (
+            await conn.execute(
+                text(
+                    "SELECT r.charge_id, r.refund_id, r.amount_cents, r.idempotency_key "
+                    "FROM refunds r JOIN charges c USING (charge_id) "
+                    "WHERE c.order_id = ANY(:ids) ORDER BY r.created_at"
+                ),
+                {"ids": ids},
+            )
+        ).all()
+    by_charge: dict[str, list[dict[str, Any]]] = {}
+    for r in refunds:
+        by_charge.setdefault(r.charge_id, []).append(dict(r._mapping))
+    out: dict[str, list[dict[str, Any]]] = {oid: [] for oid in ids}
+    for c in charges:
+        out.setdefault(c.order_id, []).append(
+            {**dict(c._mapping), "refunds": by_charge.get(c.charge_id, [])}
+        )
+    return out

@@ -1,0 +1,113 @@
+"""What both simulators share: their own database, and Stripe-style idempotency keys.
+
+A key is claimed in the same transaction as the effect it guards, so a request either
+leaves its effect and its stored answer, or neither. A repeat of the request (same key,
+same parameters) gets the stored answer; other parameters under the key are refused.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.orders.faults import CallInfo, Faults
+from app.orders.providers.api import IdempotencyConflict
+
+IDEMPOTENCY_TABLE = """
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    key text PRIMARY KEY,
+    operation text NOT NULL,
+    request jsonb NOT NULL,
+    response jsonb NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+)"""
+
+
+async def install_schema(engine: AsyncEngine, name: str, statements: list[str]) -> None:
+    """Create the ledger's tables if missing; workers starting together take turns."""
+    async with engine.begin() as conn:
+        await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:n))"), {"n": name})
+        for statement in [IDEMPOTENCY_TABLE, *statements]:
+            await conn.execute(text(statement))
+
+
+async def lock(conn: AsyncConnection, resource: str) -> None:
+    """Serialise requests about one resource (a payment, an order) until commit."""
+    await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:r))"), {"r": resource})
+
+
+async def replay(
+    conn: AsyncConnection, key: str, operation: str, request: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The stored answer for a repeated request, or None for a new key.
+
+    Call under the resource's lock: a concurrent first request has then committed."""
+    row = (
+        await conn.execute(
+            text("SELECT operation, request, response FROM idempotency_keys WHERE key = :k"),
+            {"k": key},
+        )
+    ).first()
+    if row is None:
+        return None
+    if row.operation != operation or row.request != request:
+        # Like a real gateway: the earlier request (another customer's) is not revealed.
+        raise IdempotencyConflict(f"idempotency key {key!r} was already used with other parameters")
+    response: dict[str, Any] = row.response
+    return response
+
+
+async def remember(
+    conn: AsyncConnection,
+    key: str,
+    operation: str,
+    request: dict[str, Any],
+    response: dict[str, Any],
+) -> None:
+    await conn.execute(
+        text(
+            "INSERT INTO idempotency_keys (key, operation, request, response) "
+            "VALUES (:k, :o, CAST(:req AS jsonb), CAST(:resp AS jsonb))"
+        ),
+        {"k": key, "o": operation, "req": json.dumps(request), "resp": json.dumps(response)},
+    )
+
+
+Effect = Callable[[AsyncConnection], Awaitable[dict[str, Any]]]
+
+
+class Provider:
+    """A simulated provider: each request runs its faults, then its effect once per key."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def once(
+        self,
+        faults: Faults,
+        call: CallInfo,
+        *,
+        key: str,
+        operation: str,
+        request: dict[str, Any],
+        resource: str,
+        effect: Effect,
+    ) -> dict[str, Any]:
+        """The guide's faults strike before the effect; a lost answer after its commit.
+
+        The key and the resource it acts on (a payment, an order) are locked until commit,
+        so a concurrent repeat waits and then replays the stored answer."""
+        await faults.before(call)
+        async with self.engine.begin() as conn:
+            await lock(conn, key)
+            await lock(conn, resource)
+            response = await replay(conn, key, operation, request)
+            if response is None:
+                response = await effect(conn)
+                await remember(conn, key, operation, request, response)
+        await faults.after(call)
+        return response

@@ -1,0 +1,678 @@
+"""OrderWorkflow (parent, orders-tq) and ShippingWorkflow (child, shipping-tq).
+
+Rules live here; effects live in activities. The database row of an order is the arbiter
+for "has the carrier been dispatched": DispatchCarrier, cancel and address changes all lock
+it, so a cancel or address change either lands before dispatch or is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    ChildWorkflowError,
+    RetryState,
+    TimeoutError,
+    is_cancelled_exception,
+)
+
+with workflow.unsafe.imports_passed_through():
+    from app.orders.activities import OrderActivities, ShippingActivities
+    from app.orders.models import (
+        ERR_DISPATCH_FAILED,
+        ERR_INVALID_ORDER,
+        ERR_ORDER_CANCELLED,
+        ERR_ORDER_CLOSED,
+        ERR_ORDER_DISPATCHED,
+        ERR_REVIEW_OVER,
+        ORDER_WORKFLOW,
+        QUERY_STATUS,
+        SHIPPING_WORKFLOW,
+        SIGNAL_APPROVE,
+        SIGNAL_CANCEL,
+        SIGNAL_DISPATCH_FAILED,
+        SIGNAL_UPDATE_ADDRESS,
+        UPDATE_ADDRESS,
+        UPDATE_APPROVE,
+        UPDATE_CANCEL,
+        ActivityContext,
+        Address,
+        AddressChange,
+        AddressChangeInput,
+        ApproveRequest,
+        CancelMarkInput,
+        CancelRequest,
+        ChargeInput,
+        CloseInput,
+        DispatchFailure,
+        DispatchInput,
+        OrderInput,
+        OrderResult,
+        OrderState,
+        OrderStatus,
+        PaymentStatus,
+        PrepareInput,
+        ReceiveInput,
+        RefundInput,
+        ShippingInput,
+        ShippingResult,
+        Step,
+        StepError,
+        ValidateInput,
+        order_amount_cents,
+    )
+    from app.orders.validation import address_problems
+
+# The guide's activity timeouts (start-to-close) and retry policy.
+RECEIVE_TIMEOUT = timedelta(seconds=3)
+VALIDATE_TIMEOUT = timedelta(seconds=3)
+CHARGE_TIMEOUT = timedelta(seconds=4)
+PREPARE_TIMEOUT = timedelta(seconds=5)
+DISPATCH_TIMEOUT = timedelta(seconds=5)
+STEP_RETRY = RetryPolicy(
+    maximum_attempts=3,
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+)
+# Bookkeeping behind a caller's request (cancel, address change): short, bounded.
+GATE_TIMEOUT = timedelta(seconds=5)
+GATE_RETRY = RetryPolicy(maximum_attempts=3, initial_interval=timedelta(milliseconds=200))
+# Compensation must eventually happen, so it retries until it does.
+CLOSE_TIMEOUT = timedelta(seconds=5)
+CLOSE_RETRY = RetryPolicy(
+    maximum_attempts=0,
+    initial_interval=timedelta(milliseconds=500),
+    maximum_interval=timedelta(seconds=5),
+)
+MAX_SHIPPING_ATTEMPTS = 3
+PATCH_REFUND_AFTER_CLOSE = "refund-after-close"
+DEFAULT_REVIEW_TIMEOUT_S = 30.0
+DEFAULT_DEADLINE_S = 60.0
+# Kept on the workflow so the status view stays small.
+MAX_ERRORS_KEPT = 20
+
+
+class _OrderStopped(Exception):
+    """Ends the business flow early with a terminal state (never leaves the workflow)."""
+
+    def __init__(self, state: OrderState, reason: str) -> None:
+        super().__init__(reason)
+        self.state = state
+        self.reason = reason
+
+
+def _failure_message(err: BaseException) -> str:
+    """The innermost useful message of an activity/child failure."""
+    cause: BaseException | None = err
+    while isinstance(cause, ActivityError | ChildWorkflowError) and cause.cause is not None:
+        cause = cause.cause
+    if isinstance(cause, TimeoutError):
+        return f"timeout ({cause.type.name.lower() if cause.type else 'unknown'})"
+    return str(cause) if cause is not None else str(err)
+
+
+def _application_type(err: BaseException) -> str | None:
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, ApplicationError):
+            return cause.type
+        cause = cause.cause if isinstance(cause, ActivityError | ChildWorkflowError) else None
+    return None
+
+
+@workflow.defn(name=ORDER_WORKFLOW)
+class OrderWorkflow:
+    # The input is taken at construction so an update or query that arrives in the very
+    # first activation (start immediately followed by approve) already sees the order.
+    @workflow.init
+    def __init__(self, inp: OrderInput) -> None:
+        self._inp: OrderInput | None = inp
+        self._state = OrderState.PENDING
+        self._step: Step | None = Step.RECEIVE
+        self._approved = False
+        self._approved_by: str | None = None
+        self._approved_at: datetime | None = None
+        self._cancel: CancelRequest | None = None
+        self._stop: _OrderStopped | None = None
+        self._received = False
+        self._closed = False
+        self._dispatched = False
+        self._payment_status = PaymentStatus.NONE
+        self._attempts: dict[str, int] = {}
+        self._errors: list[StepError] = []
+        self._dispatch_failure: DispatchFailure | None = None
+        self._shipping_attempts = 0
+        self._tracking_number: str | None = None
+        self._reason: str | None = None
+        self._updated_at: datetime | None = workflow.now()
+        self._review_deadline: datetime | None = None
+        self._address: Address | None = inp.address
+        deadline_s = inp.deadline_s if inp.deadline_s is not None else DEFAULT_DEADLINE_S
+        self._deadline = workflow.info().start_time + timedelta(seconds=deadline_s)
+
+    # --- main flow ---------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, inp: OrderInput) -> OrderResult:
+        deadline = self._deadline
+        self._log("order started", deadline=deadline.isoformat())
+
+        business = asyncio.create_task(self._fulfil())
+        remaining = max((deadline - workflow.now()).total_seconds(), 0.001)
+        try:
+            await workflow.wait_condition(
+                lambda: business.done() or self._stop is not None, timeout=remaining
+            )
+        except builtins.TimeoutError:
+            self._stop = _OrderStopped(OrderState.FAILED, "deadline_exceeded")
+            self._log("deadline exceeded", step=str(self._step))
+        except asyncio.CancelledError:
+            # A Temporal-level cancel (UI button, `temporal workflow cancel`): treated like
+            # cancel_order, so compensation still runs.
+            self._stop = _OrderStopped(OrderState.CANCELLED, "workflow_cancelled")
+            self._log("workflow cancellation requested")
+
+        if not business.done():
+            business.cancel()
+        end = await self._business_outcome(business)
+        result = await self._close(end)
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        if result.state == OrderState.FAILED:
+            # Compensation is done; fail the execution so the Temporal UI shows it.
+            raise ApplicationError(
+                f"order {inp.order_id} failed: {result.reason}",
+                {"reason": result.reason, "payment_status": result.payment_status},
+                type="OrderFailed",
+                non_retryable=True,
+            )
+        return result
+
+    async def _business_outcome(self, business: asyncio.Task[None]) -> _OrderStopped | None:
+        """None when the order shipped, otherwise why it stopped."""
+        try:
+            await business
+        except _OrderStopped as stopped:
+            return self._stop or stopped
+        except asyncio.CancelledError:
+            pass
+        except (ActivityError, ChildWorkflowError) as err:
+            if self._stop is None and not is_cancelled_exception(err):
+                raise
+        return self._stop
+
+    async def _fulfil(self) -> None:
+        inp = self._require_input()
+        ctx = ActivityContext(order_id=inp.order_id, fault_profile=inp.fault_profile)
+
+        self._enter(Step.RECEIVE)
+        info = workflow.info()
+        out = await self._step_activity(
+            Step.RECEIVE,
+            OrderActivities.receive_order,
+            ReceiveInput(
+                ctx=ctx,
+                workflow_id=info.workflow_id,
+                run_id=info.run_id,
+                payment_id=inp.payment_id,
+                address=self._current_address(),
+                items=inp.items,
+                deadline_iso=self._deadline.isoformat(),
+                started_at_iso=info.start_time.isoformat(),
+            ),
+            RECEIVE_TIMEOUT,
+        )
+        self._received = True
+        self._set_state(OrderState.RECEIVED)
+        del out
+        self._checkpoint()
+
+        self._enter(Step.VALIDATE)
+        await self._step_activity(
+            Step.VALIDATE,
+            OrderActivities.validate_order,
+            ValidateInput(ctx=ctx, address=self._current_address(), items=inp.items),
+            VALIDATE_TIMEOUT,
+        )
+        self._set_state(OrderState.VALIDATED)
+        self._checkpoint()
+
+        self._enter(Step.MANUAL_REVIEW)
+        review_s = (
+            inp.review_timeout_s if inp.review_timeout_s is not None else DEFAULT_REVIEW_TIMEOUT_S
+        )
+        self._review_deadline = workflow.now() + timedelta(seconds=review_s)
+        try:
+            await workflow.wait_condition(lambda: self._approved, timeout=review_s)
+        except builtins.TimeoutError:
+            self._log("review timed out")
+            raise _OrderStopped(OrderState.CANCELLED, "review_timeout") from None
+        self._checkpoint()
+
+        self._enter(Step.PAY)
+        await self._step_activity(
+            Step.PAY,
+            OrderActivities.charge_payment,
+            ChargeInput(
+                ctx=ctx,
+                payment_id=inp.payment_id,
+                amount_cents=order_amount_cents(inp.items),
+                approved_by=self._approved_by or "unknown",
+                approved_at_iso=(self._approved_at or workflow.now()).isoformat(),
+            ),
+            CHARGE_TIMEOUT,
+            # A charge in flight must finish before we decide whether to refund.
+            wait_for_cancel=True,
+        )
+        self._payment_status = PaymentStatus.CHARGED
+        self._set_state(OrderState.PAID)
+        self._checkpoint()
+
+        self._enter(Step.SHIP)
+        await self._ship(inp)
+
+    async def _ship(self, inp: OrderInput) -> None:
+        while True:
+            self._shipping_attempts += 1
+            attempt = self._shipping_attempts
+            self._dispatch_failure = None
+            self._checkpoint()
+            remaining = (self._deadline - workflow.now()).total_seconds()
+            try:
+                result: ShippingResult = await workflow.execute_child_workflow(
+                    ShippingWorkflow.run,
+                    ShippingInput(
+                        order_id=inp.order_id,
+                        address=self._current_address(),
+                        attempt=attempt,
+                        fault_profile=inp.fault_profile,
+                    ),
+                    id=f"shipping-{inp.order_id}-{attempt}",
+                    task_queue=inp.shipping_task_queue,
+                    # Backstop only; the parent's deadline is what ends an order.
+                    execution_timeout=timedelta(seconds=max(remaining, 1.0) + 30),
+                )
+            except ChildWorkflowError as err:
+                if self._stop is not None or is_cancelled_exception(err):
+                    raise
+                if _application_type(err) == ERR_ORDER_CANCELLED:
+                    # The cancel handler marked the row; let it finish accepting the cancel.
+                    await workflow.wait_condition(lambda: self._stop is not None)
+                    raise
+                reason = (
+                    self._dispatch_failure.reason
+                    if self._dispatch_failure
+                    else _failure_message(err)
+                )
+                self._record_error(Step.SHIP, attempt, f"shipping attempt {attempt}: {reason}")
+                self._log("shipping failed", attempt=attempt, reason=reason)
+                if attempt >= MAX_SHIPPING_ATTEMPTS or self._deadline <= workflow.now():
+                    raise _OrderStopped(OrderState.FAILED, "shipping_failed") from None
+                continue
+            self._dispatched = True
+            self._tracking_number = result.tracking_number
+            self._address = result.dispatched_address
+            self._attempts[Step.SHIP] = attempt
+            self._set_state(OrderState.COMPLETED)
+            return
+
+    async def _close(self, stop: _OrderStopped | None) -> OrderResult:
+        inp = self._require_input()
+        if stop is None:
+            self._closed = True
+            return OrderResult(
+                order_id=inp.order_id,
+                state=OrderState.COMPLETED,
+                tracking_number=self._tracking_number,
+                payment_status=self._payment_status,
+            )
+        self._log("closing order", state=str(stop.state), reason=stop.reason)
+        outcome = await workflow.execute_activity_method(
+            OrderActivities.close_order,
+            CloseInput(
+                ctx=ActivityContext(order_id=inp.order_id, fault_profile=inp.fault_profile),
+                payment_id=inp.payment_id,
+                state=stop.state,
+                reason=stop.reason,
+                step=self._step,
+                started_at_iso=workflow.info().start_time.isoformat(),
+                # Versioned: histories recorded before this change refunded inside
+                # CloseOrder and must replay that way.
+                defer_refund=workflow.patched(PATCH_REFUND_AFTER_CLOSE),
+                attempts=dict(self._attempts),
+                errors=list(self._errors),
+            ),
+            start_to_close_timeout=CLOSE_TIMEOUT,
+            retry_policy=CLOSE_RETRY,
+        )
+        self._payment_status = PaymentStatus(outcome.payment_status)
+        # The database may know better: a dispatch that committed wins over a late stop.
+        final = OrderState(outcome.state)
+        self._reason = None if final == OrderState.COMPLETED else stop.reason
+        self._set_state(final)
+        self._closed = True
+        if outcome.refund_pending:
+            # The order is already closed in the database; the refund retries until the
+            # gateway takes it, however long that is.
+            refunded = await workflow.execute_activity_method(
+                OrderActivities.refund_payment,
+                RefundInput(
+                    ctx=ActivityContext(order_id=inp.order_id, fault_profile=inp.fault_profile),
+                    payment_id=inp.payment_id,
+                ),
+                start_to_close_timeout=CLOSE_TIMEOUT,
+                retry_policy=CLOSE_RETRY,
+            )
+            self._payment_status = PaymentStatus(refunded.payment_status)
+            outcome.refunded = refunded.refunded
+        if outcome.refunded:
+            self._log("payment refunded", payment_id=inp.payment_id)
+        return OrderResult(
+            order_id=inp.order_id,
+            state=final,
+            reason=self._reason,
+            tracking_number=self._tracking_number,
+            payment_status=self._payment_status,
+        )
+
+    async def _step_activity(
+        self,
+        step: Step,
+        method: Callable[[Any, Any], Awaitable[Any]],
+        arg: Any,
+        timeout: timedelta,
+        *,
+        wait_for_cancel: bool = False,
+    ) -> Any:
+        try:
+            out: Any = await workflow.execute_activity_method(
+                method,
+                arg,
+                start_to_close_timeout=timeout,
+                retry_policy=STEP_RETRY,
+                cancellation_type=(
+                    workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
+                    if wait_for_cancel
+                    else workflow.ActivityCancellationType.TRY_CANCEL
+                ),
+            )
+        except ActivityError as err:
+            if self._stop is not None or is_cancelled_exception(err):
+                raise
+            message = _failure_message(err)
+            # Retries used up: every attempt ran. Otherwise (a refusal, non-retryable) the
+            # attempt that failed recorded itself with its number before we heard of it.
+            exhausted = err.retry_state in (RetryState.MAXIMUM_ATTEMPTS_REACHED, RetryState.TIMEOUT)
+            attempts = STEP_RETRY.maximum_attempts if exhausted else 1
+            self._attempts[step] = max(self._attempts.get(step, 0), attempts)
+            self._record_error(step, attempts, message)
+            self._log("step failed", step=str(step), error=message)
+            if _application_type(err) == ERR_INVALID_ORDER:
+                raise _OrderStopped(OrderState.FAILED, "invalid_order") from None
+            raise _OrderStopped(OrderState.FAILED, f"{step.lower()}_failed") from None
+        self._attempts[step] = getattr(out, "attempt", 1)
+        return out
+
+    # --- signals (the guide's names) ---------------------------------------------------
+
+    @workflow.signal(name=SIGNAL_APPROVE)
+    def approve_order(self, req: ApproveRequest | None = None) -> None:
+        if self._step_past_review():
+            self._log("approval ignored: review is over")
+            return
+        self._accept_approval(req or ApproveRequest())
+
+    @workflow.signal(name=SIGNAL_CANCEL)
+    async def cancel_order(self, req: CancelRequest | None = None) -> None:
+        req = req or CancelRequest()
+        try:
+            self._validate_cancel(req)
+            await self._accept_cancel(req)
+        except ApplicationError as refused:
+            self._log("cancel refused", reason=str(refused))
+
+    @workflow.signal(name=SIGNAL_UPDATE_ADDRESS)
+    async def update_address(self, change: AddressChange | Address) -> None:
+        if isinstance(change, Address):
+            change = AddressChange(address=change)
+        try:
+            self._validate_address_change(change)
+            await self._accept_address(change)
+        except ApplicationError as refused:
+            self._log("address change refused", reason=str(refused))
+
+    @workflow.signal(name=SIGNAL_DISPATCH_FAILED)
+    def dispatch_failed(self, failure: DispatchFailure) -> None:
+        self._dispatch_failure = failure
+        self._log("dispatch failed", reason=failure.reason, attempt=failure.attempt)
+
+    # --- updates: the same requests, with a synchronous answer ---------------------------
+
+    @workflow.update(name=UPDATE_APPROVE)
+    def approve(self, req: ApproveRequest) -> OrderStatus:
+        self._accept_approval(req)
+        return self.status()
+
+    @approve.validator
+    def _validate_approve(self, req: ApproveRequest) -> None:
+        if self._closed or self._stop is not None:
+            raise ApplicationError("order is already closed", type=ERR_ORDER_CLOSED)
+        if self._step_past_review():
+            raise ApplicationError("manual review is already over", type=ERR_REVIEW_OVER)
+
+    @workflow.update(name=UPDATE_CANCEL)
+    async def cancel(self, req: CancelRequest) -> OrderStatus:
+        await self._accept_cancel(req)
+        return self.status()
+
+    @cancel.validator
+    def _validate_cancel(self, req: CancelRequest) -> None:
+        if self._closed or (self._stop is not None and self._cancel is None):
+            raise ApplicationError("order is already closed", type=ERR_ORDER_CLOSED)
+        if self._dispatched:
+            raise ApplicationError("order was already dispatched", type=ERR_ORDER_DISPATCHED)
+
+    @workflow.update(name=UPDATE_ADDRESS)
+    async def change_address(self, change: AddressChange) -> OrderStatus:
+        await self._accept_address(change)
+        return self.status()
+
+    @change_address.validator
+    def _validate_address_change(self, change: AddressChange) -> None:
+        if self._closed or self._stop is not None:
+            raise ApplicationError("order is already closed", type=ERR_ORDER_CLOSED)
+        if self._dispatched:
+            raise ApplicationError("order was already dispatched", type=ERR_ORDER_DISPATCHED)
+        problems = address_problems(change.address.as_dict())
+        if problems:
+            raise ApplicationError(
+                "invalid address", problems, type=ERR_INVALID_ORDER, non_retryable=True
+            )
+
+    # --- query -------------------------------------------------------------------------
+
+    @workflow.query(name=QUERY_STATUS)
+    def status(self) -> OrderStatus:
+        inp = self._require_input()
+        info = workflow.info()
+        return OrderStatus(
+            order_id=inp.order_id,
+            workflow_id=info.workflow_id,
+            state=self._state,
+            step=self._step,
+            address=self._current_address(),
+            payment_id=inp.payment_id,
+            payment_status=self._payment_status,
+            amount_cents=order_amount_cents(inp.items),
+            attempts=dict(self._attempts),
+            errors=list(self._errors),
+            created_at=info.start_time.isoformat(),
+            updated_at=(self._updated_at or info.start_time).isoformat(),
+            deadline_at=self._deadline.isoformat(),
+            review_deadline_at=(
+                self._review_deadline.isoformat() if self._review_deadline else None
+            ),
+            approved=self._approved,
+            approved_by=self._approved_by,
+            cancel_requested=self._cancel is not None,
+            reason=self._reason,
+            shipping_attempts=self._shipping_attempts,
+            tracking_number=self._tracking_number,
+        )
+
+    # --- handlers' shared logic --------------------------------------------------------
+
+    def _accept_approval(self, req: ApproveRequest) -> None:
+        if not self._approved:
+            self._approved = True
+            self._approved_by = req.reviewer
+            self._approved_at = workflow.now()
+            self._log("order approved", reviewer=req.reviewer)
+
+    async def _accept_cancel(self, req: CancelRequest) -> None:
+        if self._cancel is not None:
+            return  # already accepted: cancelling twice is not an error
+        if self._step == Step.SHIP:
+            # The carrier may be dispatching right now; the order row decides.
+            await self._gate(
+                OrderActivities.mark_cancel_requested,
+                CancelMarkInput(
+                    ctx=ActivityContext(order_id=self._require_input().order_id),
+                    reason=req.reason,
+                    requested_by=req.requested_by,
+                ),
+            )
+            if self._cancel is not None:
+                return
+        self._cancel = req
+        if self._stop is None:
+            self._stop = _OrderStopped(OrderState.CANCELLED, req.reason)
+        self._log("cancel accepted", reason=req.reason, by=req.requested_by)
+
+    async def _accept_address(self, change: AddressChange) -> None:
+        inp = self._require_input()
+        # The row is written by ReceiveOrder; an early change waits for it.
+        await workflow.wait_condition(lambda: self._received or self._stop is not None)
+        if self._stop is not None:
+            raise ApplicationError("order is already closed", type=ERR_ORDER_CLOSED)
+        await self._gate(
+            OrderActivities.apply_address_change,
+            AddressChangeInput(
+                ctx=ActivityContext(order_id=inp.order_id),
+                address=change.address,
+                requested_by=change.requested_by,
+            ),
+        )
+        self._address = change.address
+        self._log("address updated", by=change.requested_by)
+
+    async def _gate(self, method: Callable[[Any, Any], Awaitable[Any]], arg: Any) -> None:
+        """Run a row-locking check-and-write; its refusal becomes the caller's answer."""
+        try:
+            await workflow.execute_activity_method(
+                method,
+                arg,
+                start_to_close_timeout=GATE_TIMEOUT,
+                retry_policy=GATE_RETRY,
+            )
+        except ActivityError as err:
+            raise ApplicationError(
+                _failure_message(err),
+                type=_application_type(err) or "RequestFailed",
+                non_retryable=True,
+            ) from None
+
+    # --- small helpers -----------------------------------------------------------------
+
+    def _checkpoint(self) -> None:
+        """Stop between steps once a cancel or the deadline has been accepted.
+
+        Cancelling the business task is not enough on its own: an activity that completes
+        while its cancellation is pending still hands back its result.
+        """
+        if self._stop is not None:
+            raise self._stop
+
+    def _require_input(self) -> OrderInput:
+        assert self._inp is not None, "workflow input not set"
+        return self._inp
+
+    def _current_address(self) -> Address:
+        return self._address or self._require_input().address
+
+    def _step_past_review(self) -> bool:
+        return self._step in (Step.PAY, Step.SHIP) or self._closed
+
+    def _enter(self, step: Step) -> None:
+        self._step = step
+        self._updated_at = workflow.now()
+        # DEBUG: the state change that ends each step is logged at INFO anyway.
+        self._log("step started", level=logging.DEBUG, step=str(step))
+
+    def _set_state(self, state: OrderState) -> None:
+        self._state = state
+        self._updated_at = workflow.now()
+        self._log("state changed", state=str(state))
+
+    def _record_error(self, step: Step, attempt: int, message: str) -> None:
+        self._errors.append(
+            StepError(step=step, attempt=attempt, message=message, at=workflow.now().isoformat())
+        )
+        del self._errors[:-MAX_ERRORS_KEPT]
+
+    def _log(self, message: str, level: int = logging.INFO, **fields: object) -> None:
+        inp = self._inp
+        workflow.logger.log(
+            level,
+            message,
+            extra={"order_id": inp.order_id if inp else None, "step": self._step, **fields},
+        )
+
+
+@workflow.defn(name=SHIPPING_WORKFLOW)
+class ShippingWorkflow:
+    @workflow.run
+    async def run(self, inp: ShippingInput) -> ShippingResult:
+        ctx = ActivityContext(order_id=inp.order_id, fault_profile=inp.fault_profile)
+        try:
+            await workflow.execute_activity_method(
+                ShippingActivities.prepare_package,
+                PrepareInput(ctx=ctx, shipping_attempt=inp.attempt),
+                start_to_close_timeout=PREPARE_TIMEOUT,
+                retry_policy=STEP_RETRY,
+            )
+            out = await workflow.execute_activity_method(
+                ShippingActivities.dispatch_carrier,
+                DispatchInput(ctx=ctx, shipping_attempt=inp.attempt),
+                start_to_close_timeout=DISPATCH_TIMEOUT,
+                retry_policy=STEP_RETRY,
+                # A dispatch in flight must settle before the parent decides what happened.
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            )
+        except ActivityError as err:
+            if is_cancelled_exception(err) or _application_type(err) == ERR_ORDER_CANCELLED:
+                raise ApplicationError(
+                    "order was cancelled before dispatch", type=ERR_ORDER_CANCELLED
+                ) from None
+            reason = _failure_message(err)
+            parent = workflow.info().parent
+            if parent is not None:
+                await workflow.get_external_workflow_handle(
+                    parent.workflow_id, run_id=parent.run_id
+                ).signal(
+                    SIGNAL_DISPATCH_FAILED, DispatchFailure(reason=reason, attempt=inp.attempt)
+                )
+            raise ApplicationError(reason, type=ERR_DISPATCH_FAILED, non_retryable=True) from None
+        return ShippingResult(
+            tracking_number=out.tracking_number,
+            attempt=inp.attempt,
+            dispatched_address=out.address,
+        )

@@ -1,0 +1,197 @@
+"""PostgreSQL: table models (the guide's orders, payments, events), engine and sessions.
+
+Tables are created by Alembic migrations (app/migrations); these models mirror them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Numeric,
+    String,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from app.platform import metrics
+
+if TYPE_CHECKING:
+    from app.platform.settings import Settings
+
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Order(Base):
+    __tablename__ = "orders"
+
+    id: Mapped[str] = mapped_column(String, primary_key=True)
+    state: Mapped[str] = mapped_column(String, nullable=False)
+    address_json: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    created_at: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
+    # Added beyond the guide's schema: what status and the dispatch gate need.
+    step: Mapped[str | None] = mapped_column(String)
+    workflow_id: Mapped[str | None] = mapped_column(String)
+    run_id: Mapped[str | None] = mapped_column(String)
+    payment_id: Mapped[str | None] = mapped_column(String)
+    amount: Mapped[Decimal | None] = mapped_column(Numeric(12, 2))
+    items_json: Mapped[list[dict[str, Any]] | None] = mapped_column(JsonType)
+    reason: Mapped[str | None] = mapped_column(String)
+    deadline_at: Mapped[datetime | None] = mapped_column(DateTime)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    tracking_number: Mapped[str | None] = mapped_column(String)
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    __table_args__ = (Index("ix_orders_state_created", "state", "created_at"),)
+
+
+class Payment(Base):
+    __tablename__ = "payments"
+
+    payment_id: Mapped[str] = mapped_column(String, primary_key=True)
+    order_id: Mapped[str] = mapped_column(String, ForeignKey("orders.id"), nullable=False)
+    status: Mapped[str] = mapped_column(String, nullable=False)
+    amount: Mapped[Decimal | None] = mapped_column(Numeric(12, 2))
+    created_at: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
+    gateway_ref: Mapped[str | None] = mapped_column(String)
+    refunded_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class Event(Base):
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    order_id: Mapped[str] = mapped_column(String, nullable=False)
+    type: Mapped[str] = mapped_column(String, nullable=False)
+    payload_json: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    ts: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
+
+    __table_args__ = (Index("ix_events_order_ts", "order_id", "ts"),)
+
+
+def ssl_context(sslmode: str, ca_file: Path | None = None) -> ssl.SSLContext | bool:
+    """asyncpg's `ssl` argument for a libpq-style sslmode."""
+    if sslmode == "disable":
+        return False
+    if sslmode == "require":  # encrypted, server not verified (like libpq's "require")
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    if sslmode == "verify-full":
+        return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    raise ValueError(f"DATABASE_SSLMODE must be disable, require or verify-full, not {sslmode!r}")
+
+
+def create_engine(
+    url: str,
+    *,
+    pool_size: int = 10,
+    sslmode: str = "disable",
+    ssl_ca: Path | None = None,
+    pre_ping: bool = True,
+    application_name: str = "orders",
+) -> AsyncEngine:
+    """`pre_ping`: test each connection as it leaves the pool. asyncpg's ping is three round
+    trips (BEGIN, an empty query, ROLLBACK), more than a short transaction itself; callers
+    that retry anyway (activities) turn it off and rely on SQLAlchemy invalidating the whole
+    pool on the first disconnect error instead."""
+    connect_args: dict[str, Any] = {
+        # TIMESTAMP columns hold UTC: the code compares them with UTC clocks.
+        "server_settings": {"timezone": "UTC", "application_name": application_name},
+    }
+    # Always explicit: asyncpg's own default is "prefer", which would encrypt "disable" too.
+    connect_args["ssl"] = ssl_context(sslmode, ssl_ca)
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=pre_ping,
+        pool_recycle=1800,
+        connect_args=connect_args,
+    )
+
+
+def engine_from_settings(
+    settings: Settings, *, pool_size: int = 10, pre_ping: bool = True
+) -> AsyncEngine:
+    return create_engine(
+        settings.database_url_plain,
+        pool_size=pool_size,
+        pre_ping=pre_ping,
+        sslmode=settings.database_sslmode,
+        ssl_ca=settings.database_ssl_ca,
+    )
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+# OSError includes TimeoutError (Python 3.11) and connection failures asyncpg raises as is.
+_DATABASE_FAILURES = (SQLAlchemyError, OSError, asyncio.CancelledError)
+
+
+@asynccontextmanager
+async def timed_transaction(
+    sessions: async_sessionmaker[AsyncSession], operation: str
+) -> AsyncIterator[AsyncSession]:
+    """One transaction, measured as a database operation (latency and errors by name).
+
+    Errors count only when they are the database's: driver, connection or pool failures, or
+    the transaction cut off while in flight (timeout/cancel). A business rule or an external
+    call failing inside the block rolls back too, but has its own metric (step errors).
+    """
+    async with _timed(operation), sessions.begin() as session:
+        yield session
+
+
+@asynccontextmanager
+async def timed_statements(
+    sessions: async_sessionmaker[AsyncSession], operation: str
+) -> AsyncIterator[AsyncSession]:
+    """Like `timed_transaction`, for writes that are each one atomic statement: every
+    statement commits on its own, saving the BEGIN and COMMIT round trips."""
+    async with _timed(operation), sessions() as session:
+        await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        yield session
+
+
+@asynccontextmanager
+async def _timed(operation: str) -> AsyncIterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    except _DATABASE_FAILURES as err:
+        metrics.DB_ERRORS.labels(operation=operation, error=type(err).__name__).inc()
+        raise
+    finally:
+        metrics.DB_LATENCY.labels(operation=operation).observe(time.perf_counter() - started)

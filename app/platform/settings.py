@@ -1,0 +1,124 @@
+"""All settings in one place, read from the environment and `.env` (never scattered getenv)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# The provider simulators' databases (created by the embedded stack and by compose).
+GATEWAY_DB = "gateway"
+CARRIER_DB = "carrier"
+
+
+class Settings(BaseSettings):
+    # The project's .env, then one in the working directory (which wins), so the CLI reads
+    # the same settings from any folder.
+    model_config = SettingsConfigDict(
+        env_file=(PROJECT_ROOT / ".env", ".env"), env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # The guide's variables, same names and meaning.
+    database_url: SecretStr = SecretStr("postgresql+asyncpg://app:app@127.0.0.1:5432/app")
+    # The provider simulators' own ledgers, on the same server by default (the app's URL with
+    # database `gateway` / `carrier`). The order system never reads them.
+    gateway_database_url: SecretStr = SecretStr("")
+    carrier_database_url: SecretStr = SecretStr("")
+    temporal_target: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    # How long closed workflow histories are kept (e.g. 7d, 72h); applied by `cli.py start`
+    # with `temporal operator namespace update --retention`. Empty = leave it as it is.
+    temporal_namespace_retention: str = ""
+    order_task_queue: str = "orders-tq"
+    shipping_task_queue: str = "shipping-tq"
+    log_level: str = "INFO"
+    # json (one object per line) or console (readable, for a terminal)
+    log_format: str = "json"
+
+    # Order rules (DESIGN.md); configurable so tests and demos can shorten them.
+    review_timeout_s: float = 30.0
+    order_deadline_s: float = 60.0
+
+    # Failure simulation: seed (1/3 fail, 1/3 hang, 1/3 ok), off, or "fail=0.2,hang=0.1".
+    fault_profile: str = "seed"
+    # When set, fault draws are reproducible per (seed, order, activity, attempt).
+    fault_seed: int | None = None
+    # Whether a start request may choose its own fault profile (dev stack only).
+    allow_fault_injection: bool = False
+
+    # TLS to Temporal (mTLS when cert and key are set); any of these turns TLS on.
+    temporal_tls_ca: Path | None = None
+    temporal_tls_cert: Path | None = None
+    temporal_tls_key: Path | None = None
+    temporal_tls_server_name: str | None = None
+    # TLS to PostgreSQL: disable, require (encrypt), verify-full (encrypt + check CA/host).
+    database_sslmode: str = "disable"
+    database_ssl_ca: Path | None = None
+
+    # OpenTelemetry tracing (off by default); spans to OTLP/HTTP when an endpoint is set.
+    otel_enabled: bool = False
+    otel_exporter_otlp_endpoint: str | None = None
+
+    # Payload encryption (AES-256-GCM): "key-id:base64-32-bytes,..." and/or a file of such
+    # lines; the active key seals new payloads. Empty = payloads stored in plain JSON.
+    payload_keys: SecretStr = SecretStr("")
+    payload_key_file: Path | None = None
+    payload_active_key: str = ""
+    # Browser origins allowed to call the codec endpoint (/codec/decode, /codec/encode),
+    # comma-separated; empty = the origin of TEMPORAL_UI_URL.
+    codec_cors_origins: str = ""
+
+    # API
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    # "name:key:role1+role2,name2:key2:role"; roles: viewer, operator, reviewer, admin
+    api_keys: SecretStr = SecretStr("")
+    temporal_ui_url: str = "http://127.0.0.1:8233"
+
+    # Embedded stack
+    run_dir: Path = Field(default=PROJECT_ROOT / ".run")
+    temporal_port: int = 7233
+    temporal_ui_port: int = 8233
+    postgres_port: int = 5432
+
+    # Worker tuning
+    # Worker /metrics (app + Temporal SDK); 0 = off. Bound to METRICS_HOST.
+    worker_metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+    max_concurrent_activities: int = 200
+    max_concurrent_workflow_tasks: int = 200
+    # Run workflow code in Temporal's sandbox in production workers too. Off by default:
+    # the unit tests run every workflow path in the strict sandbox, and in a worker it
+    # costs a module re-import per workflow run plus an exec per activation.
+    workflow_sandbox: bool = False
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper(cls, v: str) -> str:
+        return v.upper()
+
+    @property
+    def database_url_plain(self) -> str:
+        return self.database_url.get_secret_value()
+
+    @property
+    def gateway_database_url_plain(self) -> str:
+        return self.gateway_database_url.get_secret_value() or self._sibling(GATEWAY_DB)
+
+    @property
+    def carrier_database_url_plain(self) -> str:
+        return self.carrier_database_url.get_secret_value() or self._sibling(CARRIER_DB)
+
+    def _sibling(self, database: str) -> str:
+        """The app's database URL with another database name."""
+        url = make_url(self.database_url_plain).set(database=database)
+        return url.render_as_string(hide_password=False)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

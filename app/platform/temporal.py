@@ -1,0 +1,79 @@
+"""The one way this service connects to Temporal (same options for API, workers and CLI)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from temporalio.client import Client
+from temporalio.converter import DataConverter
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    PrometheusConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
+from temporalio.service import TLSConfig
+
+from app.platform.codec import EncryptionCodec, load_keys
+from app.platform.settings import Settings
+from app.platform.tracing import setup_tracing
+
+
+def data_converter(settings: Settings) -> DataConverter:
+    """Default JSON conversion, encrypted when payload keys are configured."""
+    spec = settings.payload_keys.get_secret_value()
+    if not spec and settings.payload_key_file is None:
+        return DataConverter.default
+    keys = load_keys(spec, settings.payload_key_file)
+    active = settings.payload_active_key or next(iter(keys))
+    return dataclasses.replace(DataConverter.default, payload_codec=EncryptionCodec(keys, active))
+
+
+def runtime_with_core_logs(metrics: PrometheusConfig | None = None) -> Runtime:
+    """A Temporal runtime whose core (Rust) logs go through Python logging.
+
+    By default the core writes its warnings straight to stderr in its own coloured text
+    format, the only non-JSON lines a worker's log would otherwise have.
+    """
+    return Runtime(
+        telemetry=TelemetryConfig(
+            logging=LoggingConfig(
+                # The SDK's default levels.
+                filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+                forwarding=LogForwardingConfig(
+                    logger=logging.getLogger("temporalio.core"), append_target_to_name=False
+                ),
+            ),
+            metrics=metrics,
+        )
+    )
+
+
+def tls_config(settings: Settings) -> TLSConfig | bool:
+    files = (settings.temporal_tls_ca, settings.temporal_tls_cert, settings.temporal_tls_key)
+    if not any(files) and not settings.temporal_tls_server_name:
+        return False
+    ca, cert, key = (f.read_bytes() if f else None for f in files)
+    return TLSConfig(
+        server_root_ca_cert=ca,
+        client_cert=cert,
+        client_private_key=key,
+        domain=settings.temporal_tls_server_name,
+    )
+
+
+async def connect_client(
+    settings: Settings, *, runtime: Runtime | None = None, service: str = "client"
+) -> Client:
+    return await Client.connect(
+        settings.temporal_target,
+        namespace=settings.temporal_namespace,
+        runtime=runtime,
+        data_converter=data_converter(settings),
+        tls=tls_config(settings),
+        # Workers built from this client inherit the interceptors.
+        interceptors=setup_tracing(settings, service),
+    )

@@ -1,0 +1,671 @@
+"""Order operations shared by the REST API and the CLI (one implementation, two front ends).
+
+Errors are `ServiceError` subclasses carrying an HTTP-like status, so the API maps them to
+responses and the CLI to one-line messages, and neither shows a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+import time
+from collections import OrderedDict
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from app.orders.faults import FaultProfile, FaultProfileError
+from app.orders.models import (
+    DEFAULT_ITEMS,
+    ERR_INVALID_ORDER,
+    ERR_ORDER_CANCELLED,
+    ERR_ORDER_CLOSED,
+    ERR_ORDER_DISPATCHED,
+    ERR_REVIEW_OVER,
+    QUERY_STATUS,
+    TERMINAL_STATES,
+    UPDATE_ADDRESS,
+    UPDATE_APPROVE,
+    UPDATE_CANCEL,
+    Address,
+    AddressChange,
+    ApproveRequest,
+    CancelRequest,
+    LineItem,
+    OrderInput,
+    OrderStatus,
+    is_settled,
+    order_workflow_id,
+)
+from app.orders.validation import address_problems, order_id_problem, payment_id_problem
+from app.platform.db import Event, Order, Payment
+from app.platform.settings import Settings
+
+# Bounds on what one order may ask for (the amount must fit orders.amount NUMERIC(12,2)).
+MAX_ITEMS = 50
+MAX_QTY = 1000
+MAX_UNIT_PRICE_CENTS = 10_000_000
+MAX_OVERRIDE_S = 3600.0
+SKU_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+# Closed workflows are answered from the database; a running one from its query.
+_REFUSAL_STATUS = {
+    ERR_ORDER_DISPATCHED: 409,
+    ERR_ORDER_CLOSED: 409,
+    ERR_ORDER_CANCELLED: 409,
+    ERR_REVIEW_OVER: 409,
+    ERR_INVALID_ORDER: 422,
+}
+
+
+CLOSED_CACHE_SIZE = 10_000
+CLOSED_CACHE_TTL_S = 300.0
+MAX_ERRORS_SHOWN = 20
+# The event that records a step's successful attempt; failed ones are STEP_ATTEMPT_FAILED.
+_SUCCESS_EVENT_STEP = {
+    "RECEIVED": "RECEIVE",
+    "VALIDATED": "VALIDATE",
+    "PAYMENT_CHARGED": "PAY",
+    "DISPATCHED": "SHIP",
+}
+_HISTORY_EVENTS = [*_SUCCESS_EVENT_STEP, "STEP_ATTEMPT_FAILED", *TERMINAL_STATES]
+
+
+class ServiceError(Exception):
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, field: str | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.extra = extra
+
+
+class InvalidInput(ServiceError):
+    status = 422
+    code = "invalid_input"
+
+
+class OrderNotFound(ServiceError):
+    status = 404
+    code = "order_not_found"
+
+
+class OrderConflict(ServiceError):
+    status = 409
+    code = "conflict"
+
+
+class Forbidden(ServiceError):
+    status = 403
+    code = "forbidden"
+
+
+class Unavailable(ServiceError):
+    status = 503
+    code = "unavailable"
+
+
+def _iso(dt: datetime | None) -> str | None:
+    if dt is None:
+        return None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).isoformat()
+
+
+def validate_order_id(order_id: str) -> None:
+    problem = order_id_problem(order_id)
+    if problem:
+        raise InvalidInput(f"order_id {problem}", field="order_id")
+
+
+def _line_items(items: list[dict[str, Any]]) -> list[LineItem]:
+    """Line items from plain dicts (the CLI sends what the user typed), checked."""
+    if not 1 <= len(items) <= MAX_ITEMS:
+        raise InvalidInput(f"items must hold 1 to {MAX_ITEMS} entries", field="items")
+    out = []
+    for n, item in enumerate(items):
+        if not isinstance(item, dict) or set(item) != {"sku", "qty", "unit_price_cents"}:
+            raise InvalidInput(
+                f"items[{n}] must have exactly sku, qty and unit_price_cents", field=f"items[{n}]"
+            )
+        sku, qty, price = item["sku"], item["qty"], item["unit_price_cents"]
+        if not isinstance(sku, str) or not SKU_RE.fullmatch(sku):
+            raise InvalidInput(f"items[{n}].sku is invalid", field=f"items[{n}].sku")
+        if not isinstance(qty, int) or isinstance(qty, bool) or not 1 <= qty <= MAX_QTY:
+            raise InvalidInput(
+                f"items[{n}].qty must be a whole number from 1 to {MAX_QTY}",
+                field=f"items[{n}].qty",
+            )
+        if (
+            not isinstance(price, int)
+            or isinstance(price, bool)
+            or not 0 <= price <= MAX_UNIT_PRICE_CENTS
+        ):
+            raise InvalidInput(
+                f"items[{n}].unit_price_cents must be a whole number from 0 to "
+                f"{MAX_UNIT_PRICE_CENTS}",
+                field=f"items[{n}].unit_price_cents",
+            )
+        out.append(LineItem(sku=sku, qty=qty, unit_price_cents=price))
+    return out
+
+
+def validate_address(address: dict[str, Any], prefix: str = "address") -> Address:
+    problems = address_problems(address)
+    if problems:
+        name, problem = next(iter(problems.items()))
+        raise InvalidInput(
+            f"{prefix}.{name} {problem}",
+            field=f"{prefix}.{name}",
+            problems={f"{prefix}.{k}": v for k, v in problems.items()},
+        )
+    return Address(**{k: str(address[k]) for k in ("street", "city", "state", "zip", "country")})
+
+
+class OrderService:
+    def __init__(
+        self,
+        client: Client,
+        sessions: async_sessionmaker[AsyncSession],
+        settings: Settings,
+    ) -> None:
+        self.client = client
+        self.sessions = sessions
+        self.settings = settings
+        # order id -> (expires at, status view) for closed orders; see _remember_closed.
+        self._closed_views: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
+        # order id -> the status lookup in flight for it; see status().
+        self._status_lookups: dict[str, asyncio.Future[dict[str, Any]]] = {}
+
+    # --- commands --------------------------------------------------------------------------
+
+    async def start_order(
+        self,
+        order_id: str,
+        payment_id: str,
+        address: dict[str, Any],
+        *,
+        items: list[dict[str, Any]] | None = None,
+        fault_profile: str | None = None,
+        review_timeout_s: float | None = None,
+        deadline_s: float | None = None,
+    ) -> dict[str, Any]:
+        validate_order_id(order_id)
+        problem = payment_id_problem(payment_id)
+        if problem:
+            raise InvalidInput(f"payment_id {problem}", field="payment_id")
+        addr = validate_address(address)
+        if fault_profile is not None:
+            if not self.settings.allow_fault_injection:
+                raise Forbidden(
+                    "fault injection is disabled on this server (ALLOW_FAULT_INJECTION=false)",
+                    field="fault_profile",
+                )
+            try:
+                FaultProfile.parse(fault_profile)
+            except FaultProfileError as err:
+                raise InvalidInput(str(err), field="fault_profile") from None
+        for name, seconds in (("review_timeout_s", review_timeout_s), ("deadline_s", deadline_s)):
+            if seconds is not None and not 0 < seconds <= MAX_OVERRIDE_S:
+                raise InvalidInput(
+                    f"{name} must be more than 0 and at most {MAX_OVERRIDE_S:g} seconds",
+                    field=name,
+                )
+        line_items = _line_items(items) if items is not None else list(DEFAULT_ITEMS)
+        async with self.sessions() as s:
+            existing = await s.get(Order, order_id)
+            if existing is not None:
+                raise OrderConflict(
+                    f"order {order_id} already exists",
+                    order_id=order_id,
+                    workflow_id=existing.workflow_id,
+                    run_id=existing.run_id,
+                )
+        workflow_id = order_workflow_id(order_id)
+        inp = OrderInput(
+            order_id=order_id,
+            payment_id=payment_id,
+            address=addr,
+            items=line_items,
+            fault_profile=fault_profile,
+            shipping_task_queue=self.settings.shipping_task_queue,
+            review_timeout_s=(
+                review_timeout_s if review_timeout_s is not None else self.settings.review_timeout_s
+            ),
+            deadline_s=deadline_s if deadline_s is not None else self.settings.order_deadline_s,
+        )
+        try:
+            handle: WorkflowHandle[Any, Any] = await self.client.start_workflow(
+                "OrderWorkflow",
+                inp,
+                id=workflow_id,
+                task_queue=self.settings.order_task_queue,
+                # Never a second run for the same order, running or closed.
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                # Backstop only: the workflow enforces its own deadline and compensates.
+                execution_timeout=timedelta(seconds=inp.deadline_s or 60) + timedelta(minutes=5),
+            )
+        except WorkflowAlreadyStartedError as err:
+            raise OrderConflict(
+                f"order {order_id} already exists",
+                order_id=order_id,
+                workflow_id=workflow_id,
+                run_id=err.run_id,
+            ) from None
+        except RPCError as err:
+            raise Unavailable(f"Temporal is unavailable: {err.message}") from None
+        return {
+            "order_id": order_id,
+            "workflow_id": workflow_id,
+            "run_id": handle.result_run_id,
+            "state": "PENDING",
+            "step": "RECEIVE",
+        }
+
+    async def approve(self, order_id: str, reviewer: str, note: str | None = None) -> OrderStatus:
+        return await self._update(order_id, UPDATE_APPROVE, ApproveRequest(reviewer, note))
+
+    async def cancel(
+        self, order_id: str, reason: str = "customer_request", requested_by: str = "api"
+    ) -> OrderStatus:
+        return await self._update(order_id, UPDATE_CANCEL, CancelRequest(reason, requested_by))
+
+    async def update_address(
+        self, order_id: str, address: dict[str, Any], requested_by: str = "api"
+    ) -> OrderStatus:
+        addr = validate_address(address)
+        return await self._update(order_id, UPDATE_ADDRESS, AddressChange(addr, requested_by))
+
+    async def _update(self, order_id: str, update: str, arg: Any) -> OrderStatus:
+        validate_order_id(order_id)
+        handle = self.client.get_workflow_handle(order_workflow_id(order_id))
+        try:
+            view: OrderStatus = await handle.execute_update(update, arg, result_type=OrderStatus)
+            return view
+        except WorkflowUpdateFailedError as err:
+            cause = err.cause
+            if isinstance(cause, ApplicationError):
+                status = _REFUSAL_STATUS.get(cause.type or "", 409)
+                details = cause.details[0] if cause.details else None
+                if status == 422 and isinstance(details, dict) and details:
+                    name = next(iter(details))
+                    raise InvalidInput(
+                        f"address.{name} {details[name]}", field=f"address.{name}"
+                    ) from None
+                raise OrderConflict(cause.message, reason=cause.type) from None
+            raise OrderConflict(str(cause or err)) from None
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                if await self._db_order(order_id) is not None:
+                    raise OrderConflict(f"order {order_id} is already closed") from None
+                raise OrderNotFound(f"order {order_id} not found") from None
+            if err.status == RPCStatusCode.FAILED_PRECONDITION or "completed" in err.message:
+                raise OrderConflict(f"order {order_id} is already closed") from None
+            if await self._closed_in_db(order_id):  # it closed while the request was in flight
+                raise OrderConflict(f"order {order_id} is already closed") from None
+            raise Unavailable(f"Temporal is unavailable: {err.message}") from None
+        except WorkflowUpdateRPCTimeoutOrCancelledError:
+            if await self._closed_in_db(order_id):
+                raise OrderConflict(f"order {order_id} is already closed") from None
+            raise Unavailable("Temporal did not answer the request in time") from None
+
+    async def _closed_in_db(self, order_id: str) -> bool:
+        order = await self._db_order(order_id)
+        return order is not None and order.state in TERMINAL_STATES
+
+    # --- reads -----------------------------------------------------------------------------
+
+    async def _db_order(self, order_id: str) -> Order | None:
+        async with self.sessions() as s:
+            return await s.get(Order, order_id)
+
+    async def status(self, order_id: str) -> dict[str, Any]:
+        """The order's live view: from the workflow while it runs, from the DB once closed."""
+        validate_order_id(order_id)
+        cached = self._closed_views.get(order_id)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        # Concurrent reads of one order share one lookup. Without this, readers that get
+        # ahead of a slow first read all miss the cache for the same order at once.
+        lookup = self._status_lookups.get(order_id)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._lookup_status(order_id))
+            self._status_lookups[order_id] = lookup
+            lookup.add_done_callback(lambda done: self._lookup_done(order_id, done))
+        # Shielded: one caller going away must not cancel the others' lookup.
+        return await asyncio.shield(lookup)
+
+    def _lookup_done(self, order_id: str, done: asyncio.Future[dict[str, Any]]) -> None:
+        self._status_lookups.pop(order_id, None)
+        if not done.cancelled():
+            done.exception()  # retrieved here, so a failure nobody awaited is not logged
+
+    async def _lookup_status(self, order_id: str) -> dict[str, Any]:
+        # Two queries: the order with its payment, then its attempt events.
+        async with self.sessions() as s:
+            row = (
+                await s.execute(
+                    select(Order, Payment)
+                    .outerjoin(
+                        Payment,
+                        (Payment.payment_id == Order.payment_id) & (Payment.order_id == Order.id),
+                    )
+                    .where(Order.id == order_id)
+                )
+            ).first()
+            order, payment = (row[0], row[1]) if row is not None else (None, None)
+            errors, attempts = await self._attempt_history(s, order_id)
+        if order is not None and order.state in TERMINAL_STATES:
+            view = self._status_from_db(order, payment, errors, attempts)
+            self._remember_closed(order_id, view)
+            return view
+        handle = self.client.get_workflow_handle(order_workflow_id(order_id))
+        try:
+            live: OrderStatus = await handle.query(QUERY_STATUS, result_type=OrderStatus)
+            desc = await handle.describe()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                if order is not None:
+                    return self._status_from_db(order, payment, errors, attempts)
+                raise OrderNotFound(f"order {order_id} not found") from None
+            if order is not None:
+                return self._status_from_db(order, payment, errors, attempts)
+            raise Unavailable(f"Temporal is unavailable: {err.message}") from None
+        except WorkflowQueryFailedError as err:
+            raise Unavailable(f"status query failed: {err}") from None
+        view = dataclasses.asdict(live)
+        view["run_id"] = desc.run_id
+        view["workflow_status"] = desc.status.name if desc.status else None
+        # Attempts recorded per attempt in the DB are the most precise; pending ones too.
+        merged = {**view["attempts"], **attempts}
+        pending = []
+        for act in desc.raw_description.pending_activities:
+            merged[_step_of(act.activity_type.name)] = max(
+                merged.get(_step_of(act.activity_type.name), 0), act.attempt
+            )
+            pending.append(
+                {
+                    "activity": act.activity_type.name,
+                    "attempt": act.attempt,
+                    "last_failure": act.last_failure.message or None,
+                }
+            )
+        view["attempts"] = merged
+        view["pending_activities"] = pending
+        view["errors"] = _merge_errors(view["errors"], errors)
+        if order is not None:
+            view["payment_status"] = payment.status if payment else view["payment_status"]
+        view["source"] = "workflow"
+        view["settled"] = is_settled(view)
+        return view
+
+    def _remember_closed(self, order_id: str, view: dict[str, Any]) -> None:
+        """Closed orders no longer change, so their view is cached (status reads of finished
+        orders are the API's hottest path).
+
+        Attempts and errors are final at the close (see _attempt_history); only a refund
+        may still be on its way, so an unsettled view is cached briefly until it lands."""
+        expires = time.monotonic() + (CLOSED_CACHE_TTL_S if view["settled"] else 1.0)
+        self._closed_views[order_id] = (expires, view)
+        self._closed_views.move_to_end(order_id)
+        while len(self._closed_views) > CLOSED_CACHE_SIZE:
+            self._closed_views.popitem(last=False)
+
+    def _status_from_db(
+        self,
+        order: Order,
+        payment: Payment | None,
+        errors: list[dict[str, Any]],
+        attempts: dict[str, int],
+    ) -> dict[str, Any]:
+        payment_status = payment.status if payment else "none"
+        return {
+            "order_id": order.id,
+            "workflow_id": order.workflow_id or order_workflow_id(order.id),
+            "run_id": order.run_id,
+            "state": order.state,
+            "step": order.step,
+            "address": order.address_json,
+            "payment_id": order.payment_id,
+            "payment_status": payment_status,
+            "amount_cents": int(order.amount * 100) if order.amount is not None else None,
+            "attempts": attempts,
+            "errors": errors,
+            "created_at": _iso(order.created_at),
+            "updated_at": _iso(order.updated_at),
+            "closed_at": _iso(order.closed_at),
+            "deadline_at": _iso(order.deadline_at),
+            "reason": order.reason,
+            "tracking_number": order.tracking_number,
+            "cancel_requested": order.cancel_requested,
+            "workflow_status": None,
+            "pending_activities": [],
+            "source": "database",
+            "settled": is_settled({"state": order.state, "payment_status": payment_status}),
+        }
+
+    async def _attempt_history(
+        self, s: AsyncSession, order_id: str
+    ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        """Recent failed attempts (newest first) and the attempt count of every step.
+
+        Once the order is closed, they are what they were at its close: an attempt that
+        records its failure later (a timed-out attempt is cancelled 5 s past its timeout)
+        stays in `events` but no longer changes the view. The workflow's own counts and
+        errors, kept with the terminal event, complete it."""
+        rows = (
+            await s.execute(
+                select(Event.type, Event.payload_json, Event.ts)
+                .where(Event.order_id == order_id, Event.type.in_(_HISTORY_EVENTS))
+                .order_by(Event.id.desc())
+            )
+        ).all()
+        end = next((i for i, row in enumerate(rows) if row[0] in TERMINAL_STATES), None)
+        final: dict[str, Any] = {}
+        if end is not None:
+            final = rows[end][1] or {}
+            rows = rows[end + 1 :]
+        errors: list[dict[str, Any]] = []
+        succeeded: dict[str, int] = {}
+        failed: dict[str, int] = {}
+        for type_, payload, ts in rows:
+            p = payload or {}
+            attempt = p.get("attempt")
+            if type_ == "STEP_ATTEMPT_FAILED":
+                if len(errors) < MAX_ERRORS_SHOWN:
+                    errors.append(
+                        {
+                            "step": p.get("step"),
+                            "attempt": attempt,
+                            "message": p.get("message"),
+                            "kind": p.get("kind"),
+                            "at": _iso(ts),
+                        }
+                    )
+                if isinstance(attempt, int):
+                    failed[p["step"]] = max(failed.get(p["step"], 0), attempt)
+            elif isinstance(attempt, int) and type_ in _SUCCESS_EVENT_STEP:
+                step = _SUCCESS_EVENT_STEP[type_]
+                succeeded[step] = max(succeeded.get(step, 0), attempt)
+        attempts = dict(failed)
+        for step, attempt in succeeded.items():
+            # A step that succeeded after failed attempts succeeded on a later one, even
+            # when the successful attempt only confirmed an earlier attempt's write.
+            attempts[step] = max(attempt, failed.get(step, 0) + 1)
+        for step, attempt in (final.get("attempts") or {}).items():
+            attempts[step] = max(attempts.get(step, 0), attempt)
+        seen = {(e["step"], e["attempt"]) for e in errors}
+        late = [e for e in final.get("errors") or [] if (e["step"], e["attempt"]) not in seen]
+        return _merge_errors(late, errors), attempts
+
+    async def list_orders(
+        self, state: str | None = None, limit: int = 20, offset: int = 0
+    ) -> dict[str, Any]:
+        async with self.sessions() as s:
+            q = select(Order)
+            count_q = select(func.count()).select_from(Order)
+            if state:
+                q = q.where(Order.state == state)
+                count_q = count_q.where(Order.state == state)
+            rows = (
+                await s.execute(
+                    q.order_by(Order.created_at.desc(), Order.id.desc()).limit(limit).offset(offset)
+                )
+            ).scalars()
+            total = (await s.execute(count_q)).scalar_one()
+            items = [
+                {
+                    "order_id": o.id,
+                    "workflow_id": o.workflow_id,
+                    "state": o.state,
+                    "step": o.step,
+                    "payment_id": o.payment_id,
+                    "reason": o.reason,
+                    "created_at": _iso(o.created_at),
+                    "updated_at": _iso(o.updated_at),
+                }
+                for o in rows
+            ]
+        return {"items": items, "total": total, "limit": limit, "offset": offset}
+
+    async def events(self, order_id: str) -> list[dict[str, Any]]:
+        validate_order_id(order_id)
+        async with self.sessions() as s:
+            rows = list(
+                (
+                    await s.execute(
+                        select(Event).where(Event.order_id == order_id).order_by(Event.id)
+                    )
+                ).scalars()
+            )
+            unknown = not rows and await s.get(Order, order_id) is None
+        if unknown and not await self._workflow_exists(order_id):
+            raise OrderNotFound(f"order {order_id} not found")
+        return [
+            {"id": e.id, "type": e.type, "payload": e.payload_json, "ts": _iso(e.ts)} for e in rows
+        ]
+
+    async def _workflow_exists(self, order_id: str) -> bool:
+        """Just started, before ReceiveOrder wrote its row: known to Temporal only."""
+        try:
+            await self.client.get_workflow_handle(order_workflow_id(order_id)).describe()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise Unavailable(f"Temporal is unavailable: {err.message}") from None
+        return True
+
+    async def describe(self, workflow_id: str) -> dict[str, Any]:
+        handle = self.client.get_workflow_handle(workflow_id)
+        try:
+            d = await handle.describe()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise OrderNotFound(f"workflow {workflow_id} not found") from None
+            raise Unavailable(f"Temporal is unavailable: {err.message}") from None
+        raw = d.raw_description
+        return {
+            "workflow_id": d.id,
+            "run_id": d.run_id,
+            "type": d.workflow_type,
+            "status": d.status.name if d.status else None,
+            "task_queue": d.task_queue,
+            "start_time": _iso(d.start_time),
+            "close_time": _iso(d.close_time),
+            "history_length": d.history_length,
+            "pending_activities": [
+                {
+                    "activity": a.activity_type.name,
+                    "state": a.state,
+                    "attempt": a.attempt,
+                    "last_failure": a.last_failure.message or None,
+                }
+                for a in raw.pending_activities
+            ],
+            "pending_children": [
+                {"workflow_id": c.workflow_id, "run_id": c.run_id} for c in raw.pending_children
+            ],
+        }
+
+    async def history(self, workflow_id: str) -> list[dict[str, Any]]:
+        """A readable summary of the workflow's event history."""
+        handle = self.client.get_workflow_handle(workflow_id)
+        out: list[dict[str, Any]] = []
+        try:
+            async for event in handle.fetch_history_events():
+                out.append(
+                    {
+                        "event_id": event.event_id,
+                        "time": _iso(event.event_time.ToDatetime(tzinfo=UTC)),
+                        "type": EventType.Name(event.event_type).removeprefix("EVENT_TYPE_"),
+                        "detail": _event_detail(event),
+                    }
+                )
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise OrderNotFound(f"workflow {workflow_id} not found") from None
+            raise Unavailable(f"Temporal is unavailable: {err.message}") from None
+        return out
+
+    async def is_closed(self, order_id: str) -> bool:
+        handle = self.client.get_workflow_handle(order_workflow_id(order_id))
+        d = await handle.describe()
+        return d.status not in (None, WorkflowExecutionStatus.RUNNING)
+
+
+def _step_of(activity_type: str) -> str:
+    return {
+        "ReceiveOrder": "RECEIVE",
+        "ValidateOrder": "VALIDATE",
+        "ChargePayment": "PAY",
+        "PreparePackage": "SHIP",
+        "DispatchCarrier": "SHIP",
+    }.get(activity_type, activity_type)
+
+
+def _merge_errors(
+    from_workflow: list[dict[str, Any]], from_db: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    merged = [*from_db, *from_workflow]
+    merged.sort(key=lambda e: e.get("at") or "", reverse=True)
+    return merged[:20]
+
+
+def _event_detail(event: Any) -> str | None:
+    """Short, payload-free description: payloads may hold addresses (kept out of summaries)."""
+    for attr, fmt in (
+        ("activity_task_scheduled_event_attributes", lambda a: a.activity_type.name),
+        ("activity_task_failed_event_attributes", lambda a: a.failure.message),
+        ("activity_task_timed_out_event_attributes", lambda a: a.failure.message),
+        ("workflow_execution_signaled_event_attributes", lambda a: a.signal_name),
+        (
+            "workflow_execution_update_accepted_event_attributes",
+            lambda a: a.accepted_request.input.name,
+        ),
+        ("start_child_workflow_execution_initiated_event_attributes", lambda a: a.workflow_id),
+        ("timer_started_event_attributes", lambda a: f"{a.start_to_fire_timeout.ToSeconds()}s"),
+        ("workflow_execution_failed_event_attributes", lambda a: a.failure.message),
+    ):
+        if event.HasField(attr):
+            try:
+                return str(fmt(getattr(event, attr)))
+            except Exception:
+                return None
+    return None

@@ -1,0 +1,144 @@
+"""Bare-Temporal baseline for the benchmark (`app/bench.py`): the order's shape, no business.
+
+`BaselineOrderWorkflow` has the same Temporal shape as `OrderWorkflow` on the happy path:
+two activities (receive, validate), a wait for the `approve_order` signal, one activity
+(charge), then a child workflow on a second task queue with two activities (prepare,
+dispatch): five activities, one signal, one child. The activities do nothing and nothing
+touches a database or an API, so what is left is the cost of Temporal itself (dev server,
+SDK, workers) on this machine.
+
+Run one worker process per task queue, like the order system:
+
+    python -m devstack.bench_baseline --queue orders   --task-queue bench-base-orders
+    python -m devstack.bench_baseline --queue shipping --task-queue bench-base-shipping
+
+The worker prints `baseline worker running` once its pollers run; it stops on SIGTERM/SIGINT.
+Worker options are the order workers' (`app/worker_tuning.py`: MAX_CONCURRENT_ACTIVITIES,
+MAX_CONCURRENT_WORKFLOW_TASKS, WORKFLOW_SANDBOX), so both sides get the same configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from temporalio import activity, workflow
+from temporalio.client import Client
+from temporalio.common import RetryPolicy
+from temporalio.worker import Worker
+
+BASELINE_WORKFLOW = "BaselineOrderWorkflow"
+BASELINE_CHILD_WORKFLOW = "BaselineShippingWorkflow"
+BASELINE_SIGNAL = "approve_order"
+READY_MARKER = "baseline worker running"
+DEFAULT_ORDERS_QUEUE = "bench-baseline-orders"
+DEFAULT_SHIPPING_QUEUE = "bench-baseline-shipping"
+
+# Same start-to-close timeouts and retry policy as the order workflow's steps.
+_TIMEOUT = timedelta(seconds=5)
+_RETRY = RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1))
+
+
+@dataclass
+class BaselineInput:
+    order_id: str
+    shipping_task_queue: str
+
+
+@activity.defn(name="BaselineNoop")
+async def noop(step: str) -> str:
+    """An external call that costs nothing."""
+    return step
+
+
+@workflow.defn(name=BASELINE_CHILD_WORKFLOW)
+class BaselineShippingWorkflow:
+    @workflow.run
+    async def run(self, order_id: str) -> str:
+        await workflow.execute_activity(
+            noop, "prepare", start_to_close_timeout=_TIMEOUT, retry_policy=_RETRY
+        )
+        return await workflow.execute_activity(
+            noop, "dispatch", start_to_close_timeout=_TIMEOUT, retry_policy=_RETRY
+        )
+
+
+@workflow.defn(name=BASELINE_WORKFLOW)
+class BaselineOrderWorkflow:
+    def __init__(self) -> None:
+        self._approved = False
+
+    @workflow.run
+    async def run(self, inp: BaselineInput) -> str:
+        for step in ("receive", "validate"):
+            await workflow.execute_activity(
+                noop, step, start_to_close_timeout=_TIMEOUT, retry_policy=_RETRY
+            )
+        await workflow.wait_condition(lambda: self._approved)
+        await workflow.execute_activity(
+            noop, "charge", start_to_close_timeout=_TIMEOUT, retry_policy=_RETRY
+        )
+        return await workflow.execute_child_workflow(
+            BaselineShippingWorkflow.run,
+            inp.order_id,
+            id=f"{workflow.info().workflow_id}-shipping",
+            task_queue=inp.shipping_task_queue,
+        )
+
+    @workflow.signal(name=BASELINE_SIGNAL)
+    def approve_order(self) -> None:
+        self._approved = True
+
+
+def build_worker(client: Client, queue: str, task_queue: str) -> Worker:
+    """The baseline worker for `queue` ("orders" or "shipping"), tuned like the order workers."""
+    from app.platform.settings import get_settings
+    from app.platform.worker_tuning import worker_tuning
+
+    settings = get_settings()
+    workflows: list[type] = [
+        BaselineOrderWorkflow if queue == "orders" else BaselineShippingWorkflow
+    ]
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=workflows,
+        activities=[noop],
+        graceful_shutdown_timeout=timedelta(seconds=5),
+        **worker_tuning(settings),
+    )
+
+
+async def serve(target: str, namespace: str, queue: str, task_queue: str) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    client = await Client.connect(target, namespace=namespace)
+    async with build_worker(client, queue, task_queue):
+        sys.stdout.write(f"{READY_MARKER}: {queue} on {task_queue}\n")
+        sys.stdout.flush()
+        await stop.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from app.platform.settings import get_settings
+
+    settings = get_settings()
+    parser = argparse.ArgumentParser(description="Run a bare-Temporal baseline worker.")
+    parser.add_argument("--queue", choices=("orders", "shipping"), required=True)
+    parser.add_argument("--task-queue", help="task queue name (default bench-baseline-<queue>)")
+    parser.add_argument("--target", default=settings.temporal_target, help="Temporal host:port")
+    parser.add_argument("--namespace", default=settings.temporal_namespace)
+    args = parser.parse_args(argv)
+    default = DEFAULT_ORDERS_QUEUE if args.queue == "orders" else DEFAULT_SHIPPING_QUEUE
+    asyncio.run(serve(args.target, args.namespace, args.queue, args.task_queue or default))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,466 @@
+"""What the embedded stack is made of, and how `cli.py start|stop|ps` drive it.
+
+`devstack.stack` knows how to run one process; this module decides which ones, with which
+command line, environment and readiness check:
+
+    postgres         embedded PostgreSQL                    POSTGRES_PORT (5432)
+    temporal         Temporal dev server + Web UI           TEMPORAL_PORT (7233), TEMPORAL_UI_PORT (8233)
+    (migrations)     alembic upgrade head, in this process
+    worker-orders    python -m app.worker --queue orders    metrics WORKER_METRICS_PORT (9101)
+    worker-shipping  python -m app.worker --queue shipping  metrics WORKER_METRICS_PORT + 1
+    app              python -m app.api                      API_PORT (8000), ready = GET /health 200
+
+It also wraps `docker compose` for the production-shaped stack (`--compose`).
+"""
+
+from __future__ import annotations
+
+import compileall
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import SecretStr
+
+import app
+from app.platform.settings import PROJECT_ROOT, Settings
+from devstack import stack
+from devstack.stack import POSTGRES, TEMPORAL, StackConfig, StackError
+
+WORKER_ORDERS = "worker-orders"
+WORKER_SHIPPING = "worker-shipping"
+API = "app"
+APP_SERVICES: tuple[str, ...] = (WORKER_ORDERS, WORKER_SHIPPING, API)
+ALL_SERVICES: tuple[str, ...] = (POSTGRES, TEMPORAL, *APP_SERVICES)
+# `cli.py logs --service X` reads these logs.
+LOG_GROUPS: dict[str, tuple[str, ...]] = {
+    "app": (API,),
+    "worker": (WORKER_ORDERS, WORKER_SHIPPING),
+    WORKER_ORDERS: (WORKER_ORDERS,),
+    WORKER_SHIPPING: (WORKER_SHIPPING,),
+    "temporal": (TEMPORAL,),
+    "postgres": (POSTGRES,),
+}
+DEFAULT_WORKER_METRICS_PORT = 9101
+# The worker logs this once its pollers run (app/worker.py).
+WORKER_READY_MARKER = b"worker running"
+COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class AppService:
+    """One supervised application process of the embedded stack."""
+
+    name: str
+    argv: list[str]
+    port: int
+    port_setting: str
+    address: str
+    # Either a line the process logs once it serves, or a URL that answers 200 when ready.
+    ready_marker: bytes | None = None
+    health_url: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings and addresses
+# ---------------------------------------------------------------------------------------------
+
+
+# When 5432 is taken and POSTGRES_PORT is not set, `start` picks another port and keeps it
+# here, so every later command (and every process it starts) uses the same one.
+PORT_FILE = "postgres.port"
+
+
+def stack_config(settings: Settings) -> StackConfig:
+    cfg = StackConfig.from_settings(settings)
+    saved = cfg.run_dir / PORT_FILE
+    if "postgres_port" not in settings.model_fields_set and saved.is_file():
+        cfg.postgres_port = int(saved.read_text().strip())
+    return cfg
+
+
+def _move_postgres_if_taken(settings: Settings, cfg: StackConfig) -> str | None:
+    """DESIGN: if 5432 is taken, use another port, say so plainly, and use it everywhere."""
+    if "postgres_port" in settings.model_fields_set or stack.process_status(cfg, POSTGRES).running:
+        return None
+    owner = stack.port_in_use(cfg.host, cfg.postgres_port)
+    if owner is None:
+        return None
+    for port in range(cfg.postgres_port + 1, cfg.postgres_port + 50):
+        if stack.port_in_use(cfg.host, port) is None:
+            taken = cfg.postgres_port
+            cfg.postgres_port = port
+            cfg.run_dir.mkdir(parents=True, exist_ok=True)
+            (cfg.run_dir / PORT_FILE).write_text(f"{port}\n")
+            return (
+                f"postgres: port {taken} is in use by another program ({owner}); using "
+                f"{port} instead (kept in {cfg.run_dir / PORT_FILE}; DATABASE_URL follows it)"
+            )
+    return None
+
+
+def client_settings(settings: Settings) -> Settings:
+    """The settings to talk to the stack with.
+
+    Addresses not set explicitly (env or .env) follow the embedded stack's ports, so
+    POSTGRES_PORT/TEMPORAL_PORT alone move everything. Pointed at the embedded stack, fault
+    injection follows its dev policy (on) unless ALLOW_FAULT_INJECTION is set.
+    """
+    cfg = stack_config(settings)
+    explicit = settings.model_fields_set
+    update: dict[str, object] = {}
+    if "database_url" not in explicit:
+        update["database_url"] = SecretStr(stack.database_url(cfg))
+    if "temporal_target" not in explicit:
+        update["temporal_target"] = stack.temporal_target(cfg)
+    ui = stack.temporal_ui_url(cfg)
+    if "temporal_ui_url" not in explicit and ui:
+        update["temporal_ui_url"] = ui
+    target = update.get("temporal_target", settings.temporal_target)
+    if "allow_fault_injection" not in explicit and target == stack.temporal_target(cfg):
+        update["allow_fault_injection"] = True
+    return settings.model_copy(update=update)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Every setting as an environment variable, so a child sees exactly what we see
+    (whatever its working directory and whichever .env it would read)."""
+    env: dict[str, str] = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        env[name.upper()] = str(value)
+    return env
+
+
+def process_env(settings: Settings, cfg: StackConfig) -> dict[str, str]:
+    """Environment of the embedded stack's app processes: always the embedded addresses."""
+    env = settings_env(client_settings(settings))
+    env["DATABASE_URL"] = stack.database_url(cfg)
+    env["TEMPORAL_TARGET"] = stack.temporal_target(cfg)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def worker_metrics_ports(settings: Settings) -> tuple[int, int]:
+    base = settings.worker_metrics_port or DEFAULT_WORKER_METRICS_PORT
+    return base, base + 1
+
+
+def api_url(settings: Settings) -> str:
+    # A wildcard bind is reached through loopback.
+    host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "::", "") else settings.api_host
+    return f"http://{host}:{settings.api_port}"
+
+
+def app_services(settings: Settings) -> list[AppService]:
+    py = sys.executable
+    orders_port, shipping_port = worker_metrics_ports(settings)
+    url = api_url(settings)
+    return [
+        AppService(
+            WORKER_ORDERS,
+            [py, "-m", "app.worker", "--queue", "orders", "--metrics-port", str(orders_port)],
+            orders_port,
+            "WORKER_METRICS_PORT",
+            f"{settings.order_task_queue}, metrics http://127.0.0.1:{orders_port}/metrics",
+            ready_marker=WORKER_READY_MARKER,
+        ),
+        AppService(
+            WORKER_SHIPPING,
+            [py, "-m", "app.worker", "--queue", "shipping", "--metrics-port", str(shipping_port)],
+            shipping_port,
+            "WORKER_METRICS_PORT",
+            f"{settings.shipping_task_queue}, metrics http://127.0.0.1:{shipping_port}/metrics",
+            ready_marker=WORKER_READY_MARKER,
+        ),
+        AppService(
+            API,
+            [py, "-m", "app.api"],
+            settings.api_port,
+            "API_PORT",
+            url,
+            health_url=f"{url}/health",
+        ),
+    ]
+
+
+def endpoints(settings: Settings) -> list[tuple[str, str]]:
+    """What a person connects to, for the start banner and quick-start."""
+    cfg = stack_config(settings)
+    url = api_url(settings)
+    rows = [("API", url), ("API docs", f"{url}/docs")]
+    ui = stack.temporal_ui_url(cfg)
+    if ui:
+        rows.append(("Temporal UI", ui))
+    rows += [
+        ("Temporal gRPC", stack.temporal_target(cfg)),
+        (
+            "PostgreSQL",
+            f"{cfg.host}:{cfg.postgres_port} (user {cfg.pg_user}, password {cfg.pg_password}, "
+            f"db {cfg.pg_db})",
+        ),
+        ("Logs", str(cfg.logs_dir)),
+    ]
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Readiness
+# ---------------------------------------------------------------------------------------------
+
+
+def _log_marker_check(path: Path, marker: bytes) -> Callable[[], bool]:
+    """True once `marker` is logged after now (the log is appended to across runs)."""
+    try:
+        offset = path.stat().st_size
+    except FileNotFoundError:
+        offset = 0
+
+    def check() -> bool:
+        try:
+            with path.open("rb") as fh:
+                size = fh.seek(0, 2)
+                fh.seek(offset if size >= offset else 0)  # smaller: the log was rotated
+                return marker in fh.read()
+        except FileNotFoundError:
+            return False
+
+    return check
+
+
+def _health_check(url: str) -> Callable[[], bool]:
+    import httpx  # only `start` needs it; keeps `ps`, `stop` and --help quick
+
+    def check() -> bool:
+        try:
+            return httpx.get(url, timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    return check
+
+
+def _ready_check(cfg: StackConfig, svc: AppService) -> Callable[[], bool] | None:
+    if svc.health_url:
+        return _health_check(svc.health_url)
+    if svc.ready_marker:
+        return _log_marker_check(cfg.log_path(svc.name), svc.ready_marker)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Start / stop / status of the embedded stack
+# ---------------------------------------------------------------------------------------------
+
+
+def _parallel(calls: Sequence[Callable[[], T]]) -> list[T]:
+    """Run independent start/stop calls together; raise the first failure once all ended."""
+    with ThreadPoolExecutor(max_workers=max(1, len(calls))) as pool:
+        futures = [pool.submit(call) for call in calls]
+    results: list[T] = []
+    for future in futures:
+        err = future.exception()
+        if err is not None:
+            raise err
+        results.append(future.result())
+    return results
+
+
+def _check_ports(cfg: StackConfig, services: list[AppService]) -> None:
+    """Refuse before starting anything when a port we still need is taken."""
+    wanted: list[tuple[int, str, str]] = []
+    if not stack.process_status(cfg, POSTGRES).running:
+        wanted.append((cfg.postgres_port, "PostgreSQL", "POSTGRES_PORT"))
+    if not stack.process_status(cfg, TEMPORAL).running:
+        wanted.append((cfg.temporal_port, "Temporal (gRPC)", "TEMPORAL_PORT"))
+        if not cfg.headless:
+            wanted.append((cfg.temporal_ui_port, "Temporal Web UI", "TEMPORAL_UI_PORT"))
+        wanted.append((cfg.metrics_port, "Temporal metrics", "TEMPORAL_PORT (+2000)"))
+    for svc in services:
+        if not stack.process_status(cfg, svc.name).running:
+            wanted.append((svc.port, svc.name, svc.port_setting))
+    for port, what, setting in wanted:
+        owner = stack.port_in_use(cfg.host, port)
+        if owner is not None:
+            raise StackError(
+                f"port {port} is in use by another program ({owner}); {what} cannot start "
+                f"on {cfg.host}:{port} - stop that program or set {setting} to a free port"
+            )
+
+
+def _migrate(cfg: StackConfig) -> str:
+    from app.platform.migrate import upgrade
+
+    started = time.monotonic()
+    try:
+        upgrade(stack.database_url(cfg))
+    except Exception as err:
+        raise StackError(f"database migrations failed: {_first_line(str(err))}") from err
+    return f"migrations: database schema up to date in {time.monotonic() - started:.1f}s"
+
+
+def is_running(settings: Settings) -> bool:
+    cfg = stack_config(settings)
+    return all(stack.process_status(cfg, name).running for name in ALL_SERVICES)
+
+
+def start_stack(settings: Settings, report: Callable[[str], None], timeout: float = 90.0) -> None:
+    """Start whatever is not running yet: infra, migrations, then the app processes."""
+    cfg = stack_config(settings)
+    moved = _move_postgres_if_taken(settings, cfg)
+    if moved:
+        report(moved)
+    services = app_services(settings)
+    _check_ports(cfg, services)
+    # PostgreSQL and Temporal (SQLite) do not depend on each other.
+    infra = [
+        partial(stack.start_postgres, cfg, timeout),
+        partial(stack.start_temporal, cfg, timeout),
+    ]
+    for message in _parallel(infra):
+        report(message)
+    report(_migrate(cfg))
+    if settings.temporal_namespace_retention:
+        from devstack.backup import apply_retention
+
+        report(apply_retention(settings, settings.temporal_namespace_retention))
+    # The workflow sandbox re-imports the workflow modules for every run; without bytecode
+    # (PYTHONDONTWRITEBYTECODE is common) it compiles them from source each time.
+    compileall.compile_dir(str(Path(app.__file__).resolve().parent), quiet=1)
+    calls = [partial(start_app_service, settings, svc.name, timeout) for svc in services]
+    for message in _parallel(calls):
+        report(message)
+
+
+def start_app_service(settings: Settings, name: str, timeout: float = 90.0) -> str:
+    """Start one application process exactly as `start` does (no-op while it runs).
+
+    One recipe for first start and for restarting a single process (`cli.py chaos` kills
+    workers and brings them back through here), so a restarted process is the same process.
+    """
+    cfg = stack_config(settings)
+    svc = next((s for s in app_services(settings) if s.name == name), None)
+    if svc is None:
+        raise StackError(f"unknown application service {name!r}; one of {', '.join(APP_SERVICES)}")
+    return stack.start_process(
+        cfg,
+        svc.name,
+        svc.argv,
+        env=process_env(settings, cfg),
+        ready=_ready_check(cfg, svc),
+        timeout=timeout,
+        cwd=PROJECT_ROOT,
+        port=svc.port,
+        port_setting=svc.port_setting,
+    )
+
+
+def stop_stack(settings: Settings, timeout: float = 15.0) -> list[str]:
+    """Stop the app processes together (each drains its in-flight work), then Temporal,
+    then PostgreSQL."""
+    cfg = stack_config(settings)
+    others = [n for n in stack.known_services(cfg) if n not in stack.INFRA_SERVICES]
+    messages = _parallel([partial(stack.stop_process, cfg, name, timeout) for name in others])
+    messages += stack.stop_all(cfg, [TEMPORAL, POSTGRES])
+    return messages
+
+
+@dataclass
+class Row:
+    service: str
+    state: str
+    pid: int | None
+    address: str
+    log: str
+
+
+def stack_status(settings: Settings) -> list[Row]:
+    cfg = stack_config(settings)
+    addresses = {svc.name: svc.address for svc in app_services(settings)}
+    ui = stack.temporal_ui_url(cfg)
+    rows: list[Row] = []
+    names = list(dict.fromkeys([*ALL_SERVICES, *stack.known_services(cfg)]))
+    for name in names:
+        st = stack.process_status(cfg, name)
+        address = st.address or addresses.get(name, "")
+        if name == TEMPORAL and ui:
+            address += f", UI {ui}"
+        rows.append(
+            Row(name, "running" if st.running else "stopped", st.pid, address, str(st.log_path))
+        )
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# docker compose
+# ---------------------------------------------------------------------------------------------
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "no output")
+
+
+def compose_command() -> list[str]:
+    """`docker compose` (or `docker-compose`) for this project's compose file, after checking
+    the Docker engine answers."""
+    docker = shutil.which("docker")
+    legacy = shutil.which("docker-compose")
+    if docker is None and legacy is None:
+        raise StackError(
+            "Docker is not installed (no `docker` on PATH); "
+            "run without --compose to use the embedded stack"
+        )
+    if docker is not None:
+        try:
+            info = subprocess.run(
+                [docker, "info", "--format", "{{.ServerVersion}}"],
+                capture_output=True,
+                text=True,
+                timeout=15,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise StackError(f"the Docker engine is not available ({err})") from err
+        if info.returncode != 0:
+            raise StackError(
+                f"the Docker engine is not available ({_first_line(info.stderr + info.stdout)}); "
+                "start Docker, or run without --compose to use the embedded stack"
+            )
+        plugin = subprocess.run(
+            [docker, "compose", "version"], capture_output=True, text=True, check=False
+        )
+        if plugin.returncode == 0:
+            return [docker, "compose", "-f", str(COMPOSE_FILE)]
+    if legacy is not None:
+        return [legacy, "-f", str(COMPOSE_FILE)]
+    raise StackError(
+        "Docker Compose is not installed (neither `docker compose` nor `docker-compose`); "
+        "run without --compose to use the embedded stack"
+    )
+
+
+def compose(args: Sequence[str], *, capture: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run `docker compose ARGS` in the project folder (output streamed unless captured)."""
+    cmd = [*compose_command(), *args]
+    result = subprocess.run(cmd, cwd=PROJECT_ROOT, text=True, capture_output=capture, check=False)
+    if result.returncode != 0:
+        detail = f": {_first_line(result.stderr)}" if capture and result.stderr else ""
+        raise StackError(
+            f"docker compose {' '.join(args)} failed with exit code {result.returncode}{detail}"
+        )
+    return result
