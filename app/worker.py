@@ -32,7 +32,7 @@ from app.orders.workflows import OrderWorkflow, ShippingWorkflow
 from app.platform.db import engine_from_settings, session_factory
 from app.platform.logging_setup import configure_logging
 from app.platform.settings import Settings, get_settings
-from app.platform.temporal import connect_client, runtime_with_core_logs
+from app.platform.temporal import connect_with_retry, runtime_with_core_logs
 from app.platform.worker_tuning import worker_tuning
 
 log = logging.getLogger("app.worker")
@@ -51,22 +51,6 @@ async def wait_for_database(engine: AsyncEngine, timeout: float = 60.0) -> None:
             if asyncio.get_running_loop().time() > deadline:
                 raise RuntimeError(f"database not reachable after {timeout:.0f}s: {err}") from err
             log.info("waiting for database", extra={"error": type(err).__name__})
-            await asyncio.sleep(1.0)
-
-
-async def wait_for_temporal(
-    settings: Settings, runtime: Runtime | None, timeout: float = 60.0
-) -> Client:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            return await connect_client(settings, runtime=runtime, service="worker")
-        except Exception as err:
-            if asyncio.get_running_loop().time() > deadline:
-                raise RuntimeError(
-                    f"Temporal not reachable at {settings.temporal_target} after {timeout:.0f}s"
-                ) from err
-            log.info("waiting for Temporal", extra={"target": settings.temporal_target})
             await asyncio.sleep(1.0)
 
 
@@ -168,7 +152,7 @@ async def run(queue: str, settings: Settings, metrics_port: int) -> None:
     engine = engine_from_settings(settings, pool_size=20, pre_ping=False)
     try:
         await wait_for_database(engine)
-        client = await wait_for_temporal(settings, runtime)
+        client = await connect_with_retry(settings, timeout=60.0, runtime=runtime, service="worker")
         async with AsyncExitStack() as stack:
             providers = await stack.enter_async_context(
                 open_simulators(settings, fault_injector(settings))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 
@@ -20,6 +21,8 @@ from temporalio.service import TLSConfig
 from app.platform.codec import EncryptionCodec, load_keys
 from app.platform.settings import Settings
 from app.platform.tracing import setup_tracing
+
+log = logging.getLogger("app.temporal")
 
 
 def data_converter(settings: Settings) -> DataConverter:
@@ -77,3 +80,32 @@ async def connect_client(
         # Workers built from this client inherit the interceptors.
         interceptors=setup_tracing(settings, service),
     )
+
+
+async def connect_with_retry(
+    settings: Settings,
+    *,
+    timeout: float,
+    runtime: Runtime | None = None,
+    service: str = "client",
+) -> Client:
+    """`connect_client`, retried with backoff for up to `timeout` seconds: a process may
+    start before Temporal does (compose, the embedded stack, a restart)."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + timeout
+    delay = 0.5
+    while True:
+        try:
+            return await connect_client(settings, runtime=runtime, service=service)
+        except Exception as err:
+            if loop.time() + delay > give_up:
+                raise RuntimeError(
+                    f"Temporal not reachable at {settings.temporal_target} after "
+                    f"{timeout:.0f}s: {err}"
+                ) from None
+            log.warning(
+                "Temporal not reachable yet, retrying",
+                extra={"target": settings.temporal_target, "error": str(err), "service": service},
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)

@@ -23,8 +23,9 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from app.api.app import MAX_BODY_BYTES, create_app, startup_problem
+from app.api.app import create_app, startup_problem
 from app.api.auth import ApiKeyConfigError
+from app.api.middleware import MAX_BODY_BYTES
 from app.platform.settings import PROJECT_ROOT, Settings
 from tests.conftest import ADDRESS, Running, eventually
 from tests.ports import free_port

@@ -39,6 +39,7 @@ from temporalio.api.common.v1 import Payload
 from temporalio.converter import PayloadCodec
 
 from app.api.deps import Operator, Viewer, error_responses
+from app.api.errors import error_response
 from app.api.schemas import ErrorResponse
 from app.platform.codec import CodecConfigError
 from app.platform.settings import Settings
@@ -122,17 +123,13 @@ def _answer(payloads: Sequence[Payload]) -> JSONResponse:
     return JSONResponse({"payloads": [json_format.MessageToDict(p) for p in payloads]})
 
 
-def _error(status: int, code: str, message: str, field: str | None) -> JSONResponse:
-    from app.api.app import error_body  # the API's one error shape (imported late: no cycle)
-
-    return JSONResponse(error_body(code, message, field), status)
-
-
 async def _convert(request: Request, body: PayloadsJson, decode: bool) -> JSONResponse:
     try:
         payloads = _parse(body)
     except _InvalidPayload as err:
-        return _error(422, "invalid_input", f"{err.field} is not a valid payload", err.field)
+        return error_response(
+            422, "invalid_input", f"{err.field} is not a valid payload", err.field
+        )
     codec = _codec(request)
     if codec is None:
         return _answer(payloads)
@@ -141,7 +138,9 @@ async def _convert(request: Request, body: PayloadsJson, decode: bool) -> JSONRe
     except (CodecConfigError, InvalidTag, DecodeError, ValueError) as err:
         # Which payload and why stays vague on purpose: no oracle for crafted ciphertext.
         reason = str(err) if isinstance(err, CodecConfigError) else "authentication failed"
-        return _error(400, "undecodable_payload", f"a payload cannot be decoded: {reason}", None)
+        return error_response(
+            400, "undecodable_payload", f"a payload cannot be decoded: {reason}", None
+        )
     return _answer(out)
 
 

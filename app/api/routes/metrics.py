@@ -12,17 +12,13 @@ dev stack) every endpoint is open anyway.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from fastapi import APIRouter, Request, Response
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
 
 from app.api.deps import Viewer, error_responses
+from app.api.middleware import RequestInfo
 from app.platform import metrics
-
-if TYPE_CHECKING:
-    from app.api.app import RequestInfo
 
 router = APIRouter(tags=["metrics"])
 
@@ -32,7 +28,7 @@ UNMATCHED_ROUTE = "unmatched"
 
 
 def observe_request(info: RequestInfo) -> None:
-    """Request observer (app/api.py): one latency sample per request."""
+    """Request observer (app/api/middleware.py): one latency sample per request."""
     metrics.API_REQUEST_SECONDS.labels(
         route=info.route or UNMATCHED_ROUTE, method=info.method, status=str(info.status)
     ).observe(info.duration_s)
