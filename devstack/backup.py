@@ -28,10 +28,8 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import shutil
 import sqlite3
-import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,16 +39,15 @@ from app.platform.settings import Settings
 from devstack import services as stack_services
 from devstack import stack
 from devstack.stack import POSTGRES, StackConfig
+from devstack.tools import ToolError, run_tool
 
 MANIFEST = "manifest.json"
 DB_DUMP = "app.dump"
 TEMPORAL_FILE = "temporal.db"
 FORMAT = 1
-_RETENTION_RE = re.compile(r"^\s*(\d+)\s*([dhm])\s*$")
-_UNIT_HOURS = {"d": 24.0, "h": 1.0, "m": 1 / 60}
 
 
-class BackupError(Exception):
+class BackupError(ToolError):
     """A backup or restore that cannot be done, in one line."""
 
 
@@ -75,24 +72,6 @@ def _pg_env(cfg: StackConfig) -> dict[str, str]:
 
 def _pg_conn_args(cfg: StackConfig) -> list[str]:
     return ["-h", cfg.host, "-p", str(cfg.postgres_port), "-U", cfg.pg_user, "-d", cfg.pg_db]
-
-
-def _run(argv: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
-    try:
-        result = subprocess.run(
-            argv, env=env, capture_output=True, text=True, timeout=timeout, check=False
-        )
-    except subprocess.TimeoutExpired:
-        raise BackupError(f"{Path(argv[0]).name} timed out after {timeout:.0f}s") from None
-    except OSError as err:
-        raise BackupError(f"cannot run {Path(argv[0]).name}: {err}") from None
-    if result.returncode != 0:
-        lines = [ln for ln in (result.stderr or result.stdout).splitlines() if ln.strip()]
-        raise BackupError(
-            f"{Path(argv[0]).name} failed (exit {result.returncode}): "
-            + (lines[0].strip() if lines else "no output")
-        )
-    return result
 
 
 _TABLES = ("orders", "payments", "events")
@@ -312,7 +291,7 @@ def restore(settings: Settings, folder: Path, *, force: bool = False) -> list[st
                 "fresh RUN_DIR, or pass --force to replace them"
             )
         began = time.monotonic()
-        _run(
+        run_tool(
             [
                 str(stack.postgres_bin_dir() / "pg_restore"),
                 *_pg_conn_args(cfg),
@@ -359,69 +338,3 @@ def _put_temporal_db(cfg: StackConfig, source: Path, *, replace: bool) -> str:
     shutil.copyfile(source, tmp)
     tmp.replace(cfg.temporal_db)
     return f"temporal: state restored to {cfg.temporal_db}{note}"
-
-
-# ---------------------------------------------------------------------------------------
-# Retention
-# ---------------------------------------------------------------------------------------
-
-
-def retention_hours(value: str) -> int:
-    """`30d`, `72h` or `90m` as whole hours (what `temporal ... --retention` is given)."""
-    match = _RETENTION_RE.match(value)
-    if not match:
-        raise BackupError(f"retention {value!r} must look like 30d, 72h or 1440m")
-    hours = int(match.group(1)) * _UNIT_HOURS[match.group(2)]
-    if hours < 24 or hours != int(hours):
-        # The server refuses less than a day (namespace.minRetention).
-        raise BackupError(f"retention {value!r} must be a whole number of hours, at least 1 day")
-    return int(hours)
-
-
-def _temporal_cli(settings: Settings, *args: str) -> str:
-    target = stack_services.client_settings(settings)
-    argv = [
-        str(stack.temporal_binary()),
-        *args,
-        "--address",
-        target.temporal_target,
-        "--namespace",
-        target.temporal_namespace,
-    ]
-    for flag, path in (
-        ("--tls-ca-path", target.temporal_tls_ca),
-        ("--tls-cert-path", target.temporal_tls_cert),
-        ("--tls-key-path", target.temporal_tls_key),
-    ):
-        if path is not None:
-            argv += [flag, str(path)]
-    if target.temporal_tls_server_name:
-        argv += ["--tls-server-name", target.temporal_tls_server_name]
-    # The CLI also reads TEMPORAL_* variables (some are ours, with other meanings).
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TEMPORAL_")}
-    try:
-        return _run(argv, env, timeout=30).stdout
-    except BackupError as err:
-        raise BackupError(f"temporal {' '.join(args[:3])}: {err}") from None
-
-
-def apply_retention(settings: Settings, value: str) -> str:
-    """Set how long the namespace keeps closed workflow histories."""
-    hours = retention_hours(value)
-    _temporal_cli(settings, "operator", "namespace", "update", "--retention", f"{hours}h")
-    namespace = stack_services.client_settings(settings).temporal_namespace
-    return f"retention: namespace {namespace} keeps closed workflows for {value.strip()} ({hours}h)"
-
-
-def current_retention(settings: Settings) -> str:
-    """The namespace's retention as the server reports it (e.g. `24h0m0s`)."""
-    text = _temporal_cli(settings, "operator", "namespace", "describe", "-o", "json")
-    try:
-        data = json.loads(text)
-        ttl = data["config"]["workflowExecutionRetentionTtl"]
-    except (ValueError, KeyError, TypeError):
-        raise BackupError(
-            "could not read the retention from `temporal operator namespace describe`"
-        ) from None
-    seconds = float(str(ttl).rstrip("s"))
-    return f"{seconds / 86400:g}d" if seconds % 86400 == 0 else f"{seconds / 3600:g}h"

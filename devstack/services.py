@@ -336,9 +336,10 @@ def start_stack(settings: Settings, report: Callable[[str], None], timeout: floa
         report(message)
     report(_migrate(cfg))
     if settings.temporal_namespace_retention:
-        from devstack.backup import apply_retention
+        from devstack.retention import apply_retention
 
-        report(apply_retention(settings, settings.temporal_namespace_retention))
+        retention = settings.temporal_namespace_retention
+        report(apply_retention(client_settings(settings), retention))
     # The workflow sandbox re-imports the workflow modules for every run; without bytecode
     # (PYTHONDONTWRITEBYTECODE is common) it compiles them from source each time.
     compileall.compile_dir(str(Path(app.__file__).resolve().parent), quiet=1)

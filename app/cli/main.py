@@ -1157,13 +1157,15 @@ def retention(
 ) -> None:
     """Show or set how long Temporal keeps closed workflow histories (the namespace's
     retention; TEMPORAL_NAMESPACE_RETENTION applies it at every `start`)."""
-    from devstack.backup import BackupError, apply_retention, current_retention
+    from devstack.retention import apply_retention, current_retention
+    from devstack.tools import ToolError
 
+    target = stack_services.client_settings(_settings())
     try:
         if value is not None:
-            say(apply_retention(_settings(), value), "bold green")
-        say(f"retention: {current_retention(_settings())}")
-    except BackupError as exc:
+            say(apply_retention(target, value), "bold green")
+        say(f"retention: {current_retention(target)}")
+    except ToolError as exc:
         raise CliError(str(exc)) from None
 
 
