@@ -30,7 +30,7 @@ def ensure_project_python() -> None:
 if __name__ == "__main__":
     ensure_project_python()
     try:
-        from app.cli.main import main
+        from devstack.cli import main
     except ImportError as exc:
         sys.exit(f"error: {exc}; run ./scripts/quick-start.sh first (it creates .venv)")
     main()

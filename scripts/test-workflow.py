@@ -27,15 +27,8 @@ if __name__ == "__main__":
 from rich.table import Table
 from rich.text import Text
 
-from app.cli.main import (
-    DEFAULT_ADDRESS,
-    exit_now,
-    is_terminal,
-    open_service,
-    out,
-    report_error,
-    wait_for_order,
-)
+from app.cli.common import DEFAULT_ADDRESS, exit_now, open_service, out, report_error
+from app.cli.waiting import is_terminal, wait_for_order
 from app.platform.settings import Settings
 from devstack.services import client_settings
 

@@ -1,0 +1,240 @@
+"""What every CLI command shares: the Typer app, consoles, settings, the service, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.text import Text
+
+from app.orders.models import Step
+from app.platform.settings import Settings
+
+if TYPE_CHECKING:
+    # The service pulls in temporalio and SQLAlchemy (about a second); stack commands and
+    # --help do without.
+    from app.service.orders import OrderService
+
+
+T = TypeVar("T")
+
+DEFAULT_ADDRESS = {
+    "street": "123 Main St",
+    "city": "Test City",
+    "state": "TS",
+    "zip": "12345",
+    "country": "US",
+}
+STEPS = tuple(step.value for step in Step)
+STATE_STYLE = {
+    "COMPLETED": "bold green",
+    "CANCELLED": "bold yellow",
+    "FAILED": "bold red",
+}
+
+
+def _console(stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    # Piped output is read by programs and grep: don't fold ids at 80 columns. Rich still
+    # drops colour by itself when the stream is not a terminal.
+    width = None if stream.isatty() or os.environ.get("COLUMNS") else 200
+    return Console(stderr=stderr, width=width, highlight=False, soft_wrap=stderr)
+
+
+out = _console()
+err = _console(stderr=True)
+
+
+class CliError(Exception):
+    """An operational failure with a one-line message (and optional detail lines)."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+
+app = typer.Typer(
+    name="cli.py",
+    help="Order fulfillment on Temporal: operate orders, inspect workflows (and, from scripts/cli.py, run the embedded stack).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+STACK = "Stack"
+ORDERS = "Orders"
+INSPECT = "Monitoring & debugging"
+TESTING = "Testing"
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]).upper() if first["loc"] else "setting"
+        raise CliError(f"invalid setting {name}: {first['msg']}") from None
+
+
+def _first_line(value: object) -> str:
+    text = str(value).strip()
+    return text.splitlines()[0] if text else type(value).__name__
+
+
+def _db_address(settings: Settings) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = make_url(settings.database_url_plain)
+    except Exception:
+        return "DATABASE_URL"
+    return f"{url.host}:{url.port or 5432}"
+
+
+def db_failure(exc: BaseException, settings: Settings) -> CliError | None:
+    """A one-line explanation for database failures; None for anything else."""
+    from sqlalchemy import exc as sa_exc
+
+    if isinstance(exc, OSError | sa_exc.OperationalError | sa_exc.InterfaceError):
+        return CliError(
+            f"PostgreSQL is not reachable at {_db_address(settings)} ({_first_line(exc)}); "
+            "is the stack running? (python scripts/cli.py start)"
+        )
+    if isinstance(exc, sa_exc.SQLAlchemyError):
+        orig = getattr(exc, "orig", None) or exc
+        hint = " (run `python -m app.platform.migrate`)" if "does not exist" in str(orig) else ""
+        return CliError(f"database error: {_first_line(orig)}{hint}")
+    return None
+
+
+@asynccontextmanager
+async def open_service(settings: Settings) -> AsyncIterator[OrderService]:
+    """An OrderService on a fresh Temporal client and a small DB pool (closed on exit)."""
+    from app.platform.db import engine_from_settings, session_factory
+    from app.platform.temporal import connect_client
+    from app.service.orders import OrderService
+
+    try:
+        client = await connect_client(settings)
+    except RuntimeError as exc:  # the SDK reports connection failures as RuntimeError
+        raise CliError(
+            f"Temporal is not reachable at {settings.temporal_target}; "
+            "is the stack running? (python scripts/cli.py start)",
+        ) from exc
+    engine = engine_from_settings(settings, pool_size=5)
+    try:
+        yield OrderService(client, session_factory(engine), settings)
+    except Exception as exc:
+        failure = db_failure(exc, settings)
+        if failure is not None:
+            raise failure from exc
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            await engine.dispose()
+
+
+# How the launcher points commands at a stack: the operator CLI uses the settings as they
+# are; the dev launcher (devstack/cli.py) follows the embedded stack's ports.
+def _as_configured(settings: Settings) -> Settings:
+    return settings
+
+
+_target: Callable[[Settings], Settings] = _as_configured
+# Extra one-line explanations for errors of other layers (the dev stack's).
+_explainers: list[Callable[[BaseException], tuple[str, str] | None]] = []
+
+
+def set_target(target: Callable[[Settings], Settings]) -> None:
+    global _target
+    _target = target
+
+
+def add_explainer(explain: Callable[[BaseException], tuple[str, str] | None]) -> None:
+    _explainers.append(explain)
+
+
+def target_settings() -> Settings:
+    """The settings commands talk to the service with."""
+    return _target(load_settings())
+
+
+def with_service(
+    call: Callable[[OrderService], Awaitable[T]], settings: Settings | None = None
+) -> T:
+    """Run one async operation against the stack the settings point at."""
+    settings = settings or target_settings()
+
+    async def run() -> T:
+        async with open_service(settings) as svc:
+            return await call(svc)
+
+    return asyncio.run(run())
+
+
+def report_error(exc: BaseException) -> int:
+    """Print an operational error (one line, then any detail lines); the exit code."""
+    message, detail = explain_error(exc)
+    err.print(Text(f"error: {message}", style="bold red"))
+    if detail:
+        err.print(Text(detail.rstrip()))
+    return 1
+
+
+def explain_error(exc: BaseException) -> tuple[str, str]:
+    """(one-line message, detail) for an operational error."""
+    from app.service.orders import ServiceError
+
+    if isinstance(exc, CliError):
+        return exc.message, exc.detail
+    if isinstance(exc, ServiceError):
+        return exc.message, ""
+    for explain in _explainers:
+        explained = explain(exc)
+        if explained is not None:
+            return explained
+    from temporalio.service import RPCError
+
+    if isinstance(exc, RPCError):
+        return f"Temporal error: {_first_line(exc)}", ""
+    if isinstance(exc, TimeoutError):
+        return "timed out waiting for the stack", ""
+    return f"unexpected {type(exc).__name__}: {_first_line(exc)}", ""
+
+
+def run_app() -> int:
+    try:
+        app()  # standalone mode: Click turns usage errors into SystemExit(2)
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else int(done.code is not None)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    except Exception as exc:
+        return report_error(exc)
+    return 0
+
+
+def exit_now(code: int) -> NoReturn:
+    """Exit without interpreter teardown once output is flushed.
+
+    The Temporal SDK's Rust threads can abort a finishing interpreter (SIGABRT,
+    "PyGILState_Release ... finalizing", temporalio/sdk-python#300) after the command
+    itself succeeded; nothing is left to clean up at this point.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)

@@ -1,0 +1,140 @@
+"""Inspection commands: list, describe, history, events, stats."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Group
+from rich.panel import Panel
+from rich.table import Table
+
+from app.cli.common import INSPECT, JsonOpt, app, db_failure, out, target_settings, with_service
+from app.cli.render import fmt_time, kv_grid, print_json, say, state_text
+from app.orders.models import OrderState
+
+if TYPE_CHECKING:
+    # The service pulls in temporalio and SQLAlchemy (about a second); stack commands and
+    # --help do without.
+    pass
+
+
+@app.command("list", rich_help_panel=INSPECT)
+def list_orders(
+    limit: Annotated[
+        int, typer.Option(help="How many orders, newest first.", min=1, max=1000)
+    ] = 10,
+    state: Annotated[
+        OrderState | None, typer.Option(help="Only orders in this state.", case_sensitive=False)
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List recent orders."""
+    page = with_service(
+        lambda svc: svc.list_orders(state=state.value if state else None, limit=limit)
+    )
+    if as_json:
+        print_json(page)
+        return
+    table = Table("order", "workflow", "state", "step", "payment", "reason", "created", "updated")
+    for o in page["items"]:
+        table.add_row(
+            o["order_id"],
+            o.get("workflow_id") or "-",
+            state_text(o["state"]),
+            o.get("step") or "-",
+            o.get("payment_id") or "-",
+            o.get("reason") or "-",
+            fmt_time(o.get("created_at")),
+            fmt_time(o.get("updated_at")),
+        )
+    out.print(table)
+    say(f"{len(page['items'])} of {page['total']} orders")
+
+
+@app.command(rich_help_panel=INSPECT)
+def describe(workflow_id: str, as_json: JsonOpt = False) -> None:
+    """Describe a workflow execution (e.g. order-order-123): status, queue, pending work."""
+    settings = target_settings()
+    info = with_service(lambda svc: svc.describe(workflow_id), settings)
+    ui = (
+        f"{settings.temporal_ui_url}/namespaces/{settings.temporal_namespace}"
+        f"/workflows/{info['workflow_id']}/{info['run_id']}/history"
+    )
+    info["ui_url"] = ui
+    if as_json:
+        print_json(info)
+        return
+    rows: list[tuple[str, Any]] = [
+        ("type", info["type"]),
+        ("run", info["run_id"]),
+        ("status", state_text(info["status"])),
+        ("task queue", info["task_queue"]),
+        ("started", fmt_time(info["start_time"])),
+        ("closed", fmt_time(info["close_time"])),
+        ("history", f"{info['history_length']} events"),
+        ("Temporal UI", ui),
+    ]
+    parts: list[Any] = [kv_grid(rows)]
+    if info["pending_activities"]:
+        table = Table("pending activity", "state", "attempt", "last failure")
+        for a in info["pending_activities"]:
+            table.add_row(
+                a["activity"], str(a["state"]), str(a["attempt"]), a["last_failure"] or "-"
+            )
+        parts.append(table)
+    if info["pending_children"]:
+        table = Table("child workflow", "run")
+        for c in info["pending_children"]:
+            table.add_row(c["workflow_id"], c["run_id"])
+        parts.append(table)
+    out.print(Panel(Group(*parts), title=f"workflow {info['workflow_id']}", expand=False))
+
+
+@app.command(rich_help_panel=INSPECT)
+def history(workflow_id: str, as_json: JsonOpt = False) -> None:
+    """Show a workflow's execution history (e.g. order-order-123)."""
+    events = with_service(lambda svc: svc.history(workflow_id))
+    if as_json:
+        print_json(events)
+        return
+    table = Table("#", "time", "event", "detail", title=f"history of {workflow_id}")
+    for e in events:
+        table.add_row(str(e["event_id"]), fmt_time(e["time"]), e["type"], e["detail"] or "")
+    out.print(table)
+
+
+@app.command(rich_help_panel=INSPECT)
+def events(order_id: str, as_json: JsonOpt = False) -> None:
+    """Show an order's audit trail (the events table)."""
+    rows = with_service(lambda svc: svc.events(order_id))
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("#", "time", "event", "payload", title=f"events of order {order_id}")
+    for e in rows:
+        payload = json.dumps(e["payload"], separators=(",", ":")) if e["payload"] else ""
+        table.add_row(str(e["id"]), fmt_time(e["ts"]), e["type"], payload)
+    out.print(table)
+
+
+@app.command(rich_help_panel=INSPECT)
+def stats(as_json: JsonOpt = False) -> None:
+    """Order statistics from the database: execution time p50/p95/p99, retries and error
+    rate per step, outcomes per state."""
+    from app.cli.stats_view import load_stats, render_stats
+
+    settings = target_settings()
+    try:
+        data = asyncio.run(load_stats(settings))
+    except Exception as exc:
+        failure = db_failure(exc, settings)
+        if failure is None:
+            raise
+        raise failure from exc
+    if as_json:
+        print_json(data)
+        return
+    out.print(render_stats(data))

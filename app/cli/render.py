@@ -1,0 +1,128 @@
+"""How the CLI shows things: status panels, tables, times, addresses."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from app.cli.common import STATE_STYLE, STEPS, out
+
+if TYPE_CHECKING:
+    # The service pulls in temporalio and SQLAlchemy (about a second); stack commands and
+    # --help do without.
+    pass
+
+
+def say(message: str, style: str | None = None) -> None:
+    out.print(Text(message, style=style or ""))
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def state_text(state: str | None) -> Text:
+    return Text(state or "-", style=STATE_STYLE.get(state or "", "bold cyan"))
+
+
+def fmt_time(value: str | None) -> str:
+    if not value:
+        return "-"
+    try:
+        return datetime.fromisoformat(value).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return value
+
+
+def fmt_address(address: dict[str, Any] | None) -> str:
+    if not address:
+        return "-"
+    a = address
+    return (
+        f"{a.get('street')}, {a.get('city')}, {a.get('state')} {a.get('zip')}, {a.get('country')}"
+    )
+
+
+def fmt_attempts(attempts: dict[str, int]) -> str:
+    ordered = sorted(attempts.items(), key=lambda kv: STEPS.index(kv[0]) if kv[0] in STEPS else 9)
+    return " ".join(f"{step}x{n}" for step, n in ordered) or "-"
+
+
+def kv_grid(rows: list[tuple[str, Any]]) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column(overflow="fold")
+    for key, value in rows:
+        grid.add_row(key, value if isinstance(value, Text) else Text(str(value)))
+    return grid
+
+
+def render_status(view: dict[str, Any]) -> Panel:
+    amount = view.get("amount_cents")
+    rows: list[tuple[str, Any]] = [
+        ("workflow", f"{view.get('workflow_id')}  run {view.get('run_id') or '-'}"),
+        ("state", state_text(view.get("state"))),
+        ("step", view.get("step") or "-"),
+        ("address", fmt_address(view.get("address"))),
+        (
+            "payment",
+            f"{view.get('payment_id')}  {view.get('payment_status')}"
+            + (f"  ${amount / 100:.2f}" if isinstance(amount, int) else ""),
+        ),
+        ("attempts", fmt_attempts(view.get("attempts") or {})),
+    ]
+    if view.get("approved_by") or view.get("approved"):
+        rows.append(("approved by", view.get("approved_by") or "yes"))
+    if view.get("review_deadline_at") and view.get("step") == "MANUAL_REVIEW":
+        rows.append(("review until", fmt_time(view["review_deadline_at"])))
+    if view.get("cancel_requested"):
+        rows.append(("cancel", "requested"))
+    if view.get("reason"):
+        rows.append(("reason", view["reason"]))
+    if view.get("tracking_number"):
+        rows.append(("tracking", view["tracking_number"]))
+    rows += [
+        ("created", fmt_time(view.get("created_at"))),
+        ("updated", fmt_time(view.get("updated_at"))),
+        ("deadline", fmt_time(view.get("deadline_at"))),
+    ]
+    parts: list[Any] = [kv_grid(rows)]
+    pending = view.get("pending_activities") or []
+    if pending:
+        table = Table("pending activity", "attempt", "last failure", title="in flight")
+        for act in pending:
+            table.add_row(act["activity"], str(act["attempt"]), act.get("last_failure") or "-")
+        parts.append(table)
+    errors = view.get("errors") or []
+    if errors:
+        parts.append(errors_table(errors))
+    return Panel(Group(*parts), title=f"order {view.get('order_id')}", expand=False)
+
+
+def errors_table(errors: list[dict[str, Any]], limit: int = 10) -> Table:
+    table = Table("step", "attempt", "kind", "message", "at", title="recent errors")
+    for e in errors[:limit]:
+        table.add_row(
+            str(e.get("step")),
+            str(e.get("attempt")),
+            str(e.get("kind") or "error"),
+            str(e.get("message")),
+            fmt_time(e.get("at")),
+        )
+    return table
+
+
+def status_dict(view: Any) -> dict[str, Any]:
+    """Service answers are dicts (status) or OrderStatus dataclasses (updates)."""
+    if dataclasses.is_dataclass(view) and not isinstance(view, type):
+        return dataclasses.asdict(view)
+    return dict(view)

@@ -1,0 +1,558 @@
+"""The dev launcher's commands on top of the operator CLI (app/cli): the embedded stack (start, stop,
+restart, ps, logs), the demo, chaos, bench, backup, restore and retention."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import secrets
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.panel import Panel
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from app.cli.common import (
+    DEFAULT_ADDRESS,
+    INSPECT,
+    STACK,
+    STEPS,
+    TESTING,
+    CliError,
+    JsonOpt,
+    add_explainer,
+    app,
+    err,
+    load_settings,
+    out,
+    set_target,
+    with_service,
+)
+from app.cli.main import main as operator_main
+from app.cli.render import errors_table, fmt_attempts, kv_grid, print_json, say, state_text
+from app.cli.waiting import is_terminal, wait_for_order
+from app.orders.faults import FaultProfile, FaultProfileError
+from app.orders.models import order_workflow_id
+from app.platform.settings import Settings
+from devstack import services as stack_services
+from devstack import stack
+from devstack.stack import StackError
+
+if TYPE_CHECKING:
+    # The service pulls in temporalio and SQLAlchemy (about a second); stack commands and
+    # --help do without.
+    from app.service.orders import OrderService
+
+
+ComposeOpt = Annotated[
+    bool, typer.Option("--compose", help="Drive `docker compose` instead of the embedded stack.")
+]
+TimeoutOpt = Annotated[
+    float, typer.Option(help="Seconds to wait for each service to become ready.", min=5)
+]
+
+
+def _print_endpoints(settings: Settings) -> None:
+    grid = kv_grid(list(stack_services.endpoints(settings)))
+    out.print(Panel(grid, title="endpoints", expand=False))
+
+
+def _start(settings: Settings, timeout: float) -> None:
+    cfg = stack_services.stack_config(settings)
+    if stack_services.is_running(settings):
+        say(f"stack already running (run dir {cfg.run_dir})")
+        _print_ps(settings)
+        return
+    say(f"starting the embedded stack (run dir {cfg.run_dir})")
+    started = time.monotonic()
+    stack_services.start_stack(settings, lambda msg: say(f"  {msg}"), timeout=timeout)
+    say(f"stack ready in {time.monotonic() - started:.1f}s", "bold green")
+    _print_endpoints(settings)
+
+
+def _stop(settings: Settings) -> None:
+    started = time.monotonic()
+    for message in stack_services.stop_stack(settings):
+        say(f"  {message}")
+    say(f"stack stopped in {time.monotonic() - started:.1f}s")
+
+
+def _print_ps(settings: Settings) -> None:
+    table = Table("service", "state", "pid", "address")
+    for row in stack_services.stack_status(settings):
+        style = "green" if row.state == "running" else "red"
+        table.add_row(
+            row.service, Text(row.state, style=style), str(row.pid or "-"), row.address or "-"
+        )
+    out.print(table)
+
+
+@app.command(rich_help_panel=STACK)
+def start(
+    compose: ComposeOpt = False,
+    timeout: TimeoutOpt = 90.0,
+) -> None:
+    """Start all services: PostgreSQL, Temporal + Web UI, migrations, both workers, the API."""
+    if compose:
+        stack_services.compose(["up", "-d", "--build", "--wait"])
+        say("compose stack is up", "bold green")
+        return
+    _start(load_settings(), timeout)
+
+
+@app.command(rich_help_panel=STACK)
+def stop(compose: ComposeOpt = False) -> None:
+    """Stop all services (data and workflow histories are kept)."""
+    if compose:
+        stack_services.compose(["down"])
+        return
+    _stop(load_settings())
+
+
+@app.command(rich_help_panel=STACK)
+def restart(
+    compose: ComposeOpt = False,
+    timeout: TimeoutOpt = 90.0,
+) -> None:
+    """Stop, then start all services."""
+    if compose:
+        stack_services.compose(["restart"])
+        return
+    settings = load_settings()
+    _stop(settings)
+    _start(settings, timeout)
+
+
+@app.command(rich_help_panel=STACK)
+def ps(compose: ComposeOpt = False, as_json: JsonOpt = False) -> None:
+    """Show each service: state, pid and address."""
+    if compose:
+        stack_services.compose(["ps", *(["--format", "json"] if as_json else [])])
+        return
+    settings = load_settings()
+    if as_json:
+        print_json([dataclasses.asdict(row) for row in stack_services.stack_status(settings)])
+        return
+    _print_ps(settings)
+
+
+class LogService(StrEnum):
+    app = "app"
+    worker = "worker"
+    worker_orders = "worker-orders"
+    worker_shipping = "worker-shipping"
+    temporal = "temporal"
+    postgres = "postgres"
+
+
+@app.command(rich_help_panel=INSPECT)
+def logs(
+    service: Annotated[
+        LogService, typer.Option(help="Whose log (worker = both workers).")
+    ] = LogService.app,
+    lines: Annotated[int, typer.Option("--lines", "-n", help="How many lines.", min=0)] = 50,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
+    ] = False,
+) -> None:
+    """Show a service's log from the embedded stack's run folder."""
+    cfg = stack_services.stack_config(load_settings())
+    names = stack_services.LOG_GROUPS[service.value]
+    paths = {name: cfg.log_path(name) for name in names}
+    if not any(p.exists() for p in paths.values()):
+        raise CliError(
+            f"no log for {service.value} in {cfg.logs_dir} (has the stack been started?)"
+        )
+    for name, path in paths.items():
+        if len(paths) > 1:
+            say(f"==> {name} ({path}) <==", "bold")
+        text = stack.tail_log(cfg, name, lines)
+        if text:
+            sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+    if follow:
+        with contextlib.suppress(KeyboardInterrupt):
+            _follow(paths, prefix=len(paths) > 1)
+
+
+def _follow(paths: dict[str, Path], prefix: bool) -> None:
+    """Print lines appended to the logs until interrupted (like tail -F)."""
+    offsets = {name: (p.stat().st_size if p.exists() else 0) for name, p in paths.items()}
+    while True:
+        for name, path in paths.items():
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue
+            if size < offsets[name]:  # rotated
+                offsets[name] = 0
+            if size == offsets[name]:
+                continue
+            with path.open("rb") as fh:
+                fh.seek(offsets[name])
+                chunk = fh.read()
+            # Only whole lines; a partial last line waits for its newline.
+            end = chunk.rfind(b"\n") + 1
+            offsets[name] += end
+            for line in chunk[:end].decode("utf-8", errors="replace").splitlines():
+                sys.stdout.write(f"{name} | {line}\n" if prefix else line + "\n")
+            sys.stdout.flush()
+        time.sleep(0.3)
+
+
+@dataclasses.dataclass
+class DemoRun:
+    scenario: str
+    order_id: str
+    expect: str
+    view: dict[str, Any] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        state = self.view.get("state")
+        if self.expect == "COMPLETED":
+            return state == "COMPLETED"
+        if self.expect == "REFUNDED":
+            return state == "CANCELLED" and self.view.get("payment_status") == "refunded"
+        return True  # seed faults: whatever happened is the point
+
+
+def _progress_of(view: dict[str, Any]) -> int:
+    if is_terminal(view):
+        return len(STEPS)
+    step = view.get("step")
+    return STEPS.index(step) if step in STEPS else 0
+
+
+async def _demo(svc: OrderService) -> list[DemoRun]:
+    from app.service.orders import OrderConflict
+
+    tag = datetime.now().strftime("%H%M%S") + secrets.token_hex(2)
+    runs = [
+        DemoRun("clean order", f"demo-{tag}-clean", "COMPLETED"),
+        DemoRun("cancel after payment", f"demo-{tag}-cancel", "REFUNDED"),
+        DemoRun("seed faults (retries)", f"demo-{tag}-faults", "ANY"),
+    ]
+    profiles = ["off", "delay=1", "seed"]
+    # Bound every wait by the order deadline, plus time for compensation to finish.
+    limit = svc.settings.order_deadline_s + 15.0
+    columns = (
+        SpinnerColumn(finished_text="✓"),
+        TextColumn("{task.description:<24}"),
+        BarColumn(bar_width=20),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=out) as progress:
+
+        async def play(run: DemoRun, profile: str) -> None:
+            task = progress.add_task(run.scenario, total=len(STEPS), status="starting")
+            started = time.monotonic()
+            shown = [""]
+
+            def on_change(view: dict[str, Any]) -> None:
+                label = f"{view['state']} {view.get('step') or ''}".strip()
+                if label == shown[0]:
+                    return
+                shown[0] = label
+                progress.update(task, completed=_progress_of(view), status=label)
+                progress.console.print(
+                    Text(f"{run.scenario:<24} {run.order_id:<28} {label}"), soft_wrap=True
+                )
+
+            def wait(done: Callable[[dict[str, Any]], bool]) -> Awaitable[dict[str, Any]]:
+                remaining = max(limit - (time.monotonic() - started), 1.0)
+                return wait_for_order(svc, run.order_id, done, remaining, on_change)
+
+            await svc.start_order(
+                run.order_id, f"pmt-{run.order_id}", dict(DEFAULT_ADDRESS), fault_profile=profile
+            )
+            # Approve once the order waits for review, as a reviewer would.
+            view = await wait(lambda v: v.get("step") == "MANUAL_REVIEW" or is_terminal(v))
+            if not is_terminal(view):
+                try:
+                    await svc.approve(run.order_id, "demo")
+                    run.notes.append("approved")
+                except OrderConflict as refused:
+                    run.notes.append(f"approval refused: {refused.message}")
+            if run.expect == "REFUNDED":
+                view = await wait(lambda v: v.get("state") == "PAID" or is_terminal(v))
+                if view.get("state") == "PAID":
+                    try:
+                        await svc.cancel(
+                            run.order_id, reason="customer_request", requested_by="demo"
+                        )
+                        run.notes.append("cancelled after payment")
+                    except OrderConflict as refused:
+                        run.notes.append(f"cancel refused: {refused.message}")
+            run.view = await wait(is_terminal)
+            run.seconds = time.monotonic() - started
+            if not is_terminal(run.view):
+                run.notes.append("still closing when the demo stopped waiting")
+            progress.update(task, completed=len(STEPS), status=run.view.get("state", "?"))
+
+        await asyncio.gather(*(play(r, p) for r, p in zip(runs, profiles, strict=True)))
+    return runs
+
+
+def _demo_summary(runs: list[DemoRun]) -> None:
+    table = Table(
+        "scenario",
+        "order",
+        "state",
+        "reason",
+        "payment",
+        "attempts",
+        "errors",
+        "took",
+        "notes",
+        title="demo summary",
+    )
+    for run in runs:
+        v = run.view
+        table.add_row(
+            run.scenario,
+            run.order_id,
+            state_text(v.get("state")),
+            v.get("reason") or "-",
+            str(v.get("payment_status") or "-"),
+            fmt_attempts(v.get("attempts") or {}),
+            str(len(v.get("errors") or [])),
+            f"{run.seconds:.1f}s",
+            "; ".join(run.notes) or "-",
+        )
+    out.print(table)
+    faults = runs[-1].view
+    if faults.get("errors"):
+        out.print(errors_table(faults["errors"]))
+
+
+@app.command(rich_help_panel=TESTING)
+def demo() -> None:
+    """Run three demo orders side by side and summarise them.
+
+    A clean order (approved, completed), one cancelled after payment (refunded), and one
+    under the seed fault profile (retries, any outcome).
+    """
+    runs = with_service(_demo)
+    _demo_summary(runs)
+    failed = [r for r in runs if not r.ok]
+    if failed:
+        run = failed[0]
+        raise CliError(
+            f"demo: {run.scenario} ({run.order_id}) ended {run.view.get('state')} "
+            f"with payment {run.view.get('payment_status')}, expected {run.expect.lower()}"
+        )
+    wid = order_workflow_id(runs[-1].order_id)
+    say(f"inspect: python scripts/cli.py history {wid}   or the Temporal UI")
+
+
+@app.command(rich_help_panel=TESTING)
+def chaos(
+    orders: Annotated[int, typer.Option(help="How many orders.", min=1, max=5000)] = 100,
+    duration: Annotated[
+        float, typer.Option(help="Seconds of fault injection (orders start in the first half).")
+    ] = 60.0,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the fault plan and timing (default: random).")
+    ] = None,
+    kill_interval: Annotated[
+        float, typer.Option(help="Mean seconds between worker SIGKILLs (0 = none).", min=0)
+    ] = 5.0,
+    max_worker_kills: Annotated[
+        int | None, typer.Option(help="At most this many worker kills.", min=0)
+    ] = None,
+    restart_temporal: Annotated[
+        bool, typer.Option(help="Restart the Temporal dev server once.")
+    ] = True,
+    restart_postgres: Annotated[bool, typer.Option(help="Restart PostgreSQL once.")] = True,
+    hard: Annotated[
+        bool, typer.Option("--hard", help="SIGKILL Temporal and PostgreSQL instead of stopping.")
+    ] = False,
+    order_deadline: Annotated[
+        float | None,
+        typer.Option(help="Per-order deadline in seconds (default ORDER_DEADLINE_S).", min=5),
+    ] = None,
+    grace: Annotated[
+        float, typer.Option(help="Seconds past the deadline to wait for orders to close.", min=0)
+    ] = 30.0,
+    id_prefix: Annotated[
+        str | None, typer.Option(help="Order ids PREFIX-NNNN (default: unique per run).")
+    ] = None,
+    fault_profile: Annotated[
+        str,
+        typer.Option(
+            help="Fault profile of every order: seed, off, or fail=R,hang=R,lost=R,delay=S."
+        ),
+    ] = "seed",
+    as_json: JsonOpt = False,
+) -> None:
+    """Orders under seed faults while workers die and Temporal/PostgreSQL restart; checks.
+
+    Runs against the embedded stack of RUN_DIR and exits 3 when an invariant is broken
+    (double charge, charge without refund, DB vs Temporal mismatch, our payments vs the
+    gateway's ledger, two carrier bookings, missing event, order not closed in time). See docs/operations.md, "Chaos runs".
+    """
+    from devstack.chaos import ChaosError, ChaosOptions, run_chaos, summary_lines
+
+    opts = ChaosOptions(
+        orders=orders,
+        duration_s=duration,
+        seed=seed if seed is not None else secrets.randbelow(1_000_000),
+        kill_interval_s=kill_interval,
+        max_worker_kills=max_worker_kills,
+        restart_temporal=restart_temporal,
+        restart_postgres=restart_postgres,
+        hard_restarts=hard,
+        order_deadline_s=order_deadline,
+        grace_s=grace,
+        id_prefix=id_prefix,
+        fault_profile=fault_profile,
+    )
+    try:
+        FaultProfile.parse(fault_profile)
+    except FaultProfileError as exc:
+        raise CliError(f"--fault-profile: {exc}") from None
+    try:
+        summary = asyncio.run(run_chaos(load_settings(), opts, lambda m: err.print(Text(m))))
+    except ChaosError as exc:
+        raise CliError(str(exc)) from None
+    if as_json:
+        print_json(summary)
+    else:
+        for line in summary_lines(summary):
+            say(line, "bold red" if line.startswith("VIOLATION") else None)
+    if not summary["ok"]:
+        raise typer.Exit(3)
+
+
+@app.command(rich_help_panel=TESTING)
+def bench(
+    orders: Annotated[int, typer.Option(help="Orders through the REST API.", min=1)] = 300,
+    concurrency: Annotated[int, typer.Option(help="Orders in flight at once.", min=1)] = 8,
+    baseline: Annotated[
+        bool, typer.Option(help="Also run bare-Temporal workflows of the same shape.")
+    ] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Orders/s and latency of the running stack against a bare-Temporal baseline.
+
+    Uses the `off` fault profile and approves each order at once. Figures and how to read
+    them: docs/performance.md.
+    """
+    from devstack.bench import BenchError, format_report, run_bench_sync
+
+    settings = stack_services.client_settings(load_settings())
+    progress = None if as_json else (lambda m: err.print(Text(m)))
+    try:
+        result = run_bench_sync(
+            settings,
+            orders=orders,
+            concurrency=concurrency,
+            progress=progress,
+            baseline=baseline,
+        )
+    except BenchError as exc:
+        raise CliError(str(exc)) from None
+    if as_json:
+        print_json(result)
+    else:
+        say(format_report(result))
+
+
+@app.command(rich_help_panel=STACK)
+def backup(
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Folder to write (default RUN_DIR/backups/backup-<time>)."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Back up the embedded stack: Temporal's state (online SQLite copy), then the database."""
+    from devstack.backup import BackupError
+    from devstack.backup import backup as make_backup
+
+    try:
+        manifest = make_backup(load_settings(), output)
+    except BackupError as exc:
+        raise CliError(str(exc)) from None
+    if as_json:
+        print_json(manifest)
+        return
+    rows = manifest["database"]["rows"] or {}
+    say(f"backup written to {manifest['path']} in {manifest['seconds']:.1f}s", "bold green")
+    say(f"  database: {rows.get('orders', 0)} orders, {rows.get('events', 0)} events")
+    say(f"  temporal: {manifest['temporal'].get('executions')} workflow executions")
+    say(f"  restore into a stopped stack with: python scripts/cli.py restore {manifest['path']}")
+
+
+@app.command(rich_help_panel=STACK)
+def restore(
+    folder: Annotated[Path, typer.Argument(help="A folder written by `cli.py backup`.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace this run dir's existing state.")
+    ] = False,
+) -> None:
+    """Restore a backup into the (stopped) embedded stack of RUN_DIR; then `cli.py start`."""
+    from devstack.backup import BackupError
+    from devstack.backup import restore as restore_backup
+
+    try:
+        messages = restore_backup(load_settings(), folder, force=force)
+    except BackupError as exc:
+        raise CliError(str(exc)) from None
+    for message in messages:
+        say(f"  {message}")
+    say("restored; start the stack with: python scripts/cli.py start", "bold green")
+
+
+@app.command(rich_help_panel=STACK)
+def retention(
+    value: Annotated[
+        str | None, typer.Argument(help="New retention, e.g. 30d or 72h (omit to show it).")
+    ] = None,
+) -> None:
+    """Show or set how long Temporal keeps closed workflow histories (the namespace's
+    retention; TEMPORAL_NAMESPACE_RETENTION applies it at every `start`)."""
+    from devstack.retention import apply_retention, current_retention
+    from devstack.tools import ToolError
+
+    target = stack_services.client_settings(load_settings())
+    try:
+        if value is not None:
+            say(apply_retention(target, value), "bold green")
+        say(f"retention: {current_retention(target)}")
+    except ToolError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _explain_stack_error(exc: BaseException) -> tuple[str, str] | None:
+    if not isinstance(exc, StackError):
+        return None
+    # Only this run's lines: the log is appended to across starts.
+    lines = exc.log_tail.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("=== ")]
+    tail = "\n".join(lines[starts[-1] + 1 :] if starts else lines).strip()
+    if not tail:
+        return exc.message, ""
+    where = f" ({exc.log_path})" if exc.log_path else ""
+    return exc.message, f"last log lines{where}:\n{tail}"
+
+
+def main() -> None:
+    """`python scripts/cli.py`: the operator CLI pointed at the embedded stack (addresses
+    follow its ports; fault injection on, as the dev stack allows), plus its commands."""
+    set_target(stack_services.client_settings)
+    add_explainer(_explain_stack_error)
+    operator_main()
