@@ -46,7 +46,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -59,6 +58,7 @@ import psutil
 from temporalio.client import Client
 
 from app.platform.settings import Settings
+from devstack.sync import run_sync
 
 RESULT_KEYS = (
     "orders_per_s",
@@ -861,25 +861,8 @@ def run_bench_sync(
     `options` are `run_bench()`'s other keywords. Raises `BenchError` (a one-line message)
     when the stack cannot be benchmarked."""
     options.update(orders=orders, concurrency=concurrency, progress=progress)
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(run_bench(settings, **options))
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["result"] = asyncio.run(run_bench(settings, **options))
-        except BaseException as err:
-            box["error"] = err
-
-    thread = threading.Thread(target=target, name="bench", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    out: dict[str, Any] = box["result"]
-    return out
+    result: dict[str, Any] = run_sync(lambda: run_bench(settings, **options))
+    return result
 
 
 def format_report(result: Mapping[str, Any]) -> str:

@@ -88,7 +88,7 @@ def stack_config(settings: Settings) -> StackConfig:
     return cfg
 
 
-def _move_postgres_if_taken(settings: Settings, cfg: StackConfig) -> str | None:
+def move_postgres_if_taken(settings: Settings, cfg: StackConfig) -> str | None:
     """DESIGN: if 5432 is taken, use another port, say so plainly, and use it everywhere."""
     if "postgres_port" in settings.model_fields_set or stack.process_status(cfg, POSTGRES).running:
         return None
@@ -322,7 +322,7 @@ def is_running(settings: Settings) -> bool:
 def start_stack(settings: Settings, report: Callable[[str], None], timeout: float = 90.0) -> None:
     """Start whatever is not running yet: infra, migrations, then the app processes."""
     cfg = stack_config(settings)
-    moved = _move_postgres_if_taken(settings, cfg)
+    moved = move_postgres_if_taken(settings, cfg)
     if moved:
         report(moved)
     services = app_services(settings)

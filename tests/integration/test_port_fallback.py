@@ -7,7 +7,7 @@ from pathlib import Path
 
 from app.platform.settings import Settings
 from devstack import stack
-from devstack.services import PORT_FILE, _move_postgres_if_taken, client_settings, stack_config
+from devstack.services import PORT_FILE, client_settings, move_postgres_if_taken, stack_config
 
 
 def test_taken_default_port_moves_postgres_and_everything_follows(tmp_path: Path) -> None:
@@ -19,7 +19,7 @@ def test_taken_default_port_moves_postgres_and_everything_follows(tmp_path: Path
             squatter.bind(("127.0.0.1", 5432))
             squatter.listen()
         cfg = stack_config(settings)
-        message = _move_postgres_if_taken(settings, cfg)
+        message = move_postgres_if_taken(settings, cfg)
     assert message is not None and "5432 is in use" in message
     assert cfg.postgres_port != 5432
     assert (tmp_path / PORT_FILE).read_text().strip() == str(cfg.postgres_port)
@@ -36,5 +36,5 @@ def test_explicit_port_is_never_moved(tmp_path: Path) -> None:
         port = squatter.getsockname()[1]
         settings = Settings(run_dir=tmp_path, postgres_port=port)
         cfg = stack_config(settings)
-        assert _move_postgres_if_taken(settings, cfg) is None
+        assert move_postgres_if_taken(settings, cfg) is None
     assert cfg.postgres_port == port and not (tmp_path / PORT_FILE).exists()

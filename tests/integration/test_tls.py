@@ -33,7 +33,7 @@ from temporalio.service import TLSConfig
 from app.platform.db import engine_from_settings, ssl_context
 from app.platform.settings import PROJECT_ROOT, Settings
 from app.platform.temporal import connect_client, tls_config
-from devstack import stack
+from devstack import postgres, stack, stack_config
 from tests.conftest import RealStack
 from tests.ports import free_port
 
@@ -157,13 +157,13 @@ def ssl_capable_bin_dir() -> Path | None:
 def _initdb(cfg: stack.StackConfig) -> None:
     """initdb with flags every supported PostgreSQL major knows (the supervisor's own
     initdb uses PostgreSQL 17+ locale options), as the postgres system user."""
-    run_as = stack._pg_run_as(cfg)
-    stack._prepare_pg_dirs(cfg, run_as)
+    run_as = postgres.pg_run_as(cfg)
+    postgres.prepare_pg_dirs(cfg, run_as)
     pwfile = cfg.run_dir / "pwfile"
     pwfile.write_text(cfg.pg_password + "\n")
     if run_as is not None:
         os.chown(pwfile, run_as.uid, run_as.gid)
-    result = stack._run_pg_tool(
+    result = postgres.run_pg_tool(
         cfg,
         [
             str(stack.postgres_bin_dir() / "initdb"),
@@ -187,7 +187,7 @@ def _initdb(cfg: stack.StackConfig) -> None:
 def _give_to_postgres_user(cfg: stack.StackConfig, paths: list[Path]) -> None:
     """Postgres (a system user of its own when we are root) must read the certificate and
     key, and refuses a key that others can read."""
-    run_as = stack._pg_run_as(cfg)
+    run_as = postgres.pg_run_as(cfg)
     if run_as is None:
         return
     for path in paths:
@@ -210,7 +210,8 @@ def _binaries(bin_dir: Path) -> Iterator[None]:
     """The supervisor runs whichever binaries postgres_bin_dir() names; only while it starts
     and stops this server (other fixtures, e.g. the session stack, keep the wheel's)."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(stack, "postgres_bin_dir", lambda: bin_dir)
+        for module in (stack, postgres):  # the facade, and where the supervisor calls it
+            patch.setattr(module, "postgres_bin_dir", lambda: bin_dir)
         yield
 
 
@@ -235,7 +236,7 @@ def _tls_postgres(bin_dir: Path) -> Iterator[TlsPostgres]:
         postgres_port=free_port(),
         headless=True,
         postgres_settings={
-            **stack.DEFAULT_PG_SETTINGS,
+            **stack_config.DEFAULT_PG_SETTINGS,
             "ssl": "on",
             "ssl_cert_file": str(tls_dir / "server.crt"),
             "ssl_key_file": str(tls_dir / "server.key"),
