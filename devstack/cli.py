@@ -451,7 +451,8 @@ def bench(
     Uses the `off` fault profile and approves each order at once. Figures and how to read
     them: docs/performance.md.
     """
-    from devstack.bench import BenchError, format_report, run_bench_sync
+    from devstack.bench import format_report, run_bench_sync
+    from devstack.bench_measure import BenchError
 
     settings = stack_services.client_settings(load_settings())
     progress = None if as_json else (lambda m: err.print(Text(m)))

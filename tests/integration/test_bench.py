@@ -21,7 +21,8 @@ import pytest
 
 from app.platform.settings import PROJECT_ROOT, Settings
 from devstack import stack
-from devstack.bench import RESULT_KEYS, discover_processes, percentile, run_bench
+from devstack.bench import RESULT_KEYS, run_bench
+from devstack.bench_measure import discover_processes, percentile
 from tests.conftest import RealStack
 from tests.ports import free_port
 
