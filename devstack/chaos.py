@@ -3,16 +3,18 @@ processes die, then a check of the invariants that must survive it.
 
 What happens, in one process that talks to the running stack like any client:
 
-1. N orders are started (per-order fault profile `seed`: 1/3 of external calls fail, 1/3
-   hang), spread over the first half of the run, each approved with the `approve_order`
+1. N orders are started (per-order fault profile, `seed` by default: 1/3 of external
+   calls fail, 1/3 hang; `--fault-profile` adds lost answers), spread over the first half
+   of the run, each approved with the `approve_order`
    signal right after its start (an early approval is kept until the review step).
 2. Meanwhile a fault plan drawn from `--seed` runs: SIGKILL a random worker every few
    seconds and bring it back through the stack supervisor, restart the Temporal dev server
    once and PostgreSQL once (stop + start through the supervisor).
 3. Every order must then reach a terminal state within its deadline plus a grace period.
-4. Invariants, per order, from PostgreSQL and from Temporal: terminal, charged at most
-   once, refunded when it did not ship, database state equal to the workflow's outcome,
-   an event row for the state it is in (and for each charge, refund, dispatch).
+4. Invariants, per order, from PostgreSQL, Temporal and the gateway's and carrier's own
+   ledgers (devstack/chaos_checks.py): terminal, charged at most once, refunded when it
+   did not ship, database state equal to the workflow's outcome and to the ledgers, one
+   carrier booking at most, an event row for the state it is in.
 
 The fault plan and order timing come from the seed; the outcome of each external call
 comes from the workers' FAULT_SEED (random when unset), and kills land on whatever work is
@@ -22,19 +24,16 @@ in flight, so two runs with one seed face the same faults but not the same histo
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import secrets
-import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-import psutil
 from sqlalchemy import select
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
@@ -49,21 +48,16 @@ from app.platform.settings import Settings
 from app.platform.temporal import connect_client, runtime_with_core_logs
 from app.service.orders import InvalidInput, OrderConflict, OrderService
 from devstack import services as stack_services
-from devstack import stack
-from devstack.stack import POSTGRES, TEMPORAL, StackConfig, StackError
+from devstack.chaos_checks import TERMINAL, VIOLATIONS, OrderFacts, check_order
+from devstack.chaos_faults import (
+    ChaosOptions,
+    PlannedFault,
+    execute_fault,
+    heal,
+    plan_faults,
+    stopped_services,
+)
 
-WORKERS = (stack_services.WORKER_ORDERS, stack_services.WORKER_SHIPPING)
-TERMINAL = frozenset({"COMPLETED", "CANCELLED", "FAILED"})
-# The event row each orders.state must have (activities write them in the same
-# transaction as the state change).
-STATE_EVENT = {
-    "RECEIVED": "RECEIVED",
-    "VALIDATED": "VALIDATED",
-    "PAID": "PAYMENT_CHARGED",
-    "COMPLETED": "COMPLETED",
-    "CANCELLED": "CANCELLED",
-    "FAILED": "FAILED",
-}
 ADDRESS = {
     "street": "1 Chaos Way",
     "city": "Test City",
@@ -76,353 +70,10 @@ ADDRESS = {
 CLIENT_RETRY_BUDGET_S = 90.0
 # Evidence (events, history) is attached for at most this many violating orders.
 MAX_EVIDENCE = 20
-VIOLATIONS = (
-    "not_started",
-    "not_terminal",
-    "double_charges",
-    "charged_without_refund",
-    "state_mismatch",
-    "payment_mismatch",
-    "missing_events",
-    "conflicting_terminal_events",
-    "completed_without_charge",
-    # Judged on the providers' own ledgers, which the order system never reads.
-    "gateway_double_charges",
-    "gateway_charged_without_refund",
-    "ledger_mismatch",
-    "duplicate_dispatches",
-)
 
 
 class ChaosError(Exception):
     """The run cannot start (stack not running, fault injection refused...)."""
-
-
-@dataclass
-class ChaosOptions:
-    orders: int = 100
-    duration_s: float = 60.0
-    seed: int = 0
-    # Mean seconds between worker kills (each gap is 0.5x-1.5x this); 0 = no kills.
-    kill_interval_s: float = 5.0
-    max_worker_kills: int | None = None
-    restart_temporal: bool = True
-    restart_postgres: bool = True
-    # None = ORDER_DEADLINE_S (60 s).
-    order_deadline_s: float | None = None
-    grace_s: float = 30.0
-    fault_profile: str = "seed"
-    # SIGKILL Temporal and PostgreSQL (crash) instead of stopping them.
-    hard_restarts: bool = False
-    # Order ids are PREFIX-NNNN; None = chaos-SEED-<time+random> (unique per run). A fixed
-    # prefix plus the workers' FAULT_SEED makes every fault draw repeat on a fresh stack.
-    id_prefix: str | None = None
-
-
-@dataclass(frozen=True)
-class PlannedFault:
-    at_s: float
-    kind: str  # kill_worker, restart_temporal, restart_postgres
-    target: str
-
-
-def plan_faults(opts: ChaosOptions, rng: random.Random) -> list[PlannedFault]:
-    """The run's faults, a pure function of the options and the seeded generator."""
-    faults: list[PlannedFault] = []
-    if opts.kill_interval_s > 0:
-        at = rng.uniform(0.5, 1.5) * opts.kill_interval_s
-        while at < opts.duration_s and (
-            opts.max_worker_kills is None or len(faults) < opts.max_worker_kills
-        ):
-            faults.append(PlannedFault(round(at, 2), "kill_worker", rng.choice(WORKERS)))
-            at += rng.uniform(0.5, 1.5) * opts.kill_interval_s
-    # Temporal in the first half and PostgreSQL in the second, so every order phase (start,
-    # activities, compensation) meets at least one of them.
-    if opts.restart_temporal:
-        at = round(rng.uniform(0.25, 0.45) * opts.duration_s, 2)
-        faults.append(PlannedFault(at, "restart_temporal", TEMPORAL))
-    if opts.restart_postgres:
-        at = round(rng.uniform(0.55, 0.75) * opts.duration_s, 2)
-        faults.append(PlannedFault(at, "restart_postgres", POSTGRES))
-    return sorted(faults, key=lambda f: f.at_s)
-
-
-# ---------------------------------------------------------------------------------------
-# Faults (blocking: run in a thread so orders keep flowing meanwhile)
-# ---------------------------------------------------------------------------------------
-
-
-def _wait_stopped(cfg: StackConfig, name: str, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    # process_status also reaps a child of ours (a worker this run restarted earlier).
-    while stack.process_status(cfg, name).running:
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def _ports_of(settings: Settings, cfg: StackConfig, name: str) -> list[int]:
-    if name == POSTGRES:
-        return [cfg.postgres_port]
-    if name == TEMPORAL:
-        ports = [cfg.temporal_port, cfg.metrics_port]
-        ports += [] if cfg.headless else [cfg.temporal_ui_port]
-        return ports + ([cfg.temporal_http_port] if cfg.temporal_http_port else [])
-    return [svc.port for svc in stack_services.app_services(settings) if svc.name == name]
-
-
-def _wait_ports_free(cfg: StackConfig, ports: list[int], timeout: float) -> None:
-    """A killed multi-threaded process counts as gone (its leader is a zombie) a moment
-    before its last thread exits and its listening sockets close; restarting in that
-    moment fails with "port in use". Wait it out."""
-    deadline = time.monotonic() + timeout
-    while any(stack.port_in_use(cfg.host, port) for port in ports):
-        if time.monotonic() > deadline:
-            return  # the start that follows reports who holds it
-        time.sleep(0.1)
-
-
-def _stopped_services(cfg: StackConfig) -> list[str]:
-    return [n for n in stack_services.ALL_SERVICES if not stack.process_status(cfg, n).running]
-
-
-def _crash(cfg: StackConfig, name: str) -> int | None:
-    """SIGKILL a service's whole process group (a postmaster and its backends die together,
-    as in a machine crash), then wait until it is gone."""
-    pid = stack.process_status(cfg, name).pid
-    if pid is None:
-        return None
-    try:
-        group = os.getpgid(pid) == pid
-        members = [pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))]
-        if group:
-            os.killpg(pid, signal.SIGKILL)
-        else:
-            os.kill(pid, signal.SIGKILL)
-    except (ProcessLookupError, psutil.NoSuchProcess):
-        return pid
-    if not _wait_stopped(cfg, name, 10.0):
-        raise StackError(f"{name} (pid {pid}) survived SIGKILL")
-    # Until its parent reaps it, a killed postmaster is a zombie that kill(pid, 0) still
-    # finds, and a new postmaster refuses the socket lock file naming that pid ("lock file
-    # ... already exists"). The supervisor counts zombies as gone, so wait here.
-    deadline = time.monotonic() + 30.0
-    while any(psutil.pid_exists(p) for p in members) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return pid
-
-
-# How the supervisor stops and starts each server a restart fault hits.
-_SERVER_CONTROL: dict[
-    str, tuple[Callable[[StackConfig], str], Callable[[StackConfig, float], str]]
-] = {
-    TEMPORAL: (stack.stop_temporal, stack.start_temporal),
-    POSTGRES: (stack.stop_postgres, stack.start_postgres),
-}
-
-
-def execute_fault(
-    settings: Settings, fault: PlannedFault, timeout: float = 90.0, *, hard: bool = False
-) -> dict[str, Any]:
-    """Inflict one fault and bring the service back; a record of what happened.
-
-    Restarts stop Temporal and PostgreSQL the supervisor's way (SIGTERM, `pg_ctl -m fast`);
-    with `hard` they are SIGKILLed instead, so recovery from a crash is what is tested.
-    """
-    cfg = stack_services.stack_config(settings)
-    record: dict[str, Any] = {"kind": fault.kind, "target": fault.target, "ok": True}
-    began = time.monotonic()
-    try:
-        if fault.kind == "kill_worker":
-            status = stack.process_status(cfg, fault.target)
-            if status.pid is None:
-                record["note"] = "was not running"
-            else:
-                record["pid"] = status.pid
-                os.kill(status.pid, signal.SIGKILL)
-                if not _wait_stopped(cfg, fault.target, 10.0):
-                    raise StackError(f"{fault.target} (pid {status.pid}) survived SIGKILL")
-            _wait_ports_free(cfg, _ports_of(settings, cfg, fault.target), 15.0)
-            stack_services.start_app_service(settings, fault.target, timeout)
-            record["new_pid"] = stack.process_status(cfg, fault.target).pid
-        elif fault.kind in ("restart_temporal", "restart_postgres"):
-            stop, start = _SERVER_CONTROL[fault.target]
-            record["pid"] = stack.process_status(cfg, fault.target).pid
-            record["mode"] = "SIGKILL" if hard else "stop"
-            if hard:
-                _crash(cfg, fault.target)
-            else:
-                stop(cfg)
-            _wait_ports_free(cfg, _ports_of(settings, cfg, fault.target), 15.0)
-            start(cfg, timeout)
-            record["new_pid"] = stack.process_status(cfg, fault.target).pid
-        else:
-            raise StackError(f"unknown fault {fault.kind!r}")
-    except (StackError, OSError) as err:
-        record["ok"] = False
-        record["error"] = str(err).splitlines()[0] if str(err) else type(err).__name__
-    record["downtime_s"] = round(time.monotonic() - began, 2)
-    # A service we did not touch that is gone now died by itself: worth knowing.
-    others_down = [n for n in _stopped_services(cfg) if n != fault.target]
-    if others_down:
-        record["also_down"] = others_down
-    return record
-
-
-def heal(settings: Settings, timeout: float = 90.0) -> list[str]:
-    """Start whatever is not running (after a failed restart or an unexpected exit)."""
-    cfg = stack_services.stack_config(settings)
-    messages = []
-    for name in _stopped_services(cfg):
-        _wait_ports_free(cfg, _ports_of(settings, cfg, name), 15.0)
-        try:
-            if name == POSTGRES:
-                messages.append(stack.start_postgres(cfg, timeout))
-            elif name == TEMPORAL:
-                messages.append(stack.start_temporal(cfg, timeout))
-            else:
-                messages.append(stack_services.start_app_service(settings, name, timeout))
-        except StackError as err:
-            messages.append(f"{name}: could not start: {err}")
-    return messages
-
-
-# ---------------------------------------------------------------------------------------
-# Invariants (pure: facts in, violations out)
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class OrderFacts:
-    order_id: str
-    payment_id: str
-    # orders row: state, reason, payment_id, tracking_number (None: no row)
-    db: dict[str, Any] | None = None
-    payments: list[dict[str, Any]] = field(default_factory=list)
-    # events rows in id order: {"type", "payload", "ts"}
-    events: list[dict[str, Any]] = field(default_factory=list)
-    # status (RUNNING, COMPLETED, FAILED, ...), state/reason/payment_status of the outcome
-    workflow: dict[str, Any] = field(default_factory=dict)
-    # The gateway's charges for this order (each with refunded_cents and its refunds) and
-    # the carrier's bookings (tracking_number, cancelled), from their own databases.
-    gateway: list[dict[str, Any]] = field(default_factory=list)
-    carrier: list[dict[str, Any]] = field(default_factory=list)
-
-
-def check_order(facts: OrderFacts) -> dict[str, list[str]]:
-    """Violation kind -> what is wrong, for one started order (empty when all holds)."""
-    found: dict[str, list[str]] = {}
-
-    def bad(kind: str, detail: str) -> None:
-        found.setdefault(kind, []).append(detail)
-
-    db = facts.db
-    wf = facts.workflow
-    state = db["state"] if db else None
-    types = [e["type"] for e in facts.events]
-    wf_status = wf.get("status")
-
-    if state not in TERMINAL:
-        bad("not_terminal", f"orders.state is {state or 'missing (no row)'}")
-    if wf_status in (None, "RUNNING"):
-        waiting = "; ".join(wf.get("pending") or []) or "nothing pending"
-        bad("not_terminal", f"workflow is {wf_status or 'unknown'} ({waiting})")
-
-    charges = types.count("PAYMENT_CHARGED")
-    if len(facts.payments) > 1:
-        ids = ", ".join(p["payment_id"] for p in facts.payments)
-        bad("double_charges", f"{len(facts.payments)} payment rows ({ids})")
-    if charges > 1:
-        bad("double_charges", f"{charges} PAYMENT_CHARGED events")
-    foreign = [p for p in facts.payments if p["order_id"] != facts.order_id]
-    if foreign:
-        bad("double_charges", f"payment {foreign[0]['payment_id']} recorded for another order")
-
-    charged = [p for p in facts.payments if p["status"] == "charged"]
-    if state in ("CANCELLED", "FAILED") and charged:
-        bad("charged_without_refund", f"{state} with payment {charged[0]['payment_id']} charged")
-    if state == "COMPLETED" and not charged:
-        kept = facts.payments[0]["status"] if facts.payments else "no payment"
-        bad("completed_without_charge", f"COMPLETED but payment is {kept}")
-
-    if wf_status == "COMPLETED":
-        if wf.get("state") != state:
-            bad("state_mismatch", f"workflow result {wf.get('state')}, database {state}")
-    elif wf_status == "FAILED":
-        if state != "FAILED":
-            bad("state_mismatch", f"workflow failed ({wf.get('reason')}), database {state}")
-    elif wf_status not in (None, "RUNNING"):
-        # TERMINATED, TIMED_OUT (the backstop fired), CANCELED: never a designed ending.
-        bad("state_mismatch", f"workflow {wf_status}, database {state}")
-    wf_payment = wf.get("payment_status")
-    db_payment = facts.payments[0]["status"] if facts.payments else "none"
-    if wf_status in ("COMPLETED", "FAILED") and wf_payment and wf_payment != db_payment:
-        bad("payment_mismatch", f"workflow says payment {wf_payment}, database {db_payment}")
-
-    if state is not None and STATE_EVENT.get(state) not in types:
-        bad("missing_events", f"state {state} without a {STATE_EVENT.get(state)} event")
-    if facts.payments and "PAYMENT_CHARGED" not in types:
-        bad("missing_events", "payment row without a PAYMENT_CHARGED event")
-    if any(p["status"] == "refunded" for p in facts.payments) and "PAYMENT_REFUNDED" not in types:
-        bad("missing_events", "refunded payment without a PAYMENT_REFUNDED event")
-    if db and db.get("tracking_number") and "DISPATCHED" not in types:
-        bad("missing_events", "tracking number without a DISPATCHED event")
-
-    ends = [t for t in types if t in TERMINAL]
-    if len(ends) > 1:
-        bad("conflicting_terminal_events", "terminal events " + ", ".join(ends))
-    for kind, detail in check_ledgers(facts):
-        bad(kind, detail)
-    return found
-
-
-def check_ledgers(facts: OrderFacts) -> list[tuple[str, str]]:
-    """Our tables against the gateway's and the carrier's ledgers, for one order."""
-    found: list[tuple[str, str]] = []
-    state = facts.db["state"] if facts.db else None
-    per_payment = Counter(c["payment_id"] for c in facts.gateway)
-    for payment_id, n in per_payment.items():
-        if n > 1:
-            found.append(("gateway_double_charges", f"{n} gateway charges for {payment_id}"))
-    kept = [c for c in facts.gateway if c["refunded_cents"] < c["amount_cents"]]
-    if state in ("CANCELLED", "FAILED") and kept:
-        found.append(
-            (
-                "gateway_charged_without_refund",
-                f"{state}, gateway charge {kept[0]['charge_id']} not refunded",
-            )
-        )
-    ours = {p["payment_id"]: p for p in facts.payments if p["order_id"] == facts.order_id}
-    for charge in facts.gateway:
-        mine = ours.pop(charge["payment_id"], None)
-        theirs = "refunded" if charge["refunded_cents"] >= charge["amount_cents"] else "charged"
-        if charge["refunded_cents"] and theirs == "charged":
-            theirs = "partly refunded"
-        if mine is None:
-            found.append(("ledger_mismatch", f"gateway charge {charge['charge_id']} unknown to us"))
-        elif (mine["status"], mine["amount_cents"]) != (theirs, charge["amount_cents"]):
-            found.append(
-                (
-                    "ledger_mismatch",
-                    f"payment {mine['payment_id']}: ours {mine['status']} "
-                    f"{mine['amount_cents']} cents, gateway {theirs} "
-                    f"{charge['amount_cents']} cents",
-                )
-            )
-    for payment_id, mine in ours.items():
-        found.append(
-            ("ledger_mismatch", f"payment {payment_id} {mine['status']}, no gateway charge")
-        )
-    if len(facts.carrier) > 1:
-        found.append(("duplicate_dispatches", f"{len(facts.carrier)} carrier bookings"))
-    active = [b["tracking_number"] for b in facts.carrier if not b["cancelled"]]
-    tracking = (facts.db or {}).get("tracking_number")
-    if tracking and tracking not in active:
-        found.append(("ledger_mismatch", f"tracking number {tracking} has no carrier booking"))
-    if active and state != "COMPLETED":
-        found.append(("ledger_mismatch", f"{state} but the carrier holds booking {active[0]}"))
-    return found
 
 
 # ---------------------------------------------------------------------------------------
@@ -453,7 +104,7 @@ class _Run:
         return time.monotonic() - self.t0
 
     async def run(self) -> dict[str, Any]:
-        stopped = _stopped_services(self.cfg)
+        stopped = stopped_services(self.cfg)
         if stopped:
             raise ChaosError(
                 f"the embedded stack is not running ({', '.join(stopped)} stopped; run dir "

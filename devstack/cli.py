@@ -404,7 +404,8 @@ def chaos(
     (double charge, charge without refund, DB vs Temporal mismatch, our payments vs the
     gateway's ledger, two carrier bookings, missing event, order not closed in time). See docs/operations.md, "Chaos runs".
     """
-    from devstack.chaos import ChaosError, ChaosOptions, run_chaos, summary_lines
+    from devstack.chaos import ChaosError, run_chaos, summary_lines
+    from devstack.chaos_faults import ChaosOptions
 
     opts = ChaosOptions(
         orders=orders,

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from app.platform.settings import PROJECT_ROOT
-from devstack.chaos import VIOLATIONS
+from devstack.chaos_checks import VIOLATIONS
 from tests.e2e.conftest import CliStack, describe, leftover_processes, stack_env
 
 ORDERS = 20

@@ -13,7 +13,7 @@ from app.orders.models import SIGNAL_APPROVE, ApproveRequest, order_workflow_id
 from app.orders.providers.gateway import read_ledger as gateway_ledger
 from app.platform.db import Event, Order, Payment
 from app.service.orders import OrderConflict
-from devstack.chaos import STATE_EVENT
+from devstack.chaos_checks import STATE_EVENT
 from tests.conftest import (
     ADDRESS,
     HAPPY_PATH_EVENTS,

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from devstack.chaos import ChaosOptions, OrderFacts, check_order, plan_faults
+from devstack.chaos_checks import OrderFacts, check_order
+from devstack.chaos_faults import ChaosOptions, plan_faults
 
 
 def ev(*types: str) -> list[dict[str, Any]]:
