@@ -15,20 +15,17 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
     ChildWorkflowError,
     RetryState,
-    TimeoutError,
     is_cancelled_exception,
 )
 
 with workflow.unsafe.imports_passed_through():
-    from app.orders.activities import OrderActivities, ShippingActivities
+    from app.orders.activities import OrderActivities
     from app.orders.models import (
-        ERR_DISPATCH_FAILED,
         ERR_INVALID_ORDER,
         ERR_ORDER_CANCELLED,
         ERR_ORDER_CLOSED,
@@ -36,7 +33,6 @@ with workflow.unsafe.imports_passed_through():
         ERR_REVIEW_OVER,
         ORDER_WORKFLOW,
         QUERY_STATUS,
-        SHIPPING_WORKFLOW,
         SIGNAL_APPROVE,
         SIGNAL_CANCEL,
         SIGNAL_DISPATCH_FAILED,
@@ -54,13 +50,11 @@ with workflow.unsafe.imports_passed_through():
         ChargeInput,
         CloseInput,
         DispatchFailure,
-        DispatchInput,
         OrderInput,
         OrderResult,
         OrderState,
         OrderStatus,
         PaymentStatus,
-        PrepareInput,
         ReceiveInput,
         RefundInput,
         ShippingInput,
@@ -72,61 +66,23 @@ with workflow.unsafe.imports_passed_through():
     )
     from app.orders.validation import address_problems
 
-# The guide's activity timeouts (start-to-close) and retry policy.
-RECEIVE_TIMEOUT = timedelta(seconds=3)
-VALIDATE_TIMEOUT = timedelta(seconds=3)
-CHARGE_TIMEOUT = timedelta(seconds=4)
-PREPARE_TIMEOUT = timedelta(seconds=5)
-DISPATCH_TIMEOUT = timedelta(seconds=5)
-STEP_RETRY = RetryPolicy(
-    maximum_attempts=3,
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
+from app.orders.workflows.failures import OrderStopped, application_type, failure_message
+from app.orders.workflows.policies import (
+    CHARGE_TIMEOUT,
+    CLOSE_RETRY,
+    CLOSE_TIMEOUT,
+    DEFAULT_DEADLINE_S,
+    DEFAULT_REVIEW_TIMEOUT_S,
+    GATE_RETRY,
+    GATE_TIMEOUT,
+    MAX_ERRORS_KEPT,
+    MAX_SHIPPING_ATTEMPTS,
+    PATCH_REFUND_AFTER_CLOSE,
+    RECEIVE_TIMEOUT,
+    STEP_RETRY,
+    VALIDATE_TIMEOUT,
 )
-# Bookkeeping behind a caller's request (cancel, address change): short, bounded.
-GATE_TIMEOUT = timedelta(seconds=5)
-GATE_RETRY = RetryPolicy(maximum_attempts=3, initial_interval=timedelta(milliseconds=200))
-# Compensation must eventually happen, so it retries until it does.
-CLOSE_TIMEOUT = timedelta(seconds=5)
-CLOSE_RETRY = RetryPolicy(
-    maximum_attempts=0,
-    initial_interval=timedelta(milliseconds=500),
-    maximum_interval=timedelta(seconds=5),
-)
-MAX_SHIPPING_ATTEMPTS = 3
-PATCH_REFUND_AFTER_CLOSE = "refund-after-close"
-DEFAULT_REVIEW_TIMEOUT_S = 30.0
-DEFAULT_DEADLINE_S = 60.0
-# Kept on the workflow so the status view stays small.
-MAX_ERRORS_KEPT = 20
-
-
-class _OrderStopped(Exception):
-    """Ends the business flow early with a terminal state (never leaves the workflow)."""
-
-    def __init__(self, state: OrderState, reason: str) -> None:
-        super().__init__(reason)
-        self.state = state
-        self.reason = reason
-
-
-def _failure_message(err: BaseException) -> str:
-    """The innermost useful message of an activity/child failure."""
-    cause: BaseException | None = err
-    while isinstance(cause, ActivityError | ChildWorkflowError) and cause.cause is not None:
-        cause = cause.cause
-    if isinstance(cause, TimeoutError):
-        return f"timeout ({cause.type.name.lower() if cause.type else 'unknown'})"
-    return str(cause) if cause is not None else str(err)
-
-
-def _application_type(err: BaseException) -> str | None:
-    cause: BaseException | None = err
-    while cause is not None:
-        if isinstance(cause, ApplicationError):
-            return cause.type
-        cause = cause.cause if isinstance(cause, ActivityError | ChildWorkflowError) else None
-    return None
+from app.orders.workflows.shipping import ShippingWorkflow
 
 
 @workflow.defn(name=ORDER_WORKFLOW)
@@ -142,7 +98,7 @@ class OrderWorkflow:
         self._approved_by: str | None = None
         self._approved_at: datetime | None = None
         self._cancel: CancelRequest | None = None
-        self._stop: _OrderStopped | None = None
+        self._stop: OrderStopped | None = None
         self._received = False
         self._closed = False
         self._dispatched = False
@@ -173,12 +129,12 @@ class OrderWorkflow:
                 lambda: business.done() or self._stop is not None, timeout=remaining
             )
         except builtins.TimeoutError:
-            self._stop = _OrderStopped(OrderState.FAILED, "deadline_exceeded")
+            self._stop = OrderStopped(OrderState.FAILED, "deadline_exceeded")
             self._log("deadline exceeded", step=str(self._step))
         except asyncio.CancelledError:
             # A Temporal-level cancel (UI button, `temporal workflow cancel`): treated like
             # cancel_order, so compensation still runs.
-            self._stop = _OrderStopped(OrderState.CANCELLED, "workflow_cancelled")
+            self._stop = OrderStopped(OrderState.CANCELLED, "workflow_cancelled")
             self._log("workflow cancellation requested")
 
         if not business.done():
@@ -196,11 +152,11 @@ class OrderWorkflow:
             )
         return result
 
-    async def _business_outcome(self, business: asyncio.Task[None]) -> _OrderStopped | None:
+    async def _business_outcome(self, business: asyncio.Task[None]) -> OrderStopped | None:
         """None when the order shipped, otherwise why it stopped."""
         try:
             await business
-        except _OrderStopped as stopped:
+        except OrderStopped as stopped:
             return self._stop or stopped
         except asyncio.CancelledError:
             pass
@@ -254,7 +210,7 @@ class OrderWorkflow:
             await workflow.wait_condition(lambda: self._approved, timeout=review_s)
         except builtins.TimeoutError:
             self._log("review timed out")
-            raise _OrderStopped(OrderState.CANCELLED, "review_timeout") from None
+            raise OrderStopped(OrderState.CANCELLED, "review_timeout") from None
         self._checkpoint()
 
         self._enter(Step.PAY)
@@ -303,19 +259,19 @@ class OrderWorkflow:
             except ChildWorkflowError as err:
                 if self._stop is not None or is_cancelled_exception(err):
                     raise
-                if _application_type(err) == ERR_ORDER_CANCELLED:
+                if application_type(err) == ERR_ORDER_CANCELLED:
                     # The cancel handler marked the row; let it finish accepting the cancel.
                     await workflow.wait_condition(lambda: self._stop is not None)
                     raise
                 reason = (
                     self._dispatch_failure.reason
                     if self._dispatch_failure
-                    else _failure_message(err)
+                    else failure_message(err)
                 )
                 self._record_error(Step.SHIP, attempt, f"shipping attempt {attempt}: {reason}")
                 self._log("shipping failed", attempt=attempt, reason=reason)
                 if attempt >= MAX_SHIPPING_ATTEMPTS or self._deadline <= workflow.now():
-                    raise _OrderStopped(OrderState.FAILED, "shipping_failed") from None
+                    raise OrderStopped(OrderState.FAILED, "shipping_failed") from None
                 continue
             self._dispatched = True
             self._tracking_number = result.tracking_number
@@ -324,7 +280,7 @@ class OrderWorkflow:
             self._set_state(OrderState.COMPLETED)
             return
 
-    async def _close(self, stop: _OrderStopped | None) -> OrderResult:
+    async def _close(self, stop: OrderStopped | None) -> OrderResult:
         inp = self._require_input()
         if stop is None:
             self._closed = True
@@ -407,7 +363,7 @@ class OrderWorkflow:
         except ActivityError as err:
             if self._stop is not None or is_cancelled_exception(err):
                 raise
-            message = _failure_message(err)
+            message = failure_message(err)
             # Retries used up: every attempt ran. Otherwise (a refusal, non-retryable) the
             # attempt that failed recorded itself with its number before we heard of it.
             exhausted = err.retry_state in (RetryState.MAXIMUM_ATTEMPTS_REACHED, RetryState.TIMEOUT)
@@ -415,9 +371,9 @@ class OrderWorkflow:
             self._attempts[step] = max(self._attempts.get(step, 0), attempts)
             self._record_error(step, attempts, message)
             self._log("step failed", step=str(step), error=message)
-            if _application_type(err) == ERR_INVALID_ORDER:
-                raise _OrderStopped(OrderState.FAILED, "invalid_order") from None
-            raise _OrderStopped(OrderState.FAILED, f"{step.lower()}_failed") from None
+            if application_type(err) == ERR_INVALID_ORDER:
+                raise OrderStopped(OrderState.FAILED, "invalid_order") from None
+            raise OrderStopped(OrderState.FAILED, f"{step.lower()}_failed") from None
         self._attempts[step] = getattr(out, "attempt", 1)
         return out
 
@@ -554,7 +510,7 @@ class OrderWorkflow:
                 return
         self._cancel = req
         if self._stop is None:
-            self._stop = _OrderStopped(OrderState.CANCELLED, req.reason)
+            self._stop = OrderStopped(OrderState.CANCELLED, req.reason)
         self._log("cancel accepted", reason=req.reason, by=req.requested_by)
 
     async def _accept_address(self, change: AddressChange) -> None:
@@ -585,8 +541,8 @@ class OrderWorkflow:
             )
         except ActivityError as err:
             raise ApplicationError(
-                _failure_message(err),
-                type=_application_type(err) or "RequestFailed",
+                failure_message(err),
+                type=application_type(err) or "RequestFailed",
                 non_retryable=True,
             ) from None
 
@@ -634,45 +590,4 @@ class OrderWorkflow:
             level,
             message,
             extra={"order_id": inp.order_id if inp else None, "step": self._step, **fields},
-        )
-
-
-@workflow.defn(name=SHIPPING_WORKFLOW)
-class ShippingWorkflow:
-    @workflow.run
-    async def run(self, inp: ShippingInput) -> ShippingResult:
-        ctx = ActivityContext(order_id=inp.order_id, fault_profile=inp.fault_profile)
-        try:
-            await workflow.execute_activity_method(
-                ShippingActivities.prepare_package,
-                PrepareInput(ctx=ctx, shipping_attempt=inp.attempt),
-                start_to_close_timeout=PREPARE_TIMEOUT,
-                retry_policy=STEP_RETRY,
-            )
-            out = await workflow.execute_activity_method(
-                ShippingActivities.dispatch_carrier,
-                DispatchInput(ctx=ctx, shipping_attempt=inp.attempt),
-                start_to_close_timeout=DISPATCH_TIMEOUT,
-                retry_policy=STEP_RETRY,
-                # A dispatch in flight must settle before the parent decides what happened.
-                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-            )
-        except ActivityError as err:
-            if is_cancelled_exception(err) or _application_type(err) == ERR_ORDER_CANCELLED:
-                raise ApplicationError(
-                    "order was cancelled before dispatch", type=ERR_ORDER_CANCELLED
-                ) from None
-            reason = _failure_message(err)
-            parent = workflow.info().parent
-            if parent is not None:
-                await workflow.get_external_workflow_handle(
-                    parent.workflow_id, run_id=parent.run_id
-                ).signal(
-                    SIGNAL_DISPATCH_FAILED, DispatchFailure(reason=reason, attempt=inp.attempt)
-                )
-            raise ApplicationError(reason, type=ERR_DISPATCH_FAILED, non_retryable=True) from None
-        return ShippingResult(
-            tracking_number=out.tracking_number,
-            attempt=inp.attempt,
-            dispatched_address=out.address,
         )

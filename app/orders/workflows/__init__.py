@@ -1,0 +1,8 @@
+"""The order's workflows: OrderWorkflow (the state machine, order.py) and its child
+ShippingWorkflow (shipping.py). Type names, signals, updates and queries are the
+compatibility contract with running orders and the committed replay histories."""
+
+from app.orders.workflows.order import OrderWorkflow
+from app.orders.workflows.shipping import ShippingWorkflow
+
+__all__ = ["OrderWorkflow", "ShippingWorkflow"]

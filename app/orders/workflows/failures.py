@@ -1,0 +1,45 @@
+"""What a workflow learns from a failed activity or child: the innermost message, the
+application error type, and the stop that ends an order early."""
+
+from __future__ import annotations
+
+from temporalio import workflow
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    ChildWorkflowError,
+    TimeoutError,
+)
+
+with workflow.unsafe.imports_passed_through():
+    from app.orders.models import (
+        OrderState,
+    )
+
+
+class OrderStopped(Exception):
+    """Ends the business flow early with a terminal state (never leaves the workflow)."""
+
+    def __init__(self, state: OrderState, reason: str) -> None:
+        super().__init__(reason)
+        self.state = state
+        self.reason = reason
+
+
+def failure_message(err: BaseException) -> str:
+    """The innermost useful message of an activity/child failure."""
+    cause: BaseException | None = err
+    while isinstance(cause, ActivityError | ChildWorkflowError) and cause.cause is not None:
+        cause = cause.cause
+    if isinstance(cause, TimeoutError):
+        return f"timeout ({cause.type.name.lower() if cause.type else 'unknown'})"
+    return str(cause) if cause is not None else str(err)
+
+
+def application_type(err: BaseException) -> str | None:
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, ApplicationError):
+            return cause.type
+        cause = cause.cause if isinstance(cause, ActivityError | ChildWorkflowError) else None
+    return None

@@ -1,0 +1,70 @@
+"""ShippingWorkflow (child, shipping-tq): PreparePackage, then DispatchCarrier; tells the
+parent `dispatch_failed` when it cannot dispatch."""
+
+from __future__ import annotations
+
+from temporalio import workflow
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    is_cancelled_exception,
+)
+
+with workflow.unsafe.imports_passed_through():
+    from app.orders.activities import ShippingActivities
+    from app.orders.models import (
+        ERR_DISPATCH_FAILED,
+        ERR_ORDER_CANCELLED,
+        SHIPPING_WORKFLOW,
+        SIGNAL_DISPATCH_FAILED,
+        ActivityContext,
+        DispatchFailure,
+        DispatchInput,
+        PrepareInput,
+        ShippingInput,
+        ShippingResult,
+    )
+
+from app.orders.workflows.failures import application_type, failure_message
+from app.orders.workflows.policies import DISPATCH_TIMEOUT, PREPARE_TIMEOUT, STEP_RETRY
+
+
+@workflow.defn(name=SHIPPING_WORKFLOW)
+class ShippingWorkflow:
+    @workflow.run
+    async def run(self, inp: ShippingInput) -> ShippingResult:
+        ctx = ActivityContext(order_id=inp.order_id, fault_profile=inp.fault_profile)
+        try:
+            await workflow.execute_activity_method(
+                ShippingActivities.prepare_package,
+                PrepareInput(ctx=ctx, shipping_attempt=inp.attempt),
+                start_to_close_timeout=PREPARE_TIMEOUT,
+                retry_policy=STEP_RETRY,
+            )
+            out = await workflow.execute_activity_method(
+                ShippingActivities.dispatch_carrier,
+                DispatchInput(ctx=ctx, shipping_attempt=inp.attempt),
+                start_to_close_timeout=DISPATCH_TIMEOUT,
+                retry_policy=STEP_RETRY,
+                # A dispatch in flight must settle before the parent decides what happened.
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            )
+        except ActivityError as err:
+            if is_cancelled_exception(err) or application_type(err) == ERR_ORDER_CANCELLED:
+                raise ApplicationError(
+                    "order was cancelled before dispatch", type=ERR_ORDER_CANCELLED
+                ) from None
+            reason = failure_message(err)
+            parent = workflow.info().parent
+            if parent is not None:
+                await workflow.get_external_workflow_handle(
+                    parent.workflow_id, run_id=parent.run_id
+                ).signal(
+                    SIGNAL_DISPATCH_FAILED, DispatchFailure(reason=reason, attempt=inp.attempt)
+                )
+            raise ApplicationError(reason, type=ERR_DISPATCH_FAILED, non_retryable=True) from None
+        return ShippingResult(
+            tracking_number=out.tracking_number,
+            attempt=inp.attempt,
+            dispatched_address=out.address,
+        )
