@@ -1,0 +1,316 @@
+"""CloseOrder and RefundPayment: the terminal state recorded once, then the charge refunded
+(or the payment voided) and the bookings of an unshipped order cancelled."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio import activity
+
+from app.orders.activities.common import (
+    ActivityBase,
+    call_info,
+    event_row,
+    money,
+    naive_utc,
+    now_utc,
+    observe_end,
+    refusals_are_final,
+)
+from app.orders.faults import CallInfo
+from app.orders.models import (
+    TERMINAL_STATES,
+    CloseInput,
+    CloseOutcome,
+    OrderState,
+    PaymentStatus,
+    RefundInput,
+)
+from app.orders.providers.api import (
+    CancelShipmentsRequest,
+    Carrier,
+    PaymentGateway,
+    Refund,
+    RefundRequest,
+    refund_key,
+)
+from app.platform.db import Event, Order, Payment, timed_transaction
+
+log = logging.getLogger("app.orders.activities")
+
+
+class CompensationActivities(ActivityBase):
+    """Closing an order and undoing its charge (and its bookings), once, whatever retries."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        gateway: PaymentGateway,
+        carrier: Carrier,
+    ) -> None:
+        super().__init__(sessions)
+        self.gateway = gateway
+        # An order that closes unshipped cancels its bookings.
+        self.carrier = carrier
+
+    @activity.defn(name="CloseOrder")
+    async def close_order(self, inp: CloseInput) -> CloseOutcome:
+        """Compensate (refund if charged) and record the terminal state, idempotently.
+
+        A dispatch that already committed wins: the order stays COMPLETED.
+        """
+        info = activity.info()
+        order_id = inp.ctx.order_id
+        async with timed_transaction(self.sessions, "close_order_read") as s:
+            order = await s.get(Order, order_id)
+            payment = await s.get(Payment, inp.payment_id)
+        if order is not None and order.state == OrderState.COMPLETED:
+            status = payment.status if payment else PaymentStatus.NONE
+            return CloseOutcome(state=OrderState.COMPLETED, payment_status=status, refunded=False)
+        ours = payment is not None and payment.order_id == order_id
+        must_refund = ours and payment is not None and payment.status == PaymentStatus.CHARGED
+        # Stopped while charging with no charge recorded: the gateway may still have taken
+        # the money (the answer was lost). RefundPayment asks it.
+        maybe_charged = not ours and inp.step == "PAY"
+        refund_now = must_refund and not inp.defer_refund
+        if refund_now and payment is not None:
+            await self._refund(payment, call_info(inp.ctx, info.attempt))
+        async with timed_transaction(self.sessions, "close_order") as s:
+            events: list[dict[str, Any]] = []
+            refunded = refund_now and await _mark_refunded(s, order_id, inp.payment_id)
+            locked = (
+                await s.execute(select(Order).where(Order.id == order_id).with_for_update())
+            ).scalar_one_or_none()
+            final = inp.state
+            started = order.created_at if order is not None else naive_utc(inp.started_at_iso)
+            if locked is None:
+                # The order never reached the database (ReceiveOrder failed): record it now
+                # so every order that was started can be found and audited.
+                await s.execute(
+                    pg_insert(Order)
+                    .values(
+                        id=order_id,
+                        state=inp.state,
+                        step=inp.step,
+                        reason=inp.reason,
+                        closed_at=now_utc(),
+                        created_at=started or func.now(),
+                    )
+                    .on_conflict_do_nothing(index_elements=[Order.id])
+                )
+                events.append(_terminal_event(inp))
+            elif locked.state == OrderState.COMPLETED:
+                final = OrderState.COMPLETED
+            elif locked.state not in TERMINAL_STATES:
+                locked.state = inp.state
+                locked.reason = inp.reason
+                locked.step = inp.step or locked.step
+                locked.updated_at = locked.closed_at = now_utc()
+                events.append(_terminal_event(inp))
+            else:
+                final = OrderState(locked.state)
+            if events:
+                await s.execute(insert(Event), events)
+            status_row = await s.get(Payment, inp.payment_id)
+            status = (
+                status_row.status
+                if status_row is not None and status_row.order_id == order_id
+                else PaymentStatus.NONE
+            )
+        if events:  # this attempt recorded the end (a retry that found it closed did not)
+            observe_end(final, inp.reason, started)
+        log.info(
+            "order closed",
+            extra={
+                "order_id": order_id,
+                "workflow_id": info.workflow_id,
+                "state": final,
+                "reason": inp.reason,
+                "refunded": refunded,
+            },
+        )
+        return CloseOutcome(
+            state=final,
+            payment_status=status,
+            refunded=refunded,
+            refund_pending=(
+                (must_refund or maybe_charged)
+                and inp.defer_refund
+                and final != OrderState.COMPLETED
+            ),
+        )
+
+    @activity.defn(name="RefundPayment")
+    async def refund_payment(self, inp: RefundInput) -> CloseOutcome:
+        """Compensation after the order is closed: refund a kept charge, once.
+
+        For an order closed while shipping, its carrier bookings are cancelled first. With
+        no charge recorded, the gateway is asked to cancel or refund: it refunds a charge
+        whose answer was lost (recorded here with its refund), or voids the payment so that
+        no late charge attempt can take the money. Each finding is recorded as it is made,
+        so a retry after a flaky call carries on from there instead of starting over."""
+        info = activity.info()
+        order_id = inp.ctx.order_id
+        call = call_info(inp.ctx, info.attempt)
+        async with timed_transaction(self.sessions, "refund_read") as s:
+            order = await s.get(Order, order_id)
+            payment = await s.get(Payment, inp.payment_id)
+            shipments_open = (
+                order is not None
+                and order.step == "SHIP"
+                and order.tracking_number is None
+                and not await has_event(s, order_id, "SHIPMENTS_CANCELLED")
+            )
+        state = order.state if order is not None else OrderState.FAILED
+        if payment is not None and payment.order_id != order_id:
+            payment = None  # another order's payment id: never charged for this one
+        if state == OrderState.COMPLETED or (
+            payment is not None and payment.status != PaymentStatus.CHARGED
+        ):
+            status = payment.status if payment is not None else PaymentStatus.NONE
+            return CloseOutcome(state=state, payment_status=status, refunded=False)
+        if shipments_open:
+            await self._cancel_shipments(order_id, call)
+        if payment is None:
+            found = await self._cancel_or_refund(inp.payment_id, order, call)
+            if found is None:  # never charged, and now it cannot be
+                return CloseOutcome(state=state, payment_status=PaymentStatus.NONE, refunded=False)
+            async with timed_transaction(self.sessions, "refund_payment") as s:
+                refunded = await _record_lost_charge_refunded(s, order_id, inp.payment_id, found)
+        else:
+            await self._refund(payment, call)
+            async with timed_transaction(self.sessions, "refund_payment") as s:
+                refunded = await _mark_refunded(s, order_id, inp.payment_id)
+        log.info(
+            "payment refunded",
+            extra={"order_id": order_id, "workflow_id": info.workflow_id, "attempt": info.attempt},
+        )
+        return CloseOutcome(state=state, payment_status=PaymentStatus.REFUNDED, refunded=refunded)
+
+    async def _cancel_or_refund(
+        self, payment_id: str, order: Order | None, call: CallInfo
+    ) -> Refund | None:
+        """No charge recorded: refund one the gateway took anyway, or void the payment."""
+        # No order row or amount: never received, so never charged; this only voids.
+        amount = int(order.amount * 100) if order is not None and order.amount else 0
+        order_id = call.order_id
+        request = RefundRequest(refund_key(payment_id), payment_id, order_id, amount)
+        with refusals_are_final():
+            refund = await self.gateway.cancel_or_refund(request, call)
+        if refund is not None:
+            log.warning(
+                "gateway had a charge we never recorded (its answer was lost); refunded it",
+                extra={"order_id": order_id, "charge_id": refund.charge_id},
+            )
+        return refund
+
+    async def _cancel_shipments(self, order_id: str, call: CallInfo) -> None:
+        """Closed while shipping: a booking whose answer was lost must not ship a refunded
+        order, and no late dispatch may book one."""
+        with refusals_are_final():
+            cancelled = await self.carrier.cancel(CancelShipmentsRequest(order_id), call)
+        async with timed_transaction(self.sessions, "cancel_shipments") as s:
+            await s.execute(
+                insert(Event).values(
+                    **event_row(
+                        order_id,
+                        "SHIPMENTS_CANCELLED",
+                        bookings=[b.tracking_number for b in cancelled],
+                    )
+                )
+            )
+        if cancelled:
+            log.warning(
+                "carrier had a booking we never recorded (its answer was lost); cancelled it",
+                extra={"order_id": order_id, "bookings": len(cancelled)},
+            )
+
+    async def _refund(self, payment: Payment, call: CallInfo) -> None:
+        """Refund a charge we recorded, in full."""
+        amount = int((payment.amount or Decimal(0)) * 100)
+        pid = payment.payment_id
+        with refusals_are_final():
+            await self.gateway.refund(
+                RefundRequest(refund_key(pid), pid, payment.order_id, amount), call
+            )
+
+
+async def _record_lost_charge_refunded(
+    s: AsyncSession, order_id: str, payment_id: str, refund: Refund
+) -> bool:
+    """A charge found only at the gateway, recorded with its refund (the money trail)."""
+    inserted = (
+        await s.execute(
+            pg_insert(Payment)
+            .values(
+                payment_id=payment_id,
+                order_id=order_id,
+                status=PaymentStatus.REFUNDED,
+                amount=money(refund.amount_cents),
+                gateway_ref=refund.charge_id,
+                refunded_at=now_utc(),
+            )
+            .on_conflict_do_nothing(index_elements=[Payment.payment_id])
+            .returning(Payment.payment_id)
+        )
+    ).scalar_one_or_none()
+    if inserted is None:
+        return False
+    charged = event_row(
+        order_id,
+        "PAYMENT_CHARGED",
+        payment_id=payment_id,
+        amount_cents=refund.amount_cents,
+        found_at_gateway=True,
+    )
+    refunded = event_row(order_id, "PAYMENT_REFUNDED", payment_id=payment_id)
+    await s.execute(insert(Event), [charged, refunded])
+    return True
+
+
+async def has_event(s: AsyncSession, order_id: str, type_: str) -> bool:
+    found = await s.execute(
+        select(Event.id).where(Event.order_id == order_id, Event.type == type_).limit(1)
+    )
+    return found.first() is not None
+
+
+async def _mark_refunded(s: AsyncSession, order_id: str, payment_id: str) -> bool:
+    """charged -> refunded with its event; False when another attempt already did it."""
+    done = (
+        await s.execute(
+            update(Payment)
+            .where(Payment.payment_id == payment_id, Payment.status == PaymentStatus.CHARGED)
+            .values(status=PaymentStatus.REFUNDED, refunded_at=now_utc())
+            .returning(Payment.payment_id)
+        )
+    ).scalar_one_or_none() is not None
+    if done:
+        await s.execute(
+            insert(Event).values(**event_row(order_id, "PAYMENT_REFUNDED", payment_id=payment_id))
+        )
+    return done
+
+
+def _terminal_event(inp: CloseInput) -> dict[str, Any]:
+    """The end state, with the workflow's final attempt counts and errors (the status of
+    a closed order is read from here on)."""
+    return event_row(
+        inp.ctx.order_id,
+        inp.state,
+        state=inp.state,
+        reason=inp.reason,
+        attempts=inp.attempts,
+        errors=[dataclasses.asdict(e) for e in inp.errors],
+    )

@@ -1,0 +1,278 @@
+"""Activities: the external calls of each step plus their database effects.
+
+Each step's state change and event are written in the same transaction as its effect, and
+every write is idempotent, so a retried or duplicated attempt changes nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from sqlalchemy import (
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from app.orders.activities.common import (
+    call_info,
+    event_row,
+    lock_order,
+    money,
+    naive_utc,
+    now_utc,
+    refusals_are_final,
+    refuse_if_closed_or_dispatched,
+    require_order,
+    step_activity,
+    with_events,
+)
+from app.orders.activities.compensation import CompensationActivities
+from app.orders.faults import OrderIntake
+from app.orders.models import (
+    ERR_INVALID_ORDER,
+    ERR_ORDER_CLOSED,
+    ERR_PAYMENT_CONFLICT,
+    TERMINAL_STATES,
+    AddressChangeInput,
+    CancelMarkInput,
+    ChargeInput,
+    OrderState,
+    PaymentStatus,
+    ReceiveInput,
+    StepOutcome,
+    ValidateInput,
+    order_amount_cents,
+)
+from app.orders.providers.api import (
+    Carrier,
+    ChargeRequest,
+    PaymentGateway,
+    charge_key,
+)
+from app.orders.rules import business_problems
+from app.orders.validation import address_problems
+from app.platform.db import Event, Order, Payment, timed_statements, timed_transaction
+
+log = logging.getLogger("app.orders.activities")
+
+
+class OrderActivities(CompensationActivities):
+    """Activities of the orders queue (the compensation ones are inherited)."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        intake: OrderIntake,
+        gateway: PaymentGateway,
+        carrier: Carrier,
+    ) -> None:
+        super().__init__(sessions, gateway, carrier)
+        self.intake = intake
+
+    @activity.defn(name="ReceiveOrder")
+    @step_activity("RECEIVE")
+    async def receive_order(self, inp: ReceiveInput) -> StepOutcome:
+        info = activity.info()
+        await self.intake.receive_order(call_info(inp.ctx, info.attempt))
+        new_order = (
+            pg_insert(Order)
+            .values(
+                id=inp.ctx.order_id,
+                state=OrderState.RECEIVED,
+                step="RECEIVE",
+                address_json=inp.address.as_dict(),
+                workflow_id=inp.workflow_id,
+                run_id=inp.run_id,
+                payment_id=inp.payment_id,
+                amount=money(order_amount_cents(inp.items)),
+                items_json=[vars(i) for i in inp.items],
+                deadline_at=datetime.fromisoformat(inp.deadline_iso).replace(tzinfo=None),
+                # now() for runs started before the workflow sent its start time.
+                created_at=naive_utc(inp.started_at_iso) or func.now(),
+            )
+            .on_conflict_do_nothing(index_elements=[Order.id])
+        )
+        received = (
+            "RECEIVED",
+            {
+                "state": OrderState.RECEIVED,
+                "attempt": info.attempt,
+                "workflow_id": inp.workflow_id,
+                "run_id": inp.run_id,
+            },
+        )
+        async with timed_statements(self.sessions, "receive_order") as s:
+            inserted = (await s.execute(with_events(new_order, received))).scalar_one_or_none()
+            if inserted is None:  # a retry, or the id is taken
+                existing = await s.get(Order, inp.ctx.order_id)
+                if existing is not None and existing.run_id != inp.run_id:
+                    raise ApplicationError(
+                        f"order id {inp.ctx.order_id} already belongs to another workflow run",
+                        type=ERR_INVALID_ORDER,
+                        non_retryable=True,
+                    )
+        return StepOutcome(attempt=info.attempt)
+
+    @activity.defn(name="ValidateOrder")
+    @step_activity("VALIDATE")
+    async def validate_order(self, inp: ValidateInput) -> StepOutcome:
+        info = activity.info()
+        await self.intake.validate_order(call_info(inp.ctx, info.attempt))
+        problems = business_problems(inp)
+        if problems:
+            # Recorded with the failure; the workflow closes the order as FAILED.
+            async with timed_transaction(self.sessions, "validate_order") as s:
+                await lock_order(s, inp.ctx.order_id)
+                await s.execute(
+                    insert(Event).values(
+                        **event_row(inp.ctx.order_id, "VALIDATION_FAILED", problems=problems)
+                    )
+                )
+        else:
+            validated = (
+                update(Order)
+                .where(Order.id == inp.ctx.order_id, Order.state == OrderState.RECEIVED)
+                .values(state=OrderState.VALIDATED, step="MANUAL_REVIEW", updated_at=now_utc())
+            )
+            event = ("VALIDATED", {"state": OrderState.VALIDATED, "attempt": info.attempt})
+            async with timed_statements(self.sessions, "validate_order") as s:
+                if (await s.execute(with_events(validated, event))).scalar_one_or_none() is None:
+                    # Validated by an earlier attempt, or not there at all.
+                    await require_order(s, inp.ctx.order_id)
+        if problems:
+            raise ApplicationError(
+                "order is invalid: " + "; ".join(f"{k} {v}" for k, v in problems.items()),
+                problems,
+                type=ERR_INVALID_ORDER,
+                non_retryable=True,
+            )
+        return StepOutcome(attempt=info.attempt)
+
+    @activity.defn(name="ChargePayment")
+    @step_activity("PAY")
+    async def charge_payment(self, inp: ChargeInput) -> StepOutcome:
+        """Idempotent on payment_id: however often it runs, at most one charge exists.
+
+        The gateway sees the payment id as the charge's idempotency key, so an attempt
+        after a lost answer gets the first charge back instead of a second one."""
+        info = activity.info()
+        order_id = inp.ctx.order_id
+        request = ChargeRequest(
+            key=charge_key(inp.payment_id),
+            payment_id=inp.payment_id,
+            order_id=order_id,
+            amount_cents=inp.amount_cents,
+        )
+        # The payment id is another order's, or was sent with another amount: refused.
+        with refusals_are_final(conflict=ERR_PAYMENT_CONFLICT):
+            charge = await self.gateway.charge(request, call_info(inp.ctx, info.attempt))
+        async with timed_transaction(self.sessions, "charge_payment") as s:
+            # A charge that happened is recorded even if a cancel raced it: the workflow
+            # then refunds it. Once the order is closed, though, compensation owns the
+            # money (it asks the gateway itself): a straggling attempt records nothing.
+            locked = await lock_order(s, order_id)
+            if locked.state in TERMINAL_STATES:
+                raise ApplicationError(
+                    "order is already closed", type=ERR_ORDER_CLOSED, non_retryable=True
+                )
+            payment = (
+                pg_insert(Payment)
+                .values(
+                    payment_id=inp.payment_id,
+                    order_id=order_id,
+                    status=PaymentStatus.CHARGED,
+                    amount=money(charge.amount_cents),
+                    gateway_ref=charge.charge_id,
+                )
+                .on_conflict_do_nothing(index_elements=[Payment.payment_id])
+                .returning(Payment.payment_id)
+                .cte("charged")
+            )
+            # The order is marked paid, with its events, only when this attempt recorded
+            # the charge (one statement).
+            paid = (
+                update(Order)
+                .where(Order.id == order_id, exists(select(payment.c.payment_id)))
+                .values(state=OrderState.PAID, step="PAY", updated_at=now_utc())
+            )
+            charged = (
+                await s.execute(
+                    with_events(
+                        paid,
+                        ("APPROVED", {"by": inp.approved_by, "at": inp.approved_at_iso}),
+                        (
+                            "PAYMENT_CHARGED",
+                            {
+                                "state": OrderState.PAID,
+                                "payment_id": inp.payment_id,
+                                "amount_cents": inp.amount_cents,
+                                "attempt": info.attempt,
+                            },
+                        ),
+                    )
+                )
+            ).scalar_one_or_none()
+            if charged is None:
+                existing = await s.get(Payment, inp.payment_id)
+                if existing is not None and existing.order_id != order_id:
+                    raise ApplicationError(
+                        f"payment id {inp.payment_id} already belongs to another order",
+                        type=ERR_PAYMENT_CONFLICT,
+                        non_retryable=True,
+                    )
+                log.info(
+                    "charge already recorded; not charging again",
+                    extra={"order_id": order_id, "attempt": info.attempt},
+                )
+        return StepOutcome(attempt=info.attempt)
+
+    @activity.defn(name="ApplyAddressChange")
+    async def apply_address_change(self, inp: AddressChangeInput) -> None:
+        """Accept a new address unless the carrier already has the parcel."""
+        problems = address_problems(inp.address.as_dict())
+        if problems:
+            raise ApplicationError("invalid address", problems, type=ERR_INVALID_ORDER)
+        async with timed_transaction(self.sessions, "apply_address_change") as s:
+            order = await lock_order(s, inp.ctx.order_id)
+            refuse_if_closed_or_dispatched(order)
+            order.address_json = inp.address.as_dict()
+            order.updated_at = now_utc()
+            await s.execute(
+                insert(Event).values(
+                    **event_row(
+                        inp.ctx.order_id,
+                        "ADDRESS_UPDATED",
+                        address=inp.address.as_dict(),
+                        by=inp.requested_by,
+                    )
+                )
+            )
+
+    @activity.defn(name="MarkCancelRequested")
+    async def mark_cancel_requested(self, inp: CancelMarkInput) -> None:
+        """Claim the order for cancellation so a later dispatch refuses to ship it."""
+        async with timed_transaction(self.sessions, "mark_cancel_requested") as s:
+            order = await lock_order(s, inp.ctx.order_id)
+            if order.cancel_requested:
+                return
+            refuse_if_closed_or_dispatched(order)
+            order.cancel_requested = True
+            order.updated_at = now_utc()
+            await s.execute(
+                insert(Event).values(
+                    **event_row(
+                        inp.ctx.order_id,
+                        "CANCEL_REQUESTED",
+                        reason=inp.reason,
+                        by=inp.requested_by,
+                    )
+                )
+            )
