@@ -46,7 +46,8 @@ from app.orders.providers.wiring import ledger_engine
 from app.platform.db import Event, Order, Payment, engine_from_settings, session_factory
 from app.platform.settings import Settings
 from app.platform.temporal import connect_client, runtime_with_core_logs
-from app.service.orders import InvalidInput, OrderConflict, OrderService
+from app.service.errors import InvalidInput, OrderConflict
+from app.service.orders import OrderService
 from devstack import services as stack_services
 from devstack.chaos_checks import TERMINAL, VIOLATIONS, OrderFacts, check_order
 from devstack.chaos_faults import (

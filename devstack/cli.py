@@ -236,7 +236,7 @@ def _progress_of(view: dict[str, Any]) -> int:
 
 
 async def _demo(svc: OrderService) -> list[DemoRun]:
-    from app.service.orders import OrderConflict
+    from app.service.errors import OrderConflict
 
     tag = datetime.now().strftime("%H%M%S") + secrets.token_hex(2)
     runs = [

@@ -108,7 +108,7 @@ def expect_state(view: dict[str, Any], state: str, payment: str) -> None:
 
 
 async def happy_path(svc: OrderService, opts: Options) -> tuple[str, list[str]]:
-    from app.service.orders import OrderConflict
+    from app.service.errors import OrderConflict
 
     oid = f"twf-{opts.tag}-happy"
     await start(svc, oid, opts)
@@ -152,7 +152,7 @@ async def cancel_after_payment(svc: OrderService, opts: Options) -> tuple[str, l
 
 
 async def address_update(svc: OrderService, opts: Options) -> tuple[str, list[str]]:
-    from app.service.orders import InvalidInput
+    from app.service.errors import InvalidInput
 
     oid = f"twf-{opts.tag}-address"
     await start(svc, oid, opts)
@@ -212,7 +212,7 @@ RUNNERS: dict[str, Callable[[OrderService, Options], Awaitable[tuple[str, list[s
 
 
 async def run_one(svc: OrderService, name: str, opts: Options) -> Outcome:
-    from app.service.orders import ServiceError
+    from app.service.errors import ServiceError
 
     started = time.monotonic()
     log(name, "running")

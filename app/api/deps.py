@@ -15,7 +15,8 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from app.api.auth import Authenticator, Principal, Role
 from app.api.schemas import ErrorResponse
 from app.orders.validation import ORDER_ID_RE
-from app.service.orders import OrderService, Unavailable
+from app.service.errors import Unavailable
+from app.service.orders import OrderService
 
 # auto_error=False: a missing credential is answered by `caller` below (401 with our error
 # body, and nothing at all when auth is off), not by FastAPI's default 403.

@@ -22,7 +22,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from app.api.schemas import ErrorDetail
 from app.orders.validation import ORDER_ID_RE, order_id_problem
-from app.service.orders import ServiceError
+from app.service.errors import ServiceError
 
 logger = logging.getLogger("app.api")
 

@@ -13,7 +13,13 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
 
 from app.orders.validation import MAX_FIELD_LEN, PAYMENT_ID_RE, ZIP_RE
-from app.service.orders import MAX_ITEMS, MAX_OVERRIDE_S, MAX_QTY, MAX_UNIT_PRICE_CENTS, SKU_RE
+from app.service.inputs import (
+    MAX_ITEMS,
+    MAX_OVERRIDE_S,
+    MAX_QTY_ACCEPTED,
+    MAX_UNIT_PRICE_CENTS,
+    SKU_RE,
+)
 
 MAX_TEXT_LEN = 200
 
@@ -58,7 +64,7 @@ class AddressIn(_Request):
 
 class LineItemIn(_Request):
     sku: str = Field(pattern=SKU_RE.pattern, examples=["SKU-DEMO-1"])
-    qty: int = Field(ge=1, le=MAX_QTY, examples=[1])
+    qty: int = Field(ge=1, le=MAX_QTY_ACCEPTED, examples=[1])
     unit_price_cents: int = Field(ge=0, le=MAX_UNIT_PRICE_CENTS, examples=[1999])
 
 

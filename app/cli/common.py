@@ -195,7 +195,7 @@ def report_error(exc: BaseException) -> int:
 
 def explain_error(exc: BaseException) -> tuple[str, str]:
     """(one-line message, detail) for an operational error."""
-    from app.service.orders import ServiceError
+    from app.service.errors import ServiceError
 
     if isinstance(exc, CliError):
         return exc.message, exc.detail

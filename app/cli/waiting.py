@@ -30,7 +30,7 @@ async def wait_for_order(
     interval: float = 0.2,
 ) -> dict[str, Any]:
     """Poll the order's status until `done(view)` or `timeout`; return the last view."""
-    from app.service.orders import Unavailable
+    from app.service.errors import Unavailable
 
     deadline = time.monotonic() + timeout
     seen: tuple[Any, ...] | None = None

@@ -8,7 +8,8 @@ from app.orders.validation import address_problems
 
 # Business rules checked by ValidateOrder.
 MAX_ORDER_CENTS = 1_000_000
-MAX_QTY = 100
+# The most of one item we ship in one order (larger quantities are a wholesale order).
+MAX_QTY_PER_LINE = 100
 SHIPPABLE_COUNTRIES = frozenset({"US", "CA", "GB", "DE", "FR", "NL", "ES", "IT", "AU", "JP"})
 
 
@@ -16,8 +17,8 @@ def business_problems(inp: ValidateInput) -> dict[str, str]:
     problems: dict[str, str] = {}
     if not inp.items:
         problems["items"] = "must not be empty"
-    elif any(i.qty < 1 or i.qty > MAX_QTY for i in inp.items):
-        problems["items"] = f"quantities must be between 1 and {MAX_QTY}"
+    elif any(i.qty < 1 or i.qty > MAX_QTY_PER_LINE for i in inp.items):
+        problems["items"] = f"quantities must be between 1 and {MAX_QTY_PER_LINE}"
     elif any(i.unit_price_cents < 0 for i in inp.items):
         problems["items"] = "prices must not be negative"
     elif order_amount_cents(inp.items) > MAX_ORDER_CENTS:

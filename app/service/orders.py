@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import re
 import time
 from collections import OrderedDict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -19,7 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import (
     Client,
-    WorkflowExecutionStatus,
     WorkflowHandle,
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
@@ -42,26 +40,27 @@ from app.orders.models import (
     UPDATE_ADDRESS,
     UPDATE_APPROVE,
     UPDATE_CANCEL,
-    Address,
     AddressChange,
     ApproveRequest,
     CancelRequest,
-    LineItem,
     OrderInput,
     OrderStatus,
     is_settled,
     order_workflow_id,
 )
-from app.orders.validation import address_problems, order_id_problem, payment_id_problem
+from app.orders.validation import payment_id_problem
 from app.platform.db import Event, Order, Payment
 from app.platform.settings import Settings
-
-# Bounds on what one order may ask for (the amount must fit orders.amount NUMERIC(12,2)).
-MAX_ITEMS = 50
-MAX_QTY = 1000
-MAX_UNIT_PRICE_CENTS = 10_000_000
-MAX_OVERRIDE_S = 3600.0
-SKU_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+from app.service.errors import Forbidden, InvalidInput, OrderConflict, OrderNotFound, Unavailable
+from app.service.inputs import MAX_OVERRIDE_S, parse_line_items, validate_address, validate_order_id
+from app.service.status import (
+    attempt_history,
+    event_detail,
+    iso,
+    merge_errors,
+    status_from_db,
+    step_of,
+)
 
 # Closed workflows are answered from the database; a running one from its query.
 _REFUSAL_STATUS = {
@@ -75,107 +74,6 @@ _REFUSAL_STATUS = {
 
 CLOSED_CACHE_SIZE = 10_000
 CLOSED_CACHE_TTL_S = 300.0
-MAX_ERRORS_SHOWN = 20
-# The event that records a step's successful attempt; failed ones are STEP_ATTEMPT_FAILED.
-_SUCCESS_EVENT_STEP = {
-    "RECEIVED": "RECEIVE",
-    "VALIDATED": "VALIDATE",
-    "PAYMENT_CHARGED": "PAY",
-    "DISPATCHED": "SHIP",
-}
-_HISTORY_EVENTS = [*_SUCCESS_EVENT_STEP, "STEP_ATTEMPT_FAILED", *TERMINAL_STATES]
-
-
-class ServiceError(Exception):
-    status = 500
-    code = "internal_error"
-
-    def __init__(self, message: str, *, field: str | None = None, **extra: Any) -> None:
-        super().__init__(message)
-        self.message = message
-        self.field = field
-        self.extra = extra
-
-
-class InvalidInput(ServiceError):
-    status = 422
-    code = "invalid_input"
-
-
-class OrderNotFound(ServiceError):
-    status = 404
-    code = "order_not_found"
-
-
-class OrderConflict(ServiceError):
-    status = 409
-    code = "conflict"
-
-
-class Forbidden(ServiceError):
-    status = 403
-    code = "forbidden"
-
-
-class Unavailable(ServiceError):
-    status = 503
-    code = "unavailable"
-
-
-def _iso(dt: datetime | None) -> str | None:
-    if dt is None:
-        return None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).isoformat()
-
-
-def validate_order_id(order_id: str) -> None:
-    problem = order_id_problem(order_id)
-    if problem:
-        raise InvalidInput(f"order_id {problem}", field="order_id")
-
-
-def _line_items(items: list[dict[str, Any]]) -> list[LineItem]:
-    """Line items from plain dicts (the CLI sends what the user typed), checked."""
-    if not 1 <= len(items) <= MAX_ITEMS:
-        raise InvalidInput(f"items must hold 1 to {MAX_ITEMS} entries", field="items")
-    out = []
-    for n, item in enumerate(items):
-        if not isinstance(item, dict) or set(item) != {"sku", "qty", "unit_price_cents"}:
-            raise InvalidInput(
-                f"items[{n}] must have exactly sku, qty and unit_price_cents", field=f"items[{n}]"
-            )
-        sku, qty, price = item["sku"], item["qty"], item["unit_price_cents"]
-        if not isinstance(sku, str) or not SKU_RE.fullmatch(sku):
-            raise InvalidInput(f"items[{n}].sku is invalid", field=f"items[{n}].sku")
-        if not isinstance(qty, int) or isinstance(qty, bool) or not 1 <= qty <= MAX_QTY:
-            raise InvalidInput(
-                f"items[{n}].qty must be a whole number from 1 to {MAX_QTY}",
-                field=f"items[{n}].qty",
-            )
-        if (
-            not isinstance(price, int)
-            or isinstance(price, bool)
-            or not 0 <= price <= MAX_UNIT_PRICE_CENTS
-        ):
-            raise InvalidInput(
-                f"items[{n}].unit_price_cents must be a whole number from 0 to "
-                f"{MAX_UNIT_PRICE_CENTS}",
-                field=f"items[{n}].unit_price_cents",
-            )
-        out.append(LineItem(sku=sku, qty=qty, unit_price_cents=price))
-    return out
-
-
-def validate_address(address: dict[str, Any], prefix: str = "address") -> Address:
-    problems = address_problems(address)
-    if problems:
-        name, problem = next(iter(problems.items()))
-        raise InvalidInput(
-            f"{prefix}.{name} {problem}",
-            field=f"{prefix}.{name}",
-            problems={f"{prefix}.{k}": v for k, v in problems.items()},
-        )
-    return Address(**{k: str(address[k]) for k in ("street", "city", "state", "zip", "country")})
 
 
 class OrderService:
@@ -227,7 +125,7 @@ class OrderService:
                     f"{name} must be more than 0 and at most {MAX_OVERRIDE_S:g} seconds",
                     field=name,
                 )
-        line_items = _line_items(items) if items is not None else list(DEFAULT_ITEMS)
+        line_items = parse_line_items(items) if items is not None else list(DEFAULT_ITEMS)
         async with self.sessions() as s:
             existing = await s.get(Order, order_id)
             if existing is not None:
@@ -371,9 +269,9 @@ class OrderService:
                 )
             ).first()
             order, payment = (row[0], row[1]) if row is not None else (None, None)
-            errors, attempts = await self._attempt_history(s, order_id)
+            errors, attempts = await attempt_history(s, order_id)
         if order is not None and order.state in TERMINAL_STATES:
-            view = self._status_from_db(order, payment, errors, attempts)
+            view = status_from_db(order, payment, errors, attempts)
             self._remember_closed(order_id, view)
             return view
         handle = self.client.get_workflow_handle(order_workflow_id(order_id))
@@ -383,10 +281,10 @@ class OrderService:
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
                 if order is not None:
-                    return self._status_from_db(order, payment, errors, attempts)
+                    return status_from_db(order, payment, errors, attempts)
                 raise OrderNotFound(f"order {order_id} not found") from None
             if order is not None:
-                return self._status_from_db(order, payment, errors, attempts)
+                return status_from_db(order, payment, errors, attempts)
             raise Unavailable(f"Temporal is unavailable: {err.message}") from None
         except WorkflowQueryFailedError as err:
             raise Unavailable(f"status query failed: {err}") from None
@@ -397,8 +295,8 @@ class OrderService:
         merged = {**view["attempts"], **attempts}
         pending = []
         for act in desc.raw_description.pending_activities:
-            merged[_step_of(act.activity_type.name)] = max(
-                merged.get(_step_of(act.activity_type.name), 0), act.attempt
+            merged[step_of(act.activity_type.name)] = max(
+                merged.get(step_of(act.activity_type.name), 0), act.attempt
             )
             pending.append(
                 {
@@ -409,7 +307,7 @@ class OrderService:
             )
         view["attempts"] = merged
         view["pending_activities"] = pending
-        view["errors"] = _merge_errors(view["errors"], errors)
+        view["errors"] = merge_errors(view["errors"], errors)
         if order is not None:
             view["payment_status"] = payment.status if payment else view["payment_status"]
         view["source"] = "workflow"
@@ -427,93 +325,6 @@ class OrderService:
         self._closed_views.move_to_end(order_id)
         while len(self._closed_views) > CLOSED_CACHE_SIZE:
             self._closed_views.popitem(last=False)
-
-    def _status_from_db(
-        self,
-        order: Order,
-        payment: Payment | None,
-        errors: list[dict[str, Any]],
-        attempts: dict[str, int],
-    ) -> dict[str, Any]:
-        payment_status = payment.status if payment else "none"
-        return {
-            "order_id": order.id,
-            "workflow_id": order.workflow_id or order_workflow_id(order.id),
-            "run_id": order.run_id,
-            "state": order.state,
-            "step": order.step,
-            "address": order.address_json,
-            "payment_id": order.payment_id,
-            "payment_status": payment_status,
-            "amount_cents": int(order.amount * 100) if order.amount is not None else None,
-            "attempts": attempts,
-            "errors": errors,
-            "created_at": _iso(order.created_at),
-            "updated_at": _iso(order.updated_at),
-            "closed_at": _iso(order.closed_at),
-            "deadline_at": _iso(order.deadline_at),
-            "reason": order.reason,
-            "tracking_number": order.tracking_number,
-            "cancel_requested": order.cancel_requested,
-            "workflow_status": None,
-            "pending_activities": [],
-            "source": "database",
-            "settled": is_settled({"state": order.state, "payment_status": payment_status}),
-        }
-
-    async def _attempt_history(
-        self, s: AsyncSession, order_id: str
-    ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-        """Recent failed attempts (newest first) and the attempt count of every step.
-
-        Once the order is closed, they are what they were at its close: an attempt that
-        records its failure later (a timed-out attempt is cancelled 5 s past its timeout)
-        stays in `events` but no longer changes the view. The workflow's own counts and
-        errors, kept with the terminal event, complete it."""
-        rows = (
-            await s.execute(
-                select(Event.type, Event.payload_json, Event.ts)
-                .where(Event.order_id == order_id, Event.type.in_(_HISTORY_EVENTS))
-                .order_by(Event.id.desc())
-            )
-        ).all()
-        end = next((i for i, row in enumerate(rows) if row[0] in TERMINAL_STATES), None)
-        final: dict[str, Any] = {}
-        if end is not None:
-            final = rows[end][1] or {}
-            rows = rows[end + 1 :]
-        errors: list[dict[str, Any]] = []
-        succeeded: dict[str, int] = {}
-        failed: dict[str, int] = {}
-        for type_, payload, ts in rows:
-            p = payload or {}
-            attempt = p.get("attempt")
-            if type_ == "STEP_ATTEMPT_FAILED":
-                if len(errors) < MAX_ERRORS_SHOWN:
-                    errors.append(
-                        {
-                            "step": p.get("step"),
-                            "attempt": attempt,
-                            "message": p.get("message"),
-                            "kind": p.get("kind"),
-                            "at": _iso(ts),
-                        }
-                    )
-                if isinstance(attempt, int):
-                    failed[p["step"]] = max(failed.get(p["step"], 0), attempt)
-            elif isinstance(attempt, int) and type_ in _SUCCESS_EVENT_STEP:
-                step = _SUCCESS_EVENT_STEP[type_]
-                succeeded[step] = max(succeeded.get(step, 0), attempt)
-        attempts = dict(failed)
-        for step, attempt in succeeded.items():
-            # A step that succeeded after failed attempts succeeded on a later one, even
-            # when the successful attempt only confirmed an earlier attempt's write.
-            attempts[step] = max(attempt, failed.get(step, 0) + 1)
-        for step, attempt in (final.get("attempts") or {}).items():
-            attempts[step] = max(attempts.get(step, 0), attempt)
-        seen = {(e["step"], e["attempt"]) for e in errors}
-        late = [e for e in final.get("errors") or [] if (e["step"], e["attempt"]) not in seen]
-        return _merge_errors(late, errors), attempts
 
     async def list_orders(
         self, state: str | None = None, limit: int = 20, offset: int = 0
@@ -538,8 +349,8 @@ class OrderService:
                     "step": o.step,
                     "payment_id": o.payment_id,
                     "reason": o.reason,
-                    "created_at": _iso(o.created_at),
-                    "updated_at": _iso(o.updated_at),
+                    "created_at": iso(o.created_at),
+                    "updated_at": iso(o.updated_at),
                 }
                 for o in rows
             ]
@@ -559,7 +370,7 @@ class OrderService:
         if unknown and not await self._workflow_exists(order_id):
             raise OrderNotFound(f"order {order_id} not found")
         return [
-            {"id": e.id, "type": e.type, "payload": e.payload_json, "ts": _iso(e.ts)} for e in rows
+            {"id": e.id, "type": e.type, "payload": e.payload_json, "ts": iso(e.ts)} for e in rows
         ]
 
     async def _workflow_exists(self, order_id: str) -> bool:
@@ -587,8 +398,8 @@ class OrderService:
             "type": d.workflow_type,
             "status": d.status.name if d.status else None,
             "task_queue": d.task_queue,
-            "start_time": _iso(d.start_time),
-            "close_time": _iso(d.close_time),
+            "start_time": iso(d.start_time),
+            "close_time": iso(d.close_time),
             "history_length": d.history_length,
             "pending_activities": [
                 {
@@ -613,9 +424,9 @@ class OrderService:
                 out.append(
                     {
                         "event_id": event.event_id,
-                        "time": _iso(event.event_time.ToDatetime(tzinfo=UTC)),
+                        "time": iso(event.event_time.ToDatetime(tzinfo=UTC)),
                         "type": EventType.Name(event.event_type).removeprefix("EVENT_TYPE_"),
-                        "detail": _event_detail(event),
+                        "detail": event_detail(event),
                     }
                 )
         except RPCError as err:
@@ -623,49 +434,3 @@ class OrderService:
                 raise OrderNotFound(f"workflow {workflow_id} not found") from None
             raise Unavailable(f"Temporal is unavailable: {err.message}") from None
         return out
-
-    async def is_closed(self, order_id: str) -> bool:
-        handle = self.client.get_workflow_handle(order_workflow_id(order_id))
-        d = await handle.describe()
-        return d.status not in (None, WorkflowExecutionStatus.RUNNING)
-
-
-def _step_of(activity_type: str) -> str:
-    return {
-        "ReceiveOrder": "RECEIVE",
-        "ValidateOrder": "VALIDATE",
-        "ChargePayment": "PAY",
-        "PreparePackage": "SHIP",
-        "DispatchCarrier": "SHIP",
-    }.get(activity_type, activity_type)
-
-
-def _merge_errors(
-    from_workflow: list[dict[str, Any]], from_db: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    merged = [*from_db, *from_workflow]
-    merged.sort(key=lambda e: e.get("at") or "", reverse=True)
-    return merged[:20]
-
-
-def _event_detail(event: Any) -> str | None:
-    """Short, payload-free description: payloads may hold addresses (kept out of summaries)."""
-    for attr, fmt in (
-        ("activity_task_scheduled_event_attributes", lambda a: a.activity_type.name),
-        ("activity_task_failed_event_attributes", lambda a: a.failure.message),
-        ("activity_task_timed_out_event_attributes", lambda a: a.failure.message),
-        ("workflow_execution_signaled_event_attributes", lambda a: a.signal_name),
-        (
-            "workflow_execution_update_accepted_event_attributes",
-            lambda a: a.accepted_request.input.name,
-        ),
-        ("start_child_workflow_execution_initiated_event_attributes", lambda a: a.workflow_id),
-        ("timer_started_event_attributes", lambda a: f"{a.start_to_fire_timeout.ToSeconds()}s"),
-        ("workflow_execution_failed_event_attributes", lambda a: a.failure.message),
-    ):
-        if event.HasField(attr):
-            try:
-                return str(fmt(getattr(event, attr)))
-            except Exception:
-                return None
-    return None

@@ -14,7 +14,8 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from app.orders.models import order_workflow_id
 from app.platform.db import Event
-from app.service.orders import OrderConflict, OrderService, Unavailable
+from app.service.errors import OrderConflict, Unavailable
+from app.service.orders import OrderService
 from tests.conftest import ADDRESS, Running, eventually, wait_for_step
 
 

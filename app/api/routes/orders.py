@@ -24,7 +24,7 @@ from app.api.schemas import (
     UpdateAddressRequest,
 )
 from app.orders.models import OrderState, OrderStatus, order_workflow_id
-from app.service.orders import Forbidden
+from app.service.errors import Forbidden
 
 router = APIRouter(prefix="/orders", tags=["orders"])
 

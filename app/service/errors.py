@@ -1,0 +1,42 @@
+"""What the service layer refuses with: each error knows its HTTP status and code, so the
+API, CLI and console answer it the same way."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ServiceError(Exception):
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, field: str | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.extra = extra
+
+
+class InvalidInput(ServiceError):
+    status = 422
+    code = "invalid_input"
+
+
+class OrderNotFound(ServiceError):
+    status = 404
+    code = "order_not_found"
+
+
+class OrderConflict(ServiceError):
+    status = 409
+    code = "conflict"
+
+
+class Forbidden(ServiceError):
+    status = 403
+    code = "forbidden"
+
+
+class Unavailable(ServiceError):
+    status = 503
+    code = "unavailable"

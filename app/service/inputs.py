@@ -1,0 +1,74 @@
+"""Parsing and bounding what callers send (order id, payment id, address, line items),
+before anything reaches a workflow. The business rules ValidateOrder applies are
+app/orders/rules.py."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from app.orders.models import (
+    Address,
+    LineItem,
+)
+from app.orders.validation import address_problems, order_id_problem
+from app.service.errors import InvalidInput
+
+# Bounds on what one order may ask for (the amount must fit orders.amount NUMERIC(12,2)).
+MAX_ITEMS = 50
+# The input bound: anything above is refused as malformed (422) before it reaches a
+# workflow; between MAX_QTY_PER_LINE and this, ValidateOrder fails the order.
+MAX_QTY_ACCEPTED = 1000
+MAX_UNIT_PRICE_CENTS = 10_000_000
+MAX_OVERRIDE_S = 3600.0
+SKU_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def validate_order_id(order_id: str) -> None:
+    problem = order_id_problem(order_id)
+    if problem:
+        raise InvalidInput(f"order_id {problem}", field="order_id")
+
+
+def parse_line_items(items: list[dict[str, Any]]) -> list[LineItem]:
+    """Line items from plain dicts (the CLI sends what the user typed), checked."""
+    if not 1 <= len(items) <= MAX_ITEMS:
+        raise InvalidInput(f"items must hold 1 to {MAX_ITEMS} entries", field="items")
+    out = []
+    for n, item in enumerate(items):
+        if not isinstance(item, dict) or set(item) != {"sku", "qty", "unit_price_cents"}:
+            raise InvalidInput(
+                f"items[{n}] must have exactly sku, qty and unit_price_cents", field=f"items[{n}]"
+            )
+        sku, qty, price = item["sku"], item["qty"], item["unit_price_cents"]
+        if not isinstance(sku, str) or not SKU_RE.fullmatch(sku):
+            raise InvalidInput(f"items[{n}].sku is invalid", field=f"items[{n}].sku")
+        if not isinstance(qty, int) or isinstance(qty, bool) or not 1 <= qty <= MAX_QTY_ACCEPTED:
+            raise InvalidInput(
+                f"items[{n}].qty must be a whole number from 1 to {MAX_QTY_ACCEPTED}",
+                field=f"items[{n}].qty",
+            )
+        if (
+            not isinstance(price, int)
+            or isinstance(price, bool)
+            or not 0 <= price <= MAX_UNIT_PRICE_CENTS
+        ):
+            raise InvalidInput(
+                f"items[{n}].unit_price_cents must be a whole number from 0 to "
+                f"{MAX_UNIT_PRICE_CENTS}",
+                field=f"items[{n}].unit_price_cents",
+            )
+        out.append(LineItem(sku=sku, qty=qty, unit_price_cents=price))
+    return out
+
+
+def validate_address(address: dict[str, Any], prefix: str = "address") -> Address:
+    problems = address_problems(address)
+    if problems:
+        name, problem = next(iter(problems.items()))
+        raise InvalidInput(
+            f"{prefix}.{name} {problem}",
+            field=f"{prefix}.{name}",
+            problems={f"{prefix}.{k}": v for k, v in problems.items()},
+        )
+    return Address(**{k: str(address[k]) for k in ("street", "city", "state", "zip", "country")})
