@@ -13,7 +13,6 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import psutil
 
@@ -38,10 +37,6 @@ from devstack.processes import (
     write_pid,
 )
 from devstack.stack_config import POSTGRES, StackConfig, StackError, postgres_bin_dir
-
-if TYPE_CHECKING:
-    pass
-
 
 # ---------------------------------------------------------------------------------------------
 # PostgreSQL

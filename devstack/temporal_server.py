@@ -7,7 +7,6 @@ import contextlib
 import socket
 import time
 from datetime import timedelta
-from typing import TYPE_CHECKING
 
 import psutil
 
@@ -32,10 +31,6 @@ from devstack.stack_config import (
     temporal_ui_url,
 )
 from devstack.sync import run_sync
-
-if TYPE_CHECKING:
-    pass
-
 
 # ---------------------------------------------------------------------------------------------
 # Temporal dev server

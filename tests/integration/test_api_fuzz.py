@@ -30,7 +30,8 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.python import asgi as schemathesis_asgi
 from sqlalchemy.engine import make_url
 
-from app.api.app import RequestInfo, create_app
+from app.api.app import create_app
+from app.api.middleware import RequestInfo
 from app.orders.providers.wiring import open_simulators
 from app.platform.migrate import upgrade
 from app.platform.settings import Settings
