@@ -31,7 +31,7 @@ from app.orders.providers.wiring import Simulators, open_simulators
 from app.orders.workflows import OrderWorkflow, ShippingWorkflow
 from app.platform.db import engine_from_settings, session_factory
 from app.platform.logging_setup import configure_logging
-from app.platform.settings import Settings, get_settings
+from app.platform.settings import Settings, get_settings_or_exit
 from app.platform.temporal import connect_with_retry, runtime_with_core_logs
 from app.platform.worker_tuning import worker_tuning
 
@@ -185,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "WORKER_METRICS_PORT)",
     )
     args = parser.parse_args(argv)
-    settings = get_settings()
+    settings = get_settings_or_exit()
     configure_logging(f"worker-{args.queue}", settings.log_level, settings.log_format)
     port = settings.worker_metrics_port if args.metrics_port is None else args.metrics_port
     asyncio.run(run(args.queue, settings, port))

@@ -43,8 +43,9 @@ from app.orders.models import SIGNAL_APPROVE, ApproveRequest, order_workflow_id
 from app.orders.providers.carrier import read_ledger as carrier_ledger
 from app.orders.providers.gateway import read_ledger as gateway_ledger
 from app.orders.providers.wiring import ledger_engine
-from app.platform.db import Event, Order, Payment, engine_from_settings, session_factory
+from app.platform.db import engine_from_settings, session_factory
 from app.platform.settings import Settings
+from app.platform.tables import Event, Order, Payment
 from app.platform.temporal import connect_client, runtime_with_core_logs
 from app.service.errors import InvalidInput, OrderConflict
 from app.service.orders import OrderService

@@ -20,9 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.client import Client
 
 from app.orders.providers.wiring import Simulators, open_simulators
-from app.platform.db import Event, create_engine, session_factory
+from app.platform.db import create_engine, session_factory
 from app.platform.migrate import upgrade
 from app.platform.settings import PROJECT_ROOT, Settings
+from app.platform.tables import Event
 from app.platform.temporal import connect_client
 from app.service.orders import OrderService
 from app.worker import build_workers, fault_injector

@@ -24,7 +24,7 @@ from app.api.middleware import MAX_BODY_BYTES, BodyLimitMiddleware, RequestLogMi
 from app.api.routes import codec, health, metrics, orders, stats
 from app.platform.db import engine_from_settings, session_factory
 from app.platform.logging_setup import configure_logging
-from app.platform.settings import Settings, get_settings
+from app.platform.settings import Settings, get_settings, get_settings_or_exit
 from app.platform.temporal import connect_with_retry, runtime_with_core_logs
 from app.service.orders import OrderService
 
@@ -130,7 +130,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def main() -> int:
-    settings = get_settings()
+    settings = get_settings_or_exit()
     configure_logging("api", settings.log_level, settings.log_format)
     problem = startup_problem(settings)
     if problem:
@@ -147,6 +147,3 @@ def main() -> int:
         server_header=False,
     )
     return 0
-
-
-app = create_app()

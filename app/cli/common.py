@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.text import Text
 
 from app.orders.models import Step
-from app.platform.settings import Settings
+from app.platform.settings import Settings, settings_problem
 
 if TYPE_CHECKING:
     # The service pulls in temporalio and SQLAlchemy (about a second); stack commands and
@@ -83,9 +83,7 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        first = exc.errors()[0]
-        name = str(first["loc"][0]).upper() if first["loc"] else "setting"
-        raise CliError(f"invalid setting {name}: {first['msg']}") from None
+        raise CliError(settings_problem(exc)) from None
 
 
 def _first_line(value: object) -> str:

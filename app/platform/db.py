@@ -1,7 +1,4 @@
-"""PostgreSQL: table models (the guide's orders, payments, events), engine and sessions.
-
-Tables are created by Alembic migrations (app/migrations); these models mirror them.
-"""
+"""PostgreSQL: engine, sessions and timed transactions (the tables: app/platform/tables.py)."""
 
 from __future__ import annotations
 
@@ -10,24 +7,9 @@ import ssl
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Boolean,
-    DateTime,
-    ForeignKey,
-    Identity,
-    Index,
-    Numeric,
-    String,
-    func,
-)
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -35,66 +17,11 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from app.platform import metrics
 
 if TYPE_CHECKING:
     from app.platform.settings import Settings
-
-JsonType = JSON().with_variant(JSONB(), "postgresql")
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Order(Base):
-    __tablename__ = "orders"
-
-    id: Mapped[str] = mapped_column(String, primary_key=True)
-    state: Mapped[str] = mapped_column(String, nullable=False)
-    address_json: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
-    created_at: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
-    updated_at: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
-    # Added beyond the guide's schema: what status and the dispatch gate need.
-    step: Mapped[str | None] = mapped_column(String)
-    workflow_id: Mapped[str | None] = mapped_column(String)
-    run_id: Mapped[str | None] = mapped_column(String)
-    payment_id: Mapped[str | None] = mapped_column(String)
-    amount: Mapped[Decimal | None] = mapped_column(Numeric(12, 2))
-    items_json: Mapped[list[dict[str, Any]] | None] = mapped_column(JsonType)
-    reason: Mapped[str | None] = mapped_column(String)
-    deadline_at: Mapped[datetime | None] = mapped_column(DateTime)
-    cancel_requested: Mapped[bool] = mapped_column(Boolean, server_default="false")
-    tracking_number: Mapped[str | None] = mapped_column(String)
-    closed_at: Mapped[datetime | None] = mapped_column(DateTime)
-
-    __table_args__ = (Index("ix_orders_state_created", "state", "created_at"),)
-
-
-class Payment(Base):
-    __tablename__ = "payments"
-
-    payment_id: Mapped[str] = mapped_column(String, primary_key=True)
-    order_id: Mapped[str] = mapped_column(String, ForeignKey("orders.id"), nullable=False)
-    status: Mapped[str] = mapped_column(String, nullable=False)
-    amount: Mapped[Decimal | None] = mapped_column(Numeric(12, 2))
-    created_at: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
-    gateway_ref: Mapped[str | None] = mapped_column(String)
-    refunded_at: Mapped[datetime | None] = mapped_column(DateTime)
-
-
-class Event(Base):
-    __tablename__ = "events"
-
-    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    order_id: Mapped[str] = mapped_column(String, nullable=False)
-    type: Mapped[str] = mapped_column(String, nullable=False)
-    payload_json: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
-    ts: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
-
-    __table_args__ = (Index("ix_events_order_ts", "order_id", "ts"),)
 
 
 def ssl_context(sslmode: str, ca_file: Path | None = None) -> ssl.SSLContext | bool:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# The embedded stack's database password (the guide's): refused when DEPLOYMENT=production.
+DEFAULT_DB_PASSWORD = "app"
 # The provider simulators' databases (created by the embedded stack and by compose).
 GATEWAY_DB = "gateway"
 CARRIER_DB = "carrier"
@@ -22,8 +26,14 @@ class Settings(BaseSettings):
         env_file=(PROJECT_ROOT / ".env", ".env"), env_file_encoding="utf-8", extra="ignore"
     )
 
+    # embedded: the one-machine dev stack (defaults that just work); production: refuses
+    # the defaults that are only safe on a laptop (see _production_is_locked_down).
+    deployment: Literal["embedded", "production"] = "embedded"
+
     # The guide's variables, same names and meaning.
-    database_url: SecretStr = SecretStr("postgresql+asyncpg://app:app@127.0.0.1:5432/app")
+    database_url: SecretStr = SecretStr(
+        f"postgresql+asyncpg://app:{DEFAULT_DB_PASSWORD}@127.0.0.1:5432/app"
+    )
     # The provider simulators' own ledgers, on the same server by default (the app's URL with
     # database `gateway` / `carrier`). The order system never reads them.
     gateway_database_url: SecretStr = SecretStr("")
@@ -101,6 +111,21 @@ class Settings(BaseSettings):
     def _upper(cls, v: str) -> str:
         return v.upper()
 
+    @model_validator(mode="after")
+    def _production_is_locked_down(self) -> Settings:
+        if self.deployment != "production":
+            return self
+        problems = []
+        if make_url(self.database_url_plain).password in (None, "", DEFAULT_DB_PASSWORD):
+            problems.append("DATABASE_URL has the default database password")
+        if not self.api_keys.get_secret_value().strip():
+            problems.append("API_KEYS is empty (every caller would hold every role)")
+        if self.allow_fault_injection:
+            problems.append("ALLOW_FAULT_INJECTION is on")
+        if problems:
+            raise ValueError("DEPLOYMENT=production refuses this: " + "; ".join(problems))
+        return self
+
     @property
     def database_url_plain(self) -> str:
         return self.database_url.get_secret_value()
@@ -122,3 +147,18 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def settings_problem(err: ValidationError) -> str:
+    """One line for a settings error: the setting named, then what is wrong."""
+    first = err.errors()[0]
+    name = str(first["loc"][0]).upper() if first["loc"] else "settings"
+    return f"invalid setting {name}: {first['msg']}".replace("Value error, ", "")
+
+
+def get_settings_or_exit() -> Settings:
+    """The settings for a process entry point: a bad one exits with one line, no traceback."""
+    try:
+        return get_settings()
+    except ValidationError as err:
+        sys.exit(f"error: {settings_problem(err)}")

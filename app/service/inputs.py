@@ -12,7 +12,8 @@ from app.orders.models import (
     LineItem,
 )
 from app.orders.validation import address_problems, order_id_problem
-from app.service.errors import InvalidInput
+from app.platform.settings import Settings
+from app.service.errors import Forbidden, InvalidInput
 
 # Bounds on what one order may ask for (the amount must fit orders.amount NUMERIC(12,2)).
 MAX_ITEMS = 50
@@ -72,3 +73,17 @@ def validate_address(address: dict[str, Any], prefix: str = "address") -> Addres
             problems={f"{prefix}.{k}": v for k, v in problems.items()},
         )
     return Address(**{k: str(address[k]) for k in ("street", "city", "state", "zip", "country")})
+
+
+def refuse_test_knobs(settings: Settings, **knobs: object) -> None:
+    """Test and demo knobs (a fault profile, timing overrides) need ALLOW_FAULT_INJECTION:
+    the one check behind the API's and the service's refusals."""
+    if settings.allow_fault_injection:
+        return
+    for name, value in knobs.items():
+        if value is not None:
+            raise Forbidden(
+                f"{name} is refused: fault injection and timing overrides are disabled on "
+                "this server (ALLOW_FAULT_INJECTION=false)",
+                field=name,
+            )

@@ -49,10 +49,16 @@ from app.orders.models import (
     order_workflow_id,
 )
 from app.orders.validation import payment_id_problem
-from app.platform.db import Event, Order, Payment
 from app.platform.settings import Settings
-from app.service.errors import Forbidden, InvalidInput, OrderConflict, OrderNotFound, Unavailable
-from app.service.inputs import MAX_OVERRIDE_S, parse_line_items, validate_address, validate_order_id
+from app.platform.tables import Event, Order, Payment
+from app.service.errors import InvalidInput, OrderConflict, OrderNotFound, Unavailable
+from app.service.inputs import (
+    MAX_OVERRIDE_S,
+    parse_line_items,
+    refuse_test_knobs,
+    validate_address,
+    validate_order_id,
+)
 from app.service.status import (
     attempt_history,
     event_detail,
@@ -110,11 +116,7 @@ class OrderService:
             raise InvalidInput(f"payment_id {problem}", field="payment_id")
         addr = validate_address(address)
         if fault_profile is not None:
-            if not self.settings.allow_fault_injection:
-                raise Forbidden(
-                    "fault injection is disabled on this server (ALLOW_FAULT_INJECTION=false)",
-                    field="fault_profile",
-                )
+            refuse_test_knobs(self.settings, fault_profile=fault_profile)
             try:
                 FaultProfile.parse(fault_profile)
             except FaultProfileError as err:

@@ -14,7 +14,7 @@ from app.orders.models import (
     is_settled,
     order_workflow_id,
 )
-from app.platform.db import Event, Order, Payment
+from app.platform.tables import Event, Order, Payment
 
 MAX_ERRORS_SHOWN = 20
 # The event that records a step's successful attempt; failed ones are STEP_ATTEMPT_FAILED.

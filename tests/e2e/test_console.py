@@ -29,8 +29,8 @@ from pydantic import SecretStr
 from sqlalchemy import select
 
 from app.api.app import create_app
-from app.platform.db import Event, Order, Payment
 from app.platform.settings import PROJECT_ROOT, Settings
+from app.platform.tables import Event, Order, Payment
 from tests.conftest import (
     ADDRESS,
     RealStack,

@@ -11,7 +11,7 @@ from temporalio.client import WorkflowFailureError
 
 from app.orders.models import SIGNAL_APPROVE, ApproveRequest, order_workflow_id
 from app.orders.providers.gateway import read_ledger as gateway_ledger
-from app.platform.db import Event, Order, Payment
+from app.platform.tables import Event, Order, Payment
 from app.service.errors import OrderConflict
 from devstack.chaos_checks import STATE_EVENT
 from tests.conftest import (

@@ -17,8 +17,9 @@ from sqlalchemy import insert, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
-from app.platform.db import Event, Order, Payment, session_factory
+from app.platform.db import session_factory
 from app.platform.migrate import upgrade
+from app.platform.tables import Event, Order, Payment
 from app.service.stats import order_stats
 from tests.conftest import RealStack
 

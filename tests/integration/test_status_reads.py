@@ -13,7 +13,7 @@ from temporalio.client import WorkflowFailureError, WorkflowUpdateRPCTimeoutOrCa
 from temporalio.service import RPCError, RPCStatusCode
 
 from app.orders.models import order_workflow_id
-from app.platform.db import Event
+from app.platform.tables import Event
 from app.service.errors import OrderConflict, Unavailable
 from app.service.orders import OrderService
 from tests.conftest import ADDRESS, Running, eventually, wait_for_step

@@ -24,7 +24,7 @@ from app.api.schemas import (
     UpdateAddressRequest,
 )
 from app.orders.models import OrderState, OrderStatus, order_workflow_id
-from app.service.errors import Forbidden
+from app.service.inputs import refuse_test_knobs
 
 router = APIRouter(prefix="/orders", tags=["orders"])
 
@@ -65,15 +65,14 @@ async def start_order(
 ) -> StartOrderResponse:
     """Start the order's workflow (`order-{order_id}`). An order id is used once: a second
     start, while it runs or after it closed, is a 409 naming the existing run."""
-    if not service.settings.allow_fault_injection:
-        # Test and demo knobs; the CLI (an operator's tool) may still shorten timeouts.
-        for name in ("fault_profile", "review_timeout_s", "deadline_s"):
-            if getattr(body, name) is not None:
-                raise Forbidden(
-                    f"{name} is refused: fault injection and timing overrides are disabled "
-                    "on this server (ALLOW_FAULT_INJECTION=false)",
-                    field=name,
-                )
+    # The CLI (an operator's tool) may still shorten timeouts; over HTTP all three are
+    # test and demo knobs.
+    refuse_test_knobs(
+        service.settings,
+        fault_profile=body.fault_profile,
+        review_timeout_s=body.review_timeout_s,
+        deadline_s=body.deadline_s,
+    )
     started = await service.start_order(
         order_id,
         body.payment_id,

@@ -40,7 +40,8 @@ from app.orders.providers.api import (
     ProviderRefusal,
 )
 from app.platform import metrics
-from app.platform.db import Event, JsonType, Order, timed_transaction
+from app.platform.db import timed_transaction
+from app.platform.tables import Event, JsonType, Order
 
 log = logging.getLogger("app.orders.activities")
 

@@ -45,7 +45,8 @@ from app.orders.providers.api import (
     RefundRequest,
     refund_key,
 )
-from app.platform.db import Event, Order, Payment, timed_transaction
+from app.platform.db import timed_transaction
+from app.platform.tables import Event, Order, Payment
 
 log = logging.getLogger("app.orders.activities")
 

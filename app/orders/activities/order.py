@@ -59,7 +59,8 @@ from app.orders.providers.api import (
 )
 from app.orders.rules import business_problems
 from app.orders.validation import address_problems
-from app.platform.db import Event, Order, Payment, timed_statements, timed_transaction
+from app.platform.db import timed_statements, timed_transaction
+from app.platform.tables import Event, Order, Payment
 
 log = logging.getLogger("app.orders.activities")
 

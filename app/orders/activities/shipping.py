@@ -40,7 +40,8 @@ from app.orders.providers.api import (
     dispatch_key,
     prepare_key,
 )
-from app.platform.db import Event, Order, timed_statements, timed_transaction
+from app.platform.db import timed_statements, timed_transaction
+from app.platform.tables import Event, Order
 
 log = logging.getLogger("app.orders.activities")
 

@@ -6,8 +6,9 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.platform.db import Base, ssl_context
+from app.platform.db import ssl_context
 from app.platform.settings import get_settings
+from app.platform.tables import Base
 
 target_metadata = Base.metadata
 
