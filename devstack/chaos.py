@@ -39,7 +39,7 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from app.orders.models import SIGNAL_APPROVE, ApproveRequest, order_workflow_id
+from app.orders.models import ORDER_DEADLINE_S, SIGNAL_APPROVE, ApproveRequest, order_workflow_id
 from app.orders.providers.carrier import read_ledger as carrier_ledger
 from app.orders.providers.gateway import read_ledger as gateway_ledger
 from app.orders.providers.wiring import ledger_engine
@@ -99,7 +99,9 @@ class _Run:
         self.opts = opts
         self.progress = progress
         self.cfg = stack_services.stack_config(settings)
-        self.deadline_s = opts.order_deadline_s or self.client_settings.order_deadline_s
+        self.deadline_s = (
+            opts.order_deadline_s or self.client_settings.order_deadline_s or ORDER_DEADLINE_S
+        )
         self.t0 = 0.0
 
     def now(self) -> float:

@@ -41,7 +41,7 @@ from app.cli.main import main as operator_main
 from app.cli.render import errors_table, fmt_attempts, kv_grid, print_json, say, state_text
 from app.cli.waiting import is_terminal, wait_for_order
 from app.orders.faults import FaultProfile, FaultProfileError
-from app.orders.models import order_workflow_id
+from app.orders.models import ORDER_DEADLINE_S, order_workflow_id
 from app.platform.settings import Settings
 from devstack import services as stack_services
 from devstack import stack
@@ -246,7 +246,7 @@ async def _demo(svc: OrderService) -> list[DemoRun]:
     ]
     profiles = ["off", "delay=1", "seed"]
     # Bound every wait by the order deadline, plus time for compensation to finish.
-    limit = svc.settings.order_deadline_s + 15.0
+    limit = (svc.settings.order_deadline_s or ORDER_DEADLINE_S) + 15.0
     columns = (
         SpinnerColumn(finished_text="✓"),
         TextColumn("{task.description:<24}"),

@@ -101,6 +101,10 @@ class LineItem:
 
 
 DEFAULT_ITEMS = [LineItem(sku="SKU-DEMO-1", qty=1, unit_price_cents=1999)]
+# The guide's limits: the review waits 30 s, the whole order finishes within 60 s. The one
+# home of both (REVIEW_TIMEOUT_S / ORDER_DEADLINE_S in the settings only override them).
+REVIEW_TIMEOUT_S = 30.0
+ORDER_DEADLINE_S = 60.0
 
 
 @dataclass
@@ -112,7 +116,7 @@ class OrderInput:
     # Fault profile spec for this order's external calls; None = the worker's default.
     fault_profile: str | None = None
     shipping_task_queue: str = "shipping-tq"
-    # Overrides for tests and demos; None = the configured defaults.
+    # None = REVIEW_TIMEOUT_S / ORDER_DEADLINE_S above.
     review_timeout_s: float | None = None
     deadline_s: float | None = None
 

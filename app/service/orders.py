@@ -35,6 +35,7 @@ from app.orders.models import (
     ERR_ORDER_CLOSED,
     ERR_ORDER_DISPATCHED,
     ERR_REVIEW_OVER,
+    ORDER_DEADLINE_S,
     QUERY_STATUS,
     TERMINAL_STATES,
     UPDATE_ADDRESS,
@@ -160,7 +161,8 @@ class OrderService:
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                 # Backstop only: the workflow enforces its own deadline and compensates.
-                execution_timeout=timedelta(seconds=inp.deadline_s or 60) + timedelta(minutes=5),
+                execution_timeout=timedelta(seconds=inp.deadline_s or ORDER_DEADLINE_S)
+                + timedelta(minutes=5),
             )
         except WorkflowAlreadyStartedError as err:
             raise OrderConflict(

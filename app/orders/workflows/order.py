@@ -31,8 +31,10 @@ with workflow.unsafe.imports_passed_through():
         ERR_ORDER_CLOSED,
         ERR_ORDER_DISPATCHED,
         ERR_REVIEW_OVER,
+        ORDER_DEADLINE_S,
         ORDER_WORKFLOW,
         QUERY_STATUS,
+        REVIEW_TIMEOUT_S,
         SIGNAL_APPROVE,
         SIGNAL_CANCEL,
         SIGNAL_DISPATCH_FAILED,
@@ -71,8 +73,6 @@ from app.orders.workflows.policies import (
     CHARGE_TIMEOUT,
     CLOSE_RETRY,
     CLOSE_TIMEOUT,
-    DEFAULT_DEADLINE_S,
-    DEFAULT_REVIEW_TIMEOUT_S,
     GATE_RETRY,
     GATE_TIMEOUT,
     MAX_ERRORS_KEPT,
@@ -112,7 +112,7 @@ class OrderWorkflow:
         self._updated_at: datetime | None = workflow.now()
         self._review_deadline: datetime | None = None
         self._address: Address | None = inp.address
-        deadline_s = inp.deadline_s if inp.deadline_s is not None else DEFAULT_DEADLINE_S
+        deadline_s = inp.deadline_s if inp.deadline_s is not None else ORDER_DEADLINE_S
         self._deadline = workflow.info().start_time + timedelta(seconds=deadline_s)
 
     # --- main flow ---------------------------------------------------------------------
@@ -202,9 +202,7 @@ class OrderWorkflow:
         self._checkpoint()
 
         self._enter(Step.MANUAL_REVIEW)
-        review_s = (
-            inp.review_timeout_s if inp.review_timeout_s is not None else DEFAULT_REVIEW_TIMEOUT_S
-        )
+        review_s = inp.review_timeout_s if inp.review_timeout_s is not None else REVIEW_TIMEOUT_S
         self._review_deadline = workflow.now() + timedelta(seconds=review_s)
         try:
             await workflow.wait_condition(lambda: self._approved, timeout=review_s)

@@ -34,7 +34,5 @@ CLOSE_RETRY = RetryPolicy(
 )
 MAX_SHIPPING_ATTEMPTS = 3
 PATCH_REFUND_AFTER_CLOSE = "refund-after-close"
-DEFAULT_REVIEW_TIMEOUT_S = 30.0
-DEFAULT_DEADLINE_S = 60.0
 # Kept on the workflow so the status view stays small.
 MAX_ERRORS_KEPT = 20
