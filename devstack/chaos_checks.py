@@ -7,16 +7,18 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.orders.models import EventType, OrderState
+
 TERMINAL = frozenset({"COMPLETED", "CANCELLED", "FAILED"})
 # The event row each orders.state must have (activities write them in the same
 # transaction as the state change).
 STATE_EVENT = {
-    "RECEIVED": "RECEIVED",
-    "VALIDATED": "VALIDATED",
-    "PAID": "PAYMENT_CHARGED",
-    "COMPLETED": "COMPLETED",
-    "CANCELLED": "CANCELLED",
-    "FAILED": "FAILED",
+    OrderState.RECEIVED: EventType.RECEIVED,
+    OrderState.VALIDATED: EventType.VALIDATED,
+    OrderState.PAID: EventType.PAYMENT_CHARGED,
+    OrderState.COMPLETED: EventType.COMPLETED,
+    OrderState.CANCELLED: EventType.CANCELLED,
+    OrderState.FAILED: EventType.FAILED,
 }
 VIOLATIONS = (
     "not_started",
@@ -77,7 +79,7 @@ def check_order(facts: OrderFacts) -> dict[str, list[str]]:
         waiting = "; ".join(wf.get("pending") or []) or "nothing pending"
         bad("not_terminal", f"workflow is {wf_status or 'unknown'} ({waiting})")
 
-    charges = types.count("PAYMENT_CHARGED")
+    charges = types.count(EventType.PAYMENT_CHARGED)
     if len(facts.payments) > 1:
         ids = ", ".join(p["payment_id"] for p in facts.payments)
         bad("double_charges", f"{len(facts.payments)} payment rows ({ids})")
@@ -110,11 +112,14 @@ def check_order(facts: OrderFacts) -> dict[str, list[str]]:
 
     if state is not None and STATE_EVENT.get(state) not in types:
         bad("missing_events", f"state {state} without a {STATE_EVENT.get(state)} event")
-    if facts.payments and "PAYMENT_CHARGED" not in types:
+    if facts.payments and EventType.PAYMENT_CHARGED not in types:
         bad("missing_events", "payment row without a PAYMENT_CHARGED event")
-    if any(p["status"] == "refunded" for p in facts.payments) and "PAYMENT_REFUNDED" not in types:
+    if (
+        any(p["status"] == "refunded" for p in facts.payments)
+        and EventType.PAYMENT_REFUNDED not in types
+    ):
         bad("missing_events", "refunded payment without a PAYMENT_REFUNDED event")
-    if db and db.get("tracking_number") and "DISPATCHED" not in types:
+    if db and db.get("tracking_number") and EventType.DISPATCHED not in types:
         bad("missing_events", "tracking number without a DISPATCHED event")
 
     ends = [t for t in types if t in TERMINAL]

@@ -18,6 +18,27 @@ class Step(StrEnum):
     SHIP = "SHIP"
 
 
+class EventType(StrEnum):
+    """The `events` table's types: the audit trail of an order."""
+
+    RECEIVED = "RECEIVED"
+    VALIDATED = "VALIDATED"
+    VALIDATION_FAILED = "VALIDATION_FAILED"
+    APPROVED = "APPROVED"
+    PAYMENT_CHARGED = "PAYMENT_CHARGED"
+    PAYMENT_REFUNDED = "PAYMENT_REFUNDED"
+    PACKAGE_PREPARED = "PACKAGE_PREPARED"
+    DISPATCHED = "DISPATCHED"
+    SHIPMENTS_CANCELLED = "SHIPMENTS_CANCELLED"
+    ADDRESS_UPDATED = "ADDRESS_UPDATED"
+    CANCEL_REQUESTED = "CANCEL_REQUESTED"
+    STEP_ATTEMPT_FAILED = "STEP_ATTEMPT_FAILED"
+    # Terminal: named like the state they record.
+    COMPLETED = "COMPLETED"
+    CANCELLED = "CANCELLED"
+    FAILED = "FAILED"
+
+
 class OrderState(StrEnum):
     """`orders.state`: where the order is; the last three are terminal."""
 

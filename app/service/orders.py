@@ -46,6 +46,7 @@ from app.orders.models import (
     CancelRequest,
     OrderInput,
     OrderStatus,
+    Step,
     is_settled,
     order_workflow_id,
 )
@@ -178,7 +179,7 @@ class OrderService:
             "workflow_id": workflow_id,
             "run_id": handle.result_run_id,
             "state": "PENDING",
-            "step": "RECEIVE",
+            "step": Step.RECEIVE,
         }
 
     async def approve(self, order_id: str, reviewer: str, note: str | None = None) -> OrderStatus:

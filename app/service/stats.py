@@ -25,7 +25,7 @@ from sqlalchemy import Float, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.orders.models import TERMINAL_STATES, OrderState, Step
+from app.orders.models import TERMINAL_STATES, EventType, OrderState, Step
 
 # Upper bounds (seconds) of the execution-time buckets; the last bucket is open-ended.
 # Chosen around the business timers: review waits 30 s, an order must end within 60 s.
@@ -47,11 +47,11 @@ assert set(_TERMINAL) == {s.value for s in TERMINAL_STATES}
 
 # The success event of each step; the SHIP step has two activities, hence two events.
 _SUCCESS_EVENT_STEP = {
-    "RECEIVED": "RECEIVE",
-    "VALIDATED": "VALIDATE",
-    "PAYMENT_CHARGED": "PAY",
-    "PACKAGE_PREPARED": "SHIP",
-    "DISPATCHED": "SHIP",
+    EventType.RECEIVED: Step.RECEIVE,
+    EventType.VALIDATED: Step.VALIDATE,
+    EventType.PAYMENT_CHARGED: Step.PAY,
+    EventType.PACKAGE_PREPARED: Step.SHIP,
+    EventType.DISPATCHED: Step.SHIP,
 }
 
 _STATE_COUNTS = text("SELECT state, count(*) AS n FROM orders GROUP BY state")

@@ -11,6 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.orders.models import (
     TERMINAL_STATES,
+    EventType,
+    Step,
     is_settled,
     order_workflow_id,
 )
@@ -19,12 +21,12 @@ from app.platform.tables import Event, Order, Payment
 MAX_ERRORS_SHOWN = 20
 # The event that records a step's successful attempt; failed ones are STEP_ATTEMPT_FAILED.
 _SUCCESS_EVENT_STEP = {
-    "RECEIVED": "RECEIVE",
-    "VALIDATED": "VALIDATE",
-    "PAYMENT_CHARGED": "PAY",
-    "DISPATCHED": "SHIP",
+    EventType.RECEIVED: Step.RECEIVE,
+    EventType.VALIDATED: Step.VALIDATE,
+    EventType.PAYMENT_CHARGED: Step.PAY,
+    EventType.DISPATCHED: Step.SHIP,
 }
-_HISTORY_EVENTS = [*_SUCCESS_EVENT_STEP, "STEP_ATTEMPT_FAILED", *TERMINAL_STATES]
+_HISTORY_EVENTS = [*_SUCCESS_EVENT_STEP, EventType.STEP_ATTEMPT_FAILED, *TERMINAL_STATES]
 
 
 def iso(dt: datetime | None) -> str | None:
@@ -93,7 +95,7 @@ async def attempt_history(
     for type_, payload, ts in rows:
         p = payload or {}
         attempt = p.get("attempt")
-        if type_ == "STEP_ATTEMPT_FAILED":
+        if type_ == EventType.STEP_ATTEMPT_FAILED:
             if len(errors) < MAX_ERRORS_SHOWN:
                 errors.append(
                     {
@@ -107,15 +109,15 @@ async def attempt_history(
             if isinstance(attempt, int):
                 failed[p["step"]] = max(failed.get(p["step"], 0), attempt)
         elif isinstance(attempt, int) and type_ in _SUCCESS_EVENT_STEP:
-            step = _SUCCESS_EVENT_STEP[type_]
-            succeeded[step] = max(succeeded.get(step, 0), attempt)
+            done = _SUCCESS_EVENT_STEP[type_]
+            succeeded[done] = max(succeeded.get(done, 0), attempt)
     attempts = dict(failed)
     for step, attempt in succeeded.items():
         # A step that succeeded after failed attempts succeeded on a later one, even
         # when the successful attempt only confirmed an earlier attempt's write.
         attempts[step] = max(attempt, failed.get(step, 0) + 1)
-    for step, attempt in (final.get("attempts") or {}).items():
-        attempts[step] = max(attempts.get(step, 0), attempt)
+    for name, count in (final.get("attempts") or {}).items():
+        attempts[name] = max(attempts.get(name, 0), count)
     seen = {(e["step"], e["attempt"]) for e in errors}
     late = [e for e in final.get("errors") or [] if (e["step"], e["attempt"]) not in seen]
     return merge_errors(late, errors), attempts
@@ -123,11 +125,11 @@ async def attempt_history(
 
 def step_of(activity_type: str) -> str:
     return {
-        "ReceiveOrder": "RECEIVE",
-        "ValidateOrder": "VALIDATE",
-        "ChargePayment": "PAY",
-        "PreparePackage": "SHIP",
-        "DispatchCarrier": "SHIP",
+        "ReceiveOrder": Step.RECEIVE,
+        "ValidateOrder": Step.VALIDATE,
+        "ChargePayment": Step.PAY,
+        "PreparePackage": Step.SHIP,
+        "DispatchCarrier": Step.SHIP,
     }.get(activity_type, activity_type)
 
 

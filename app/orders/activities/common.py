@@ -32,7 +32,9 @@ from app.orders.models import (
     ERR_ORDER_CANCELLED,
     ERR_ORDER_DISPATCHED,
     TERMINAL_STATES,
+    EventType,
     OrderState,
+    Step,
 )
 from app.orders.providers.api import (
     ChargeNotFound,
@@ -63,11 +65,11 @@ def money(amount_cents: int) -> Decimal:
     return (Decimal(amount_cents) / 100).quantize(Decimal("0.01"))
 
 
-def event_row(order_id: str, type_: str, **payload: Any) -> dict[str, Any]:
-    return {"order_id": order_id, "type": type_, "payload_json": payload}
+def event_row(order_id: str, type_: EventType | str, **payload: Any) -> dict[str, Any]:
+    return {"order_id": order_id, "type": str(type_), "payload_json": payload}
 
 
-def with_events(write: Insert | Update, *events: tuple[str, dict[str, Any]]) -> Select[Any]:
+def with_events(write: Insert | Update, *events: tuple[EventType, dict[str, Any]]) -> Select[Any]:
     """One statement: `write` on an order row, plus the events for the row it wrote.
 
     Selects the order id when `write` wrote the row, nothing when it did not (then no event
@@ -76,7 +78,7 @@ def with_events(write: Insert | Update, *events: tuple[str, dict[str, Any]]) -> 
     trip to PostgreSQL instead of four (these writes are the hottest path of an order)."""
     written = write.returning(Order.id).cte("written")
     rows = [
-        select(written.c.id, literal(type_), literal(payload, JsonType))
+        select(written.c.id, literal(str(type_)), literal(payload, JsonType))
         for type_, payload in events
     ]
     recorded = (
@@ -87,7 +89,7 @@ def with_events(write: Insert | Update, *events: tuple[str, dict[str, Any]]) -> 
     return select(written.c.id).add_cte(recorded)
 
 
-def step_activity(step: str) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+def step_activity(step: Step) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
     """Counts attempts and records each failed attempt (timeouts included) as an event.
 
     The failure record is best effort and in its own transaction: it must never turn a
@@ -161,7 +163,7 @@ class ActivityBase:
                     insert(Event).values(
                         **event_row(
                             order_id,
-                            "STEP_ATTEMPT_FAILED",
+                            EventType.STEP_ATTEMPT_FAILED,
                             step=step,
                             attempt=attempt,
                             kind=kind,

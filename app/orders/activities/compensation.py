@@ -33,9 +33,11 @@ from app.orders.models import (
     TERMINAL_STATES,
     CloseInput,
     CloseOutcome,
+    EventType,
     OrderState,
     PaymentStatus,
     RefundInput,
+    Step,
 )
 from app.orders.providers.api import (
     CancelShipmentsRequest,
@@ -83,7 +85,7 @@ class CompensationActivities(ActivityBase):
         must_refund = ours and payment is not None and payment.status == PaymentStatus.CHARGED
         # Stopped while charging with no charge recorded: the gateway may still have taken
         # the money (the answer was lost). RefundPayment asks it.
-        maybe_charged = not ours and inp.step == "PAY"
+        maybe_charged = not ours and inp.step == Step.PAY
         refund_now = must_refund and not inp.defer_refund
         if refund_now and payment is not None:
             await self._refund(payment, call_info(inp.ctx, info.attempt))
@@ -169,9 +171,9 @@ class CompensationActivities(ActivityBase):
             payment = await s.get(Payment, inp.payment_id)
             shipments_open = (
                 order is not None
-                and order.step == "SHIP"
+                and order.step == Step.SHIP
                 and order.tracking_number is None
-                and not await has_event(s, order_id, "SHIPMENTS_CANCELLED")
+                and not await has_event(s, order_id, EventType.SHIPMENTS_CANCELLED)
             )
         state = order.state if order is not None else OrderState.FAILED
         if payment is not None and payment.order_id != order_id:
@@ -226,7 +228,7 @@ class CompensationActivities(ActivityBase):
                 insert(Event).values(
                     **event_row(
                         order_id,
-                        "SHIPMENTS_CANCELLED",
+                        EventType.SHIPMENTS_CANCELLED,
                         bookings=[b.tracking_number for b in cancelled],
                     )
                 )
@@ -270,12 +272,12 @@ async def _record_lost_charge_refunded(
         return False
     charged = event_row(
         order_id,
-        "PAYMENT_CHARGED",
+        EventType.PAYMENT_CHARGED,
         payment_id=payment_id,
         amount_cents=refund.amount_cents,
         found_at_gateway=True,
     )
-    refunded = event_row(order_id, "PAYMENT_REFUNDED", payment_id=payment_id)
+    refunded = event_row(order_id, EventType.PAYMENT_REFUNDED, payment_id=payment_id)
     await s.execute(insert(Event), [charged, refunded])
     return True
 
@@ -299,7 +301,9 @@ async def _mark_refunded(s: AsyncSession, order_id: str, payment_id: str) -> boo
     ).scalar_one_or_none() is not None
     if done:
         await s.execute(
-            insert(Event).values(**event_row(order_id, "PAYMENT_REFUNDED", payment_id=payment_id))
+            insert(Event).values(
+                **event_row(order_id, EventType.PAYMENT_REFUNDED, payment_id=payment_id)
+            )
         )
     return done
 

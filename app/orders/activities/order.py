@@ -44,9 +44,11 @@ from app.orders.models import (
     AddressChangeInput,
     CancelMarkInput,
     ChargeInput,
+    EventType,
     OrderState,
     PaymentStatus,
     ReceiveInput,
+    Step,
     StepOutcome,
     ValidateInput,
     order_amount_cents,
@@ -79,7 +81,7 @@ class OrderActivities(CompensationActivities):
         self.intake = intake
 
     @activity.defn(name="ReceiveOrder")
-    @step_activity("RECEIVE")
+    @step_activity(Step.RECEIVE)
     async def receive_order(self, inp: ReceiveInput) -> StepOutcome:
         info = activity.info()
         await self.intake.receive_order(call_info(inp.ctx, info.attempt))
@@ -88,7 +90,7 @@ class OrderActivities(CompensationActivities):
             .values(
                 id=inp.ctx.order_id,
                 state=OrderState.RECEIVED,
-                step="RECEIVE",
+                step=Step.RECEIVE,
                 address_json=inp.address.as_dict(),
                 workflow_id=inp.workflow_id,
                 run_id=inp.run_id,
@@ -102,7 +104,7 @@ class OrderActivities(CompensationActivities):
             .on_conflict_do_nothing(index_elements=[Order.id])
         )
         received = (
-            "RECEIVED",
+            EventType.RECEIVED,
             {
                 "state": OrderState.RECEIVED,
                 "attempt": info.attempt,
@@ -123,7 +125,7 @@ class OrderActivities(CompensationActivities):
         return StepOutcome(attempt=info.attempt)
 
     @activity.defn(name="ValidateOrder")
-    @step_activity("VALIDATE")
+    @step_activity(Step.VALIDATE)
     async def validate_order(self, inp: ValidateInput) -> StepOutcome:
         info = activity.info()
         await self.intake.validate_order(call_info(inp.ctx, info.attempt))
@@ -134,16 +136,18 @@ class OrderActivities(CompensationActivities):
                 await lock_order(s, inp.ctx.order_id)
                 await s.execute(
                     insert(Event).values(
-                        **event_row(inp.ctx.order_id, "VALIDATION_FAILED", problems=problems)
+                        **event_row(
+                            inp.ctx.order_id, EventType.VALIDATION_FAILED, problems=problems
+                        )
                     )
                 )
         else:
             validated = (
                 update(Order)
                 .where(Order.id == inp.ctx.order_id, Order.state == OrderState.RECEIVED)
-                .values(state=OrderState.VALIDATED, step="MANUAL_REVIEW", updated_at=now_utc())
+                .values(state=OrderState.VALIDATED, step=Step.MANUAL_REVIEW, updated_at=now_utc())
             )
-            event = ("VALIDATED", {"state": OrderState.VALIDATED, "attempt": info.attempt})
+            event = (EventType.VALIDATED, {"state": OrderState.VALIDATED, "attempt": info.attempt})
             async with timed_statements(self.sessions, "validate_order") as s:
                 if (await s.execute(with_events(validated, event))).scalar_one_or_none() is None:
                     # Validated by an earlier attempt, or not there at all.
@@ -158,7 +162,7 @@ class OrderActivities(CompensationActivities):
         return StepOutcome(attempt=info.attempt)
 
     @activity.defn(name="ChargePayment")
-    @step_activity("PAY")
+    @step_activity(Step.PAY)
     async def charge_payment(self, inp: ChargeInput) -> StepOutcome:
         """Idempotent on payment_id: however often it runs, at most one charge exists.
 
@@ -202,15 +206,15 @@ class OrderActivities(CompensationActivities):
             paid = (
                 update(Order)
                 .where(Order.id == order_id, exists(select(payment.c.payment_id)))
-                .values(state=OrderState.PAID, step="PAY", updated_at=now_utc())
+                .values(state=OrderState.PAID, step=Step.PAY, updated_at=now_utc())
             )
             charged = (
                 await s.execute(
                     with_events(
                         paid,
-                        ("APPROVED", {"by": inp.approved_by, "at": inp.approved_at_iso}),
+                        (EventType.APPROVED, {"by": inp.approved_by, "at": inp.approved_at_iso}),
                         (
-                            "PAYMENT_CHARGED",
+                            EventType.PAYMENT_CHARGED,
                             {
                                 "state": OrderState.PAID,
                                 "payment_id": inp.payment_id,
@@ -250,7 +254,7 @@ class OrderActivities(CompensationActivities):
                 insert(Event).values(
                     **event_row(
                         inp.ctx.order_id,
-                        "ADDRESS_UPDATED",
+                        EventType.ADDRESS_UPDATED,
                         address=inp.address.as_dict(),
                         by=inp.requested_by,
                     )
@@ -271,7 +275,7 @@ class OrderActivities(CompensationActivities):
                 insert(Event).values(
                     **event_row(
                         inp.ctx.order_id,
-                        "CANCEL_REQUESTED",
+                        EventType.CANCEL_REQUESTED,
                         reason=inp.reason,
                         by=inp.requested_by,
                     )

@@ -29,8 +29,10 @@ from app.orders.models import (
     Address,
     DispatchInput,
     DispatchOutcome,
+    EventType,
     OrderState,
     PrepareInput,
+    Step,
     StepOutcome,
 )
 from app.orders.providers.api import (
@@ -54,7 +56,7 @@ class ShippingActivities(ActivityBase):
         self.carrier = carrier
 
     @activity.defn(name="PreparePackage")
-    @step_activity("SHIP")
+    @step_activity(Step.SHIP)
     async def prepare_package(self, inp: PrepareInput) -> StepOutcome:
         info = activity.info()
         order_id = inp.ctx.order_id
@@ -70,7 +72,7 @@ class ShippingActivities(ActivityBase):
                 insert(Event).values(
                     **event_row(
                         order_id,
-                        "PACKAGE_PREPARED",
+                        EventType.PACKAGE_PREPARED,
                         shipping_attempt=inp.shipping_attempt,
                         attempt=info.attempt,
                     )
@@ -79,7 +81,7 @@ class ShippingActivities(ActivityBase):
         return StepOutcome(attempt=info.attempt)
 
     @activity.defn(name="DispatchCarrier")
-    @step_activity("SHIP")
+    @step_activity(Step.SHIP)
     async def dispatch_carrier(self, inp: DispatchInput) -> DispatchOutcome:
         """Hand the parcel to the carrier, holding the order row so a concurrent cancel or
         address change is decided before or after dispatch, never during."""
@@ -120,7 +122,7 @@ class ShippingActivities(ActivityBase):
                 .values(
                     tracking_number=tracking,
                     state=OrderState.COMPLETED,
-                    step="SHIP",
+                    step=Step.SHIP,
                     updated_at=now,
                     closed_at=now,
                 )
@@ -129,7 +131,7 @@ class ShippingActivities(ActivityBase):
                 with_events(
                     completed,
                     (
-                        "DISPATCHED",
+                        EventType.DISPATCHED,
                         {
                             "tracking_number": tracking,
                             "shipping_attempt": inp.shipping_attempt,
@@ -137,7 +139,7 @@ class ShippingActivities(ActivityBase):
                             "address": address.as_dict(),
                         },
                     ),
-                    ("COMPLETED", {"state": OrderState.COMPLETED}),
+                    (EventType.COMPLETED, {"state": OrderState.COMPLETED}),
                 )
             )
         observe_end(OrderState.COMPLETED, None, order.created_at)
