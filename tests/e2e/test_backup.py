@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from app.platform.settings import PROJECT_ROOT
-from tests.e2e.conftest import CliStack, describe, leftover_processes, stack_env
+from tests.helpers import CliStack, describe, leftover_processes, stack_env
 
 ADDRESS = {
     "street": "1 Backup Blvd",

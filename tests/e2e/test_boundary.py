@@ -19,13 +19,7 @@ import asyncpg
 import httpx
 import psutil
 
-from tests.conftest import ADDRESS
-from tests.e2e.conftest import CliStack
-from tests.e2e.test_observability import database_dsn, until
-
-
-def ledger_dsn(stack: CliStack, database: str) -> str:
-    return database_dsn(stack).rsplit("/", 1)[0] + f"/{database}"
+from tests.helpers import ADDRESS, CliStack, database_dsn, eventually
 
 
 async def test_worker_killed_between_gateway_charge_and_our_write(cli_stack: CliStack) -> None:
@@ -38,10 +32,12 @@ async def test_worker_killed_between_gateway_charge_and_our_write(cli_stack: Cli
 
         body = {"payment_id": f"pmt-{oid}", "address": ADDRESS, "deadline_s": 120}
         assert (await api.post(f"/orders/{oid}/start", json=body)).status_code in (200, 201)
-        await until(lambda: _in_step(status, "MANUAL_REVIEW"), "the review step")
+        await eventually(
+            lambda: _in_step(status, "MANUAL_REVIEW"), timeout=30.0, what="the review step"
+        )
 
         app_db = await asyncpg.connect(database_dsn(cli_stack))
-        gateway = await asyncpg.connect(ledger_dsn(cli_stack, "gateway"))
+        gateway = await asyncpg.connect(database_dsn(cli_stack, "gateway"))
         try:
             holder = app_db.transaction()
             await holder.start()
@@ -54,7 +50,7 @@ async def test_worker_killed_between_gateway_charge_and_our_write(cli_stack: Cli
                     await gateway.fetchval("SELECT count(*) FROM charges WHERE order_id = $1", oid)
                 )
 
-            await until(charged_at_gateway, "the gateway to charge")
+            await eventually(charged_at_gateway, timeout=30.0, what="the gateway to charge")
             recorded = await app_db.fetchval(
                 "SELECT count(*) FROM payments WHERE order_id = $1", oid
             )
@@ -62,13 +58,13 @@ async def test_worker_killed_between_gateway_charge_and_our_write(cli_stack: Cli
 
             pid = _worker_pid(cli_stack)
             os.kill(pid, signal.SIGKILL)
-            await until(lambda: _gone(pid), "the worker to die", timeout=10)
+            await eventually(lambda: _gone(pid), timeout=10, what="the worker to die")
             await holder.rollback()
             started = await asyncio.to_thread(cli_stack.run, "start")
             assert started.returncode == 0, started.stderr
 
-            done = await until(
-                lambda: _in_state(status, "COMPLETED"), "the order to complete", timeout=60
+            done = await eventually(
+                lambda: _in_state(status, "COMPLETED"), timeout=60, what="the order to complete"
             )
             charges = await gateway.fetch(
                 "SELECT idempotency_key, amount_cents FROM charges WHERE order_id = $1", oid

@@ -24,7 +24,7 @@ import pytest
 
 from app.platform.settings import PROJECT_ROOT
 from devstack.chaos_checks import VIOLATIONS
-from tests.e2e.conftest import CliStack, describe, leftover_processes, stack_env
+from tests.helpers import CliStack, describe, leftover_processes, stack_env
 
 ORDERS = 20
 # The guide's faults before the effect, plus answers lost after it (the provider acted).

@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from app.platform.settings import PROJECT_ROOT
-from tests.e2e.conftest import (
+from tests.helpers import (
     CLI,
     TEST_WORKFLOW,
     CliStack,

@@ -31,7 +31,7 @@ from sqlalchemy import select
 from app.api.app import create_app
 from app.platform.settings import PROJECT_ROOT, Settings
 from app.platform.tables import Event, Order, Payment
-from tests.conftest import (
+from tests.helpers import (
     ADDRESS,
     RealStack,
     Running,

@@ -24,7 +24,7 @@ import asyncio
 import json
 import math
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -35,8 +35,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ADDRESS
-from tests.e2e.conftest import CliStack, describe
+from tests.helpers import ADDRESS, CliStack, database_dsn, describe, eventually
 from tests.metrics_docs import dashboard_metrics, documented_metrics
 
 TERMINAL = ("COMPLETED", "CANCELLED", "FAILED")
@@ -139,20 +138,6 @@ class Run:
         )
 
 
-def database_dsn(stack: CliStack) -> str:
-    return stack.env["DATABASE_URL"].replace("postgresql+asyncpg://", "postgresql://")
-
-
-async def until(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 30.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
-
-
 # --- the four orders -----------------------------------------------------------------------
 
 
@@ -170,7 +155,7 @@ async def wait_for(
         body: dict[str, Any] = response.json() if response.status_code == 200 else {}
         return body if body and done(body) else None
 
-    result: dict[str, Any] = await until(view, f"order {oid}")
+    result: dict[str, Any] = await eventually(view, timeout=30.0, what=f"order {oid}")
     return result
 
 
@@ -194,7 +179,7 @@ async def workflow_closed(api: httpx.AsyncClient, oid: str) -> None:
         assert response.status_code == 200, response.text
         return bool(response.json()["events"][-1]["type"] in CLOSE_EVENTS)
 
-    await until(last_event_closes, f"workflow of {oid} to close")
+    await eventually(last_event_closes, timeout=30.0, what=f"workflow of {oid} to close")
 
 
 async def approve(api: httpx.AsyncClient, oid: str) -> None:
@@ -235,12 +220,13 @@ async def run_db_error(api: httpx.AsyncClient, dsn: str, oid: str) -> dict[str, 
         # pg_locks, not pg_stat_activity: inside this transaction pg_stat_activity is a
         # snapshot taken at its first read, blind to a connection the worker opens later.
         me = holder.get_server_pid()
-        blocked = await until(
+        blocked = await eventually(
             lambda: holder.fetchval(
                 "SELECT pid FROM pg_locks WHERE NOT granted AND $1 = ANY(pg_blocking_pids(pid))",
                 me,
             ),
-            "ChargePayment to wait on the row lock",
+            timeout=30.0,
+            what="ChargePayment to wait on the row lock",
         )
         assert await holder.fetchval("SELECT pg_terminate_backend($1)", blocked)
         await lock.rollback()

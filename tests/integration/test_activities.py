@@ -34,7 +34,7 @@ from app.orders.models import (
 from app.orders.providers.carrier import read_ledger as carrier_ledger
 from app.orders.providers.gateway import read_ledger as gateway_ledger
 from app.platform.tables import Order, Payment
-from tests.conftest import ADDRESS, HAPPY_PATH_EVENTS, Running, order_events
+from tests.helpers import ADDRESS, HAPPY_PATH_EVENTS, Running, order_events
 
 SHIP_TO = Address(**ADDRESS)
 ITEMS = list(DEFAULT_ITEMS)

@@ -27,7 +27,7 @@ from app.api.app import create_app, startup_problem
 from app.api.auth import ApiKeyConfigError
 from app.api.middleware import MAX_BODY_BYTES
 from app.platform.settings import PROJECT_ROOT, Settings
-from tests.conftest import ADDRESS, Running, eventually
+from tests.helpers import ADDRESS, Running, eventually
 from tests.ports import free_port
 
 ADMIN_KEY = "adm-0123456789"

@@ -36,7 +36,7 @@ from app.orders.providers.wiring import open_simulators
 from app.platform.migrate import upgrade
 from app.platform.settings import Settings
 from app.worker import build_workers, fault_injector
-from tests.conftest import RealStack
+from tests.helpers import RealStack
 
 FUZZ_KEY = "fuzz-0123456789"
 KEYS = SecretStr(f"fuzzer:{FUZZ_KEY}:admin")

@@ -23,7 +23,7 @@ from app.platform.settings import PROJECT_ROOT, Settings
 from devstack import stack
 from devstack.bench import RESULT_KEYS, run_bench
 from devstack.bench_measure import discover_processes, percentile
-from tests.conftest import RealStack
+from tests.helpers import RealStack
 from tests.ports import free_port
 
 pytestmark = pytest.mark.timeout(300)

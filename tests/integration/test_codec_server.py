@@ -25,7 +25,7 @@ from app.platform.settings import Settings
 from app.platform.temporal import connect_client
 from app.service.orders import OrderService
 from app.worker import build_workers
-from tests.conftest import Running
+from tests.helpers import Running
 
 KEY = base64.b64encode(os.urandom(32)).decode()
 OLD_KEY = base64.b64encode(os.urandom(32)).decode()

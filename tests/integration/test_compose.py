@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from app.platform.settings import PROJECT_ROOT, Settings
-from tests.conftest import RealStack
+from tests.helpers import RealStack
 from tests.ports import free_port
 
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"

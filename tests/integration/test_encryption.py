@@ -14,7 +14,7 @@ from app.orders.models import SIGNAL_APPROVE
 from app.platform.temporal import connect_client
 from app.service.orders import OrderService
 from app.worker import build_workers
-from tests.conftest import Running
+from tests.helpers import Running
 
 STREET = "742 Evergreen Terrace"
 

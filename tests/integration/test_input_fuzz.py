@@ -29,7 +29,7 @@ from sqlalchemy import text
 
 from app.api.app import MAX_BODY_BYTES, create_app
 from app.orders.validation import address_problems
-from tests.conftest import ADDRESS, Running, eventually
+from tests.helpers import ADDRESS, Running, eventually
 
 ADMIN_KEY = "fuzz-admin-0123456789"
 RUN = uuid.uuid4().hex[:6]

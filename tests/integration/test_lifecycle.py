@@ -14,7 +14,7 @@ from app.orders.providers.gateway import read_ledger as gateway_ledger
 from app.platform.tables import Event, Order, Payment
 from app.service.errors import OrderConflict
 from devstack.chaos_checks import STATE_EVENT
-from tests.conftest import (
+from tests.helpers import (
     ADDRESS,
     HAPPY_PATH_EVENTS,
     Running,

@@ -21,7 +21,7 @@ from app.platform.db import session_factory
 from app.platform.migrate import upgrade
 from app.platform.tables import Event, Order, Payment
 from app.service.stats import order_stats
-from tests.conftest import RealStack
+from tests.helpers import RealStack
 
 T0 = datetime(2025, 1, 1, 12, 0, 0)
 

@@ -16,7 +16,7 @@ from app.orders.models import order_workflow_id
 from app.platform.tables import Event
 from app.service.errors import OrderConflict, Unavailable
 from app.service.orders import OrderService
-from tests.conftest import ADDRESS, Running, eventually, wait_for_step
+from tests.helpers import ADDRESS, Running, eventually, wait_for_step
 
 
 @pytest.fixture(scope="module")

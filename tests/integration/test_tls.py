@@ -34,7 +34,7 @@ from app.platform.db import engine_from_settings, ssl_context
 from app.platform.settings import PROJECT_ROOT, Settings
 from app.platform.temporal import connect_client, tls_config
 from devstack import postgres, stack, stack_config
-from tests.conftest import RealStack
+from tests.helpers import RealStack
 from tests.ports import free_port
 
 SSL_QUERY = "select ssl, version from pg_stat_ssl where pid = pg_backend_pid()"

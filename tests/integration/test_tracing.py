@@ -13,7 +13,7 @@ from app.platform.temporal import connect_client
 from app.platform.tracing import setup_tracing
 from app.service.orders import OrderService
 from app.worker import build_workers
-from tests.conftest import ADDRESS, Running
+from tests.helpers import ADDRESS, Running
 
 
 async def test_one_trace_from_request_to_activities(running: Running) -> None:

@@ -11,7 +11,7 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 
-def _test_server_path() -> str:
+def time_skipping_server_path() -> str:
     local = Path(sys.executable).parent / "temporal-test-server"
     found = str(local) if local.exists() else shutil.which("temporal-test-server")
     if not found:
@@ -26,7 +26,7 @@ def _test_server_path() -> str:
 @pytest.fixture
 async def env() -> AsyncIterator[WorkflowEnvironment]:
     environment = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=_test_server_path()
+        test_server_existing_path=time_skipping_server_path()
     )
     yield environment
     await environment.shutdown()

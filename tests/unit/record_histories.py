@@ -17,7 +17,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from app.orders.models import SIGNAL_APPROVE, ApproveRequest, CancelRequest
 from app.orders.workflows import OrderWorkflow
-from tests.unit.conftest import _test_server_path
+from tests.unit.conftest import time_skipping_server_path
 from tests.unit.fakes import FakeShop, running_shop, start_order
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -73,7 +73,7 @@ async def record() -> None:
     HISTORIES.mkdir(exist_ok=True)
     for name, scenario in SCENARIOS.items():
         async with await WorkflowEnvironment.start_time_skipping(
-            test_server_existing_path=_test_server_path()
+            test_server_existing_path=time_skipping_server_path()
         ) as env:
             shop = FakeShop()
             async with running_shop(env.client, shop) as (oq, sq):

@@ -1,0 +1,238 @@
+"""What the tests share (fixtures stay in the conftests): the order data every test uses,
+polling, the session stack's handles, and the CLI-started stack of the e2e tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import psutil
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from temporalio.client import Client
+
+from app.orders.providers.wiring import Simulators
+from app.platform.settings import PROJECT_ROOT, Settings
+from app.platform.tables import Event
+from app.service.orders import OrderService
+from devstack import stack
+from tests.ports import port_block
+
+T = TypeVar("T")
+
+
+# A valid order address for tests that do not care which one.
+ADDRESS = {
+    "street": "1 Main St",
+    "city": "Springfield",
+    "state": "IL",
+    "zip": "62701",
+    "country": "US",
+}
+
+
+# The events a completed order has, in order.
+HAPPY_PATH_EVENTS = [
+    "RECEIVED",
+    "VALIDATED",
+    "APPROVED",
+    "PAYMENT_CHARGED",
+    "PACKAGE_PREPARED",
+    "DISPATCHED",
+    "COMPLETED",
+]
+
+
+@dataclass
+class RealStack:
+    cfg: stack.StackConfig
+    settings: Settings
+
+
+@dataclass
+class Running:
+    settings: Settings
+    client: Client
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    service: OrderService
+    # The gateway and carrier simulators the workers use (their ledgers: tests audit them).
+    providers: Simulators
+
+
+async def wait_for_step(running: Running, order_id: str, step: str) -> dict[str, Any]:
+    """The order's status view once its workflow reports `step`."""
+
+    async def check() -> dict[str, Any] | None:
+        try:
+            status = await running.service.status(order_id)
+        except Exception:  # not started yet, or Temporal busy: look again
+            return None
+        return status if status.get("step") == step else None
+
+    result: dict[str, Any] = await eventually(check)
+    return result
+
+
+async def order_events(running: Running, order_id: str) -> list[str]:
+    """The order's event types, oldest first."""
+    async with running.sessions() as s:
+        rows = await s.execute(
+            select(Event.type).where(Event.order_id == order_id).order_by(Event.id)
+        )
+        return list(rows.scalars())
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T | None]],
+    timeout: float = 20.0,
+    interval: float = 0.1,
+    what: str | None = None,
+) -> T:
+    """Poll `check()` until it returns a truthy value, and return that value."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            waited = f"{what} " if what else "condition "
+            raise AssertionError(f"{waited}not met within {timeout}s (last value {value!r})")
+        await asyncio.sleep(interval)
+
+
+CLI = str(PROJECT_ROOT / "scripts" / "cli.py")
+
+
+TEST_WORKFLOW = str(PROJECT_ROOT / "scripts" / "test-workflow.py")
+
+
+# postgres, temporal, UI, API, worker metrics x2, and Temporal's metrics port, which
+# `cli.py start` puts at TEMPORAL_PORT + 2000.
+STACK_PORT_OFFSETS = (0, 1, 2, 3, 4, 5, 1 + 2000)
+
+
+def stack_env(run_dir: Path) -> dict[str, str]:
+    base = port_block(STACK_PORT_OFFSETS)
+    pg, grpc, ui, api, worker_metrics = range(base, base + 5)
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "NO_COLOR")}
+    env.update(
+        {
+            "RUN_DIR": str(run_dir),
+            "POSTGRES_PORT": str(pg),
+            "TEMPORAL_PORT": str(grpc),
+            "TEMPORAL_UI_PORT": str(ui),
+            "API_PORT": str(api),
+            "API_HOST": "127.0.0.1",
+            "API_KEYS": "",
+            "WORKER_METRICS_PORT": str(worker_metrics),  # shipping: the next port
+            "DATABASE_URL": f"postgresql+asyncpg://app:app@127.0.0.1:{pg}/app",
+            "TEMPORAL_TARGET": f"127.0.0.1:{grpc}",
+            "ORDER_TASK_QUEUE": "orders-tq",
+            "SHIPPING_TASK_QUEUE": "shipping-tq",
+            # Deterministic orders: the tests that want faults ask for them per order.
+            "FAULT_PROFILE": "off",
+            "ALLOW_FAULT_INJECTION": "true",
+            "LOG_LEVEL": "INFO",
+            "LOG_FORMAT": "json",
+            "PAYLOAD_KEYS": "",
+        }
+    )
+    return env
+
+
+@dataclass
+class CliStack:
+    run_dir: Path
+    env: dict[str, str]
+
+    def run(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 120.0
+    ) -> subprocess.CompletedProcess[str]:
+        return run_cli(list(args), env or self.env, self.run_dir, timeout)
+
+    def ok(self, *args: str, env: dict[str, str] | None = None) -> str:
+        result = self.run(*args, env=env)
+        assert result.returncode == 0, describe(result)
+        return result.stdout
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.ok(*args, "--json"))
+
+    def status(self, order_id: str) -> dict[str, Any]:
+        view: dict[str, Any] = self.json("status", order_id)
+        return view
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.env['API_PORT']}"
+
+    def wait_status(
+        self, order_id: str, done: Callable[[dict[str, Any]], bool], timeout: float = 30.0
+    ) -> dict[str, Any]:
+        """Poll the order through the REST API (cheaper than a CLI process per poll)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            response = httpx.get(f"{self.api}/orders/{order_id}/status", timeout=10)
+            view: dict[str, Any] = response.json() if response.status_code == 200 else {}
+            if view and done(view):
+                return view
+            assert time.monotonic() < deadline, f"{order_id} stuck: {response.text}"
+            time.sleep(0.2)
+
+
+def run_cli(
+    args: list[str], env: dict[str, str], cwd: Path, timeout: float = 120.0, script: str = CLI
+) -> subprocess.CompletedProcess[str]:
+    cwd.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(
+        [sys.executable, script, *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def describe(result: subprocess.CompletedProcess[str]) -> str:
+    return (
+        f"exit {result.returncode} for {result.args[2:]}\n"
+        f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+    )
+
+
+def leftover_processes(run_dir: Path, pids: list[int]) -> list[str]:
+    """Processes of this stack still alive: known pids, or anything naming the run folder."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        try:
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            cmd = " ".join(proc.info["cmdline"] or [])
+            environ = {}
+            if proc.pid in pids or str(run_dir) in cmd:
+                found.append(f"{proc.pid} {cmd}")
+                continue
+            environ = proc.environ()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        if environ.get("RUN_DIR") == str(run_dir) and proc.pid != os.getpid():
+            found.append(f"{proc.pid} {cmd}")
+    return found
+
+
+def database_dsn(stack: CliStack, database: str = "app") -> str:
+    """The stack's PostgreSQL DSN for asyncpg (another database on the same server)."""
+    dsn = stack.env["DATABASE_URL"].replace("postgresql+asyncpg://", "postgresql://")
+    return dsn.rsplit("/", 1)[0] + f"/{database}"
