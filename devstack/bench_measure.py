@@ -14,17 +14,12 @@ from typing import Any, Literal
 
 import psutil
 
+from app.orders.models import DEMO_ADDRESS
 from app.platform.settings import Settings
 
 # An order closes within its 60 s deadline; one still open after this is a failure.
 ORDER_TIMEOUT_S = 120.0
-BENCH_ADDRESS = {
-    "street": "1 Bench Street",
-    "city": "Loadville",
-    "state": "CA",
-    "zip": "94000",
-    "country": "US",
-}
+BENCH_ADDRESS = DEMO_ADDRESS
 ApproveVia = Literal["signal", "api"]
 Progress = Callable[[str], None]
 

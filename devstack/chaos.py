@@ -39,7 +39,13 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from app.orders.models import ORDER_DEADLINE_S, SIGNAL_APPROVE, ApproveRequest, order_workflow_id
+from app.orders.models import (
+    DEMO_ADDRESS,
+    ORDER_DEADLINE_S,
+    SIGNAL_APPROVE,
+    ApproveRequest,
+    order_workflow_id,
+)
 from app.orders.providers.carrier import read_ledger as carrier_ledger
 from app.orders.providers.gateway import read_ledger as gateway_ledger
 from app.orders.providers.wiring import ledger_engine
@@ -60,13 +66,7 @@ from devstack.chaos_faults import (
     stopped_services,
 )
 
-ADDRESS = {
-    "street": "1 Chaos Way",
-    "city": "Test City",
-    "state": "TS",
-    "zip": "12345",
-    "country": "US",
-}
+ADDRESS = DEMO_ADDRESS
 # A start or approval that fails (Temporal or PostgreSQL restarting) is retried this long:
 # longer than any planned outage, so a lost order means something really broke.
 CLIENT_RETRY_BUDGET_S = 90.0

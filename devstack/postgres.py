@@ -25,6 +25,7 @@ from devstack.processes import (
     postmaster_pid,
     postmaster_port,
     reap,
+    refuse_other_port,
     remove_pid,
     require_port,
     service_error,
@@ -305,12 +306,7 @@ def start_postgres(cfg: StackConfig, timeout: float = 60.0) -> str:
     with service_lock(cfg, POSTGRES):
         running = find_process(cfg, POSTGRES)
         if running is not None:
-            port = postmaster_port(cfg)
-            if port is not None and port != cfg.postgres_port:
-                raise StackError(
-                    f"postgres is already running on port {port} (pid {running.pid}), "
-                    f"not on the configured {cfg.postgres_port}; stop it first"
-                )
+            refuse_other_port("postgres", postmaster_port(cfg), cfg.postgres_port, running.pid)
             wait_until(lambda: check_postgres(cfg), min(timeout, 15.0), cfg, POSTGRES)
             _ensure_database(cfg)
             write_pid(cfg, POSTGRES, running.pid, cmdline(running))

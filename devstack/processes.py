@@ -545,3 +545,12 @@ def wait_until(check: Callable[[], bool], timeout: float, cfg: StackConfig, name
                 cfg, name, f"{name} is running but not answering after {timeout:.0f}s{last_error}"
             )
         time.sleep(0.2)
+
+
+def refuse_other_port(name: str, running_port: int | None, configured: int, pid: int) -> None:
+    """A server of ours already runs, but on another port than configured: say so."""
+    if running_port is not None and running_port != configured:
+        raise StackError(
+            f"{name} is already running on port {running_port} (pid {pid}), "
+            f"not on the configured {configured}; stop it first"
+        )

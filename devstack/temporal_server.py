@@ -14,6 +14,7 @@ from devstack.processes import (
     child_env,
     cmdline,
     find_process,
+    refuse_other_port,
     remove_pid,
     require_port,
     service_lock,
@@ -25,7 +26,6 @@ from devstack.processes import (
 from devstack.stack_config import (
     TEMPORAL,
     StackConfig,
-    StackError,
     temporal_binary,
     temporal_target,
     temporal_ui_url,
@@ -120,12 +120,9 @@ def start_temporal(cfg: StackConfig, timeout: float = 60.0) -> str:
     with service_lock(cfg, TEMPORAL):
         running = find_process(cfg, TEMPORAL)
         if running is not None:
-            port = _temporal_running_port(running)
-            if port is not None and port != cfg.temporal_port:
-                raise StackError(
-                    f"temporal is already running on port {port} (pid {running.pid}), "
-                    f"not on the configured {cfg.temporal_port}; stop it first"
-                )
+            refuse_other_port(
+                "temporal", _temporal_running_port(running), cfg.temporal_port, running.pid
+            )
             wait_until(lambda: check_temporal(cfg), min(timeout, 15.0), cfg, TEMPORAL)
             return f"temporal: already running on {temporal_target(cfg)} (pid {running.pid})"
         require_port(cfg, cfg.temporal_port, "Temporal (gRPC)", "TEMPORAL_PORT")

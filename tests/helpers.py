@@ -41,6 +41,14 @@ ADDRESS = {
 
 
 # The events a completed order has, in order.
+# Another valid address, for address changes.
+NEW_ADDRESS = {
+    "street": "456 New St",
+    "city": "New City",
+    "state": "NS",
+    "zip": "54321",
+    "country": "US",
+}
 HAPPY_PATH_EVENTS = [
     "RECEIVED",
     "VALIDATED",

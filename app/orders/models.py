@@ -96,6 +96,16 @@ def order_workflow_id(order_id: str) -> str:
     return f"order-{order_id}"
 
 
+# The guide's example address: what the demo, the CLI's defaults, chaos and bench ship to.
+DEMO_ADDRESS = {
+    "street": "123 Main St",
+    "city": "Test City",
+    "state": "TS",
+    "zip": "12345",
+    "country": "US",
+}
+
+
 @dataclass
 class Address:
     street: str

@@ -19,15 +19,7 @@ import httpx
 import pytest
 
 from app.platform.settings import PROJECT_ROOT
-from tests.helpers import CliStack, describe, leftover_processes, stack_env
-
-ADDRESS = {
-    "street": "1 Backup Blvd",
-    "city": "Test City",
-    "state": "TS",
-    "zip": "12345",
-    "country": "US",
-}
+from tests.helpers import ADDRESS, CliStack, describe, leftover_processes, stack_env
 
 
 def start_order(stack: CliStack, order_id: str, **extra: Any) -> None:

@@ -143,6 +143,14 @@ def _attempt(attempt: int) -> ActivityEnvironment:
     return env
 
 
+async def _answered_after_lost(attempts: int, fn: Any, arg: Any) -> Any:
+    """Attempts 1 .. attempts-1 take effect and lose their answer; the last is answered."""
+    for n in range(1, attempts):
+        with pytest.raises(SimulatedLostResponse):
+            await _attempt(n).run(fn, arg)
+    return await _attempt(attempts).run(fn, arg)
+
+
 def _charge(order_id: str, profile: str, payment_id: str | None = None) -> ChargeInput:
     return ChargeInput(
         ctx=ActivityContext(order_id=order_id, fault_profile=profile),
@@ -187,13 +195,7 @@ async def test_lost_answers_charge_refund_and_dispatch_once_per_key(
     lost = f"lost_first={attempts - 1}"  # every attempt but the last takes effect, then fails
     await _received(orders, order_id)
 
-    for n in range(1, attempts + 1):
-        run = _attempt(n).run(orders.charge_payment, _charge(order_id, lost))
-        if n < attempts:
-            with pytest.raises(SimulatedLostResponse):
-                await run
-        else:
-            await run
+    await _answered_after_lost(attempts, orders.charge_payment, _charge(order_id, lost))
     charges = await _gateway(running, order_id)
     assert len(charges) == 1 and charges[0]["idempotency_key"] == f"pmt-{order_id}"
     assert [p.status for p in await _payments(running, order_id)] == ["charged"]
@@ -203,13 +205,7 @@ async def test_lost_answers_charge_refund_and_dispatch_once_per_key(
     refund = RefundInput(
         ctx=ActivityContext(order_id=order_id, fault_profile=lost), payment_id=f"pmt-{order_id}"
     )
-    for n in range(1, attempts + 1):
-        run = _attempt(n).run(orders.refund_payment, refund)
-        if n < attempts:
-            with pytest.raises(SimulatedLostResponse):
-                await run
-        else:
-            assert (await run).refunded
+    assert (await _answered_after_lost(attempts, orders.refund_payment, refund)).refunded
     (charge,) = await _gateway(running, order_id)
     assert len(charge["refunds"]) == 1 and charge["refunded_cents"] == charge["amount_cents"]
     assert [p.status for p in await _payments(running, order_id)] == ["refunded"]
@@ -217,13 +213,8 @@ async def test_lost_answers_charge_refund_and_dispatch_once_per_key(
     shipped = f"acts-{uuid.uuid4().hex[:10]}"
     await _received(orders, shipped)
     ctx = ActivityContext(order_id=shipped, fault_profile=lost)
-    for n in range(1, attempts + 1):
-        run = _attempt(n).run(shipping.dispatch_carrier, DispatchInput(ctx=ctx, shipping_attempt=1))
-        if n < attempts:
-            with pytest.raises(SimulatedLostResponse):
-                await run
-        else:
-            outcome = await run
+    dispatch = DispatchInput(ctx=ctx, shipping_attempt=1)
+    outcome = await _answered_after_lost(attempts, shipping.dispatch_carrier, dispatch)
     (booking,) = (await carrier_ledger(running.providers.carrier.engine, [shipped]))[shipped]
     assert booking["tracking_number"] == outcome.tracking_number
     assert (await _row(running, shipped)).tracking_number == outcome.tracking_number

@@ -27,7 +27,7 @@ from app.api.app import create_app, startup_problem
 from app.api.auth import ApiKeyConfigError
 from app.api.middleware import MAX_BODY_BYTES
 from app.platform.settings import PROJECT_ROOT, Settings
-from tests.helpers import ADDRESS, Running, eventually
+from tests.helpers import ADDRESS, NEW_ADDRESS, Running, eventually
 from tests.ports import free_port
 
 ADMIN_KEY = "adm-0123456789"
@@ -38,14 +38,6 @@ API_KEYS = (
     f"root:{ADMIN_KEY}:admin,ops-bot:{OPS_KEY}:operator,"
     f"dashboard:{VIEW_KEY}:viewer,alice:{REVIEW_KEY}:reviewer"
 )
-
-NEW_ADDRESS = {
-    "street": "456 New St",
-    "city": "New City",
-    "state": "NS",
-    "zip": "54321",
-    "country": "US",
-}
 
 
 def new_id() -> str:

@@ -25,7 +25,7 @@ from app.platform.settings import Settings
 from app.platform.temporal import connect_client
 from app.service.orders import OrderService
 from app.worker import build_workers
-from tests.helpers import Running
+from tests.helpers import ADDRESS, Running
 
 KEY = base64.b64encode(os.urandom(32)).decode()
 OLD_KEY = base64.b64encode(os.urandom(32)).decode()
@@ -34,13 +34,6 @@ OPS_KEY = "ops-0123456789"
 REVIEW_KEY = "rev-0123456789"
 API_KEYS = f"ui:{VIEW_KEY}:viewer,ops:{OPS_KEY}:operator,alice:{REVIEW_KEY}:reviewer"
 UI_ORIGIN = "http://ui.example:8233"
-ADDRESS = {
-    "street": "742 Evergreen Terrace",
-    "city": "Springfield",
-    "state": "OR",
-    "zip": "97475",
-    "country": "US",
-}
 
 
 def b64(data: bytes) -> str:

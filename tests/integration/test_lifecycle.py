@@ -17,19 +17,12 @@ from devstack.chaos_checks import STATE_EVENT
 from tests.helpers import (
     ADDRESS,
     HAPPY_PATH_EVENTS,
+    NEW_ADDRESS,
     Running,
     eventually,
     order_events,
     wait_for_step,
 )
-
-NEW_ADDRESS = {
-    "street": "9 Elm St",
-    "city": "Shelbyville",
-    "state": "IL",
-    "zip": "62565",
-    "country": "US",
-}
 
 
 def new_id() -> str:

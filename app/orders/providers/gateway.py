@@ -57,14 +57,6 @@ SCHEMA = [
 ]
 
 
-def _fingerprint(req: ChargeRequest | RefundRequest) -> dict[str, Any]:
-    return {"payment_id": req.payment_id, "order_id": req.order_id, "amount": req.amount_cents}
-
-
-def _payment(req: ChargeRequest | RefundRequest) -> str:
-    return f"payment:{req.payment_id}:{req.order_id}"
-
-
 class GatewaySimulator(ledger.Provider):
     def __init__(self, engine: AsyncEngine, faults: FaultInjector) -> None:
         super().__init__(engine)
@@ -74,6 +66,31 @@ class GatewaySimulator(ledger.Provider):
 
     async def install(self) -> None:
         await ledger.install_schema(self.engine, "gateway", SCHEMA)
+
+    async def _for_payment(
+        self,
+        faults: Faults,
+        call: CallInfo,
+        req: ChargeRequest | RefundRequest,
+        operation: str,
+        effect: ledger.Effect,
+    ) -> dict[str, Any]:
+        """One request about the order's payment, once per key."""
+        request = {
+            "payment_id": req.payment_id,
+            "order_id": req.order_id,
+            "amount": req.amount_cents,
+        }
+        resource = f"payment:{req.payment_id}:{req.order_id}"
+        return await self.once(
+            faults,
+            call,
+            key=req.key,
+            operation=operation,
+            request=request,
+            resource=resource,
+            effect=effect,
+        )
 
     async def charge(self, req: ChargeRequest, call: CallInfo) -> Charge:
         async def take_money(conn: AsyncConnection) -> dict[str, Any]:
@@ -95,30 +112,14 @@ class GatewaySimulator(ledger.Provider):
             )
             return asdict(charge)
 
-        stored = await self.once(
-            self._charge,
-            call,
-            key=req.key,
-            operation="charge",
-            request=_fingerprint(req),
-            resource=_payment(req),
-            effect=take_money,
-        )
+        stored = await self._for_payment(self._charge, call, req, "charge", take_money)
         return Charge(**stored)
 
     async def refund(self, req: RefundRequest, call: CallInfo) -> Refund:
         async def give_back(conn: AsyncConnection) -> dict[str, Any]:
             return asdict(await _refund_charge(conn, req))
 
-        stored = await self.once(
-            self._refund,
-            call,
-            key=req.key,
-            operation="refund",
-            request=_fingerprint(req),
-            resource=_payment(req),
-            effect=give_back,
-        )
+        stored = await self._for_payment(self._refund, call, req, "refund", give_back)
         return Refund(**stored)
 
     async def cancel_or_refund(self, req: RefundRequest, call: CallInfo) -> Refund | None:
@@ -134,14 +135,8 @@ class GatewaySimulator(ledger.Provider):
             )
             return {}  # voided: nothing was charged, and nothing can be now
 
-        stored = await self.once(
-            self._cancel_or_refund,
-            call,
-            key=req.key,
-            operation="cancel_or_refund",
-            request=_fingerprint(req),
-            resource=_payment(req),
-            effect=settle,
+        stored = await self._for_payment(
+            self._cancel_or_refund, call, req, "cancel_or_refund", settle
         )
         return Refund(**stored) if stored else None
 
