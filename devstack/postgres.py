@@ -22,6 +22,7 @@ from devstack.processes import (
     cmdline,
     find_process,
     is_alive,
+    not_running,
     postmaster_pid,
     postmaster_port,
     reap,
@@ -349,9 +350,7 @@ def stop_postgres(cfg: StackConfig, timeout: float = 30.0) -> str:
     with service_lock(cfg, POSTGRES):
         proc = find_process(cfg, POSTGRES)
         if proc is None:
-            stale = cfg.pid_path(POSTGRES).exists()
-            remove_pid(cfg, POSTGRES)
-            return f"{POSTGRES}: not running" + (" (removed stale pid file)" if stale else "")
+            return not_running(cfg, POSTGRES)
         pid = proc.pid
         started = time.monotonic()
         run_as = pg_run_as(cfg)

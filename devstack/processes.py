@@ -517,12 +517,17 @@ def start_process(
         return f"{name}: started (pid {child.pid}) in {time.monotonic() - started:.1f}s"
 
 
+def not_running(cfg: StackConfig, name: str) -> str:
+    """A service to stop that is not running: forget its stale pid file, if any."""
+    stale = cfg.pid_path(name).exists()
+    remove_pid(cfg, name)
+    return f"{name}: not running" + (" (removed stale pid file)" if stale else "")
+
+
 def stop_locked(cfg: StackConfig, name: str, timeout: float) -> str:
     proc = find_process(cfg, name)
     if proc is None:
-        stale = cfg.pid_path(name).exists()
-        remove_pid(cfg, name)
-        return f"{name}: not running" + (" (removed stale pid file)" if stale else "")
+        return not_running(cfg, name)
     pid = proc.pid
     started = time.monotonic()
     terminate(proc, timeout)

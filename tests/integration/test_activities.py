@@ -161,8 +161,11 @@ def _charge(order_id: str, profile: str, payment_id: str | None = None) -> Charg
     )
 
 
-async def _received(orders: OrderActivities, order_id: str) -> None:
+async def _received(orders: OrderActivities) -> str:
+    """A new order, received (its row and RECEIVED event written)."""
+    order_id = f"acts-{uuid.uuid4().hex[:10]}"
     await ActivityEnvironment().run(orders.receive_order, _receive(order_id))
+    return order_id
 
 
 async def _gateway(running: Running, order_id: str) -> list[dict[str, Any]]:
@@ -173,6 +176,11 @@ async def _payments(running: Running, order_id: str) -> list[Payment]:
     async with running.sessions() as s:
         rows = await s.execute(select(Payment).where(Payment.order_id == order_id))
         return list(rows.scalars())
+
+
+def _refund(order_id: str, profile: str = "off") -> RefundInput:
+    ctx = ActivityContext(order_id=order_id, fault_profile=profile)
+    return RefundInput(ctx=ctx, payment_id=f"pmt-{order_id}")
 
 
 def _close(order_id: str, step: str = "PAY") -> CloseInput:
@@ -191,9 +199,8 @@ async def test_lost_answers_charge_refund_and_dispatch_once_per_key(
     running: Running, acts: tuple[OrderActivities, ShippingActivities], attempts: int
 ) -> None:
     orders, shipping = acts
-    order_id = f"acts-{uuid.uuid4().hex[:10]}"
+    order_id = await _received(orders)
     lost = f"lost_first={attempts - 1}"  # every attempt but the last takes effect, then fails
-    await _received(orders, order_id)
 
     await _answered_after_lost(attempts, orders.charge_payment, _charge(order_id, lost))
     charges = await _gateway(running, order_id)
@@ -202,16 +209,13 @@ async def test_lost_answers_charge_refund_and_dispatch_once_per_key(
 
     closed = await ActivityEnvironment().run(orders.close_order, _close(order_id))
     assert closed.refund_pending
-    refund = RefundInput(
-        ctx=ActivityContext(order_id=order_id, fault_profile=lost), payment_id=f"pmt-{order_id}"
-    )
+    refund = _refund(order_id, lost)
     assert (await _answered_after_lost(attempts, orders.refund_payment, refund)).refunded
     (charge,) = await _gateway(running, order_id)
     assert len(charge["refunds"]) == 1 and charge["refunded_cents"] == charge["amount_cents"]
     assert [p.status for p in await _payments(running, order_id)] == ["refunded"]
 
-    shipped = f"acts-{uuid.uuid4().hex[:10]}"
-    await _received(orders, shipped)
+    shipped = await _received(orders)
     ctx = ActivityContext(order_id=shipped, fault_profile=lost)
     dispatch = DispatchInput(ctx=ctx, shipping_attempt=1)
     outcome = await _answered_after_lost(attempts, shipping.dispatch_carrier, dispatch)
@@ -224,8 +228,7 @@ async def test_charge_whose_answer_never_came_is_found_and_refunded(
     running: Running, acts: tuple[OrderActivities, ShippingActivities]
 ) -> None:
     orders, _ = acts
-    order_id = f"acts-{uuid.uuid4().hex[:10]}"
-    await _received(orders, order_id)
+    order_id = await _received(orders)
     for n in (1, 2, 3):  # PAY fails: the gateway charged, we never heard
         with pytest.raises(SimulatedLostResponse):
             await _attempt(n).run(orders.charge_payment, _charge(order_id, "lost_first=3"))
@@ -233,9 +236,7 @@ async def test_charge_whose_answer_never_came_is_found_and_refunded(
 
     closed = await ActivityEnvironment().run(orders.close_order, _close(order_id))
     assert closed.refund_pending  # stopped while charging: the gateway is asked
-    refund = RefundInput(
-        ctx=ActivityContext(order_id=order_id, fault_profile="off"), payment_id=f"pmt-{order_id}"
-    )
+    refund = _refund(order_id, "off")
     assert (await ActivityEnvironment().run(orders.refund_payment, refund)).refunded
     (charge,) = await _gateway(running, order_id)
     assert charge["refunded_cents"] == charge["amount_cents"]
@@ -257,12 +258,9 @@ async def test_voided_payment_refuses_a_late_charge(
     running: Running, acts: tuple[OrderActivities, ShippingActivities]
 ) -> None:
     orders, _ = acts
-    order_id = f"acts-{uuid.uuid4().hex[:10]}"
-    await _received(orders, order_id)
+    order_id = await _received(orders)
     await ActivityEnvironment().run(orders.close_order, _close(order_id))
-    refund = RefundInput(
-        ctx=ActivityContext(order_id=order_id, fault_profile="off"), payment_id=f"pmt-{order_id}"
-    )
+    refund = _refund(order_id, "off")
     outcome = await ActivityEnvironment().run(orders.refund_payment, refund)
     assert not outcome.refunded and outcome.payment_status == "none"
     with pytest.raises(ApplicationError) as err:
@@ -275,9 +273,7 @@ async def test_payment_key_reused_with_other_parameters_is_refused(
     running: Running, acts: tuple[OrderActivities, ShippingActivities]
 ) -> None:
     orders, _ = acts
-    first, second = (f"acts-{uuid.uuid4().hex[:10]}" for _ in range(2))
-    for order_id in (first, second):
-        await _received(orders, order_id)
+    first, second = await _received(orders), await _received(orders)
     await ActivityEnvironment().run(orders.charge_payment, _charge(first, "off"))
     # Another order under the same payment id, and the same order with another amount.
     other_order = _charge(second, "off", payment_id=f"pmt-{first}")
@@ -294,8 +290,7 @@ async def test_booking_whose_answer_never_came_is_cancelled_when_the_order_close
     running: Running, acts: tuple[OrderActivities, ShippingActivities]
 ) -> None:
     orders, shipping = acts
-    order_id = f"acts-{uuid.uuid4().hex[:10]}"
-    await _received(orders, order_id)
+    order_id = await _received(orders)
     await ActivityEnvironment().run(orders.charge_payment, _charge(order_id, "off"))
     ctx = ActivityContext(order_id=order_id, fault_profile="lost_first=3")
     for n in (1, 2, 3):  # the carrier booked, we never heard
@@ -307,9 +302,7 @@ async def test_booking_whose_answer_never_came_is_cancelled_when_the_order_close
 
     closed = await ActivityEnvironment().run(orders.close_order, _close(order_id, step="SHIP"))
     assert closed.refund_pending
-    refund = RefundInput(
-        ctx=ActivityContext(order_id=order_id, fault_profile="off"), payment_id=f"pmt-{order_id}"
-    )
+    refund = _refund(order_id, "off")
     assert (await ActivityEnvironment().run(orders.refund_payment, refund)).refunded
     (booking,) = (await carrier_ledger(running.providers.carrier.engine, [order_id]))[order_id]
     assert booking["cancelled"]

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.orders.faults import CallInfo, FaultInjector, Faults
+from app.orders.faults import CallInfo, FaultInjector
 from app.orders.providers import ledger
 from app.orders.providers.api import (
     Booking,
@@ -60,13 +60,27 @@ SCHEMA = [
 
 class CarrierSimulator(ledger.Provider):
     def __init__(self, engine: AsyncEngine, faults: FaultInjector) -> None:
-        super().__init__(engine)
-        self._prepare = Faults(faults, "prepare")
-        self._dispatch = Faults(faults, "dispatch")
-        self._cancel = Faults(faults, "cancel")
+        super().__init__(engine, faults, "carrier", SCHEMA, ("prepare", "dispatch", "cancel"))
 
-    async def install(self) -> None:
-        await ledger.install_schema(self.engine, "carrier", SCHEMA)
+    async def _for_order(
+        self,
+        operation: str,
+        call: CallInfo,
+        key: str,
+        order_id: str,
+        request: dict[str, Any],
+        effect: ledger.Effect,
+    ) -> dict[str, Any]:
+        """One request about the order's parcel, once per key."""
+        return await self.once(
+            operation,
+            call,
+            key=key,
+            operation=operation,
+            request=request,
+            resource=f"order:{order_id}",
+            effect=effect,
+        )
 
     async def prepare(self, req: PrepareRequest, call: CallInfo) -> Package:
         async def pack(conn: AsyncConnection) -> dict[str, Any]:
@@ -85,14 +99,13 @@ class CarrierSimulator(ledger.Provider):
             )
             return asdict(package)
 
-        stored = await self.once(
-            self._prepare,
+        stored = await self._for_order(
+            "prepare",
             call,
-            key=req.key,
-            operation="prepare",
-            request={"order_id": req.order_id, "shipping_attempt": req.shipping_attempt},
-            resource=f"order:{req.order_id}",
-            effect=pack,
+            req.key,
+            req.order_id,
+            {"order_id": req.order_id, "shipping_attempt": req.shipping_attempt},
+            pack,
         )
         return Package(**stored)
 
@@ -144,19 +157,18 @@ class CarrierSimulator(ledger.Provider):
                 )
             return asdict(booking)
 
-        stored = await self.once(
-            self._dispatch,
+        stored = await self._for_order(
+            "dispatch",
             call,
-            key=req.key,
-            operation="dispatch",
-            request={"order_id": req.order_id, "address": req.address},
-            resource=f"order:{req.order_id}",
-            effect=book,
+            req.key,
+            req.order_id,
+            {"order_id": req.order_id, "address": req.address},
+            book,
         )
         return Booking(**stored)
 
     async def cancel(self, req: CancelShipmentsRequest, call: CallInfo) -> list[Booking]:
-        await self._cancel.before(call)
+        await self.faults["cancel"].before(call)
         async with self.engine.begin() as conn:
             await ledger.lock(conn, f"order:{req.order_id}")
             await conn.execute(
@@ -173,7 +185,7 @@ class CarrierSimulator(ledger.Provider):
                     {"o": req.order_id},
                 )
             ).all()
-        await self._cancel.after(call)
+        await self.faults["cancel"].after(call)
         return [Booking(**dict(r._mapping)) for r in rows]
 
 
@@ -182,18 +194,14 @@ async def read_ledger(
 ) -> dict[str, list[dict[str, Any]]]:
     """Order id -> its bookings at the carrier (for auditors only)."""
     ids = list(order_ids)
-    async with engine.connect() as conn:
-        rows = (
-            await conn.execute(
-                text(
-                    "SELECT order_id, tracking_number, idempotency_key, address, "
-                    "cancelled_at IS NOT NULL AS cancelled FROM bookings "
-                    "WHERE order_id = ANY(:ids) ORDER BY created_at"
-                ),
-                {"ids": ids},
-            )
-        ).all()
+    bookings = await ledger.audit_rows(
+        engine,
+        "SELECT order_id, tracking_number, idempotency_key, address, "
+        "cancelled_at IS NOT NULL AS cancelled FROM bookings "
+        "WHERE order_id = ANY(:ids) ORDER BY created_at",
+        ids,
+    )
     out: dict[str, list[dict[str, Any]]] = {oid: [] for oid in ids}
-    for r in rows:
-        out.setdefault(r.order_id, []).append(dict(r._mapping))
+    for booking in bookings:
+        out.setdefault(booking["order_id"], []).append(booking)
     return out

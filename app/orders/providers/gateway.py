@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.orders.faults import CallInfo, FaultInjector, Faults
+from app.orders.faults import CallInfo, FaultInjector
 from app.orders.providers import ledger
 from app.orders.providers.api import (
     Charge,
@@ -59,20 +59,15 @@ SCHEMA = [
 
 class GatewaySimulator(ledger.Provider):
     def __init__(self, engine: AsyncEngine, faults: FaultInjector) -> None:
-        super().__init__(engine)
-        self._charge = Faults(faults, "charge")
-        self._refund = Faults(faults, "refund")
-        self._cancel_or_refund = Faults(faults, "cancel_or_refund")
-
-    async def install(self) -> None:
-        await ledger.install_schema(self.engine, "gateway", SCHEMA)
+        super().__init__(
+            engine, faults, "gateway", SCHEMA, ("charge", "refund", "cancel_or_refund")
+        )
 
     async def _for_payment(
         self,
-        faults: Faults,
+        operation: str,
         call: CallInfo,
         req: ChargeRequest | RefundRequest,
-        operation: str,
         effect: ledger.Effect,
     ) -> dict[str, Any]:
         """One request about the order's payment, once per key."""
@@ -83,7 +78,7 @@ class GatewaySimulator(ledger.Provider):
         }
         resource = f"payment:{req.payment_id}:{req.order_id}"
         return await self.once(
-            faults,
+            operation,
             call,
             key=req.key,
             operation=operation,
@@ -112,14 +107,14 @@ class GatewaySimulator(ledger.Provider):
             )
             return asdict(charge)
 
-        stored = await self._for_payment(self._charge, call, req, "charge", take_money)
+        stored = await self._for_payment("charge", call, req, take_money)
         return Charge(**stored)
 
     async def refund(self, req: RefundRequest, call: CallInfo) -> Refund:
         async def give_back(conn: AsyncConnection) -> dict[str, Any]:
             return asdict(await _refund_charge(conn, req))
 
-        stored = await self._for_payment(self._refund, call, req, "refund", give_back)
+        stored = await self._for_payment("refund", call, req, give_back)
         return Refund(**stored)
 
     async def cancel_or_refund(self, req: RefundRequest, call: CallInfo) -> Refund | None:
@@ -135,9 +130,7 @@ class GatewaySimulator(ledger.Provider):
             )
             return {}  # voided: nothing was charged, and nothing can be now
 
-        stored = await self._for_payment(
-            self._cancel_or_refund, call, req, "cancel_or_refund", settle
-        )
+        stored = await self._for_payment("cancel_or_refund", call, req, settle)
         return Refund(**stored) if stored else None
 
 
@@ -194,32 +187,24 @@ async def read_ledger(
 ) -> dict[str, list[dict[str, Any]]]:
     """Order id -> its charges at the gateway, each with its refunds (for auditors only)."""
     ids = list(order_ids)
-    async with engine.connect() as conn:
-        charges = (
-            await conn.execute(
-                text(
-                    "SELECT charge_id, payment_id, order_id, amount_cents, refunded_cents, "
-                    "idempotency_key FROM charges WHERE order_id = ANY(:ids) ORDER BY created_at"
-                ),
-                {"ids": ids},
-            )
-        ).all()
-        refunds = (
-            await conn.execute(
-                text(
-                    "SELECT r.charge_id, r.refund_id, r.amount_cents, r.idempotency_key "
-                    "FROM refunds r JOIN charges c USING (charge_id) "
-                    "WHERE c.order_id = ANY(:ids) ORDER BY r.created_at"
-                ),
-                {"ids": ids},
-            )
-        ).all()
+    charges = await ledger.audit_rows(
+        engine,
+        "SELECT charge_id, payment_id, order_id, amount_cents, refunded_cents, idempotency_key "
+        "FROM charges WHERE order_id = ANY(:ids) ORDER BY created_at",
+        ids,
+    )
+    refunds = await ledger.audit_rows(
+        engine,
+        "SELECT r.charge_id, r.refund_id, r.amount_cents, r.idempotency_key "
+        "FROM refunds r JOIN charges c USING (charge_id) "
+        "WHERE c.order_id = ANY(:ids) ORDER BY r.created_at",
+        ids,
+    )
     by_charge: dict[str, list[dict[str, Any]]] = {}
-    for r in refunds:
-        by_charge.setdefault(r.charge_id, []).append(dict(r._mapping))
+    for refund in refunds:
+        by_charge.setdefault(refund["charge_id"], []).append(refund)
     out: dict[str, list[dict[str, Any]]] = {oid: [] for oid in ids}
-    for c in charges:
-        out.setdefault(c.order_id, []).append(
-            {**dict(c._mapping), "refunds": by_charge.get(c.charge_id, [])}
-        )
+    for charge in charges:
+        charge["refunds"] = by_charge.get(charge["charge_id"], [])
+        out.setdefault(charge["order_id"], []).append(charge)
     return out

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.orders.faults import CallInfo, Faults
+from app.orders.faults import CallInfo, FaultInjector, Faults
 from app.orders.providers.api import IdempotencyConflict
 
 IDEMPOTENCY_TABLE = """
@@ -81,14 +81,29 @@ Effect = Callable[[AsyncConnection], Awaitable[dict[str, Any]]]
 
 
 class Provider:
-    """A simulated provider: each request runs its faults, then its effect once per key."""
+    """A simulated provider over its own database: each request runs its faults, then its
+    effect once per key."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        injector: FaultInjector,
+        name: str,
+        schema: list[str],
+        services: tuple[str, ...],
+    ) -> None:
         self.engine = engine
+        self.name = name
+        self.schema = schema
+        # One fault draw per (order, service, attempt), as for the guide's other services.
+        self.faults = {service: Faults(injector, service) for service in services}
+
+    async def install(self) -> None:
+        await install_schema(self.engine, self.name, self.schema)
 
     async def once(
         self,
-        faults: Faults,
+        service: str,
         call: CallInfo,
         *,
         key: str,
@@ -101,6 +116,7 @@ class Provider:
 
         The key and the resource it acts on (a payment, an order) are locked until commit,
         so a concurrent repeat waits and then replays the stored answer."""
+        faults = self.faults[service]
         await faults.before(call)
         async with self.engine.begin() as conn:
             await lock(conn, key)
@@ -111,3 +127,10 @@ class Provider:
                 await remember(conn, key, operation, request, response)
         await faults.after(call)
         return response
+
+
+async def audit_rows(engine: AsyncEngine, sql: str, order_ids: list[str]) -> list[dict[str, Any]]:
+    """Rows of a ledger query over `:ids` (the auditors' read: chaos, tests)."""
+    async with engine.connect() as conn:
+        rows = (await conn.execute(text(sql), {"ids": order_ids})).all()
+    return [dict(r._mapping) for r in rows]
