@@ -12,7 +12,7 @@ import builtins
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.exceptions import (
@@ -63,6 +63,7 @@ with workflow.unsafe.imports_passed_through():
         ShippingResult,
         Step,
         StepError,
+        StepOutcome,
         ValidateInput,
         order_amount_cents,
     )
@@ -84,6 +85,9 @@ from app.orders.workflows.policies import (
 )
 from app.orders.workflows.shipping import ShippingWorkflow
 
+# The input of an activity the workflow calls.
+InputT = TypeVar("InputT")
+
 
 @workflow.defn(name=ORDER_WORKFLOW)
 class OrderWorkflow:
@@ -99,9 +103,7 @@ class OrderWorkflow:
         self._approved_at: datetime | None = None
         self._cancel: CancelRequest | None = None
         self._stop: OrderStopped | None = None
-        self._received = False
         self._closed = False
-        self._dispatched = False
         self._payment_status = PaymentStatus.NONE
         self._attempts: dict[str, int] = {}
         self._errors: list[StepError] = []
@@ -171,7 +173,7 @@ class OrderWorkflow:
 
         self._enter(Step.RECEIVE)
         info = workflow.info()
-        out = await self._step_activity(
+        await self._step_activity(
             Step.RECEIVE,
             OrderActivities.receive_order,
             ReceiveInput(
@@ -186,9 +188,7 @@ class OrderWorkflow:
             ),
             RECEIVE_TIMEOUT,
         )
-        self._received = True
         self._set_state(OrderState.RECEIVED)
-        del out
         self._checkpoint()
 
         self._enter(Step.VALIDATE)
@@ -271,7 +271,6 @@ class OrderWorkflow:
                 if attempt >= MAX_SHIPPING_ATTEMPTS or self._deadline <= workflow.now():
                     raise OrderStopped(OrderState.FAILED, "shipping_failed") from None
                 continue
-            self._dispatched = True
             self._tracking_number = result.tracking_number
             self._address = result.dispatched_address
             self._attempts[Step.SHIP] = attempt
@@ -340,14 +339,14 @@ class OrderWorkflow:
     async def _step_activity(
         self,
         step: Step,
-        method: Callable[[Any, Any], Awaitable[Any]],
-        arg: Any,
+        method: Callable[[Any, InputT], Awaitable[StepOutcome]],
+        arg: InputT,
         timeout: timedelta,
         *,
         wait_for_cancel: bool = False,
-    ) -> Any:
+    ) -> StepOutcome:
         try:
-            out: Any = await workflow.execute_activity_method(
+            out = await workflow.execute_activity_method(
                 method,
                 arg,
                 start_to_close_timeout=timeout,
@@ -372,7 +371,7 @@ class OrderWorkflow:
             if application_type(err) == ERR_INVALID_ORDER:
                 raise OrderStopped(OrderState.FAILED, "invalid_order") from None
             raise OrderStopped(OrderState.FAILED, f"{step.lower()}_failed") from None
-        self._attempts[step] = getattr(out, "attempt", 1)
+        self._attempts[step] = out.attempt
         return out
 
     # --- signals (the guide's names) ---------------------------------------------------
@@ -431,7 +430,7 @@ class OrderWorkflow:
     def _validate_cancel(self, req: CancelRequest) -> None:
         if self._closed or (self._stop is not None and self._cancel is None):
             raise ApplicationError("order is already closed", type=ERR_ORDER_CLOSED)
-        if self._dispatched:
+        if self._tracking_number is not None:
             raise ApplicationError("order was already dispatched", type=ERR_ORDER_DISPATCHED)
 
     @workflow.update(name=UPDATE_ADDRESS)
@@ -443,7 +442,7 @@ class OrderWorkflow:
     def _validate_address_change(self, change: AddressChange) -> None:
         if self._closed or self._stop is not None:
             raise ApplicationError("order is already closed", type=ERR_ORDER_CLOSED)
-        if self._dispatched:
+        if self._tracking_number is not None:
             raise ApplicationError("order was already dispatched", type=ERR_ORDER_DISPATCHED)
         problems = address_problems(change.address.as_dict())
         if problems:
@@ -514,7 +513,9 @@ class OrderWorkflow:
     async def _accept_address(self, change: AddressChange) -> None:
         inp = self._require_input()
         # The row is written by ReceiveOrder; an early change waits for it.
-        await workflow.wait_condition(lambda: self._received or self._stop is not None)
+        await workflow.wait_condition(
+            lambda: self._state != OrderState.PENDING or self._stop is not None
+        )
         if self._stop is not None:
             raise ApplicationError("order is already closed", type=ERR_ORDER_CLOSED)
         await self._gate(
@@ -528,7 +529,7 @@ class OrderWorkflow:
         self._address = change.address
         self._log("address updated", by=change.requested_by)
 
-    async def _gate(self, method: Callable[[Any, Any], Awaitable[Any]], arg: Any) -> None:
+    async def _gate(self, method: Callable[[Any, InputT], Awaitable[None]], arg: InputT) -> None:
         """Run a row-locking check-and-write; its refusal becomes the caller's answer."""
         try:
             await workflow.execute_activity_method(
