@@ -241,6 +241,8 @@ class ChargeInput:
     amount_cents: int
     approved_by: str
     approved_at_iso: str
+    # The reviewer's note, kept with the APPROVED event.
+    approval_note: str | None = None
 
 
 @dataclass
@@ -248,7 +250,6 @@ class StepOutcome:
     """What a step activity reports back: its attempt number feeds the status view."""
 
     attempt: int
-    detail: str | None = None
 
 
 @dataclass

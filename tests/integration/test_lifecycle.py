@@ -50,9 +50,18 @@ async def test_order_completes_end_to_end(running: Running) -> None:
     started = await running.service.start_order(order_id, f"pmt-{order_id}", ADDRESS)
     assert started["workflow_id"] == f"order-{order_id}" and started["run_id"]
     await wait_for_step(running, order_id, "MANUAL_REVIEW")
-    await running.service.approve(order_id, reviewer="alice")
+    await running.service.approve(order_id, reviewer="alice", note="checked by phone")
     result = await _result(running, order_id)
     assert result["state"] == "COMPLETED"
+    async with running.sessions() as s:
+        approved = (
+            await s.execute(
+                select(Event.payload_json).where(
+                    Event.order_id == order_id, Event.type == "APPROVED"
+                )
+            )
+        ).scalar_one()
+    assert (approved["by"], approved["note"]) == ("alice", "checked by phone")
 
     order = await _order(running, order_id)
     assert order is not None and order.state == "COMPLETED" and order.tracking_number

@@ -212,7 +212,14 @@ class OrderActivities(CompensationActivities):
                 await s.execute(
                     with_events(
                         paid,
-                        (EventType.APPROVED, {"by": inp.approved_by, "at": inp.approved_at_iso}),
+                        (
+                            EventType.APPROVED,
+                            {
+                                "by": inp.approved_by,
+                                "at": inp.approved_at_iso,
+                                "note": inp.approval_note,
+                            },
+                        ),
                         (
                             EventType.PAYMENT_CHARGED,
                             {

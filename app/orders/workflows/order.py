@@ -100,6 +100,7 @@ class OrderWorkflow:
         self._step: Step | None = Step.RECEIVE
         self._approved = False
         self._approved_by: str | None = None
+        self._approval_note: str | None = None
         self._approved_at: datetime | None = None
         self._cancel: CancelRequest | None = None
         self._stop: OrderStopped | None = None
@@ -220,6 +221,7 @@ class OrderWorkflow:
                 payment_id=inp.payment_id,
                 amount_cents=order_amount_cents(inp.items),
                 approved_by=self._approved_by or "unknown",
+                approval_note=self._approval_note,
                 approved_at_iso=(self._approved_at or workflow.now()).isoformat(),
             ),
             CHARGE_TIMEOUT,
@@ -487,6 +489,7 @@ class OrderWorkflow:
         if not self._approved:
             self._approved = True
             self._approved_by = req.reviewer
+            self._approval_note = req.note
             self._approved_at = workflow.now()
             self._log("order approved", reviewer=req.reviewer)
 
