@@ -7,11 +7,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from app.orders.faults import FaultProfile, FaultProfileError
 from app.orders.models import (
+    DEFAULT_ITEMS,
     Address,
     LineItem,
+    OrderInput,
 )
-from app.orders.validation import address_problems, order_id_problem
+from app.orders.validation import address_problems, order_id_problem, payment_id_problem
 from app.platform.settings import Settings
 from app.service.errors import Forbidden, InvalidInput
 
@@ -87,3 +90,46 @@ def refuse_test_knobs(settings: Settings, **knobs: object) -> None:
                 "this server (ALLOW_FAULT_INJECTION=false)",
                 field=name,
             )
+
+
+def order_input(
+    settings: Settings,
+    order_id: str,
+    payment_id: str,
+    address: dict[str, Any],
+    *,
+    items: list[dict[str, Any]] | None = None,
+    fault_profile: str | None = None,
+    review_timeout_s: float | None = None,
+    deadline_s: float | None = None,
+) -> OrderInput:
+    """A start request checked field by field, as the workflow's input."""
+    validate_order_id(order_id)
+    problem = payment_id_problem(payment_id)
+    if problem:
+        raise InvalidInput(f"payment_id {problem}", field="payment_id")
+    addr = validate_address(address)
+    if fault_profile is not None:
+        refuse_test_knobs(settings, fault_profile=fault_profile)
+        try:
+            FaultProfile.parse(fault_profile)
+        except FaultProfileError as err:
+            raise InvalidInput(str(err), field="fault_profile") from None
+    for name, seconds in (("review_timeout_s", review_timeout_s), ("deadline_s", deadline_s)):
+        if seconds is not None and not 0 < seconds <= MAX_OVERRIDE_S:
+            raise InvalidInput(
+                f"{name} must be more than 0 and at most {MAX_OVERRIDE_S:g} seconds",
+                field=name,
+            )
+    return OrderInput(
+        order_id=order_id,
+        payment_id=payment_id,
+        address=addr,
+        items=parse_line_items(items) if items is not None else list(DEFAULT_ITEMS),
+        fault_profile=fault_profile,
+        shipping_task_queue=settings.shipping_task_queue,
+        review_timeout_s=(
+            review_timeout_s if review_timeout_s is not None else settings.review_timeout_s
+        ),
+        deadline_s=deadline_s if deadline_s is not None else settings.order_deadline_s,
+    )

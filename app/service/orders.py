@@ -27,9 +27,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from app.orders.faults import FaultProfile, FaultProfileError
 from app.orders.models import (
-    DEFAULT_ITEMS,
     ERR_INVALID_ORDER,
     ERR_ORDER_CANCELLED,
     ERR_ORDER_CLOSED,
@@ -44,20 +42,17 @@ from app.orders.models import (
     AddressChange,
     ApproveRequest,
     CancelRequest,
-    OrderInput,
+    OrderState,
     OrderStatus,
     Step,
     is_settled,
     order_workflow_id,
 )
-from app.orders.validation import payment_id_problem
 from app.platform.settings import Settings
 from app.platform.tables import Event, Order, Payment
 from app.service.errors import InvalidInput, OrderConflict, OrderNotFound, Unavailable
 from app.service.inputs import (
-    MAX_OVERRIDE_S,
-    parse_line_items,
-    refuse_test_knobs,
+    order_input,
     validate_address,
     validate_order_id,
 )
@@ -112,46 +107,18 @@ class OrderService:
         review_timeout_s: float | None = None,
         deadline_s: float | None = None,
     ) -> dict[str, Any]:
-        validate_order_id(order_id)
-        problem = payment_id_problem(payment_id)
-        if problem:
-            raise InvalidInput(f"payment_id {problem}", field="payment_id")
-        addr = validate_address(address)
-        if fault_profile is not None:
-            refuse_test_knobs(self.settings, fault_profile=fault_profile)
-            try:
-                FaultProfile.parse(fault_profile)
-            except FaultProfileError as err:
-                raise InvalidInput(str(err), field="fault_profile") from None
-        for name, seconds in (("review_timeout_s", review_timeout_s), ("deadline_s", deadline_s)):
-            if seconds is not None and not 0 < seconds <= MAX_OVERRIDE_S:
-                raise InvalidInput(
-                    f"{name} must be more than 0 and at most {MAX_OVERRIDE_S:g} seconds",
-                    field=name,
-                )
-        line_items = parse_line_items(items) if items is not None else list(DEFAULT_ITEMS)
-        async with self.sessions() as s:
-            existing = await s.get(Order, order_id)
-            if existing is not None:
-                raise OrderConflict(
-                    f"order {order_id} already exists",
-                    order_id=order_id,
-                    workflow_id=existing.workflow_id,
-                    run_id=existing.run_id,
-                )
-        workflow_id = order_workflow_id(order_id)
-        inp = OrderInput(
-            order_id=order_id,
-            payment_id=payment_id,
-            address=addr,
-            items=line_items,
+        inp = order_input(
+            self.settings,
+            order_id,
+            payment_id,
+            address,
+            items=items,
             fault_profile=fault_profile,
-            shipping_task_queue=self.settings.shipping_task_queue,
-            review_timeout_s=(
-                review_timeout_s if review_timeout_s is not None else self.settings.review_timeout_s
-            ),
-            deadline_s=deadline_s if deadline_s is not None else self.settings.order_deadline_s,
+            review_timeout_s=review_timeout_s,
+            deadline_s=deadline_s,
         )
+        await self._refuse_known_order(order_id)
+        workflow_id = order_workflow_id(order_id)
         try:
             handle: WorkflowHandle[Any, Any] = await self.client.start_workflow(
                 "OrderWorkflow",
@@ -178,9 +145,21 @@ class OrderService:
             "order_id": order_id,
             "workflow_id": workflow_id,
             "run_id": handle.result_run_id,
-            "state": "PENDING",
+            "state": OrderState.PENDING,
             "step": Step.RECEIVE,
         }
+
+    async def _refuse_known_order(self, order_id: str) -> None:
+        """An order id is used once: its row (any run, even closed and past retention)."""
+        async with self.sessions() as s:
+            existing = await s.get(Order, order_id)
+        if existing is not None:
+            raise OrderConflict(
+                f"order {order_id} already exists",
+                order_id=order_id,
+                workflow_id=existing.workflow_id,
+                run_id=existing.run_id,
+            )
 
     async def approve(self, order_id: str, reviewer: str, note: str | None = None) -> OrderStatus:
         return await self._update(order_id, UPDATE_APPROVE, ApproveRequest(reviewer, note))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -90,48 +91,16 @@ class CompensationActivities(ActivityBase):
         if refund_now and payment is not None:
             await self._refund(payment, call_info(inp.ctx, info.attempt))
         async with timed_transaction(self.sessions, "close_order") as s:
-            events: list[dict[str, Any]] = []
             refunded = refund_now and await _mark_refunded(s, order_id, inp.payment_id)
-            locked = (
-                await s.execute(select(Order).where(Order.id == order_id).with_for_update())
-            ).scalar_one_or_none()
-            final = inp.state
             started = order.created_at if order is not None else naive_utc(inp.started_at_iso)
-            if locked is None:
-                # The order never reached the database (ReceiveOrder failed): record it now
-                # so every order that was started can be found and audited.
-                await s.execute(
-                    pg_insert(Order)
-                    .values(
-                        id=order_id,
-                        state=inp.state,
-                        step=inp.step,
-                        reason=inp.reason,
-                        closed_at=now_utc(),
-                        created_at=started or func.now(),
-                    )
-                    .on_conflict_do_nothing(index_elements=[Order.id])
-                )
-                events.append(_terminal_event(inp))
-            elif locked.state == OrderState.COMPLETED:
-                final = OrderState.COMPLETED
-            elif locked.state not in TERMINAL_STATES:
-                locked.state = inp.state
-                locked.reason = inp.reason
-                locked.step = inp.step or locked.step
-                locked.updated_at = locked.closed_at = now_utc()
-                events.append(_terminal_event(inp))
-            else:
-                final = OrderState(locked.state)
-            if events:
-                await s.execute(insert(Event), events)
+            final, recorded = await _record_end(s, inp, started)
             status_row = await s.get(Payment, inp.payment_id)
             status = (
                 status_row.status
                 if status_row is not None and status_row.order_id == order_id
                 else PaymentStatus.NONE
             )
-        if events:  # this attempt recorded the end (a retry that found it closed did not)
+        if recorded:  # this attempt recorded the end (a retry that found it closed did not)
             observe_end(final, inp.reason, started)
         log.info(
             "order closed",
@@ -247,6 +216,41 @@ class CompensationActivities(ActivityBase):
             await self.gateway.refund(
                 RefundRequest(refund_key(pid), pid, payment.order_id, amount), call
             )
+
+
+async def _record_end(
+    s: AsyncSession, inp: CloseInput, started: datetime | None
+) -> tuple[str, bool]:
+    """The order's terminal state under its row lock: (the state it ends in, whether this
+    call recorded it). A dispatch that committed first wins, and a close is recorded once."""
+    order_id = inp.ctx.order_id
+    locked = (
+        await s.execute(select(Order).where(Order.id == order_id).with_for_update())
+    ).scalar_one_or_none()
+    if locked is None:
+        # The order never reached the database (ReceiveOrder failed): record it now so
+        # every order that was started can be found and audited.
+        await s.execute(
+            pg_insert(Order)
+            .values(
+                id=order_id,
+                state=inp.state,
+                step=inp.step,
+                reason=inp.reason,
+                closed_at=now_utc(),
+                created_at=started or func.now(),
+            )
+            .on_conflict_do_nothing(index_elements=[Order.id])
+        )
+    elif locked.state in TERMINAL_STATES:
+        return OrderState(locked.state), False
+    else:
+        locked.state = inp.state
+        locked.reason = inp.reason
+        locked.step = inp.step or locked.step
+        locked.updated_at = locked.closed_at = now_utc()
+    await s.execute(insert(Event), [_terminal_event(inp)])
+    return inp.state, True
 
 
 async def _record_lost_charge_refunded(
