@@ -41,6 +41,15 @@ async def _payments(r: Running, order_id: str) -> list[Payment]:
         )
 
 
+async def _payload(r: Running, order_id: str, event_type: str) -> Any:
+    """The payload of the order's one event of that type."""
+    async with r.sessions() as s:
+        rows = await s.execute(
+            select(Event.payload_json).where(Event.order_id == order_id, Event.type == event_type)
+        )
+        return rows.scalar_one()
+
+
 async def _result(r: Running, order_id: str) -> Any:
     return await r.client.get_workflow_handle(order_workflow_id(order_id)).result()
 
@@ -53,14 +62,7 @@ async def test_order_completes_end_to_end(running: Running) -> None:
     await running.service.approve(order_id, reviewer="alice", note="checked by phone")
     result = await _result(running, order_id)
     assert result["state"] == "COMPLETED"
-    async with running.sessions() as s:
-        approved = (
-            await s.execute(
-                select(Event.payload_json).where(
-                    Event.order_id == order_id, Event.type == "APPROVED"
-                )
-            )
-        ).scalar_one()
+    approved = await _payload(running, order_id, "APPROVED")
     assert (approved["by"], approved["note"]) == ("alice", "checked by phone")
 
     order = await _order(running, order_id)
@@ -168,14 +170,7 @@ async def test_address_change_before_dispatch_is_what_ships(running: Running) ->
     assert (await _result(running, order_id))["state"] == "COMPLETED"
     order = await _order(running, order_id)
     assert order is not None and order.address_json == NEW_ADDRESS
-    async with running.sessions() as s:
-        dispatched = (
-            await s.execute(
-                select(Event.payload_json).where(
-                    Event.order_id == order_id, Event.type == "DISPATCHED"
-                )
-            )
-        ).scalar_one()
+    dispatched = await _payload(running, order_id, "DISPATCHED")
     assert dispatched["address"] == NEW_ADDRESS
     # After dispatch: refused, and the caller is told.
     with pytest.raises(OrderConflict):
