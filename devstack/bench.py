@@ -12,7 +12,7 @@ default the embedded one started by `cli.py start`:
    the workflow's close event, seen by a long poll on its history (`handle.result()`),
    which costs one request per order instead of a stream of status polls.
 2. **baseline**: the same number of workflows of the same shape on bare Temporal
-   (`app/bench_baseline.py`: no API, no database, no-op activities), started by a Temporal
+   (`devstack/bench_baseline.py`: no API, no database, no-op activities), started by a Temporal
    client at the same concurrency on the same dev server, with two worker processes (one
    per task queue) that this function starts and stops.
    Orders and baseline are measured in alternating chunks, baseline-orders-orders-baseline

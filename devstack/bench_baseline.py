@@ -1,4 +1,4 @@
-"""Bare-Temporal baseline for the benchmark (`app/bench.py`): the order's shape, no business.
+"""Bare-Temporal baseline for the benchmark (`devstack/bench.py`): the order's shape, no business.
 
 `BaselineOrderWorkflow` has the same Temporal shape as `OrderWorkflow` on the happy path:
 two activities (receive, validate), a wait for the `approve_order` signal, one activity
@@ -13,7 +13,7 @@ Run one worker process per task queue, like the order system:
     python -m devstack.bench_baseline --queue shipping --task-queue bench-base-shipping
 
 The worker prints `baseline worker running` once its pollers run; it stops on SIGTERM/SIGINT.
-Worker options are the order workers' (`app/worker_tuning.py`: MAX_CONCURRENT_ACTIVITIES,
+Worker options are the order workers' (`app/platform/worker_tuning.py`: MAX_CONCURRENT_ACTIVITIES,
 MAX_CONCURRENT_WORKFLOW_TASKS, WORKFLOW_SANDBOX), so both sides get the same configuration.
 """
 

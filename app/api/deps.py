@@ -1,6 +1,6 @@
 """Dependencies shared by the routers, as `Annotated` aliases.
 
-`app.state` is filled by the lifespan in app/api.py: `settings`, `authenticator`, and, while
+`app.state` is filled by the lifespan in app/api/app.py: `settings`, `authenticator`, and, while
 the app is serving, `service` (the one OrderService of the process).
 """
 

@@ -1,7 +1,7 @@
 """The application's own Prometheus metrics (names and labels: docs/operations.md).
 
 All live in prometheus_client's default registry, which each process serves on /metrics
-(workers: app/worker.py; API: app/routes/metrics.py).
+(workers: app/worker.py; API: app/api/routes/metrics.py).
 """
 
 from __future__ import annotations

@@ -4,11 +4,11 @@
 - `health`: /health (dependency reachability, no auth)
 - `stats`: /stats (order statistics for the console's dashboard)
 - `metrics`: /metrics (Prometheus; its request histogram is fed through
-  `app.state.request_observers`, see app/api.py)
+  `app.state.request_observers`, see app/api/middleware.py)
 - `codec`: /codec/decode, /codec/encode (Temporal remote codec for the Web UI and CLI,
   with CORS on /codec only)
 
-`deps` holds the shared `Annotated` dependency aliases (service, caller, order id).
+The shared `Annotated` dependency aliases (service, caller, order id) are app/api/deps.py.
 """
 
 from app.api.routes import health, metrics, orders, stats
