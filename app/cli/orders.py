@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.text import Text
 
-from app.cli.common import DEFAULT_ADDRESS, ORDERS, JsonOpt, app, out, with_service
+from app.cli.common import DEFAULT_ADDRESS, ORDERS, CliError, JsonOpt, app, out, with_service
 from app.cli.render import fmt_address, print_json, render_status, say, state_text, status_dict
 from app.cli.waiting import is_terminal, wait_for_order
+from app.orders.models import TERMINAL_STATES
 
 if TYPE_CHECKING:
     # The service pulls in temporalio and SQLAlchemy (about a second); stack commands and
@@ -130,7 +131,11 @@ def update_address(
         raise typer.BadParameter("give at least one of --street --city --state --zip --country")
 
     async def call(svc: OrderService) -> dict[str, Any]:
-        current = (await svc.status(order_id)).get("address") or {}
+        view = await svc.status(order_id)
+        current = view.get("address") or {}
+        if view["state"] in TERMINAL_STATES and not current:
+            # Closed before it was received: nothing to merge the given fields into.
+            raise CliError(f"order {order_id} is already closed ({view['state']})")
         address = {**current, **changes}
         return status_dict(await svc.update_address(order_id, address, requested_by="cli"))
 

@@ -239,6 +239,16 @@ def test_list_describe_history_events(cli_stack: CliStack, done: Done) -> None:
 # --- errors --------------------------------------------------------------------------------
 
 
+def test_address_change_of_an_order_closed_before_it_was_received(cli_stack: CliStack) -> None:
+    # Every RECEIVE attempt fails: the order closes FAILED with no address recorded, so
+    # there is nothing to merge a partial change into; the caller is told it is closed.
+    oid = new_id("e2e-unreceived")
+    cli_stack.ok("start-workflow", oid, f"pmt-{oid}", "--fault-profile", "fail=1")
+    cli_stack.wait_status(oid, lambda v: v["state"] == "FAILED")
+    line = one_error_line(cli_stack.run("update-address", oid, "--street", "456 New St"))
+    assert "already closed" in line and "FAILED" in line
+
+
 def test_unknown_order_or_workflow(cli_stack: CliStack) -> None:
     result = cli_stack.run("status", "no-such-order")
     assert one_error_line(result) == "error: order no-such-order not found"
