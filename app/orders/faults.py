@@ -140,6 +140,22 @@ class CallInfo:
     fault_profile: str | None = None
 
 
+@dataclass(frozen=True)
+class Draw:
+    """The faults of one call: one roll decides both sides of its effect, so the lost band
+    means what the profile says even without a seed."""
+
+    profile: FaultProfile
+    roll: float
+    attempt: int
+
+    async def before(self) -> None:
+        await flaky_call(self.profile, self.roll)
+
+    async def after(self) -> None:
+        await lose_response(self.profile, self.roll, self.attempt)
+
+
 class Faults:
     """The fault injection of one external service."""
 
@@ -147,16 +163,10 @@ class Faults:
         self.injector = injector
         self.service = service
 
-    def _roll(self, call: CallInfo) -> tuple[FaultProfile, float]:
+    def draw(self, call: CallInfo) -> Draw:
         roll = self.injector.draw(f"{call.order_id}:{self.service}:{call.attempt}")
-        return self.injector.profile(call.fault_profile), roll
-
-    async def before(self, call: CallInfo) -> None:
-        await flaky_call(*self._roll(call))
-
-    async def after(self, call: CallInfo) -> None:
-        profile, roll = self._roll(call)
-        await lose_response(profile, roll, attempt_number(call.attempt))
+        profile = self.injector.profile(call.fault_profile)
+        return Draw(profile, roll, attempt_number(call.attempt))
 
 
 class OrderIntake:
@@ -167,7 +177,7 @@ class OrderIntake:
         self.validate = Faults(faults, "validate")
 
     async def receive_order(self, call: CallInfo) -> None:
-        await self.receive.before(call)
+        await self.receive.draw(call).before()
 
     async def validate_order(self, call: CallInfo) -> None:
-        await self.validate.before(call)
+        await self.validate.draw(call).before()

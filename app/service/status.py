@@ -10,7 +10,6 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.orders.models import (
-    TERMINAL_STATES,
     EventType,
     Step,
     is_settled,
@@ -26,7 +25,9 @@ _SUCCESS_EVENT_STEP = {
     EventType.PAYMENT_CHARGED: Step.PAY,
     EventType.DISPATCHED: Step.SHIP,
 }
-_HISTORY_EVENTS = [*_SUCCESS_EVENT_STEP, EventType.STEP_ATTEMPT_FAILED, *TERMINAL_STATES]
+# The event that records an order's end (named like the state it records).
+_TERMINAL_EVENTS = frozenset({EventType.COMPLETED, EventType.CANCELLED, EventType.FAILED})
+_HISTORY_EVENTS = [*_SUCCESS_EVENT_STEP, EventType.STEP_ATTEMPT_FAILED, *_TERMINAL_EVENTS]
 
 
 def iso(dt: datetime | None) -> str | None:
@@ -84,7 +85,7 @@ async def attempt_history(
             .order_by(Event.id.desc())
         )
     ).all()
-    end = next((i for i, row in enumerate(rows) if row[0] in TERMINAL_STATES), None)
+    end = next((i for i, row in enumerate(rows) if row[0] in _TERMINAL_EVENTS), None)
     final: dict[str, Any] = {}
     if end is not None:
         final = rows[end][1] or {}

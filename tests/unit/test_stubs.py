@@ -8,9 +8,11 @@ import math
 import pytest
 
 from app.orders.faults import (
+    CallInfo,
     FaultInjector,
     FaultProfile,
     FaultProfileError,
+    Faults,
     SimulatedFailure,
     SimulatedLostResponse,
     flaky_call,
@@ -126,3 +128,16 @@ async def test_seed_profile_loses_no_answers_and_lost_first_loses_early_ones() -
         "lost-fail",
         "ok",
     ]
+
+
+async def test_one_call_is_one_draw_without_a_seed_too() -> None:
+    """Half the calls fail before the effect, the other half take effect and lose their
+    answer: with one roll per call, no call can pass both sides (two rolls would let a
+    quarter of them through)."""
+    faults = Faults(FaultInjector("fail=0.5,lost=0.5", seed=None), "charge")
+    answered = 0
+    for attempt in range(1, 201):
+        draw = faults.draw(CallInfo("o1", attempt))
+        if await _outcome(draw.profile, draw.roll) == "ok":
+            answered += await _after(draw.profile, draw.roll, attempt=2) == "ok"
+    assert answered == 0

@@ -32,6 +32,7 @@ from app.orders.models import (
     ERR_ORDER_CANCELLED,
     ERR_ORDER_DISPATCHED,
     TERMINAL_STATES,
+    ActivityContext,
     EventType,
     OrderState,
     Step,
@@ -204,8 +205,8 @@ def refusals_are_final(conflict: str | None = None) -> Iterator[None]:
         raise ApplicationError(str(err), type=type_, non_retryable=True) from None
 
 
-def call_info(inp_ctx: Any, attempt: int | str) -> CallInfo:
-    return CallInfo(inp_ctx.order_id, attempt, inp_ctx.fault_profile)
+def call_info(ctx: ActivityContext, attempt: int | str) -> CallInfo:
+    return CallInfo(ctx.order_id, attempt, ctx.fault_profile)
 
 
 def observe_end(state: str, reason: str | None, created_at: datetime | None) -> None:

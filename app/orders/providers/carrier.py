@@ -76,7 +76,6 @@ class CarrierSimulator(ledger.Provider):
             operation,
             call,
             key=key,
-            operation=operation,
             request=request,
             resource=f"order:{order_id}",
             effect=effect,
@@ -168,7 +167,8 @@ class CarrierSimulator(ledger.Provider):
         return Booking(**stored)
 
     async def cancel(self, req: CancelShipmentsRequest, call: CallInfo) -> list[Booking]:
-        await self.faults["cancel"].before(call)
+        faults = self.faults["cancel"].draw(call)
+        await faults.before()
         async with self.engine.begin() as conn:
             await ledger.lock(conn, f"order:{req.order_id}")
             await conn.execute(
@@ -185,7 +185,7 @@ class CarrierSimulator(ledger.Provider):
                     {"o": req.order_id},
                 )
             ).all()
-        await self.faults["cancel"].after(call)
+        await faults.after()
         return [Booking(**dict(r._mapping)) for r in rows]
 
 

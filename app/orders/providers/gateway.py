@@ -81,7 +81,6 @@ class GatewaySimulator(ledger.Provider):
             operation,
             call,
             key=req.key,
-            operation=operation,
             request=request,
             resource=resource,
             effect=effect,

@@ -103,11 +103,10 @@ class Provider:
 
     async def once(
         self,
-        service: str,
+        operation: str,
         call: CallInfo,
         *,
         key: str,
-        operation: str,
         request: dict[str, Any],
         resource: str,
         effect: Effect,
@@ -116,8 +115,8 @@ class Provider:
 
         The key and the resource it acts on (a payment, an order) are locked until commit,
         so a concurrent repeat waits and then replays the stored answer."""
-        faults = self.faults[service]
-        await faults.before(call)
+        faults = self.faults[operation].draw(call)
+        await faults.before()
         async with self.engine.begin() as conn:
             await lock(conn, key)
             await lock(conn, resource)
@@ -125,7 +124,7 @@ class Provider:
             if response is None:
                 response = await effect(conn)
                 await remember(conn, key, operation, request, response)
-        await faults.after(call)
+        await faults.after()
         return response
 
 
