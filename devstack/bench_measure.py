@@ -14,12 +14,10 @@ from typing import Any, Literal
 
 import psutil
 
-from app.orders.models import DEMO_ADDRESS
 from app.platform.settings import Settings
 
 # An order closes within its 60 s deadline; one still open after this is a failure.
 ORDER_TIMEOUT_S = 120.0
-BENCH_ADDRESS = DEMO_ADDRESS
 ApproveVia = Literal["signal", "api"]
 Progress = Callable[[str], None]
 

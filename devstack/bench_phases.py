@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 from temporalio.client import Client
 
+from app.orders.models import DEMO_ADDRESS
 from app.platform.settings import Settings
 from devstack.bench_measure import (
-    BENCH_ADDRESS,
     ApproveVia,
     BenchError,
     CpuMeter,
@@ -54,7 +54,7 @@ class OrdersPhase:
         from app.orders.models import SIGNAL_APPROVE, ApproveRequest, order_workflow_id
 
         order_id = self.order_id(i)
-        body: dict[str, Any] = {"payment_id": f"pay-{order_id}", "address": BENCH_ADDRESS}
+        body: dict[str, Any] = {"payment_id": f"pay-{order_id}", "address": DEMO_ADDRESS}
         if self.fault_profile is not None:
             body["fault_profile"] = self.fault_profile
         began = time.perf_counter()

@@ -66,7 +66,6 @@ from devstack.chaos_faults import (
     stopped_services,
 )
 
-ADDRESS = DEMO_ADDRESS
 # A start or approval that fails (Temporal or PostgreSQL restarting) is retried this long:
 # longer than any planned outage, so a lost order means something really broke.
 CLIENT_RETRY_BUDGET_S = 90.0
@@ -191,7 +190,7 @@ class _Run:
                 await service.start_order(
                     order_id,
                     f"pmt-{order_id}",
-                    dict(ADDRESS),
+                    dict(DEMO_ADDRESS),
                     fault_profile=self.opts.fault_profile,
                     deadline_s=self.deadline_s,
                 )

@@ -22,7 +22,6 @@ from rich.table import Table
 from rich.text import Text
 
 from app.cli.common import (
-    DEFAULT_ADDRESS,
     INSPECT,
     STACK,
     STEPS,
@@ -41,7 +40,7 @@ from app.cli.main import main as operator_main
 from app.cli.render import errors_table, fmt_attempts, kv_grid, print_json, say, state_text
 from app.cli.waiting import is_terminal, wait_for_order
 from app.orders.faults import FaultProfile, FaultProfileError
-from app.orders.models import ORDER_DEADLINE_S, order_workflow_id
+from app.orders.models import DEMO_ADDRESS, ORDER_DEADLINE_S, order_workflow_id
 from app.platform.settings import Settings
 from devstack import services as stack_services
 from devstack import stack
@@ -276,7 +275,7 @@ async def _demo(svc: OrderService) -> list[DemoRun]:
                 return wait_for_order(svc, run.order_id, done, remaining, on_change)
 
             await svc.start_order(
-                run.order_id, f"pmt-{run.order_id}", dict(DEFAULT_ADDRESS), fault_profile=profile
+                run.order_id, f"pmt-{run.order_id}", dict(DEMO_ADDRESS), fault_profile=profile
             )
             # Approve once the order waits for review, as a reviewer would.
             view = await wait(lambda v: v.get("step") == "MANUAL_REVIEW" or is_terminal(v))

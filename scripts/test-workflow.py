@@ -27,8 +27,9 @@ if __name__ == "__main__":
 from rich.table import Table
 from rich.text import Text
 
-from app.cli.common import DEFAULT_ADDRESS, exit_now, open_service, out, report_error
+from app.cli.common import exit_now, open_service, out, report_error
 from app.cli.waiting import is_terminal, wait_for_order
+from app.orders.models import DEMO_ADDRESS
 from app.platform.settings import Settings
 from devstack.services import client_settings
 
@@ -76,7 +77,7 @@ def log(scenario: str, message: str) -> None:
 
 
 async def start(svc: OrderService, order_id: str, opts: Options, **kwargs: Any) -> None:
-    address = kwargs.pop("address", dict(DEFAULT_ADDRESS))
+    address = kwargs.pop("address", dict(DEMO_ADDRESS))
     profile = kwargs.pop("fault_profile", opts.fault_profile)
     await svc.start_order(order_id, f"pmt-{order_id}", address, fault_profile=profile, **kwargs)
 
@@ -157,7 +158,7 @@ async def address_update(svc: OrderService, opts: Options) -> tuple[str, list[st
     oid = f"twf-{opts.tag}-address"
     await start(svc, oid, opts)
     await until_review(svc, oid)
-    new = {**DEFAULT_ADDRESS, "street": "456 New St", "city": "New City", "zip": "54321"}
+    new = {**DEMO_ADDRESS, "street": "456 New St", "city": "New City", "zip": "54321"}
     try:
         await svc.update_address(oid, {**new, "zip": "!"}, requested_by="test-workflow")
         raise Check("an invalid ZIP code was accepted")

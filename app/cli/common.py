@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
 
-from app.orders.models import DEMO_ADDRESS, Step
+from app.orders.models import Step
 from app.platform.settings import Settings, settings_problem
 
 if TYPE_CHECKING:
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-DEFAULT_ADDRESS = DEMO_ADDRESS
 STEPS = tuple(step.value for step in Step)
 STATE_STYLE = {
     "COMPLETED": "bold green",

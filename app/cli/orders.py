@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.text import Text
 
-from app.cli.common import DEFAULT_ADDRESS, ORDERS, CliError, JsonOpt, app, out, with_service
+from app.cli.common import ORDERS, CliError, JsonOpt, app, out, with_service
 from app.cli.render import fmt_address, print_json, render_status, say, state_text, status_dict
 from app.cli.waiting import is_terminal, wait_for_order
-from app.orders.models import TERMINAL_STATES
+from app.orders.models import DEMO_ADDRESS, TERMINAL_STATES
 
 if TYPE_CHECKING:
     # The service pulls in temporalio and SQLAlchemy (about a second); stack commands and
@@ -24,13 +24,13 @@ if TYPE_CHECKING:
 def start_workflow(
     order_id: Annotated[str, typer.Argument(help="Your order id, e.g. order-123.")],
     payment_id: Annotated[str, typer.Argument(help="Payment id (idempotency key), e.g. pmt-123.")],
-    street: Annotated[str, typer.Option(help="Shipping street.")] = DEFAULT_ADDRESS["street"],
-    city: Annotated[str, typer.Option(help="Shipping city.")] = DEFAULT_ADDRESS["city"],
-    state: Annotated[str, typer.Option(help="Shipping state.")] = DEFAULT_ADDRESS["state"],
-    zip_code: Annotated[str, typer.Option("--zip", help="Shipping ZIP code.")] = DEFAULT_ADDRESS[
+    street: Annotated[str, typer.Option(help="Shipping street.")] = DEMO_ADDRESS["street"],
+    city: Annotated[str, typer.Option(help="Shipping city.")] = DEMO_ADDRESS["city"],
+    state: Annotated[str, typer.Option(help="Shipping state.")] = DEMO_ADDRESS["state"],
+    zip_code: Annotated[str, typer.Option("--zip", help="Shipping ZIP code.")] = DEMO_ADDRESS[
         "zip"
     ],
-    country: Annotated[str, typer.Option(help="Two-letter country code.")] = DEFAULT_ADDRESS[
+    country: Annotated[str, typer.Option(help="Two-letter country code.")] = DEMO_ADDRESS[
         "country"
     ],
     fault_profile: Annotated[
