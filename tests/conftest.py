@@ -1,11 +1,19 @@
-"""Shared fixtures: a real stack (Temporal dev server + embedded PostgreSQL) per test session.
+"""Shared fixtures and the test tiers.
 
-The stack runs on free ports under its own run folder, so it never collides with a dev
-stack started by `cli.py start`, and is torn down at the end of the session.
+Tests live beside the package they check (tests/orders, tests/api, ...); each module says its
+tier with a marker: `unit` (no servers, or the time-skipping test server), `integration` (a
+real Temporal dev server and PostgreSQL started in-process, `real_stack`/`running`) and
+`e2e` (a stack the CLI started itself, `cli_stack`, or processes driven from outside).
+`./scripts/test.sh -m unit` is the quick loop. The session runs the tiers in that order, so
+the cheap tests answer first and the stacks start once each.
+
+Both stacks run on free ports under their own run folders, so they never collide with a dev
+stack started by `cli.py start`, and are torn down at the end of the session.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -21,8 +29,22 @@ from app.platform.temporal import connect_client
 from app.service.orders import OrderService
 from app.worker import build_workers, fault_injector
 from devstack import stack
-from tests.helpers import RealStack, Running
+from tests.helpers import CliStack, RealStack, Running, describe, leftover_processes, stack_env
 from tests.ports import free_ports
+
+TIERS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the tiers in order (stable within a tier); a module without a tier is an error."""
+    untiered = sorted({item.location[0] for item in items if _tier(item) is None})
+    if untiered:
+        raise pytest.UsageError(f"test modules without a tier marker: {', '.join(untiered)}")
+    items.sort(key=lambda item: TIERS.index(_tier(item) or "unit"))
+
+
+def _tier(item: pytest.Item) -> str | None:
+    return next((tier for tier in TIERS if item.get_closest_marker(tier)), None)
 
 
 @pytest.fixture(scope="session")
@@ -80,3 +102,31 @@ async def running(real_stack: RealStack) -> AsyncIterator[Running]:
             providers,
         )
     await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def cli_stack() -> Iterator[CliStack]:
+    """A real embedded stack started by the CLI itself (`cli.py start`), once per session.
+
+    Every CLI call is a subprocess with that environment, run from the run folder so a
+    developer's `.env` does not leak in: the settings of `stack_env` are all the stack knows.
+    `cli.py stop` must leave no process behind.
+    """
+    # Under the project's .run (not /tmp/pytest-of-*, which is 0700): the postgres system
+    # user must be able to reach its data directory.
+    run_dir = PROJECT_ROOT / ".run" / f"e2e-{uuid.uuid4().hex[:8]}"
+    stack = CliStack(run_dir, stack_env(run_dir))
+    started = stack.run("start")
+    try:
+        assert started.returncode == 0, describe(started)
+        yield stack
+    finally:
+        pids = []
+        with_pids = stack.run("ps", "--json")
+        if with_pids.returncode == 0:
+            pids = [row["pid"] for row in json.loads(with_pids.stdout) if row["pid"]]
+        stopped = stack.run("stop")
+        left = leftover_processes(run_dir, pids)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        assert stopped.returncode == 0, describe(stopped)
+        assert not left, f"processes left after `cli.py stop`: {left}"

@@ -1,7 +1,7 @@
 """The metric families docs/operations.md documents, and those the Grafana dashboard queries.
 
-Shared by tests/e2e/test_observability.py (the families are real) and
-tests/integration/test_observability_deploy.py (the deploy files use them).
+Shared by tests/platform/test_observability.py (the families are real) and
+tests/deploy/test_observability_deploy.py (the deploy files use them).
 """
 
 from __future__ import annotations

@@ -1,0 +1,418 @@
+"""Every CLI command against a real embedded stack that the CLI started itself.
+
+Orders run with the `off` fault profile (set for the whole stack), so outcomes are
+deterministic; the demo asks for its faulty order explicitly. Commands run as
+subprocesses; waiting for an order polls the REST API (a process per poll is slow).
+Tests run in file order: the stop/start test comes last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.platform.settings import PROJECT_ROOT
+from tests.helpers import (
+    CLI,
+    TEST_WORKFLOW,
+    CliStack,
+    describe,
+    run_cli,
+    stack_env,
+)
+
+pytestmark = pytest.mark.e2e
+
+COMMANDS = (
+    "start",
+    "stop",
+    "restart",
+    "ps",
+    "start-workflow",
+    "status",
+    "cancel",
+    "update-address",
+    "approve",
+    "list",
+    "describe",
+    "history",
+    "events",
+    "logs",
+    "demo",
+)
+SERVICES = ("postgres", "temporal", "worker-orders", "worker-shipping", "app")
+GUIDE_ADDRESS = {
+    "street": "123 Main St",
+    "city": "Test City",
+    "state": "TS",
+    "zip": "12345",
+    "country": "US",
+}
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The operational-error contract: exit 1, one line on stderr, no traceback."""
+    assert result.returncode == 1, describe(result)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, describe(result)
+    assert lines[0].startswith("error: "), describe(result)
+    assert "Traceback" not in result.stdout + result.stderr
+    return lines[0]
+
+
+def in_review(view: dict[str, object]) -> bool:
+    return view["step"] == "MANUAL_REVIEW"
+
+
+def completed(view: dict[str, object]) -> bool:
+    return view["state"] == "COMPLETED"
+
+
+@dataclass
+class Done:
+    """An order taken through the guide's happy path by the CLI."""
+
+    order_id: str
+    start_out: str
+    review: dict[str, object]
+    approve_out: str
+
+
+@pytest.fixture(scope="module")
+def done(cli_stack: CliStack) -> Done:
+    oid = new_id("e2e-done")
+    start_out = cli_stack.ok("start-workflow", oid, f"pmt-{oid}")
+    review = cli_stack.wait_status(oid, in_review)
+    approve_out = cli_stack.ok("approve", oid, "--reviewer", "e2e")
+    cli_stack.wait_status(oid, completed)
+    return Done(oid, start_out, review, approve_out)
+
+
+# --- stack ---------------------------------------------------------------------------------
+
+
+def test_help_lists_every_command(cli_stack: CliStack) -> None:
+    out = cli_stack.ok("--help")
+    for command in COMMANDS:
+        assert command in out
+
+
+def test_start_is_idempotent(cli_stack: CliStack) -> None:
+    assert "already running" in cli_stack.ok("start")
+
+
+def test_ps_shows_every_service_running(cli_stack: CliStack) -> None:
+    rows = {row["service"]: row for row in cli_stack.json("ps")}
+    for name in SERVICES:
+        assert rows[name]["state"] == "running", rows
+        assert isinstance(rows[name]["pid"], int)
+    env = cli_stack.env
+    assert rows["postgres"]["address"] == f"127.0.0.1:{env['POSTGRES_PORT']}"
+    assert f"UI http://127.0.0.1:{env['TEMPORAL_UI_PORT']}" in rows["temporal"]["address"]
+    assert rows["app"]["address"] == cli_stack.api
+    assert httpx.get(f"{cli_stack.api}/health", timeout=5).status_code == 200
+
+
+def test_launcher_reexecs_into_the_venv_from_a_plain_python(cli_stack: CliStack) -> None:
+    # The interpreter the venv was made from has none of the project's packages.
+    base = Path(getattr(sys, "_base_executable", sys.executable))
+    result = subprocess.run(
+        [str(base), CLI, "ps"],
+        env=cli_stack.env,
+        cwd=cli_stack.run_dir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, describe(result)
+    for name in SERVICES:
+        assert name in result.stdout
+
+
+# --- orders --------------------------------------------------------------------------------
+
+
+def test_happy_path(cli_stack: CliStack, done: Done) -> None:
+    assert f"order-{done.order_id}" in done.start_out
+    assert done.review["state"] == "VALIDATED"
+    assert done.review["address"] == GUIDE_ADDRESS
+    assert "approved by e2e" in done.approve_out
+    view = cli_stack.status(done.order_id)
+    assert (view["state"], view["payment_status"]) == ("COMPLETED", "charged")
+    assert view["attempts"] == {"RECEIVE": 1, "VALIDATE": 1, "PAY": 1, "SHIP": 1}
+    table = cli_stack.ok("status", done.order_id)
+    for text in ("COMPLETED", "charged", view["tracking_number"], f"order-{done.order_id}"):
+        assert text in table
+    assert "\x1b[" not in table  # no colour codes when stdout is not a terminal
+
+
+def test_start_workflow_twice_is_refused(cli_stack: CliStack, done: Done) -> None:
+    line = one_error_line(cli_stack.run("start-workflow", done.order_id, "pmt-again"))
+    assert line == f"error: order {done.order_id} already exists"
+
+
+def test_update_address_with_the_guide_options(cli_stack: CliStack) -> None:
+    oid = new_id("e2e-addr")
+    cli_stack.ok("start-workflow", oid, f"pmt-{oid}", "--state", "NS", "--zip", "54321")
+    cli_stack.wait_status(oid, in_review)
+    out = cli_stack.ok("update-address", oid, "--street", "456 New St", "--city", "New City")
+    assert "456 New St, New City, NS 54321, US" in out
+    cli_stack.ok("approve", oid)
+    view = cli_stack.wait_status(oid, completed)
+    # The fields not given keep the order's current values; the carrier got the new one.
+    new = {**GUIDE_ADDRESS, "street": "456 New St", "city": "New City", "state": "NS"}
+    new["zip"] = "54321"
+    assert view["address"] == new
+    dispatched = [e for e in cli_stack.json("events", oid) if e["type"] == "DISPATCHED"]
+    assert dispatched[-1]["payload"]["address"] == new
+
+
+def test_bad_address_is_refused_naming_the_field(cli_stack: CliStack, done: Done) -> None:
+    start = cli_stack.run("start-workflow", new_id("e2e-bad"), "p1", "--country", "usa")
+    assert "address.country" in one_error_line(start)
+    assert "address.zip" in one_error_line(
+        cli_stack.run("update-address", done.order_id, "--zip", "!!")
+    )
+
+
+def test_cancel_in_review(cli_stack: CliStack) -> None:
+    oid = new_id("e2e-cancel")
+    cli_stack.ok("start-workflow", oid, f"pmt-{oid}")
+    cli_stack.wait_status(oid, in_review)
+    out = cli_stack.ok("cancel", oid, "--reason", "changed_mind")
+    assert "CANCELLED" in out and "payment none" in out
+    view = cli_stack.status(oid)
+    assert (view["state"], view["reason"], view["payment_status"]) == (
+        "CANCELLED",
+        "changed_mind",
+        "none",
+    )
+    # A closed order refuses further changes, in one line.
+    assert "already closed" in one_error_line(cli_stack.run("approve", oid))
+
+
+def test_list_describe_history_events(cli_stack: CliStack, done: Done) -> None:
+    page = cli_stack.json("list", "--limit", "10")
+    assert page["limit"] == 10 and page["total"] >= 1
+    assert done.order_id in [o["order_id"] for o in page["items"]]
+    table = cli_stack.ok("list", "--state", "completed", "--limit", "100")
+    assert done.order_id in table and "CANCELLED" not in table
+
+    wid = f"order-{done.order_id}"
+    info = cli_stack.json("describe", wid)
+    assert (info["workflow_id"], info["type"], info["status"]) == (
+        wid,
+        "OrderWorkflow",
+        "COMPLETED",
+    )
+    assert info["task_queue"] == "orders-tq" and info["history_length"] > 10
+    assert info["ui_url"].startswith(f"http://127.0.0.1:{cli_stack.env['TEMPORAL_UI_PORT']}/")
+    assert "OrderWorkflow" in cli_stack.ok("describe", wid)
+
+    events = cli_stack.json("history", wid)
+    assert events[0]["type"] == "WORKFLOW_EXECUTION_STARTED"
+    assert events[-1]["type"] == "WORKFLOW_EXECUTION_COMPLETED"
+    assert len(events) == info["history_length"]
+    assert "ChargePayment" in cli_stack.ok("history", wid)
+
+    audit = cli_stack.ok("events", done.order_id)
+    for kind in ("RECEIVED", "APPROVED", "PAYMENT_CHARGED", "DISPATCHED"):
+        assert kind in audit
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+def test_address_change_of_an_order_closed_before_it_was_received(cli_stack: CliStack) -> None:
+    # Every RECEIVE attempt fails: the order closes FAILED with no address recorded, so
+    # there is nothing to merge a partial change into; the caller is told it is closed.
+    oid = new_id("e2e-unreceived")
+    cli_stack.ok("start-workflow", oid, f"pmt-{oid}", "--fault-profile", "fail=1")
+    cli_stack.wait_status(oid, lambda v: v["state"] == "FAILED")
+    line = one_error_line(cli_stack.run("update-address", oid, "--street", "456 New St"))
+    assert "already closed" in line and "FAILED" in line
+
+
+def test_unknown_order_or_workflow(cli_stack: CliStack) -> None:
+    result = cli_stack.run("status", "no-such-order")
+    assert one_error_line(result) == "error: order no-such-order not found"
+    assert result.stdout == ""
+    for args in (
+        ("cancel", "no-such-order"),
+        ("describe", "order-no-such-order"),
+        ("history", "order-no-such-order"),
+    ):
+        assert "not found" in one_error_line(cli_stack.run(*args)), args
+
+
+def test_usage_errors_exit_2(cli_stack: CliStack) -> None:
+    for args in (
+        ("start-workflow", "only-order-id"),
+        ("list", "--limit", "abc"),
+        ("logs", "--service", "nope"),
+        ("update-address", "x"),
+    ):
+        result = cli_stack.run(*args)
+        assert result.returncode == 2, describe(result)
+        assert "Traceback" not in result.stderr
+
+
+def test_stack_down_is_one_line(cli_stack: CliStack) -> None:
+    down = stack_env(PROJECT_ROOT / ".run" / f"e2e-down-{uuid.uuid4().hex[:8]}")
+    where = Path(down["RUN_DIR"])
+    try:
+        line = one_error_line(run_cli(["status", "x"], down, where))
+        assert "Temporal is not reachable" in line and "cli.py start" in line, line
+        rows = json.loads(run_cli(["ps", "--json"], down, where).stdout)
+        assert {r["state"] for r in rows} == {"stopped"}
+        assert "no log" in one_error_line(run_cli(["logs"], down, where))
+        stopped = run_cli(["stop"], down, where)
+        assert stopped.returncode == 0 and "not running" in stopped.stdout
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def test_taken_port_stops_start_before_anything_runs(cli_stack: CliStack) -> None:
+    run_dir = PROJECT_ROOT / ".run" / f"e2e-port-{uuid.uuid4().hex[:8]}"
+    env = stack_env(run_dir)
+    try:
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", int(env["POSTGRES_PORT"])))
+            holder.listen()
+            line = one_error_line(run_cli(["start"], env, run_dir))
+        assert f"port {env['POSTGRES_PORT']} is in use" in line and "POSTGRES_PORT" in line
+        assert not list((run_dir / "pids").glob("*.pid"))
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def test_compose_needs_docker(cli_stack: CliStack, tmp_path: Path) -> None:
+    no_docker = {**cli_stack.env, "PATH": str(tmp_path / "empty")}
+    for command in ("start", "ps"):
+        line = one_error_line(cli_stack.run(command, "--compose", env=no_docker))
+        assert "Docker is not installed" in line
+    # A docker client whose engine does not answer.
+    fake = tmp_path / "bin" / "docker"
+    fake.parent.mkdir()
+    fake.write_text(
+        "#!/bin/sh\necho 'Cannot connect to the Docker daemon at unix:///var/run/docker.sock.'"
+        " >&2\nexit 1\n"
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    engine_down = {**cli_stack.env, "PATH": f"{fake.parent}{os.pathsep}/usr/bin:/bin"}
+    line = one_error_line(cli_stack.run("stop", "--compose", env=engine_down))
+    assert "Docker engine is not available" in line and "Cannot connect" in line
+
+
+# --- logs ------------------------------------------------------------------------------------
+
+
+def test_logs_of_each_service(cli_stack: CliStack) -> None:
+    for service in ("app", "temporal", "postgres"):
+        out = cli_stack.ok("logs", "--service", service, "--lines", "5")
+        assert 0 < len(out.splitlines()) <= 5, (service, out)
+    both = cli_stack.ok("logs", "--service", "worker", "--lines", "100")
+    assert "==> worker-orders" in both and "==> worker-shipping" in both
+    assert both.count('"worker running"') >= 2
+
+
+def test_logs_follow_prints_new_lines(cli_stack: CliStack) -> None:
+    follow = subprocess.Popen(
+        [sys.executable, CLI, "logs", "--service", "worker", "--lines", "0", "--follow"],
+        env=cli_stack.env,
+        cwd=cli_stack.run_dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    oid = new_id("e2e-follow")
+    try:
+        assert follow.stdout is not None
+        assert follow.stdout.readline().startswith("==> worker-orders")
+        assert follow.stdout.readline().startswith("==> worker-shipping")
+        time.sleep(0.5)  # the follower is polling by now
+        cli_stack.ok("start-workflow", oid, "pmt-follow", "--approve")
+        deadline = time.monotonic() + 20
+        line = ""
+        while oid not in line:
+            assert time.monotonic() < deadline, "no new log line about the order"
+            line = follow.stdout.readline()
+        assert line.startswith("worker-orders | ")
+        follow.send_signal(signal.SIGINT)
+        assert follow.wait(timeout=10) == 0
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+            follow.wait()
+
+
+# --- demo and the scenario runner -------------------------------------------------------------
+
+
+def test_demo(cli_stack: CliStack) -> None:
+    # A shorter order deadline bounds the wait for the seed-faults order.
+    out = cli_stack.ok("demo", env={**cli_stack.env, "ORDER_DEADLINE_S": "15"})
+    assert "demo summary" in out
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 8}
+    assert "COMPLETED" in rows["clean order"] and "charged" in rows["clean order"]
+    assert "CANCELLED" in rows["cancel after payment"]
+    assert "refunded" in rows["cancel after payment"]
+    assert "seed faults (retries)" in rows
+
+
+def test_scenario_runner(cli_stack: CliStack) -> None:
+    result = run_cli([], cli_stack.env, cli_stack.run_dir, script=TEST_WORKFLOW)
+    assert result.returncode == 0, describe(result)
+    assert "all 6 scenarios passed" in result.stdout
+    usage = run_cli(["--only", "nope"], cli_stack.env, cli_stack.run_dir, script=TEST_WORKFLOW)
+    assert usage.returncode == 2
+
+
+# --- persistence (last: stops and starts the stack) -------------------------------------------
+
+
+def test_orders_and_histories_survive_stop_and_restart(cli_stack: CliStack, done: Done) -> None:
+    before = cli_stack.status(done.order_id)
+    history_before = cli_stack.json("history", f"order-{done.order_id}")
+    # An order in flight: its review timer has to survive too. Its deadline (60 s by
+    # default) is lifted so a slow restart cannot fail it before it is approved.
+    waiting = new_id("e2e-inflight")
+    long_deadline = {**cli_stack.env, "ORDER_DEADLINE_S": "900"}
+    cli_stack.ok(
+        "start-workflow", waiting, f"pmt-{waiting}", "--review-timeout", "90", env=long_deadline
+    )
+    cli_stack.wait_status(waiting, in_review)
+
+    assert "stack stopped" in cli_stack.ok("stop")
+    assert {row["state"] for row in cli_stack.json("ps")} == {"stopped"}
+    assert "not reachable" in one_error_line(cli_stack.run("status", done.order_id))
+
+    # restart = stop (nothing left to stop) + start.
+    out = cli_stack.ok("restart")
+    assert "stack ready" in out
+    after = cli_stack.status(done.order_id)
+    for key in ("state", "payment_status", "tracking_number", "address", "attempts", "run_id"):
+        assert after[key] == before[key], key
+    assert cli_stack.json("history", f"order-{done.order_id}") == history_before
+
+    cli_stack.ok("approve", waiting)
+    view = cli_stack.wait_status(waiting, completed)
+    assert view["payment_status"] == "charged"

@@ -1,0 +1,166 @@
+"""Smoke run of the benchmark (devstack/bench.py) on the real stack: a few orders, sane JSON.
+
+The session's dev server and PostgreSQL (`real_stack`), plus what the benchmark measures in
+production shape: two worker processes (`python -m app.worker --queue orders|shipping`)
+and the API (`python -m app.api`), started as supervised processes with pid files in the
+stack's run folder, on task queues of their own (the in-process workers of other tests
+never take these orders). No timing assertions: the machine may be busy.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import httpx
+import psutil
+import pytest
+
+from app.platform.settings import PROJECT_ROOT, Settings
+from devstack import stack
+from devstack.bench import RESULT_KEYS, run_bench
+from devstack.bench_measure import discover_processes, percentile
+from tests.helpers import RealStack
+from tests.ports import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+SERVICES = ("worker-orders", "worker-shipping", "app")
+
+
+@dataclass
+class BenchStack:
+    settings: Settings
+    cfg: stack.StackConfig
+
+
+def _logged(cfg: stack.StackConfig, name: str, marker: bytes) -> Callable[[], bool]:
+    """Ready check: `marker` appears in the service's log."""
+
+    def check() -> bool:
+        try:
+            return marker in cfg.log_path(name).read_bytes()
+        except FileNotFoundError:
+            return False
+
+    return check
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def bench_stack(real_stack: RealStack) -> Iterator[BenchStack]:
+    tag = uuid.uuid4().hex[:6]
+    settings = real_stack.settings.model_copy(
+        update={
+            "order_task_queue": f"bench-orders-{tag}",
+            "shipping_task_queue": f"bench-shipping-{tag}",
+            "api_port": free_port(),
+            "api_host": "127.0.0.1",
+        }
+    )
+    cfg = real_stack.cfg
+    env = {
+        "DATABASE_URL": settings.database_url_plain,
+        "TEMPORAL_TARGET": settings.temporal_target,
+        "ORDER_TASK_QUEUE": settings.order_task_queue,
+        "SHIPPING_TASK_QUEUE": settings.shipping_task_queue,
+        "API_HOST": settings.api_host,
+        "API_PORT": str(settings.api_port),
+        "API_KEYS": "",
+        "ALLOW_FAULT_INJECTION": "true",
+        "FAULT_PROFILE": "off",
+        "WORKER_METRICS_PORT": "0",
+        "LOG_LEVEL": "INFO",
+    }
+    py = sys.executable
+    try:
+        for queue in ("orders", "shipping"):
+            name = f"worker-{queue}"
+            stack.start_process(
+                cfg,
+                name,
+                [py, "-m", "app.worker", "--queue", queue],
+                env=env,
+                ready=_logged(cfg, name, b"worker running"),
+                timeout=60.0,
+                cwd=PROJECT_ROOT,
+            )
+        url = f"http://{settings.api_host}:{settings.api_port}/health"
+        stack.start_process(
+            cfg,
+            "app",
+            [py, "-m", "app.api"],
+            env=env,
+            ready=lambda: _healthy(url),
+            timeout=60.0,
+            cwd=PROJECT_ROOT,
+        )
+        yield BenchStack(settings, cfg)
+    finally:
+        stack.stop_all(cfg, list(SERVICES))
+
+
+def test_discovers_the_stack_processes(bench_stack: BenchStack) -> None:
+    found = discover_processes(bench_stack.settings)
+    for name in (*SERVICES, "temporal", "postgres"):
+        assert found.get(name), f"{name} not found in {found}"
+
+
+async def test_smoke_run_reports_every_figure(bench_stack: BenchStack) -> None:
+    found = discover_processes(bench_stack.settings)
+    processes = {k: v for k, v in found.items() if k in (*SERVICES, "temporal", "postgres")}
+    messages: list[str] = []
+
+    result = await run_bench(
+        bench_stack.settings,
+        orders=6,
+        concurrency=2,
+        warmup=2,
+        status_seconds=1.0,
+        status_concurrency=4,
+        processes=processes,
+        progress=messages.append,
+    )
+
+    assert set(RESULT_KEYS) <= set(result)
+    assert result["failed_orders"] == 0, result["orders_phase"]["first_failures"]
+    assert result["orders_phase"]["completed"] == 6
+    assert result["baseline_phase"]["completed"] == 6
+    for key in ("orders_per_s", "baseline_per_s", "ratio", "status_rps"):
+        assert isinstance(result[key], float) and result[key] > 0, (key, result[key])
+    for key in ("p50_ms", "p95_ms", "p99_ms", "start_p99_ms"):
+        assert math.isfinite(result[key]) and result[key] > 0, (key, result[key])
+    assert result["p50_ms"] <= result["p95_ms"] <= result["p99_ms"]
+    assert result["start_p99_ms"] <= result["p99_ms"]
+    assert result["ratio"] == pytest.approx(
+        result["orders_per_s"] / result["baseline_per_s"], rel=0.02
+    )
+    assert 10 < result["worker_rss_mb"] < 4096
+    assert len(result["worker_rss_mb_by_pid"]) == 2
+    assert result["status_phase"]["status_non_200"] == 0
+    assert result["machine"]["cpus"] >= 1
+    assert messages, "progress was never reported"
+    assert result["baseline_worker_rss_mb"] is not None
+    # The baseline's worker processes are gone again.
+    queues = result["baseline_phase"]["task_queues"]
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        assert not any(q in cmd for q in queues), f"baseline worker left running: {cmd}"
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0
+    assert percentile([7.0], 99) == 7.0
+    assert math.isnan(percentile([], 50))

@@ -1,0 +1,133 @@
+"""`cli.py chaos` end to end: 20 orders under faults (lost answers too) on a stack of its own, while one
+worker is SIGKILLed, the Temporal dev server restarts and PostgreSQL restarts.
+
+A stack of its own (not the session's `cli_stack`): restarting Temporal and PostgreSQL
+under the other e2e tests would make them fail for reasons of ours. Its ports, like every
+test stack's, are below the kernel's ephemeral range (tests/ports.py): while a service is
+down, a client's new outgoing connection could otherwise take its port as a source port,
+and the service could not come back on it.
+
+The workers run with FAULT_SEED and the order ids are fixed, so every external call's
+outcome (fail, hang, succeed) is the same on each run; which attempts a kill or a restart
+interrupts still varies.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from app.platform.settings import PROJECT_ROOT
+from devstack.chaos_checks import VIOLATIONS
+from tests.helpers import CliStack, describe, leftover_processes, stack_env
+
+pytestmark = pytest.mark.e2e
+
+ORDERS = 20
+# The guide's faults before the effect, plus answers lost after it (the provider acted).
+PROFILE = "fail=0.2,hang=0.2,lost=0.2"
+
+
+@pytest.fixture(scope="module")
+def chaos_stack() -> Iterator[CliStack]:
+    run_dir = PROJECT_ROOT / ".run" / f"chaos-{uuid.uuid4().hex[:8]}"
+    env = {**stack_env(run_dir), "FAULT_SEED": "20240611"}
+    stack = CliStack(run_dir, env)
+    started = stack.run("start")
+    try:
+        assert started.returncode == 0, describe(started)
+        yield stack
+    finally:
+        listed = stack.run("ps", "--json")
+        pids = (
+            [r["pid"] for r in json.loads(listed.stdout) if r["pid"]]
+            if listed.returncode == 0
+            else []
+        )
+        stopped = stack.run("stop")
+        left = leftover_processes(run_dir, pids)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        assert stopped.returncode == 0, describe(stopped)
+        assert not left, f"processes left after `cli.py stop`: {left}"
+
+
+@pytest.mark.timeout(240)
+def test_invariants_hold_through_kills_and_restarts(chaos_stack: CliStack) -> None:
+    result = chaos_stack.run(
+        "chaos",
+        "--orders",
+        str(ORDERS),
+        "--duration",
+        "16",
+        "--seed",
+        "7",
+        "--kill-interval",
+        "4",
+        "--max-worker-kills",
+        "1",
+        "--order-deadline",
+        "40",
+        "--grace",
+        "40",
+        "--id-prefix",
+        "chaos-e2e",
+        "--fault-profile",
+        PROFILE,
+        "--json",
+        timeout=200,
+    )
+    assert result.stdout, describe(result)
+    summary: dict[str, Any] = json.loads(result.stdout)
+    violations = {k: v for k, v in summary["violations"].items() if v}
+    evidence = json.dumps(summary.get("evidence", {}), indent=1)[:6000]
+    assert result.returncode == 0 and summary["ok"], f"{violations}\n{evidence}\n{result.stderr}"
+    assert summary["violation_count"] == 0
+    assert set(VIOLATIONS) == set(summary["violations"])  # the ledger checks among them
+    assert summary["fault_profile"] == PROFILE
+
+    # It did what it says: every order started and approved, one fault of each kind, each
+    # service back afterwards.
+    assert summary["orders_started"] == ORDERS
+    # (An order whose RECEIVE fails fast may close before its approval lands.)
+    assert summary["orders_approved"] > ORDERS // 2
+    assert summary["fault_counts"] == {
+        "kill_worker": 1,
+        "restart_temporal": 1,
+        "restart_postgres": 1,
+    }
+    for fault in summary["faults"]:
+        assert fault["ok"] and fault["new_pid"] != fault["pid"], fault
+    assert sum(summary["terminal"].values()) == ORDERS
+    payments = summary["payments"]
+    assert payments["charged"] == payments["refunded"] + payments["kept"]
+    assert payments["kept"] == summary["terminal"]["COMPLETED"]
+    # The providers' own ledgers agree: every gateway charge is one of our payment rows,
+    # every refund one of our refunds, and only shipped orders keep a carrier booking.
+    ledger = summary["ledger"]
+    assert ledger["gateway_charges"] == payments["charged"]
+    assert ledger["gateway_refunds"] == payments["refunded"]
+    booked = ledger["carrier_dispatches"] - ledger["carrier_cancelled"]
+    assert booked == summary["terminal"]["COMPLETED"]
+    rows = json.loads(chaos_stack.ok("ps", "--json"))
+    assert all(r["state"] == "running" for r in rows), rows
+
+    # The stack still works for a plain order after all that.
+    chaos_stack.ok("start-workflow", "after-chaos", "pmt-after-chaos", "--approve")
+    view = chaos_stack.wait_status("after-chaos", lambda v: v["state"] == "COMPLETED")
+    assert view["payment_status"] == "charged"
+
+
+def test_chaos_refuses_a_stopped_stack() -> None:
+    run_dir = PROJECT_ROOT / ".run" / f"chaos-none-{uuid.uuid4().hex[:8]}"
+    stack = CliStack(run_dir, stack_env(run_dir))
+    try:
+        result = stack.run("chaos", "--orders", "1", "--duration", "5")
+        assert result.returncode == 1, describe(result)
+        assert "not running" in result.stderr and "cli.py start" in result.stderr
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)

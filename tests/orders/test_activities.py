@@ -1,0 +1,318 @@
+"""The step activities against the real database: each write lands once, whatever retries.
+
+Activities run in Temporal's ActivityEnvironment (no workflow), so an attempt can be
+repeated on purpose, as a retry after a lost completion would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from app.orders.activities import OrderActivities, ShippingActivities
+from app.orders.faults import FaultInjector, OrderIntake, SimulatedLostResponse
+from app.orders.models import (
+    DEFAULT_ITEMS,
+    ActivityContext,
+    Address,
+    ChargeInput,
+    CloseInput,
+    DispatchInput,
+    PrepareInput,
+    ReceiveInput,
+    RefundInput,
+    ValidateInput,
+    order_amount_cents,
+)
+from app.orders.providers.carrier import read_ledger as carrier_ledger
+from app.orders.providers.gateway import read_ledger as gateway_ledger
+from app.platform.tables import Order, Payment
+from tests.helpers import ADDRESS, HAPPY_PATH_EVENTS, Running, order_events
+
+pytestmark = pytest.mark.integration
+
+SHIP_TO = Address(**ADDRESS)
+ITEMS = list(DEFAULT_ITEMS)
+
+
+@pytest.fixture
+def acts(running: Running) -> tuple[OrderActivities, ShippingActivities]:
+    intake = OrderIntake(FaultInjector("off"))
+    return (
+        OrderActivities(
+            running.sessions, intake, running.providers.gateway, running.providers.carrier
+        ),
+        ShippingActivities(running.sessions, running.providers.carrier),
+    )
+
+
+def _receive(order_id: str, run_id: str = "run-1") -> ReceiveInput:
+    now = datetime.now(UTC)
+    return ReceiveInput(
+        ctx=ActivityContext(order_id=order_id, fault_profile="off"),
+        workflow_id=f"order-{order_id}",
+        run_id=run_id,
+        payment_id=f"pmt-{order_id}",
+        address=SHIP_TO,
+        items=ITEMS,
+        deadline_iso=(now + timedelta(seconds=60)).isoformat(),
+        started_at_iso=now.isoformat(),
+    )
+
+
+async def _row(running: Running, order_id: str) -> Any:
+    async with running.sessions() as s:
+        return await s.get(Order, order_id)
+
+
+async def test_every_step_recorded_once_when_each_attempt_runs_twice(
+    running: Running, acts: tuple[OrderActivities, ShippingActivities]
+) -> None:
+    orders, shipping = acts
+    env = ActivityEnvironment()
+    order_id = f"acts-{uuid.uuid4().hex[:10]}"
+    ctx = ActivityContext(order_id=order_id, fault_profile="off")
+    steps: list[tuple[Any, Any]] = [
+        (orders.receive_order, _receive(order_id)),
+        (orders.validate_order, ValidateInput(ctx=ctx, address=SHIP_TO, items=ITEMS)),
+        (
+            orders.charge_payment,
+            ChargeInput(
+                ctx=ctx,
+                payment_id=f"pmt-{order_id}",
+                amount_cents=order_amount_cents(ITEMS),
+                approved_by="alice",
+                approved_at_iso=datetime.now(UTC).isoformat(),
+            ),
+        ),
+        (shipping.prepare_package, PrepareInput(ctx=ctx, shipping_attempt=1)),
+        (shipping.dispatch_carrier, DispatchInput(ctx=ctx, shipping_attempt=1)),
+    ]
+    outcomes = []
+    for fn, arg in steps:
+        outcomes.append(await env.run(fn, arg))
+        if fn != shipping.prepare_package:  # preparing twice is two packing slips
+            assert await env.run(fn, arg) == outcomes[-1]
+
+    assert await order_events(running, order_id) == HAPPY_PATH_EVENTS
+    order = await _row(running, order_id)
+    assert (order.state, order.step, order.run_id) == ("COMPLETED", "SHIP", "run-1")
+    assert order.tracking_number == outcomes[-1].tracking_number and order.closed_at
+    async with running.sessions() as s:
+        payments = (await s.execute(select(Payment).where(Payment.order_id == order_id))).all()
+    assert len(payments) == 1 and payments[0][0].status == "charged"
+
+
+async def test_order_id_of_another_run_is_refused(
+    running: Running, acts: tuple[OrderActivities, ShippingActivities]
+) -> None:
+    orders, _ = acts
+    env = ActivityEnvironment()
+    order_id = f"acts-{uuid.uuid4().hex[:10]}"
+    await env.run(orders.receive_order, _receive(order_id, run_id="run-1"))
+    with pytest.raises(ApplicationError) as err:
+        await env.run(orders.receive_order, _receive(order_id, run_id="run-2"))
+    assert err.value.non_retryable and "another workflow run" in str(err.value)
+    assert (await _row(running, order_id)).run_id == "run-1"
+    assert await order_events(running, order_id) == ["RECEIVED", "STEP_ATTEMPT_FAILED"]
+
+
+async def test_validating_an_unknown_order_is_retryable(
+    acts: tuple[OrderActivities, ShippingActivities],
+) -> None:
+    orders, _ = acts
+    ctx = ActivityContext(order_id=f"acts-{uuid.uuid4().hex[:10]}", fault_profile="off")
+    with pytest.raises(ApplicationError) as err:
+        await ActivityEnvironment().run(
+            orders.validate_order, ValidateInput(ctx=ctx, address=SHIP_TO, items=ITEMS)
+        )
+    assert err.value.type == "OrderNotFound" and not err.value.non_retryable
+
+
+# --- the boundary: lost answers, audited on the providers' own ledgers -------------------
+
+
+def _attempt(attempt: int) -> ActivityEnvironment:
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, attempt=attempt)
+    return env
+
+
+async def _answered_after_lost(attempts: int, fn: Any, arg: Any) -> Any:
+    """Attempts 1 .. attempts-1 take effect and lose their answer; the last is answered."""
+    for n in range(1, attempts):
+        with pytest.raises(SimulatedLostResponse):
+            await _attempt(n).run(fn, arg)
+    return await _attempt(attempts).run(fn, arg)
+
+
+def _charge(order_id: str, profile: str, payment_id: str | None = None) -> ChargeInput:
+    return ChargeInput(
+        ctx=ActivityContext(order_id=order_id, fault_profile=profile),
+        payment_id=payment_id or f"pmt-{order_id}",
+        amount_cents=order_amount_cents(ITEMS),
+        approved_by="alice",
+        approved_at_iso=datetime.now(UTC).isoformat(),
+    )
+
+
+async def _received(orders: OrderActivities) -> str:
+    """A new order, received (its row and RECEIVED event written)."""
+    order_id = f"acts-{uuid.uuid4().hex[:10]}"
+    await ActivityEnvironment().run(orders.receive_order, _receive(order_id))
+    return order_id
+
+
+async def _gateway(running: Running, order_id: str) -> list[dict[str, Any]]:
+    return (await gateway_ledger(running.providers.gateway.engine, [order_id]))[order_id]
+
+
+async def _payments(running: Running, order_id: str) -> list[Payment]:
+    async with running.sessions() as s:
+        rows = await s.execute(select(Payment).where(Payment.order_id == order_id))
+        return list(rows.scalars())
+
+
+def _refund(order_id: str, profile: str = "off") -> RefundInput:
+    ctx = ActivityContext(order_id=order_id, fault_profile=profile)
+    return RefundInput(ctx=ctx, payment_id=f"pmt-{order_id}")
+
+
+def _close(order_id: str, step: str = "PAY") -> CloseInput:
+    return CloseInput(
+        ctx=ActivityContext(order_id=order_id, fault_profile="off"),
+        payment_id=f"pmt-{order_id}",
+        state="CANCELLED",
+        reason="customer_request",
+        step=step,
+        defer_refund=True,
+    )
+
+
+@pytest.mark.parametrize("attempts", [2, 3])
+async def test_lost_answers_charge_refund_and_dispatch_once_per_key(
+    running: Running, acts: tuple[OrderActivities, ShippingActivities], attempts: int
+) -> None:
+    orders, shipping = acts
+    order_id = await _received(orders)
+    lost = f"lost_first={attempts - 1}"  # every attempt but the last takes effect, then fails
+
+    await _answered_after_lost(attempts, orders.charge_payment, _charge(order_id, lost))
+    charges = await _gateway(running, order_id)
+    assert len(charges) == 1 and charges[0]["idempotency_key"] == f"pmt-{order_id}"
+    assert [p.status for p in await _payments(running, order_id)] == ["charged"]
+
+    closed = await ActivityEnvironment().run(orders.close_order, _close(order_id))
+    assert closed.refund_pending
+    refund = _refund(order_id, lost)
+    assert (await _answered_after_lost(attempts, orders.refund_payment, refund)).refunded
+    (charge,) = await _gateway(running, order_id)
+    assert len(charge["refunds"]) == 1 and charge["refunded_cents"] == charge["amount_cents"]
+    assert [p.status for p in await _payments(running, order_id)] == ["refunded"]
+
+    shipped = await _received(orders)
+    ctx = ActivityContext(order_id=shipped, fault_profile=lost)
+    dispatch = DispatchInput(ctx=ctx, shipping_attempt=1)
+    outcome = await _answered_after_lost(attempts, shipping.dispatch_carrier, dispatch)
+    (booking,) = (await carrier_ledger(running.providers.carrier.engine, [shipped]))[shipped]
+    assert booking["tracking_number"] == outcome.tracking_number
+    assert (await _row(running, shipped)).tracking_number == outcome.tracking_number
+
+
+async def test_charge_whose_answer_never_came_is_found_and_refunded(
+    running: Running, acts: tuple[OrderActivities, ShippingActivities]
+) -> None:
+    orders, _ = acts
+    order_id = await _received(orders)
+    for n in (1, 2, 3):  # PAY fails: the gateway charged, we never heard
+        with pytest.raises(SimulatedLostResponse):
+            await _attempt(n).run(orders.charge_payment, _charge(order_id, "lost_first=3"))
+    assert await _payments(running, order_id) == []
+
+    closed = await ActivityEnvironment().run(orders.close_order, _close(order_id))
+    assert closed.refund_pending  # stopped while charging: the gateway is asked
+    refund = _refund(order_id, "off")
+    assert (await ActivityEnvironment().run(orders.refund_payment, refund)).refunded
+    (charge,) = await _gateway(running, order_id)
+    assert charge["refunded_cents"] == charge["amount_cents"]
+    (payment,) = await _payments(running, order_id)
+    assert (payment.status, payment.gateway_ref) == ("refunded", charge["charge_id"])
+    events = await order_events(running, order_id)
+    assert events[-2:] == ["PAYMENT_CHARGED", "PAYMENT_REFUNDED"]
+
+    # A straggling attempt of the charge gets the first charge back (no money moves) and
+    # records nothing: the order is closed and its compensation is done.
+    with pytest.raises(ApplicationError) as err:
+        await _attempt(4).run(orders.charge_payment, _charge(order_id, "off"))
+    assert err.value.non_retryable and err.value.type == "OrderClosed"
+    assert len(await _gateway(running, order_id)) == 1
+    assert [p.status for p in await _payments(running, order_id)] == ["refunded"]
+
+
+async def test_voided_payment_refuses_a_late_charge(
+    running: Running, acts: tuple[OrderActivities, ShippingActivities]
+) -> None:
+    orders, _ = acts
+    order_id = await _received(orders)
+    await ActivityEnvironment().run(orders.close_order, _close(order_id))
+    refund = _refund(order_id, "off")
+    outcome = await ActivityEnvironment().run(orders.refund_payment, refund)
+    assert not outcome.refunded and outcome.payment_status == "none"
+    with pytest.raises(ApplicationError) as err:
+        await ActivityEnvironment().run(orders.charge_payment, _charge(order_id, "off"))
+    assert err.value.non_retryable and err.value.type == "PaymentVoided"
+    assert await _gateway(running, order_id) == []
+
+
+async def test_payment_key_reused_with_other_parameters_is_refused(
+    running: Running, acts: tuple[OrderActivities, ShippingActivities]
+) -> None:
+    orders, _ = acts
+    first, second = await _received(orders), await _received(orders)
+    await ActivityEnvironment().run(orders.charge_payment, _charge(first, "off"))
+    # Another order under the same payment id, and the same order with another amount.
+    other_order = _charge(second, "off", payment_id=f"pmt-{first}")
+    other_amount = dataclasses.replace(_charge(first, "off"), amount_cents=1)
+    for request in (other_order, other_amount):
+        with pytest.raises(ApplicationError) as err:
+            await ActivityEnvironment().run(orders.charge_payment, request)
+        assert err.value.non_retryable and err.value.type == "PaymentIdInUse"
+    assert len(await _gateway(running, first)) == 1 and await _gateway(running, second) == []
+    assert [p.status for p in await _payments(running, first)] == ["charged"]
+
+
+async def test_booking_whose_answer_never_came_is_cancelled_when_the_order_closes(
+    running: Running, acts: tuple[OrderActivities, ShippingActivities]
+) -> None:
+    orders, shipping = acts
+    order_id = await _received(orders)
+    await ActivityEnvironment().run(orders.charge_payment, _charge(order_id, "off"))
+    ctx = ActivityContext(order_id=order_id, fault_profile="lost_first=3")
+    for n in (1, 2, 3):  # the carrier booked, we never heard
+        with pytest.raises(SimulatedLostResponse):
+            await _attempt(n).run(
+                shipping.dispatch_carrier, DispatchInput(ctx=ctx, shipping_attempt=1)
+            )
+    assert (await _row(running, order_id)).tracking_number is None
+
+    closed = await ActivityEnvironment().run(orders.close_order, _close(order_id, step="SHIP"))
+    assert closed.refund_pending
+    refund = _refund(order_id, "off")
+    assert (await ActivityEnvironment().run(orders.refund_payment, refund)).refunded
+    (booking,) = (await carrier_ledger(running.providers.carrier.engine, [order_id]))[order_id]
+    assert booking["cancelled"]
+    # A later shipping attempt books nothing: the order is closed, and the carrier agrees.
+    with pytest.raises(ApplicationError) as err:
+        await ActivityEnvironment().run(
+            shipping.dispatch_carrier,
+            DispatchInput(ctx=dataclasses.replace(ctx, fault_profile="off"), shipping_attempt=2),
+        )
+    assert err.value.non_retryable
+    assert len((await carrier_ledger(running.providers.carrier.engine, [order_id]))[order_id]) == 1
