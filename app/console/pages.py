@@ -12,9 +12,9 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from app.orders.models import OrderState
 from app.orders.validation import ORDER_ID_RE
 from app.platform.settings import Settings, get_settings
+from app.service.stats import STATE_ORDER
 
 # Kept out of /openapi.json: these are pages, not API (and API fuzzers need not crawl them).
 router = APIRouter(prefix="/console", include_in_schema=False)
@@ -45,14 +45,6 @@ _STATIC_HEADERS = {
 }
 
 _NAV = (("review", "Review queue"), ("orders", "Orders"), ("dashboard", "Dashboard"))
-_STATES = [
-    OrderState.RECEIVED,
-    OrderState.VALIDATED,
-    OrderState.PAID,
-    OrderState.COMPLETED,
-    OrderState.CANCELLED,
-    OrderState.FAILED,
-]
 _ADDRESS_FIELDS = (
     ("street", "Street", 200),
     ("city", "City", 100),
@@ -96,7 +88,7 @@ def _address_form() -> str:
 
 
 def _state_options() -> str:
-    return "".join(f'<option value="{s.value}">{s.value}</option>' for s in _STATES)
+    return "".join(f'<option value="{s.value}">{s.value}</option>' for s in STATE_ORDER)
 
 
 def _render(request: Request, page: str, title: str, body: str, **extra: Any) -> HTMLResponse:

@@ -33,6 +33,7 @@ BUCKET_EDGES: tuple[float, ...] = (1, 2, 5, 10, 20, 30, 45, 60, 90)
 PERCENTILES: tuple[float, ...] = (0.5, 0.95, 0.99)
 
 STEP_ORDER = [s.value for s in Step]
+# The states an orders row can have, in display order (also the console's state filter).
 STATE_ORDER = [
     OrderState.RECEIVED,
     OrderState.VALIDATED,
