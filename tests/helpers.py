@@ -24,6 +24,7 @@ from app.orders.providers.wiring import Simulators
 from app.platform.settings import PROJECT_ROOT, Settings
 from app.platform.tables import Event
 from app.service.orders import OrderService
+from app.service.views import OrderView
 from devstack import stack
 from tests.ports import port_block
 
@@ -77,18 +78,17 @@ class Running:
     providers: Simulators
 
 
-async def wait_for_step(running: Running, order_id: str, step: str) -> dict[str, Any]:
+async def wait_for_step(running: Running, order_id: str, step: str) -> OrderView:
     """The order's status view once its workflow reports `step`."""
 
-    async def check() -> dict[str, Any] | None:
+    async def check() -> OrderView | None:
         try:
             status = await running.service.status(order_id)
         except Exception:  # not started yet, or Temporal busy: look again
             return None
-        return status if status.get("step") == step else None
+        return status if status.step == step else None
 
-    result: dict[str, Any] = await eventually(check)
-    return result
+    return await eventually(check)
 
 
 async def order_events(running: Running, order_id: str) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app.orders.validation import MAX_FIELD_LEN, PAYMENT_ID_RE, ZIP_RE
 from app.service.inputs import (
@@ -20,16 +20,9 @@ from app.service.inputs import (
     MAX_UNIT_PRICE_CENTS,
     SKU_RE,
 )
+from app.service.views import EXAMPLE_ADDRESS
 
 MAX_TEXT_LEN = 200
-
-EXAMPLE_ADDRESS: dict[str, JsonValue] = {
-    "street": "123 Main St",
-    "city": "Test City",
-    "state": "TS",
-    "zip": "12345",
-    "country": "US",
-}
 
 
 def _printable(value: str) -> str:
@@ -162,14 +155,6 @@ class ApproveRequestIn(_Request):
 # --- responses -----------------------------------------------------------------------------
 
 
-class Address(BaseModel):
-    street: str
-    city: str
-    state: str
-    zip: str
-    country: str
-
-
 class StartOrderResponse(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -190,88 +175,6 @@ class StartOrderResponse(BaseModel):
     run_id: str | None
     state: str
     step: str | None = None
-
-
-class StepErrorOut(BaseModel):
-    step: str | None
-    attempt: int | None
-    message: str | None
-    at: str | None
-    kind: str | None = None
-
-
-class PendingActivity(BaseModel):
-    activity: str
-    attempt: int
-    last_failure: str | None
-
-
-class OrderStatusResponse(BaseModel):
-    """The order's live view (DESIGN.md "Status"): from the workflow while it runs, from
-    the database once it has closed (`source` says which)."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "order_id": "order-123",
-                    "workflow_id": "order-order-123",
-                    "run_id": "0198a7c4-5b1e-7f3a-9d2c-6e4b8a1f0c3d",
-                    "state": "VALIDATED",
-                    "step": "MANUAL_REVIEW",
-                    "address": EXAMPLE_ADDRESS,
-                    "payment_id": "pmt-123",
-                    "payment_status": "none",
-                    "amount_cents": 1999,
-                    "attempts": {"RECEIVE": 1, "VALIDATE": 2},
-                    "errors": [
-                        {
-                            "step": "VALIDATE",
-                            "attempt": 1,
-                            "message": "simulated failure of an external service",
-                            "at": "2025-01-01T12:00:01+00:00",
-                            "kind": "error",
-                        }
-                    ],
-                    "created_at": "2025-01-01T12:00:00+00:00",
-                    "updated_at": "2025-01-01T12:00:02+00:00",
-                    "deadline_at": "2025-01-01T12:01:00+00:00",
-                    "review_deadline_at": "2025-01-01T12:00:32+00:00",
-                    "source": "workflow",
-                }
-            ]
-        }
-    )
-
-    order_id: str
-    workflow_id: str
-    run_id: str | None = None
-    state: str
-    step: str | None = Field(description="Current (or last) step")
-    address: Address | None
-    payment_id: str | None
-    payment_status: str
-    amount_cents: int | None
-    attempts: dict[str, int] = Field(description="Attempts per step")
-    errors: list[StepErrorOut] = Field(description="Recent errors, newest first")
-    created_at: str | None
-    updated_at: str | None
-    closed_at: str | None = None
-    deadline_at: str | None
-    review_deadline_at: str | None = None
-    approved: bool | None = None
-    approved_by: str | None = None
-    cancel_requested: bool = False
-    reason: str | None = None
-    shipping_attempts: int | None = None
-    tracking_number: str | None = None
-    workflow_status: str | None = None
-    pending_activities: list[PendingActivity] = Field(default_factory=list)
-    source: str = Field(description="workflow (live query), database (closed) or update")
-    settled: bool = Field(
-        default=False,
-        description="Closed and compensated: nothing about this order changes any more",
-    )
 
 
 class OrderSummary(BaseModel):

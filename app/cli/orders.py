@@ -84,7 +84,7 @@ def _reviewer(value: str | None) -> str:
 @app.command(rich_help_panel=ORDERS)
 def status(order_id: str, as_json: JsonOpt = False) -> None:
     """Show an order: state, step, address, payment, attempts, recent errors, deadline."""
-    view = with_service(lambda svc: svc.status(order_id))
+    view = status_dict(with_service(lambda svc: svc.status(order_id)))
     if as_json:
         print_json(view)
         return
@@ -131,7 +131,7 @@ def update_address(
         raise typer.BadParameter("give at least one of --street --city --state --zip --country")
 
     async def call(svc: OrderService) -> dict[str, Any]:
-        view = await svc.status(order_id)
+        view = status_dict(await svc.status(order_id))
         current = view.get("address") or {}
         if view["state"] in TERMINAL_STATES and not current:
             # Closed before it was received: nothing to merge the given fields into.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from datetime import datetime
@@ -16,9 +15,7 @@ from rich.text import Text
 from app.cli.common import STATE_STYLE, STEPS, out
 
 if TYPE_CHECKING:
-    # The service pulls in temporalio and SQLAlchemy (about a second); stack commands and
-    # --help do without.
-    pass
+    from app.service.views import OrderView
 
 
 def say(message: str, style: str | None = None) -> None:
@@ -121,8 +118,6 @@ def errors_table(errors: list[dict[str, Any]], limit: int = 10) -> Table:
     return table
 
 
-def status_dict(view: Any) -> dict[str, Any]:
-    """Service answers are dicts (status) or OrderStatus dataclasses (updates)."""
-    if dataclasses.is_dataclass(view) and not isinstance(view, type):
-        return dataclasses.asdict(view)
-    return dict(view)
+def status_dict(view: OrderView) -> dict[str, Any]:
+    """The view as the CLI prints and renders it: its JSON form, like the API's answer."""
+    return view.model_dump(mode="json")

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from app.cli.render import status_dict
 from app.orders.models import is_settled
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ async def wait_for_order(
     view: dict[str, Any] = {}
     while True:
         try:
-            view = await svc.status(order_id)
+            view = status_dict(await svc.status(order_id))
         except Unavailable:
             # A workflow answers queries only after its first task; moments after the start
             # it may not yet.

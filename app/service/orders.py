@@ -64,6 +64,7 @@ from app.service.status import (
     status_from_db,
     step_of,
 )
+from app.service.views import OrderView
 
 # Closed workflows are answered from the database; a running one from its query.
 _REFUSAL_STATUS = {
@@ -90,9 +91,9 @@ class OrderService:
         self.sessions = sessions
         self.settings = settings
         # order id -> (expires at, status view) for closed orders; see _remember_closed.
-        self._closed_views: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
+        self._closed_views: OrderedDict[str, tuple[float, OrderView]] = OrderedDict()
         # order id -> the status lookup in flight for it; see status().
-        self._status_lookups: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._status_lookups: dict[str, asyncio.Future[OrderView]] = {}
 
     # --- commands --------------------------------------------------------------------------
 
@@ -161,26 +162,26 @@ class OrderService:
                 run_id=existing.run_id,
             )
 
-    async def approve(self, order_id: str, reviewer: str, note: str | None = None) -> OrderStatus:
+    async def approve(self, order_id: str, reviewer: str, note: str | None = None) -> OrderView:
         return await self._update(order_id, UPDATE_APPROVE, ApproveRequest(reviewer, note))
 
     async def cancel(
         self, order_id: str, reason: str = "customer_request", requested_by: str = "api"
-    ) -> OrderStatus:
+    ) -> OrderView:
         return await self._update(order_id, UPDATE_CANCEL, CancelRequest(reason, requested_by))
 
     async def update_address(
         self, order_id: str, address: dict[str, Any], requested_by: str = "api"
-    ) -> OrderStatus:
+    ) -> OrderView:
         addr = validate_address(address)
         return await self._update(order_id, UPDATE_ADDRESS, AddressChange(addr, requested_by))
 
-    async def _update(self, order_id: str, update: str, arg: Any) -> OrderStatus:
+    async def _update(self, order_id: str, update: str, arg: Any) -> OrderView:
         validate_order_id(order_id)
         handle = self.client.get_workflow_handle(order_workflow_id(order_id))
         try:
-            view: OrderStatus = await handle.execute_update(update, arg, result_type=OrderStatus)
-            return view
+            view = await handle.execute_update(update, arg, result_type=OrderStatus)
+            return OrderView.from_workflow(view, source="update")
         except WorkflowUpdateFailedError as err:
             cause = err.cause
             if isinstance(cause, ApplicationError):
@@ -218,7 +219,7 @@ class OrderService:
         async with self.sessions() as s:
             return await s.get(Order, order_id)
 
-    async def status(self, order_id: str) -> dict[str, Any]:
+    async def status(self, order_id: str) -> OrderView:
         """The order's live view: from the workflow while it runs, from the DB once closed."""
         validate_order_id(order_id)
         cached = self._closed_views.get(order_id)
@@ -234,12 +235,12 @@ class OrderService:
         # Shielded: one caller going away must not cancel the others' lookup.
         return await asyncio.shield(lookup)
 
-    def _lookup_done(self, order_id: str, done: asyncio.Future[dict[str, Any]]) -> None:
+    def _lookup_done(self, order_id: str, done: asyncio.Future[OrderView]) -> None:
         self._status_lookups.pop(order_id, None)
         if not done.cancelled():
             done.exception()  # retrieved here, so a failure nobody awaited is not logged
 
-    async def _lookup_status(self, order_id: str) -> dict[str, Any]:
+    async def _lookup_status(self, order_id: str) -> OrderView:
         # Two queries: the order with its payment, then its attempt events.
         async with self.sessions() as s:
             row = (
@@ -272,11 +273,8 @@ class OrderService:
             raise Unavailable(f"Temporal is unavailable: {err.message}") from None
         except WorkflowQueryFailedError as err:
             raise Unavailable(f"status query failed: {err}") from None
-        view = dataclasses.asdict(live)
-        view["run_id"] = desc.run_id
-        view["workflow_status"] = desc.status.name if desc.status else None
         # Attempts recorded per attempt in the DB are the most precise; pending ones too.
-        merged = {**view["attempts"], **attempts}
+        merged = {**live.attempts, **attempts}
         pending = []
         for act in desc.raw_description.pending_activities:
             merged[step_of(act.activity_type.name)] = max(
@@ -289,22 +287,26 @@ class OrderService:
                     "last_failure": act.last_failure.message or None,
                 }
             )
-        view["attempts"] = merged
-        view["pending_activities"] = pending
-        view["errors"] = merge_errors(view["errors"], errors)
-        if order is not None:
-            view["payment_status"] = payment.status if payment else view["payment_status"]
-        view["source"] = "workflow"
-        view["settled"] = is_settled(view)
-        return view
+        payment_status = payment.status if payment else live.payment_status
+        return OrderView.from_workflow(
+            live,
+            run_id=desc.run_id,
+            workflow_status=desc.status.name if desc.status else None,
+            attempts=merged,
+            pending_activities=pending,
+            errors=merge_errors([dataclasses.asdict(e) for e in live.errors], errors),
+            payment_status=payment_status,
+            source="workflow",
+            settled=is_settled({"state": live.state, "payment_status": payment_status}),
+        )
 
-    def _remember_closed(self, order_id: str, view: dict[str, Any]) -> None:
+    def _remember_closed(self, order_id: str, view: OrderView) -> None:
         """Closed orders no longer change, so their view is cached (status reads of finished
         orders are the API's hottest path).
 
-        Attempts and errors are final at the close (see _attempt_history); only a refund
+        Attempts and errors are final at the close (see attempt_history); only a refund
         may still be on its way, so an unsettled view is cached briefly until it lands."""
-        expires = time.monotonic() + (CLOSED_CACHE_TTL_S if view["settled"] else 1.0)
+        expires = time.monotonic() + (CLOSED_CACHE_TTL_S if view.settled else 1.0)
         self._closed_views[order_id] = (expires, view)
         self._closed_views.move_to_end(order_id)
         while len(self._closed_views) > CLOSED_CACHE_SIZE:

@@ -16,6 +16,7 @@ from app.orders.models import (
     order_workflow_id,
 )
 from app.platform.tables import Event, Order, Payment
+from app.service.views import OrderView
 
 MAX_ERRORS_SHOWN = 20
 # The event that records a step's successful attempt; failed ones are STEP_ATTEMPT_FAILED.
@@ -41,9 +42,9 @@ def status_from_db(
     payment: Payment | None,
     errors: list[dict[str, Any]],
     attempts: dict[str, int],
-) -> dict[str, Any]:
+) -> OrderView:
     payment_status = payment.status if payment else "none"
-    return {
+    view = {
         "order_id": order.id,
         "workflow_id": order.workflow_id or order_workflow_id(order.id),
         "run_id": order.run_id,
@@ -67,6 +68,7 @@ def status_from_db(
         "source": "database",
         "settled": is_settled({"state": order.state, "payment_status": payment_status}),
     }
+    return OrderView.model_validate(view)
 
 
 async def attempt_history(

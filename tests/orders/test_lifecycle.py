@@ -74,8 +74,8 @@ async def test_order_completes_end_to_end(running: Running) -> None:
     assert [(p.payment_id, p.status) for p in payments] == [(f"pmt-{order_id}", "charged")]
     assert await order_events(running, order_id) == HAPPY_PATH_EVENTS
     status = await running.service.status(order_id)
-    assert status["state"] == "COMPLETED" and status["source"] == "database"
-    assert status["attempts"] == {"RECEIVE": 1, "VALIDATE": 1, "PAY": 1, "SHIP": 1}
+    assert status.state == "COMPLETED" and status.source == "database"
+    assert status.attempts == {"RECEIVE": 1, "VALIDATE": 1, "PAY": 1, "SHIP": 1}
 
 
 async def test_charge_failing_after_db_write_is_not_charged_twice(running: Running) -> None:
@@ -91,8 +91,8 @@ async def test_charge_failing_after_db_write_is_not_charged_twice(running: Runni
     events = await order_events(running, order_id)
     assert events.count("PAYMENT_CHARGED") == 1
     status = await running.service.status(order_id)
-    assert status["attempts"]["PAY"] == 2
-    assert any(e["step"] == "PAY" and e["attempt"] == 1 for e in status["errors"])
+    assert status.attempts["PAY"] == 2
+    assert any(e.step == "PAY" and e.attempt == 1 for e in status.errors)
 
 
 async def test_payment_id_of_another_order_fails_the_order_cleanly(running: Running) -> None:
@@ -109,12 +109,12 @@ async def test_payment_id_of_another_order_fails_the_order_cleanly(running: Runn
 
     # Refused by the gateway (same key, another order) on the first attempt, not retried.
     status = await running.service.status(second)
-    assert (status["state"], status["reason"], status["attempts"]["PAY"]) == (
+    assert (status.state, status.reason, status.attempts["PAY"]) == (
         "FAILED",
         "pay_failed",
         1,
     )
-    assert status["payment_status"] == "none"
+    assert status.payment_status == "none"
     ledger = await gateway_ledger(running.providers.gateway.engine, [first, second])
     assert ledger[second] == []
     (charge,) = ledger[first]
@@ -259,5 +259,5 @@ async def test_hanging_service_times_out_and_every_attempt_is_recorded(running: 
         ("RECEIVE", 3, "timeout"),
     ]
     status = await running.service.status(order_id)
-    assert status["attempts"] == {"RECEIVE": 3}
-    assert status["payment_status"] == "none"
+    assert status.attempts == {"RECEIVE": 3}
+    assert status.payment_status == "none"

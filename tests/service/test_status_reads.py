@@ -53,7 +53,7 @@ async def test_concurrent_reads_of_one_order_share_one_lookup(
     views = await asyncio.gather(*(service.status(completed_order) for _ in range(16)))
     assert lookups == 1
     assert all(v is views[0] for v in views)
-    assert views[0]["state"] == "COMPLETED" and views[0]["source"] == "database"
+    assert views[0].state == "COMPLETED" and views[0].source == "database"
 
 
 async def test_completed_order_is_answered_from_cache_at_once(
@@ -61,7 +61,7 @@ async def test_completed_order_is_answered_from_cache_at_once(
 ) -> None:
     service = _fresh_service(running)
     first = await service.status(completed_order)
-    assert first["state"] == "COMPLETED" and first["settled"]
+    assert first.state == "COMPLETED" and first.settled
 
     async def no_database(order_id: str) -> dict[str, Any]:
         raise AssertionError(f"looked up {order_id} again")
@@ -133,8 +133,8 @@ async def test_a_closed_orders_status_is_final_at_its_close(running: Running) ->
     with pytest.raises(WorkflowFailureError):
         await handle.result()
     at_close = await _fresh_service(running).status(order_id)
-    assert (at_close["state"], at_close["attempts"]) == ("FAILED", {"RECEIVE": 3})
-    assert any(e["step"] == "RECEIVE" and e["attempt"] == 3 for e in at_close["errors"])
+    assert (at_close.state, at_close.attempts) == ("FAILED", {"RECEIVE": 3})
+    assert any(e.step == "RECEIVE" and e.attempt == 3 for e in at_close.errors)
 
     async def third_attempt_recorded() -> bool:
         async with running.sessions() as s:
@@ -147,4 +147,4 @@ async def test_a_closed_orders_status_is_final_at_its_close(running: Running) ->
 
     await eventually(third_attempt_recorded, timeout=15)
     later = await _fresh_service(running).status(order_id)
-    assert (later["attempts"], later["errors"]) == (at_close["attempts"], at_close["errors"])
+    assert (later.attempts, later.errors) == (at_close.attempts, at_close.errors)

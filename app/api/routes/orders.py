@@ -6,7 +6,6 @@ Temporal Updates (via OrderService), so the answer says whether the order accept
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
@@ -18,23 +17,18 @@ from app.api.schemas import (
     EventList,
     HistoryOut,
     OrderList,
-    OrderStatusResponse,
     StartOrderRequest,
     StartOrderResponse,
     UpdateAddressRequest,
 )
-from app.orders.models import OrderState, OrderStatus, order_workflow_id
+from app.orders.models import OrderState, order_workflow_id
 from app.service.inputs import refuse_test_knobs
+from app.service.views import OrderView
 
 router = APIRouter(prefix="/orders", tags=["orders"])
 
 _READ = error_responses(401, 403, 404, 422, 500, 503)
 _COMMAND = error_responses(401, 403, 404, 409, 413, 422, 500, 503)
-
-
-def _updated(view: OrderStatus) -> OrderStatusResponse:
-    """The status an Update returned (the workflow's own view right after accepting)."""
-    return OrderStatusResponse.model_validate({**dataclasses.asdict(view), "source": "update"})
 
 
 @router.post(
@@ -91,18 +85,18 @@ async def start_order(
     "/{order_id}/status",
     name="order_status",
     summary="Order status",
-    response_model=OrderStatusResponse,
+    response_model=OrderView,
     responses=_READ,
 )
-async def order_status(order_id: OrderId, service: Service, _caller: Viewer) -> OrderStatusResponse:
+async def order_status(order_id: OrderId, service: Service, _caller: Viewer) -> OrderView:
     """State, current step, address, payment, attempts per step, recent errors, deadline."""
-    return OrderStatusResponse.model_validate(await service.status(order_id))
+    return await service.status(order_id)
 
 
 @router.post(
     "/{order_id}/signals/cancel",
     summary="Cancel an order",
-    response_model=OrderStatusResponse,
+    response_model=OrderView,
     responses=_COMMAND,
 )
 async def cancel_order(
@@ -110,17 +104,17 @@ async def cancel_order(
     service: Service,
     principal: Operator,
     body: CancelRequestIn | None = None,
-) -> OrderStatusResponse:
+) -> OrderView:
     """Accepted until the carrier is dispatched (a charged payment is then refunded);
     409 after dispatch or once the order has closed."""
     reason = body.reason if body is not None else "customer_request"
-    return _updated(await service.cancel(order_id, reason=reason, requested_by=principal.name))
+    return await service.cancel(order_id, reason=reason, requested_by=principal.name)
 
 
 @router.post(
     "/{order_id}/signals/update-address",
     summary="Change the shipping address",
-    response_model=OrderStatusResponse,
+    response_model=OrderView,
     responses=_COMMAND,
 )
 async def update_address(
@@ -128,18 +122,18 @@ async def update_address(
     body: UpdateAddressRequest,
     service: Service,
     principal: Operator,
-) -> OrderStatusResponse:
+) -> OrderView:
     """Accepted until dispatch; shipping uses the latest accepted address."""
     view = await service.update_address(
         order_id, body.address.model_dump(), requested_by=principal.name
     )
-    return _updated(view)
+    return view
 
 
 @router.post(
     "/{order_id}/signals/approve",
     summary="Approve an order (manual review)",
-    response_model=OrderStatusResponse,
+    response_model=OrderView,
     responses=_COMMAND,
 )
 async def approve_order(
@@ -147,11 +141,11 @@ async def approve_order(
     service: Service,
     principal: Reviewer,
     body: ApproveRequestIn | None = None,
-) -> OrderStatusResponse:
+) -> OrderView:
     """Approval kept if it arrives before the review step; 409 once the review is over."""
     reviewer = (body.reviewer if body else None) or principal.name
     note = body.note if body else None
-    return _updated(await service.approve(order_id, reviewer=reviewer, note=note))
+    return await service.approve(order_id, reviewer=reviewer, note=note)
 
 
 @router.get("", summary="List orders", response_model=OrderList, responses=_READ)

@@ -39,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         SIGNAL_CANCEL,
         SIGNAL_DISPATCH_FAILED,
         SIGNAL_UPDATE_ADDRESS,
+        TERMINAL_STATES,
         UPDATE_ADDRESS,
         UPDATE_APPROVE,
         UPDATE_CANCEL,
@@ -93,18 +94,20 @@ InputT = TypeVar("InputT")
 class OrderWorkflow:
     # The input is taken at construction so an update or query that arrives in the very
     # first activation (start immediately followed by approve) already sees the order.
+    #
+    # Where the order is: `_state` (the diagram's states; terminal once closed) and `_step`
+    # (the step running or last run). What is decided but not yet done: `_stop`, why the
+    # order is ending (cancel, deadline, failure) once that is decided, and `_cancel`, the
+    # cancel request that was accepted. Everything else is what the status query reports.
     @workflow.init
     def __init__(self, inp: OrderInput) -> None:
-        self._inp: OrderInput | None = inp
+        self._inp = inp
         self._state = OrderState.PENDING
         self._step: Step | None = Step.RECEIVE
-        self._approved = False
-        self._approved_by: str | None = None
-        self._approval_note: str | None = None
+        self._approval: ApproveRequest | None = None
         self._approved_at: datetime | None = None
         self._cancel: CancelRequest | None = None
         self._stop: OrderStopped | None = None
-        self._closed = False
         self._payment_status = PaymentStatus.NONE
         self._attempts: dict[str, int] = {}
         self._errors: list[StepError] = []
@@ -169,7 +172,7 @@ class OrderWorkflow:
         return self._stop
 
     async def _fulfil(self) -> None:
-        inp = self._require_input()
+        inp = self._inp
         ctx = ActivityContext(order_id=inp.order_id, fault_profile=inp.fault_profile)
 
         self._enter(Step.RECEIVE)
@@ -206,7 +209,7 @@ class OrderWorkflow:
         review_s = inp.review_timeout_s if inp.review_timeout_s is not None else REVIEW_TIMEOUT_S
         self._review_deadline = workflow.now() + timedelta(seconds=review_s)
         try:
-            await workflow.wait_condition(lambda: self._approved, timeout=review_s)
+            await workflow.wait_condition(lambda: self._approval is not None, timeout=review_s)
         except builtins.TimeoutError:
             self._log("review timed out")
             raise OrderStopped(OrderState.CANCELLED, "review_timeout") from None
@@ -220,8 +223,8 @@ class OrderWorkflow:
                 ctx=ctx,
                 payment_id=inp.payment_id,
                 amount_cents=order_amount_cents(inp.items),
-                approved_by=self._approved_by or "unknown",
-                approval_note=self._approval_note,
+                approved_by=self._approval.reviewer if self._approval else "unknown",
+                approval_note=self._approval.note if self._approval else None,
                 approved_at_iso=(self._approved_at or workflow.now()).isoformat(),
             ),
             CHARGE_TIMEOUT,
@@ -280,9 +283,8 @@ class OrderWorkflow:
             return
 
     async def _close(self, stop: OrderStopped | None) -> OrderResult:
-        inp = self._require_input()
+        inp = self._inp
         if stop is None:
-            self._closed = True
             return OrderResult(
                 order_id=inp.order_id,
                 state=OrderState.COMPLETED,
@@ -313,7 +315,6 @@ class OrderWorkflow:
         final = OrderState(outcome.state)
         self._reason = None if final == OrderState.COMPLETED else stop.reason
         self._set_state(final)
-        self._closed = True
         if outcome.refund_pending:
             # The order is already closed in the database; the refund retries until the
             # gateway takes it, however long that is.
@@ -418,7 +419,7 @@ class OrderWorkflow:
 
     @approve.validator
     def _validate_approve(self, req: ApproveRequest) -> None:
-        if self._closed or self._stop is not None:
+        if self._is_closed() or self._stop is not None:
             raise ApplicationError("order is already closed", type=ERR_ORDER_CLOSED)
         if self._step_past_review():
             raise ApplicationError("manual review is already over", type=ERR_REVIEW_OVER)
@@ -430,7 +431,7 @@ class OrderWorkflow:
 
     @cancel.validator
     def _validate_cancel(self, req: CancelRequest) -> None:
-        if self._closed or (self._stop is not None and self._cancel is None):
+        if self._is_closed() or (self._stop is not None and self._cancel is None):
             raise ApplicationError("order is already closed", type=ERR_ORDER_CLOSED)
         if self._tracking_number is not None:
             raise ApplicationError("order was already dispatched", type=ERR_ORDER_DISPATCHED)
@@ -442,7 +443,7 @@ class OrderWorkflow:
 
     @change_address.validator
     def _validate_address_change(self, change: AddressChange) -> None:
-        if self._closed or self._stop is not None:
+        if self._is_closed() or self._stop is not None:
             raise ApplicationError("order is already closed", type=ERR_ORDER_CLOSED)
         if self._tracking_number is not None:
             raise ApplicationError("order was already dispatched", type=ERR_ORDER_DISPATCHED)
@@ -456,7 +457,7 @@ class OrderWorkflow:
 
     @workflow.query(name=QUERY_STATUS)
     def status(self) -> OrderStatus:
-        inp = self._require_input()
+        inp = self._inp
         info = workflow.info()
         return OrderStatus(
             order_id=inp.order_id,
@@ -475,8 +476,8 @@ class OrderWorkflow:
             review_deadline_at=(
                 self._review_deadline.isoformat() if self._review_deadline else None
             ),
-            approved=self._approved,
-            approved_by=self._approved_by,
+            approved=self._approval is not None,
+            approved_by=self._approval.reviewer if self._approval else None,
             cancel_requested=self._cancel is not None,
             reason=self._reason,
             shipping_attempts=self._shipping_attempts,
@@ -486,10 +487,8 @@ class OrderWorkflow:
     # --- handlers' shared logic --------------------------------------------------------
 
     def _accept_approval(self, req: ApproveRequest) -> None:
-        if not self._approved:
-            self._approved = True
-            self._approved_by = req.reviewer
-            self._approval_note = req.note
+        if self._approval is None:
+            self._approval = req
             self._approved_at = workflow.now()
             self._log("order approved", reviewer=req.reviewer)
 
@@ -501,7 +500,7 @@ class OrderWorkflow:
             await self._gate(
                 OrderActivities.mark_cancel_requested,
                 CancelMarkInput(
-                    ctx=ActivityContext(order_id=self._require_input().order_id),
+                    ctx=ActivityContext(order_id=self._inp.order_id),
                     reason=req.reason,
                     requested_by=req.requested_by,
                 ),
@@ -514,7 +513,7 @@ class OrderWorkflow:
         self._log("cancel accepted", reason=req.reason, by=req.requested_by)
 
     async def _accept_address(self, change: AddressChange) -> None:
-        inp = self._require_input()
+        inp = self._inp
         # The row is written by ReceiveOrder; an early change waits for it.
         await workflow.wait_condition(
             lambda: self._state != OrderState.PENDING or self._stop is not None
@@ -559,15 +558,14 @@ class OrderWorkflow:
         if self._stop is not None:
             raise self._stop
 
-    def _require_input(self) -> OrderInput:
-        assert self._inp is not None, "workflow input not set"
-        return self._inp
-
     def _current_address(self) -> Address:
-        return self._address or self._require_input().address
+        return self._address or self._inp.address
+
+    def _is_closed(self) -> bool:
+        return self._state in TERMINAL_STATES
 
     def _step_past_review(self) -> bool:
-        return self._step in (Step.PAY, Step.SHIP) or self._closed
+        return self._step in (Step.PAY, Step.SHIP) or self._is_closed()
 
     def _enter(self, step: Step) -> None:
         self._step = step
@@ -587,9 +585,8 @@ class OrderWorkflow:
         del self._errors[:-MAX_ERRORS_KEPT]
 
     def _log(self, message: str, level: int = logging.INFO, **fields: object) -> None:
-        inp = self._inp
         workflow.logger.log(
             level,
             message,
-            extra={"order_id": inp.order_id if inp else None, "step": self._step, **fields},
+            extra={"order_id": self._inp.order_id, "step": self._step, **fields},
         )
