@@ -17,11 +17,13 @@ Definitions (also in docs/console.md):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import pairwise
 from typing import Any
 
-from sqlalchemy import Float, bindparam, text
+from sqlalchemy import Float, Row, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -178,30 +180,73 @@ def _seconds(value: Any) -> float | None:
 
 async def order_stats(sessions: async_sessionmaker[AsyncSession]) -> dict[str, Any]:
     """Counts per state, completion rate, execution times, per-step retries and errors."""
+    rows = await _read_snapshot(sessions)
+    by_state = _by_state(rows.states)
+    total = sum(by_state.values())
+    closed = sum(by_state.get(s, 0) for s in _TERMINAL)
+    completed = by_state.get(OrderState.COMPLETED, 0)
+    return {
+        "generated_at": datetime.now(UTC).isoformat(),
+        "orders": {
+            "total": total,
+            "open": total - closed,
+            "closed": closed,
+            "by_state": by_state,
+        },
+        "completion_rate": _rate(completed, closed),
+        "outcomes": _outcomes(rows.outcomes),
+        "payments": {str(status): int(n) for status, n in rows.payments},
+        "execution_time": _execution_time(rows.summary, rows.buckets),
+        "steps": _steps(rows.steps, rows.kinds),
+    }
+
+
+_Row = Row[*tuple[Any, ...]]  # a result row, whatever its columns
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """The rows of every statistics query, read in one transaction."""
+
+    states: Sequence[_Row]
+    outcomes: Sequence[_Row]
+    payments: Sequence[_Row]
+    summary: _Row
+    buckets: Sequence[_Row]
+    steps: Sequence[_Row]
+    kinds: Sequence[_Row]
+
+
+async def _read_snapshot(sessions: async_sessionmaker[AsyncSession]) -> _Snapshot:
     terminal = {"terminal": _TERMINAL}
     success = {"success": list(_SUCCESS_EVENT_STEP)}
     # One read-only transaction: every figure comes from the same snapshot.
     async with sessions() as s, s.begin():
         await s.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
-        state_rows = (await s.execute(_STATE_COUNTS)).all()
-        outcome_rows = (await s.execute(_OUTCOMES, terminal)).all()
-        payment_rows = (await s.execute(_PAYMENTS)).all()
-        summary = (
-            await s.execute(_DURATION_SUMMARY, {**terminal, "percentiles": list(PERCENTILES)})
-        ).one()
-        bucket_rows = (
-            await s.execute(_DURATION_BUCKETS, {**terminal, "edges": list(BUCKET_EDGES)})
-        ).all()
-        step_rows = (await s.execute(_STEP_TOTALS, success)).all()
-        kind_rows = (await s.execute(_STEP_FAILURE_KINDS, success)).all()
+        return _Snapshot(
+            states=(await s.execute(_STATE_COUNTS)).all(),
+            outcomes=(await s.execute(_OUTCOMES, terminal)).all(),
+            payments=(await s.execute(_PAYMENTS)).all(),
+            summary=(
+                await s.execute(_DURATION_SUMMARY, {**terminal, "percentiles": list(PERCENTILES)})
+            ).one(),
+            buckets=(
+                await s.execute(_DURATION_BUCKETS, {**terminal, "edges": list(BUCKET_EDGES)})
+            ).all(),
+            steps=(await s.execute(_STEP_TOTALS, success)).all(),
+            kinds=(await s.execute(_STEP_FAILURE_KINDS, success)).all(),
+        )
 
+
+def _by_state(state_rows: Sequence[_Row]) -> dict[str, int]:
     by_state = {str(state): 0 for state in STATE_ORDER}
     for state, n in state_rows:
         by_state[str(state)] = int(n)
-    total = sum(by_state.values())
-    closed = sum(by_state.get(s, 0) for s in _TERMINAL)
-    completed = by_state.get(OrderState.COMPLETED, 0)
+    return by_state
 
+
+def _outcomes(outcome_rows: Sequence[_Row]) -> dict[str, dict[str, Any]]:
+    """Per terminal state: how many, and why (most frequent reason first)."""
     outcomes: dict[str, dict[str, Any]] = {s: {"total": 0, "reasons": {}} for s in _TERMINAL}
     for state, reason, n in outcome_rows:
         entry = outcomes[str(state)]
@@ -211,11 +256,13 @@ async def order_stats(sessions: async_sessionmaker[AsyncSession]) -> dict[str, A
         entry["reasons"][label] = int(n)
     for entry in outcomes.values():
         entry["reasons"] = dict(sorted(entry["reasons"].items(), key=lambda kv: (-kv[1], kv[0])))
+    return outcomes
 
-    labels = _bucket_labels()
+
+def _execution_time(summary: _Row, bucket_rows: Sequence[_Row]) -> dict[str, Any]:
     buckets: list[dict[str, Any]] = [
         {"lower_s": lo, "upper_s": hi, "label": label, "count": 0, "by_outcome": {}}
-        for lo, hi, label in labels
+        for lo, hi, label in _bucket_labels()
     ]
     for bucket, outcome, n in bucket_rows:
         b = buckets[min(max(int(bucket), 0), len(buckets) - 1)]
@@ -226,57 +273,45 @@ async def order_stats(sessions: async_sessionmaker[AsyncSession]) -> dict[str, A
         f"p{round(p * 100)}": _seconds(pct[i]) if i < len(pct) else None
         for i, p in enumerate(PERCENTILES)
     }
+    return {
+        "count": int(summary.n),
+        "without_start": int(summary.without_start),
+        "mean_s": _seconds(summary.mean),
+        "max_s": _seconds(summary.max),
+        "percentiles": percentiles,
+        "buckets": buckets,
+    }
 
+
+def _step_figures(
+    attempts: int, failed: int, retries: int, orders_retried: int, kinds: dict[str, int]
+) -> dict[str, Any]:
+    return {
+        "attempts": attempts,
+        "succeeded": attempts - failed,
+        "failed": failed,
+        "retries": retries,
+        "orders_retried": orders_retried,
+        "error_rate": _rate(failed, attempts),
+        "failures_by_kind": kinds,
+    }
+
+
+def _steps(step_rows: Sequence[_Row], kind_rows: Sequence[_Row]) -> list[dict[str, Any]]:
+    """The five steps in workflow order (zeros for a step without attempts)."""
     kinds: dict[str, dict[str, int]] = {}
     for step, kind, n in kind_rows:
         kinds.setdefault(str(step), {})[kind or "unknown"] = int(n)
-    steps: dict[str, dict[str, Any]] = {}
-    for step, attempts, failed, retries, orders_retried in step_rows:
-        steps[str(step)] = {
-            "attempts": int(attempts),
-            "succeeded": int(attempts) - int(failed),
-            "failed": int(failed),
-            "retries": int(retries),
-            "orders_retried": int(orders_retried),
-            "error_rate": _rate(int(failed), int(attempts)),
-            "failures_by_kind": kinds.get(str(step), {}),
-        }
+    steps = {
+        str(step): _step_figures(
+            int(attempts), int(failed), int(retries), int(orders_retried), kinds.get(str(step), {})
+        )
+        for step, attempts, failed, retries, orders_retried in step_rows
+    }
     per_step = [
-        {"step": name, **steps.pop(name)}
-        if name in steps
-        else {
-            "step": name,
-            "attempts": 0,
-            "succeeded": 0,
-            "failed": 0,
-            "retries": 0,
-            "orders_retried": 0,
-            "error_rate": None,
-            "failures_by_kind": {},
-        }
+        {"step": name, **(steps.pop(name) if name in steps else _step_figures(0, 0, 0, 0, {}))}
         for name in STEP_ORDER
     ]
     # Steps named by failure events that are not among the five (should not happen).
     per_step += [{"step": name, **v} for name, v in sorted(steps.items())]
-
-    return {
-        "generated_at": datetime.now(UTC).isoformat(),
-        "orders": {
-            "total": total,
-            "open": total - closed,
-            "closed": closed,
-            "by_state": by_state,
-        },
-        "completion_rate": _rate(completed, closed),
-        "outcomes": outcomes,
-        "payments": {str(status): int(n) for status, n in payment_rows},
-        "execution_time": {
-            "count": int(summary.n),
-            "without_start": int(summary.without_start),
-            "mean_s": _seconds(summary.mean),
-            "max_s": _seconds(summary.max),
-            "percentiles": percentiles,
-            "buckets": buckets,
-        },
-        "steps": per_step,
-    }
+    return per_step
