@@ -66,18 +66,18 @@ class CarrierSimulator(ledger.Provider):
         self,
         operation: str,
         call: CallInfo,
-        key: str,
-        order_id: str,
-        request: dict[str, Any],
+        req: PrepareRequest | DispatchRequest,
+        params: dict[str, Any],
         effect: ledger.Effect,
     ) -> dict[str, Any]:
-        """One request about the order's parcel, once per key."""
+        """One request about the order's parcel, once per key; `params`: its parameters
+        besides the order, which a repeat under the key must match."""
         return await self.once(
             operation,
             call,
-            key=key,
-            request=request,
-            resource=f"order:{order_id}",
+            key=req.key,
+            request={"order_id": req.order_id, **params},
+            resource=f"order:{req.order_id}",
             effect=effect,
         )
 
@@ -98,15 +98,8 @@ class CarrierSimulator(ledger.Provider):
             )
             return asdict(package)
 
-        stored = await self._for_order(
-            "prepare",
-            call,
-            req.key,
-            req.order_id,
-            {"order_id": req.order_id, "shipping_attempt": req.shipping_attempt},
-            pack,
-        )
-        return Package(**stored)
+        params = {"shipping_attempt": req.shipping_attempt}
+        return Package(**await self._for_order("prepare", call, req, params, pack))
 
     async def dispatch(self, req: DispatchRequest, call: CallInfo) -> Booking:
         async def book(conn: AsyncConnection) -> dict[str, Any]:
@@ -156,15 +149,8 @@ class CarrierSimulator(ledger.Provider):
                 )
             return asdict(booking)
 
-        stored = await self._for_order(
-            "dispatch",
-            call,
-            req.key,
-            req.order_id,
-            {"order_id": req.order_id, "address": req.address},
-            book,
-        )
-        return Booking(**stored)
+        params = {"address": req.address}
+        return Booking(**await self._for_order("dispatch", call, req, params, book))
 
     async def cancel(self, req: CancelShipmentsRequest, call: CallInfo) -> list[Booking]:
         faults = self.faults["cancel"].draw(call)
