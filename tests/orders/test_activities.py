@@ -145,11 +145,16 @@ def _attempt(attempt: int) -> ActivityEnvironment:
     return env
 
 
-async def _answered_after_lost(attempts: int, fn: Any, arg: Any) -> Any:
-    """Attempts 1 .. attempts-1 take effect and lose their answer; the last is answered."""
-    for n in range(1, attempts):
+async def _answers_lost(attempts: int, fn: Any, arg: Any) -> None:
+    """Attempts 1 .. attempts take effect and lose their answer."""
+    for n in range(1, attempts + 1):
         with pytest.raises(SimulatedLostResponse):
             await _attempt(n).run(fn, arg)
+
+
+async def _answered_after_lost(attempts: int, fn: Any, arg: Any) -> Any:
+    """Attempts 1 .. attempts-1 take effect and lose their answer; the last is answered."""
+    await _answers_lost(attempts - 1, fn, arg)
     return await _attempt(attempts).run(fn, arg)
 
 
@@ -196,6 +201,14 @@ def _close(order_id: str, step: str = "PAY") -> CloseInput:
     )
 
 
+async def _close_and_refund(orders: OrderActivities, order_id: str, step: str = "PAY") -> None:
+    """Close the order (its refund deferred, as the workflow does), then refund it."""
+    closed = await ActivityEnvironment().run(orders.close_order, _close(order_id, step=step))
+    assert closed.refund_pending  # stopped while charging or shipping: the gateway is asked
+    refund = _refund(order_id, "off")
+    assert (await ActivityEnvironment().run(orders.refund_payment, refund)).refunded
+
+
 @pytest.mark.parametrize("attempts", [2, 3])
 async def test_lost_answers_charge_refund_and_dispatch_once_per_key(
     running: Running, acts: tuple[OrderActivities, ShippingActivities], attempts: int
@@ -231,15 +244,11 @@ async def test_charge_whose_answer_never_came_is_found_and_refunded(
 ) -> None:
     orders, _ = acts
     order_id = await _received(orders)
-    for n in (1, 2, 3):  # PAY fails: the gateway charged, we never heard
-        with pytest.raises(SimulatedLostResponse):
-            await _attempt(n).run(orders.charge_payment, _charge(order_id, "lost_first=3"))
+    # PAY fails three times: the gateway charged, we never heard.
+    await _answers_lost(3, orders.charge_payment, _charge(order_id, "lost_first=3"))
     assert await _payments(running, order_id) == []
 
-    closed = await ActivityEnvironment().run(orders.close_order, _close(order_id))
-    assert closed.refund_pending  # stopped while charging: the gateway is asked
-    refund = _refund(order_id, "off")
-    assert (await ActivityEnvironment().run(orders.refund_payment, refund)).refunded
+    await _close_and_refund(orders, order_id)
     (charge,) = await _gateway(running, order_id)
     assert charge["refunded_cents"] == charge["amount_cents"]
     (payment,) = await _payments(running, order_id)
@@ -295,17 +304,11 @@ async def test_booking_whose_answer_never_came_is_cancelled_when_the_order_close
     order_id = await _received(orders)
     await ActivityEnvironment().run(orders.charge_payment, _charge(order_id, "off"))
     ctx = ActivityContext(order_id=order_id, fault_profile="lost_first=3")
-    for n in (1, 2, 3):  # the carrier booked, we never heard
-        with pytest.raises(SimulatedLostResponse):
-            await _attempt(n).run(
-                shipping.dispatch_carrier, DispatchInput(ctx=ctx, shipping_attempt=1)
-            )
+    # DISPATCH fails three times: the carrier booked, we never heard.
+    await _answers_lost(3, shipping.dispatch_carrier, DispatchInput(ctx=ctx, shipping_attempt=1))
     assert (await _row(running, order_id)).tracking_number is None
 
-    closed = await ActivityEnvironment().run(orders.close_order, _close(order_id, step="SHIP"))
-    assert closed.refund_pending
-    refund = _refund(order_id, "off")
-    assert (await ActivityEnvironment().run(orders.refund_payment, refund)).refunded
+    await _close_and_refund(orders, order_id, step="SHIP")
     (booking,) = (await carrier_ledger(running.providers.carrier.engine, [order_id]))[order_id]
     assert booking["cancelled"]
     # A later shipping attempt books nothing: the order is closed, and the carrier agrees.
