@@ -157,22 +157,27 @@ def run_pg_tool(
         raise StackError(f"cannot run {Path(argv[0]).name}: {exc}") from exc
 
 
-def _initdb_if_needed(cfg: StackConfig, run_as: _RunAs | None) -> bool:
-    """Create the cluster on first start. Returns True when a new cluster was created."""
-    if (cfg.pgdata / "PG_VERSION").exists():
-        return False
-    if any(cfg.pgdata.iterdir()):
-        raise StackError(
-            f"{cfg.pgdata} is not empty but holds no PostgreSQL cluster (no PG_VERSION); "
-            "move it away or delete it"
-        )
+# Needs PostgreSQL 17+ (the builtin locale provider); the embedded wheel's is.
+INITDB_OPTIONS = (
+    "--locale-provider=builtin",
+    "--builtin-locale=C.UTF-8",
+    "--locale=C",
+    "--no-instructions",
+)
+
+
+def initdb(
+    cfg: StackConfig, run_as: _RunAs | None, options: Sequence[str] = INITDB_OPTIONS
+) -> subprocess.CompletedProcess[str]:
+    """Run initdb on `cfg.pgdata`: the account's user and password, scram auth, UTF-8,
+    plus `options`. The password is in a file only for the call."""
     fd, pwfile = tempfile.mkstemp(prefix=".pwfile-", dir=cfg.run_dir)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(cfg.pg_password + "\n")
         if run_as is not None:
             os.chown(pwfile, run_as.uid, run_as.gid)
-        result = run_pg_tool(
+        return run_pg_tool(
             cfg,
             [
                 str(postgres_bin_dir() / "initdb"),
@@ -184,16 +189,25 @@ def _initdb_if_needed(cfg: StackConfig, run_as: _RunAs | None) -> bool:
                 "--auth-host=scram-sha-256",
                 "--auth-local=scram-sha-256",
                 "--encoding=UTF8",
-                "--locale-provider=builtin",
-                "--builtin-locale=C.UTF-8",
-                "--locale=C",
-                "--no-instructions",
+                *options,
             ],
             run_as=run_as,
             timeout=180.0,
         )
     finally:
         Path(pwfile).unlink(missing_ok=True)
+
+
+def _initdb_if_needed(cfg: StackConfig, run_as: _RunAs | None) -> bool:
+    """Create the cluster on first start. Returns True when a new cluster was created."""
+    if (cfg.pgdata / "PG_VERSION").exists():
+        return False
+    if any(cfg.pgdata.iterdir()):
+        raise StackError(
+            f"{cfg.pgdata} is not empty but holds no PostgreSQL cluster (no PG_VERSION); "
+            "move it away or delete it"
+        )
+    result = initdb(cfg, run_as)
     output = (result.stdout + result.stderr).strip()
     with cfg.log_path(POSTGRES).open("a", encoding="utf-8") as log:
         log.write(f"\n=== initdb (exit {result.returncode})\n{output}\n")

@@ -157,32 +157,11 @@ def ssl_capable_bin_dir() -> Path | None:
 
 
 def _initdb(cfg: stack.StackConfig) -> None:
-    """initdb with flags every supported PostgreSQL major knows (the supervisor's own
-    initdb uses PostgreSQL 17+ locale options), as the postgres system user."""
+    """The supervisor's initdb, as the postgres system user, with a locale option every
+    supported PostgreSQL major knows (its own need PostgreSQL 17+)."""
     run_as = postgres.pg_run_as(cfg)
     postgres.prepare_pg_dirs(cfg, run_as)
-    pwfile = cfg.run_dir / "pwfile"
-    pwfile.write_text(cfg.pg_password + "\n")
-    if run_as is not None:
-        os.chown(pwfile, run_as.uid, run_as.gid)
-    result = postgres.run_pg_tool(
-        cfg,
-        [
-            str(stack.postgres_bin_dir() / "initdb"),
-            "-D",
-            str(cfg.pgdata),
-            "-U",
-            cfg.pg_user,
-            f"--pwfile={pwfile}",
-            "--auth-host=scram-sha-256",
-            "--auth-local=scram-sha-256",
-            "--encoding=UTF8",
-            "--locale=C",
-        ],
-        run_as=run_as,
-        timeout=180,
-    )
-    pwfile.unlink()
+    result = postgres.initdb(cfg, run_as, options=["--locale=C"])
     assert result.returncode == 0, result.stderr
 
 
