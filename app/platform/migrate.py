@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection
 
 from app.platform.settings import get_settings
 
@@ -22,6 +27,31 @@ def alembic_config(database_url: str | None = None) -> Config:
 
 def upgrade(database_url: str | None = None) -> None:
     command.upgrade(alembic_config(database_url), "head")
+
+
+@dataclass(frozen=True)
+class Revisions:
+    """The revisions of this build's migration scripts."""
+
+    heads: frozenset[str]
+    known: frozenset[str]
+
+
+@functools.cache
+def script_revisions() -> Revisions:
+    """Read once per process from the scripts (no database, no settings needed)."""
+    cfg = Config(str(MIGRATIONS / "alembic.ini"))
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    script = ScriptDirectory.from_config(cfg)
+    return Revisions(
+        heads=frozenset(script.get_heads()),
+        known=frozenset(rev.revision for rev in script.walk_revisions()),
+    )
+
+
+def current_revisions(connection: Connection) -> frozenset[str]:
+    """The revisions the database is at (its `alembic_version`; empty if never migrated)."""
+    return frozenset(MigrationContext.configure(connection).get_current_heads())
 
 
 def main() -> None:

@@ -1,4 +1,8 @@
-"""/health: can this API reach Temporal and PostgreSQL right now? (No auth: for probes.)"""
+"""/health: can this API reach Temporal and PostgreSQL right now? (No auth: for probes.)
+
+Kubernetes-style probes beside it: /health/live (the process serves; checks nothing) and
+/health/ready (Temporal and PostgreSQL answer and the database's schema is this build's).
+"""
 
 from __future__ import annotations
 
@@ -8,17 +12,23 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from fastapi import APIRouter, Request, Response, status
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 
 from app.api.deps import error_responses
 from app.api.schemas import DependencyHealth, HealthResponse
+from app.platform.migrate import current_revisions, script_revisions
 
 router = APIRouter(tags=["health"])
 
 # A probe must answer quickly even when a dependency hangs.
 CHECK_TIMEOUT_S = 2.0
+
+
+class CheckFailed(Exception):
+    """A failed check whose message is a fixed phrase, safe to show as the error."""
 
 
 async def _probe(check: Callable[[], Awaitable[object]]) -> DependencyHealth:
@@ -28,6 +38,8 @@ async def _probe(check: Callable[[], Awaitable[object]]) -> DependencyHealth:
             await check()
     except TimeoutError:
         return DependencyHealth(status="down", error=f"no answer within {CHECK_TIMEOUT_S:g}s")
+    except CheckFailed as err:
+        return DependencyHealth(status="down", error=str(err))
     except Exception as err:
         # The class name only: messages can carry hosts or connection strings.
         return DependencyHealth(status="down", error=type(err).__name__)
@@ -48,6 +60,66 @@ async def _database(engine: AsyncEngine) -> None:
 
 async def _not_connected() -> None:
     raise RuntimeError("not connected")
+
+
+NOT_MIGRATED = "not migrated: run python -m app.platform.migrate"
+BEHIND_HEAD = "behind head: run python -m app.platform.migrate"
+UNKNOWN_REVISION = "revision unknown to this build (a newer release migrated it?)"
+
+
+async def _migrations(engine: AsyncEngine) -> None:
+    expected = script_revisions()  # read once per process
+    async with engine.connect() as conn:
+        current = await conn.run_sync(current_revisions)
+    if current == expected.heads:
+        return
+    if not current:
+        raise CheckFailed(NOT_MIGRATED)
+    if current <= expected.known:
+        raise CheckFailed(BEHIND_HEAD)
+    raise CheckFailed(UNKNOWN_REVISION)
+
+
+class LiveResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
+
+    status: str = Field(description="Always ok: the process is up and serving")
+
+
+class ReadyChecks(BaseModel):
+    temporal: DependencyHealth
+    database: DependencyHealth
+    migrations: DependencyHealth = Field(
+        description="up when the database is at this build's migration head"
+    )
+
+
+class ReadyResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "status": "ok",
+                    "checks": {
+                        "temporal": {"status": "up", "latency_ms": 2.1},
+                        "database": {"status": "up", "latency_ms": 1.4},
+                        "migrations": {"status": "up", "latency_ms": 3.2},
+                    },
+                },
+                {
+                    "status": "unavailable",
+                    "checks": {
+                        "temporal": {"status": "up", "latency_ms": 2.1},
+                        "database": {"status": "up", "latency_ms": 1.4},
+                        "migrations": {"status": "down", "error": NOT_MIGRATED},
+                    },
+                },
+            ]
+        }
+    )
+
+    status: str = Field(description="ok when every check is up, else unavailable")
+    checks: ReadyChecks
 
 
 @router.get(
@@ -74,3 +146,41 @@ async def health(request: Request, response: Response) -> HealthResponse:
         status="ok" if healthy else "unavailable",
         dependencies={"temporal": temporal, "database": database},
     )
+
+
+@router.get(
+    "/health/live",
+    summary="Liveness probe",
+    response_model=LiveResponse,
+    responses=error_responses(500),
+)
+async def live() -> LiveResponse:
+    """200 while the process serves requests. Checks no dependency: restarting the API
+    cannot fix Temporal or PostgreSQL, so a liveness probe must not depend on them."""
+    return LiveResponse(status="ok")
+
+
+@router.get(
+    "/health/ready",
+    summary="Readiness probe",
+    response_model=ReadyResponse,
+    responses={
+        503: {"model": ReadyResponse, "description": "A check failed: do not send traffic"},
+        **error_responses(500),
+    },
+)
+async def ready(request: Request, response: Response) -> ReadyResponse:
+    """200 when Temporal and PostgreSQL answer and the database's migrations are at this
+    build's head, 503 otherwise, with each check's status."""
+    client: Client | None = getattr(request.app.state, "temporal", None)
+    engine: AsyncEngine | None = getattr(request.app.state, "engine", None)
+    temporal, database, migrations = await asyncio.gather(
+        _probe(lambda: _temporal(client) if client else _not_connected()),
+        _probe(lambda: _database(engine) if engine else _not_connected()),
+        _probe(lambda: _migrations(engine) if engine else _not_connected()),
+    )
+    checks = ReadyChecks(temporal=temporal, database=database, migrations=migrations)
+    ok = all(c.status == "up" for c in (temporal, database, migrations))
+    if not ok:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return ReadyResponse(status="ok" if ok else "unavailable", checks=checks)
