@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import inspect
 import secrets
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from enum import StrEnum
+from functools import wraps
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -156,14 +158,26 @@ class LogService(StrEnum):
 @app.command(rich_help_panel=INSPECT)
 def logs(
     service: Annotated[
-        LogService, typer.Option(help="Whose log (worker = both workers).")
-    ] = LogService.app,
+        LogService | None,
+        typer.Option(
+            help="Whose log (worker = both workers; default app, with --compose every service)."
+        ),
+    ] = None,
     lines: Annotated[int, typer.Option("--lines", "-n", help="How many lines.", min=0)] = 50,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
     ] = False,
+    compose: Annotated[
+        bool, typer.Option("--compose", help="`docker compose logs` of the compose stack.")
+    ] = False,
 ) -> None:
-    """Show a service's log from the embedded stack's run folder."""
+    """Show a service's log from the embedded stack's run folder (or from compose)."""
+    if compose:
+        args = stack_services.compose_logs_args(service.value if service else None, lines, follow)
+        with contextlib.suppress(KeyboardInterrupt):
+            stack_services.compose(args)
+        return
+    service = service or LogService.app
     cfg = stack_services.stack_config(load_settings())
     names = stack_services.LOG_GROUPS[service.value]
     paths = {name: cfg.log_path(name) for name in names}
@@ -551,9 +565,55 @@ def _explain_stack_error(exc: BaseException) -> tuple[str, str] | None:
     return exc.message, f"last log lines{where}:\n{tail}"
 
 
+ComposeTargetOpt = Annotated[
+    bool,
+    typer.Option(
+        "--compose",
+        help="Talk to the docker compose stack (its published ports and POSTGRES_PASSWORD) "
+        "instead of the embedded stack.",
+    ),
+]
+
+
+def add_compose_option() -> None:
+    """Give each operator command (app/cli: list, status, approve...) a `--compose` flag
+    that points it at the compose stack instead of the embedded one. The commands stay as
+    app/cli defines them, whatever options they have."""
+    for info in app.registered_commands:
+        original = info.callback
+        if original is None or not original.__module__.startswith("app.cli."):
+            continue
+        signature = inspect.signature(original, eval_str=True)
+        if "compose" in signature.parameters:
+            continue
+        info.callback = _with_compose_flag(original, signature)
+
+
+def _with_compose_flag(
+    original: Callable[..., Any], signature: inspect.Signature
+) -> Callable[..., Any]:
+    @wraps(original)
+    def command(*args: Any, compose: bool = False, **kwargs: Any) -> Any:
+        if compose:
+            set_target(
+                stack_services.compose_client_settings, "python scripts/cli.py start --compose"
+            )
+        return original(*args, **kwargs)
+
+    flag = inspect.Parameter(
+        "compose", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=ComposeTargetOpt
+    )
+    params = [*signature.parameters.values(), flag]
+    command.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return command
+
+
 def main() -> None:
     """`python scripts/cli.py`: the operator CLI pointed at the embedded stack (addresses
-    follow its ports; fault injection on, as the dev stack allows), plus its commands."""
+    follow its ports; fault injection on, as the dev stack allows), plus its commands;
+    `--compose` on an operator command points it at the compose stack instead."""
     set_target(stack_services.client_settings)
     add_explainer(_explain_stack_error)
+    add_compose_option()
     operator_main()

@@ -37,6 +37,15 @@ if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
 fi
 
+# promtool checks and unit-tests the alert rules (tests/deploy). Debian ships it only in
+# the prometheus package, server included (on a systemd host apt also enables that service).
+if ! command -v promtool >/dev/null 2>&1; then
+    echo "==> installing promtool (Debian package prometheus, for the alert rule tests)"
+    if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
 echo "==> ruff"
 .venv/bin/ruff check app devstack tests scripts
 .venv/bin/ruff format --check app devstack tests scripts

@@ -101,7 +101,7 @@ def db_failure(exc: BaseException, settings: Settings) -> CliError | None:
     if isinstance(exc, OSError | sa_exc.OperationalError | sa_exc.InterfaceError):
         return CliError(
             f"PostgreSQL is not reachable at {_db_address(settings)} ({_first_line(exc)}); "
-            "is the stack running? (python scripts/cli.py start)"
+            f"is the stack running? ({_start_hint})"
         )
     if isinstance(exc, sa_exc.SQLAlchemyError):
         orig = getattr(exc, "orig", None) or exc
@@ -122,7 +122,7 @@ async def open_service(settings: Settings) -> AsyncIterator[OrderService]:
     except RuntimeError as exc:  # the SDK reports connection failures as RuntimeError
         raise CliError(
             f"Temporal is not reachable at {settings.temporal_target}; "
-            "is the stack running? (python scripts/cli.py start)",
+            f"is the stack running? ({_start_hint})",
         ) from exc
     engine = engine_from_settings(settings, pool_size=5)
     try:
@@ -144,13 +144,17 @@ def _as_configured(settings: Settings) -> Settings:
 
 
 _target: Callable[[Settings], Settings] = _as_configured
+# How to start the stack the target points at (named when it is not reachable).
+_start_hint = "python scripts/cli.py start"
 # Extra one-line explanations for errors of other layers (the dev stack's).
 _explainers: list[Callable[[BaseException], tuple[str, str] | None]] = []
 
 
-def set_target(target: Callable[[Settings], Settings]) -> None:
-    global _target
+def set_target(target: Callable[[Settings], Settings], start_hint: str | None = None) -> None:
+    global _target, _start_hint
     _target = target
+    if start_hint is not None:
+        _start_hint = start_hint
 
 
 def add_explainer(explain: Callable[[BaseException], tuple[str, str] | None]) -> None:

@@ -1,16 +1,24 @@
 """The Docker Compose stack, checked without Docker (no engine here or in CI).
 
-The compose file must parse, use only settings that exist and are documented, and each
-command it runs in our image must exist and start here, outside a container.
+The compose file must parse, use only settings that exist and are documented, pin every
+image, give every long-running service a healthcheck and every one-shot job a dependant
+that waits for it to succeed, and keep the workers scalable. Each command it runs in our
+image must exist and start here, outside a container; Temporal's setup scripts run here
+too: the schema job against a stand-in temporal-sql-tool, the namespace job with the real
+`temporal` CLI against the test stack's Temporal.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import stat
 import subprocess
 import sys
 import time
+import tomllib
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +27,8 @@ import pytest
 import yaml
 
 from app.platform.settings import PROJECT_ROOT, Settings
+from devstack.services import interpolate
+from devstack.stack import temporal_binary
 from tests.helpers import RealStack
 from tests.ports import free_port
 
@@ -27,15 +37,27 @@ pytestmark = pytest.mark.integration
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"
 REQUIRED_SERVICES = {
     "postgres",
+    "temporal-schema",
     "temporal",
+    "temporal-namespace",
     "temporal-ui",
+    "migrate",
     "app",
     "worker-orders",
     "worker-shipping",
 }
 # Services that run our image; the others are third-party images with their own variables.
 OUR_SERVICES = ("migrate", "app", "worker-orders", "worker-shipping")
+WORKERS = ("worker-orders", "worker-shipping")
 SETTINGS = {name.upper() for name in Settings.model_fields}
+VERSION = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["version"]
+# What the order workflow upserts (app/orders/workflows), by name and Temporal type.
+SEARCH_ATTRIBUTES = {
+    "OrderState": "Keyword",
+    "OrderStep": "Keyword",
+    "CustomerId": "Keyword",
+    "OrderAmountCents": "Int",
+}
 
 
 @pytest.fixture(scope="module")
@@ -50,21 +72,234 @@ def documented() -> set[str]:
     return set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", text, flags=re.MULTILINE))
 
 
-def test_compose_has_the_services_with_healthchecks(compose: dict[str, Any]) -> None:
+def one_shots(services: dict[str, Any]) -> set[str]:
+    """Jobs that run to completion: restart no, or only on failure."""
+    return {
+        name
+        for name, svc in services.items()
+        if str(svc.get("restart", "no")) == "no" or str(svc["restart"]).startswith("on-failure")
+    }
+
+
+def test_compose_has_the_services(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert set(services) >= REQUIRED_SERVICES
-    for name in REQUIRED_SERVICES:
-        assert "healthcheck" in services[name], name
     for name in OUR_SERVICES:
         svc = services[name]
-        assert svc["build"] == "." and svc["image"] == "order-fulfillment:latest"
+        # Built here, tagged with the project's version.
+        assert svc["build"] == "." and svc["image"] == f"order-fulfillment:{VERSION}", name
         assert [f["path"] for f in svc["env_file"]] == [".env"]
-    assert "postgres12" in compose["services"]["temporal"]["environment"]["DB"]
     assert compose["services"]["temporal-ui"]["ports"][0].endswith(":8080")
     # Ports are published on loopback only.
     for name, svc in services.items():
         for port in svc.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), (name, port)
+
+
+def test_every_image_is_pinned(compose: dict[str, Any]) -> None:
+    for name, svc in compose["services"].items():
+        image = svc.get("image")
+        assert image, f"{name}: no image (an untagged build)"
+        repository, _, tag = image.rpartition(":")
+        assert repository and "/" not in tag, f"{name}: {image} has no tag"
+        assert tag != "latest" and re.match(r"v?\d+(\.\d+)+", tag), f"{name}: {image} is not pinned"
+    # Temporal's deprecated all-in-one image is gone.
+    assert not [s for s in compose["services"].values() if "auto-setup" in s["image"]]
+
+
+def test_long_running_services_have_healthchecks(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    jobs = one_shots(services)
+    assert jobs == {"temporal-schema", "temporal-namespace", "migrate"}
+    for name, svc in services.items():
+        if name in jobs:
+            assert "healthcheck" not in svc, name
+            continue
+        assert svc["restart"] == "unless-stopped", name
+        check = svc.get("healthcheck", {})
+        assert check.get("test") and check["test"][0] in ("CMD", "CMD-SHELL"), name
+
+
+def test_dependencies_wait_for_health_or_completion(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    jobs = one_shots(services)
+    awaited = set()
+    for name, svc in services.items():
+        for dependency, spec in svc.get("depends_on", {}).items():
+            want = "service_completed_successfully" if dependency in jobs else "service_healthy"
+            assert spec["condition"] == want, (name, dependency, spec)
+            awaited.add(dependency)
+    # Every job is something another service waits for.
+    assert jobs <= awaited, jobs - awaited
+
+
+def test_temporal_follows_the_server_plus_admin_tools_practice(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    server, schema, namespace = (
+        services[n] for n in ("temporal", "temporal-schema", "temporal-namespace")
+    )
+    version = server["image"].removeprefix("temporalio/server:")
+    assert version != server["image"], server["image"]
+    for job in (schema, namespace):
+        # admin-tools tags read <server version>[-tctl-...-cli-...]: the same release.
+        assert re.fullmatch(rf"temporalio/admin-tools:{re.escape(version)}(-.+)?", job["image"])
+    assert server["environment"]["DB"] == "postgres12"
+    # The schema job sets up the databases the server then uses.
+    for key in ("DB", "DB_PORT", "POSTGRES_SEEDS", "POSTGRES_USER", "DBNAME", "VISIBILITY_DBNAME"):
+        assert schema["environment"][key] == server["environment"][key], key
+    assert schema["environment"]["SQL_PASSWORD"] == server["environment"]["POSTGRES_PWD"]
+    assert server["environment"]["POSTGRES_SEEDS"] == "postgres"
+    assert set(server["depends_on"]) == {"temporal-schema"}
+    assert set(schema["depends_on"]) == {"postgres"}
+    assert set(namespace["depends_on"]) == {"temporal"}
+    # Our processes start once the namespace and the app's schema exist.
+    for name in OUR_SERVICES[1:]:
+        assert set(services[name]["depends_on"]) >= {"temporal-namespace", "migrate"}, name
+    # The dynamic config file the server is told to read is the one mounted there.
+    path = "/etc/temporal/" + server["environment"]["DYNAMIC_CONFIG_FILE_PATH"]
+    (volume,) = server["volumes"]
+    source, target = volume.split(":")[:2]
+    assert path.startswith(target + "/")
+    assert (
+        yaml.safe_load((PROJECT_ROOT / source / path.removeprefix(target + "/")).read_text()) == {}
+    )
+
+
+def test_namespace_job_registers_the_search_attributes(compose: dict[str, Any]) -> None:
+    env = compose["services"]["temporal-namespace"]["environment"]
+    pairs = dict(pair.split("=") for pair in env["SEARCH_ATTRIBUTES"].split())
+    assert pairs == SEARCH_ATTRIBUTES
+    # 7 days, as docs/deployment.md says.
+    assert env["NAMESPACE_RETENTION"] == "168h"
+    # The namespace the app's containers use (.env's TEMPORAL_NAMESPACE, default default).
+    assert env["NAMESPACE"] == "${TEMPORAL_NAMESPACE:-default}"
+
+
+# --- Temporal's setup jobs, run here ---------------------------------------------------------
+
+
+def _job_env(compose: dict[str, Any], service: str, variables: dict[str, str]) -> dict[str, str]:
+    """The job's environment as compose would interpolate it."""
+    env = compose["services"][service]["environment"]
+    return {key: interpolate(str(value), variables) for key, value in env.items()}
+
+
+def _run_job(
+    compose: dict[str, Any], service: str, env: dict[str, str], bin_dir: Path
+) -> subprocess.CompletedProcess[str]:
+    """The job's command, from the folder compose mounts at /scripts, with /bin/sh."""
+    svc = compose["services"][service]
+    assert svc["entrypoint"] == ["/bin/sh"], service
+    (volume,) = svc["volumes"]
+    source, target = volume.split(":")[:2]
+    (script,) = svc["command"]
+    host_script = PROJECT_ROOT / source / Path(script).relative_to(target)
+    clean = {"PATH": f"{bin_dir}{os.pathsep}/usr/bin:/bin", "HOME": str(bin_dir.parent), **env}
+    return subprocess.run(
+        ["/bin/sh", str(host_script)],
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _recorder(bin_dir: Path, name: str, log: Path, exit_code: int = 0) -> None:
+    """A stand-in for a tool: logs its arguments (and SQL_PASSWORD), exits with exit_code."""
+    bin_dir.mkdir(exist_ok=True)
+    tool = bin_dir / name
+    tool.write_text(
+        f'#!/bin/sh\necho "SQL_PASSWORD=${{SQL_PASSWORD:-}} $*" >> "{log}"\nexit {exit_code}\n'
+    )
+    tool.chmod(tool.stat().st_mode | stat.S_IEXEC)
+
+
+def test_schema_job_sets_up_both_databases(compose: dict[str, Any], tmp_path: Path) -> None:
+    log, bin_dir = tmp_path / "calls", tmp_path / "bin"
+    _recorder(bin_dir, "temporal-sql-tool", log)
+    env = _job_env(compose, "temporal-schema", {"POSTGRES_PASSWORD": "s3cret"})
+    done = _run_job(compose, "temporal-schema", env, bin_dir)
+    assert done.returncode == 0, done.stdout + done.stderr
+    tool = "SQL_PASSWORD=s3cret --plugin postgres12 --ep postgres -p 5432 -u app --db"
+    schemas = "/etc/temporal/schema/postgresql/v12"
+    expected = []
+    for database, folder in (("temporal", "temporal"), ("temporal_visibility", "visibility")):
+        expected += [
+            f"{tool} {database} create",
+            f"{tool} {database} setup-schema -v 0.0",
+            f"{tool} {database} update-schema -d {schemas}/{folder}/versioned",
+        ]
+    assert log.read_text().splitlines() == expected
+    # A failing step fails the job (compose retries it: restart on-failure) at once.
+    log.unlink()
+    _recorder(bin_dir, "temporal-sql-tool", log, exit_code=1)
+    failed = _run_job(compose, "temporal-schema", env, bin_dir)
+    assert failed.returncode != 0
+    assert log.read_text().splitlines() == expected[:1]
+
+
+def test_namespace_job_creates_namespace_and_search_attributes(
+    compose: dict[str, Any], real_stack: RealStack, tmp_path: Path
+) -> None:
+    # The real `temporal` CLI (admin-tools ships the same commands) and a namespace of this
+    # test's own on the test stack's Temporal.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "temporal").symlink_to(temporal_binary())
+    namespace = f"deploy-{uuid.uuid4().hex[:8]}"
+    env = _job_env(compose, "temporal-namespace", {"TEMPORAL_NAMESPACE": namespace})
+    assert env["NAMESPACE"] == namespace
+    address = real_stack.settings.temporal_target
+    env["TEMPORAL_ADDRESS"] = address
+    for _ in range(2):  # the job runs on every `docker compose up`
+        done = _run_job(compose, "temporal-namespace", env, bin_dir)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    def cli(*args: str) -> Any:
+        argv = [str(temporal_binary()), *args, "--namespace", namespace, "--address", address]
+        result = subprocess.run(
+            [*argv, "-o", "json"], capture_output=True, text=True, timeout=30, check=False
+        )
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    registered = cli("operator", "search-attribute", "list")["customAttributes"]
+    assert {
+        name: kind.removeprefix("INDEXED_VALUE_TYPE_")
+        for name, kind in registered.items()
+        if name in SEARCH_ATTRIBUTES
+    } == {name: kind.upper() for name, kind in SEARCH_ATTRIBUTES.items()}
+    described = cli("operator", "namespace", "describe")
+    assert described["config"]["workflowExecutionRetentionTtl"] == f"{7 * 86400}s"
+    # An attribute registered with another type fails the job instead of passing quietly.
+    clash = {**env, "SEARCH_ATTRIBUTES": "OrderState=Int", "SETUP_TRIES": "2", "SETUP_WAIT_S": "0"}
+    failed = _run_job(compose, "temporal-namespace", clash, bin_dir)
+    assert failed.returncode != 0 and "different type" in failed.stderr
+
+
+def test_namespace_job_gives_up_when_temporal_never_serves(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "temporal").symlink_to(temporal_binary())
+    env = _job_env(compose, "temporal-namespace", {})
+    env.update(TEMPORAL_ADDRESS=f"127.0.0.1:{free_port()}", SETUP_TRIES="2", SETUP_WAIT_S="0")
+    failed = _run_job(compose, "temporal-namespace", env, bin_dir)
+    assert failed.returncode != 0
+    assert "gave up after 2 tries: temporal operator cluster health" in failed.stderr
+
+
+def test_workers_scale(compose: dict[str, Any]) -> None:
+    for name in WORKERS:
+        svc = compose["services"][name]
+        # `--scale worker-orders=3` needs replicas that do not clash.
+        assert "container_name" not in svc and "ports" not in svc, name
+        command = svc["command"]
+        port = command[command.index("--metrics-port") + 1]
+        # The healthcheck asks the replica's own metrics port.
+        assert f"127.0.0.1:{port}/metrics" in " ".join(svc["healthcheck"]["test"]), name
 
 
 def test_every_setting_is_documented_in_env_example() -> None:
@@ -149,9 +384,14 @@ def test_migrate_command_runs_here(compose: dict[str, Any], real_stack: RealStac
     assert result.returncode == 0, result.stderr
 
 
-def test_api_command_starts_and_answers_health(
+def test_api_command_starts_and_answers_its_healthcheck(
     compose: dict[str, Any], real_stack: RealStack
 ) -> None:
+    # The compose healthcheck's own URL, on this test's port.
+    (url,) = re.findall(
+        r"http://127\.0\.0\.1:8000(/[\w/]+)",
+        " ".join(compose["services"]["app"]["healthcheck"]["test"]),
+    )
     cmd = _command(compose, "app")
     port = free_port()
     proc = subprocess.Popen(
@@ -167,7 +407,7 @@ def test_api_command_starts_and_answers_health(
         while True:
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{port}{url}", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
