@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
-from temporalio.client import WorkflowFailureError, WorkflowUpdateFailedError
+from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.testing import WorkflowEnvironment
@@ -46,6 +49,29 @@ async def _wait_step(handle: object, step: str) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"order never reached {step}")
+
+
+async def _refused(handle: object, update: Any, arg: Any) -> ApplicationError:
+    """The error the workflow refused the update with."""
+    with pytest.raises(WorkflowUpdateFailedError) as info:
+        await handle.execute_update(update, arg)  # type: ignore[attr-defined]
+    cause = info.value.cause
+    assert isinstance(cause, ApplicationError)
+    return cause
+
+
+@asynccontextmanager
+async def _held_in(
+    env: WorkflowEnvironment, step: str, **start: Any
+) -> AsyncIterator[tuple[FakeShop, WorkflowHandle[OrderWorkflow, Any]]]:
+    """An approved order whose `step` activity has started and waits for its release."""
+    shop = FakeShop()
+    shop.hold(step)
+    async with running_shop(env.client, shop) as (oq, sq):
+        handle = await start_order(env.client, oq, sq, **start)
+        await handle.signal(SIGNAL_APPROVE)
+        await shop.entered[step].wait()
+        yield shop, handle
 
 
 async def test_happy_path(env: WorkflowEnvironment) -> None:
@@ -127,32 +153,30 @@ async def test_cancel_after_dispatch_is_refused(env: WorkflowEnvironment) -> Non
     assert shop.refunds == 0
 
 
-async def test_cancel_during_dispatch_refused_once_carrier_has_it(env: WorkflowEnvironment) -> None:
-    shop = FakeShop()
-    shop.hold("DISPATCH")
-    async with running_shop(env.client, shop) as (oq, sq):
-        handle = await start_order(env.client, oq, sq)
-        await handle.signal(SIGNAL_APPROVE)
-        await shop.entered["DISPATCH"].wait()
+@pytest.mark.parametrize(
+    ("update", "arg"),
+    [
+        (OrderWorkflow.cancel, CancelRequest()),
+        (OrderWorkflow.change_address, AddressChange(address=NEW_ADDRESS)),
+    ],
+    ids=["cancel", "change_address"],
+)
+async def test_update_during_dispatch_refused_once_carrier_has_it(
+    env: WorkflowEnvironment, update: Any, arg: Any
+) -> None:
+    async with _held_in(env, "DISPATCH") as (shop, handle):
         # The carrier takes the parcel first (the real activity holds the row lock).
         shop.dispatched_address = shop.address
-        with pytest.raises(WorkflowUpdateFailedError) as info:
-            await handle.execute_update(OrderWorkflow.cancel, CancelRequest())
-        assert isinstance(info.value.cause, ApplicationError)
-        assert info.value.cause.type == ERR_ORDER_DISPATCHED
+        assert (await _refused(handle, update, arg)).type == ERR_ORDER_DISPATCHED
         shop.dispatched_address = None
         shop.release("DISPATCH")
         result = await handle.result()
     assert result.state == "COMPLETED" and shop.refunds == 0
+    assert shop.dispatched_address != NEW_ADDRESS
 
 
 async def test_address_update_before_dispatch_is_shipped(env: WorkflowEnvironment) -> None:
-    shop = FakeShop()
-    shop.hold("PREPARE")
-    async with running_shop(env.client, shop) as (oq, sq):
-        handle = await start_order(env.client, oq, sq)
-        await handle.signal(SIGNAL_APPROVE)
-        await shop.entered["PREPARE"].wait()
+    async with _held_in(env, "PREPARE") as (shop, handle):
         status = await handle.execute_update(
             OrderWorkflow.change_address, AddressChange(address=NEW_ADDRESS)
         )
@@ -163,35 +187,12 @@ async def test_address_update_before_dispatch_is_shipped(env: WorkflowEnvironmen
     assert shop.dispatched_address == NEW_ADDRESS
 
 
-async def test_address_update_after_dispatch_is_refused(env: WorkflowEnvironment) -> None:
-    shop = FakeShop()
-    shop.hold("DISPATCH")
-    async with running_shop(env.client, shop) as (oq, sq):
-        handle = await start_order(env.client, oq, sq)
-        await handle.signal(SIGNAL_APPROVE)
-        await shop.entered["DISPATCH"].wait()
-        shop.dispatched_address = shop.address
-        with pytest.raises(WorkflowUpdateFailedError) as info:
-            await handle.execute_update(
-                OrderWorkflow.change_address, AddressChange(address=NEW_ADDRESS)
-            )
-        assert isinstance(info.value.cause, ApplicationError)
-        assert info.value.cause.type == ERR_ORDER_DISPATCHED
-        shop.dispatched_address = None
-        shop.release("DISPATCH")
-        await handle.result()
-    assert shop.dispatched_address != NEW_ADDRESS
-
-
 async def test_invalid_address_update_rejected_by_validator(env: WorkflowEnvironment) -> None:
     shop = FakeShop()
     async with running_shop(env.client, shop) as (oq, sq):
         handle = await start_order(env.client, oq, sq)
         bad = AddressChange(address=NEW_ADDRESS.__class__(**{**NEW_ADDRESS.as_dict(), "zip": ""}))
-        with pytest.raises(WorkflowUpdateFailedError) as info:
-            await handle.execute_update(OrderWorkflow.change_address, bad)
-        assert isinstance(info.value.cause, ApplicationError)
-        assert "zip" in str(info.value.cause.details)
+        assert "zip" in str((await _refused(handle, OrderWorkflow.change_address, bad)).details)
         await handle.signal(SIGNAL_APPROVE)
         assert (await handle.result()).state == "COMPLETED"
 
@@ -231,16 +232,11 @@ async def test_deadline_exceeded_fails_and_compensates(env: WorkflowEnvironment)
 
 
 async def test_deadline_after_charge_refunds(env: WorkflowEnvironment) -> None:
-    shop = FakeShop()
-    shop.hold("PREPARE")
-    async with running_shop(env.client, shop) as (oq, sq):
-        # The deadline (8 s) passes while the held package is being prepared: its three
-        # attempts (5 s timeout, 1 s and 2 s backoff) end 18 s after it starts. The clock
-        # runs in real time while an activity is held, so the deadline must also leave a
-        # slow machine room to reach PREPARE (3 s left a loaded one little).
-        handle = await start_order(env.client, oq, sq, deadline_s=8)
-        await handle.signal(SIGNAL_APPROVE)
-        await shop.entered["PREPARE"].wait()
+    # The deadline (8 s) passes while the held package is being prepared: its three
+    # attempts (5 s timeout, 1 s and 2 s backoff) end 18 s after it starts. The clock
+    # runs in real time while an activity is held, so the deadline must also leave a
+    # slow machine room to reach PREPARE (3 s left a loaded one little).
+    async with _held_in(env, "PREPARE", deadline_s=8) as (shop, handle):
         err = await _failure(handle)
         shop.release("PREPARE")
     assert "deadline_exceeded" in str(err)
@@ -257,16 +253,9 @@ async def test_invalid_order_fails_fast_without_retries(env: WorkflowEnvironment
 
 
 async def test_approval_after_review_refused(env: WorkflowEnvironment) -> None:
-    shop = FakeShop()
-    shop.hold("PAY")
-    async with running_shop(env.client, shop) as (oq, sq):
-        handle = await start_order(env.client, oq, sq)
-        await handle.signal(SIGNAL_APPROVE)
-        await shop.entered["PAY"].wait()
-        with pytest.raises(WorkflowUpdateFailedError) as info:
-            await handle.execute_update(OrderWorkflow.approve, ApproveRequest(reviewer="bob"))
-        assert isinstance(info.value.cause, ApplicationError)
-        assert info.value.cause.type == ERR_REVIEW_OVER
+    async with _held_in(env, "PAY") as (shop, handle):
+        err = await _refused(handle, OrderWorkflow.approve, ApproveRequest(reviewer="bob"))
+        assert err.type == ERR_REVIEW_OVER
         shop.release("PAY")
         assert (await handle.result()).state == "COMPLETED"
 
@@ -298,12 +287,7 @@ async def test_duplicate_start_rejected(env: WorkflowEnvironment) -> None:
 
 
 async def test_temporal_cancellation_still_compensates(env: WorkflowEnvironment) -> None:
-    shop = FakeShop()
-    shop.hold("PREPARE")
-    async with running_shop(env.client, shop) as (oq, sq):
-        handle = await start_order(env.client, oq, sq)
-        await handle.signal(SIGNAL_APPROVE)
-        await shop.entered["PREPARE"].wait()
+    async with _held_in(env, "PREPARE") as (shop, handle):
         await handle.cancel()
         result = await handle.result()
         shop.release("PREPARE")
