@@ -72,6 +72,14 @@ async def _row(running: Running, order_id: str) -> Any:
         return await s.get(Order, order_id)
 
 
+async def _refused(env: ActivityEnvironment, fn: Any, arg: Any) -> ApplicationError:
+    """The error the activity refuses `arg` with, for good (not retryable)."""
+    with pytest.raises(ApplicationError) as err:
+        await env.run(fn, arg)
+    assert err.value.non_retryable
+    return err.value
+
+
 async def test_every_step_recorded_once_when_each_attempt_runs_twice(
     running: Running, acts: tuple[OrderActivities, ShippingActivities]
 ) -> None:
@@ -117,9 +125,8 @@ async def test_order_id_of_another_run_is_refused(
     env = ActivityEnvironment()
     order_id = f"acts-{uuid.uuid4().hex[:10]}"
     await env.run(orders.receive_order, _receive(order_id, run_id="run-1"))
-    with pytest.raises(ApplicationError) as err:
-        await env.run(orders.receive_order, _receive(order_id, run_id="run-2"))
-    assert err.value.non_retryable and "another workflow run" in str(err.value)
+    err = await _refused(env, orders.receive_order, _receive(order_id, run_id="run-2"))
+    assert "another workflow run" in str(err)
     assert (await _row(running, order_id)).run_id == "run-1"
     assert await order_events(running, order_id) == ["RECEIVED", "STEP_ATTEMPT_FAILED"]
 
@@ -258,9 +265,8 @@ async def test_charge_whose_answer_never_came_is_found_and_refunded(
 
     # A straggling attempt of the charge gets the first charge back (no money moves) and
     # records nothing: the order is closed and its compensation is done.
-    with pytest.raises(ApplicationError) as err:
-        await _attempt(4).run(orders.charge_payment, _charge(order_id, "off"))
-    assert err.value.non_retryable and err.value.type == "OrderClosed"
+    err = await _refused(_attempt(4), orders.charge_payment, _charge(order_id, "off"))
+    assert err.type == "OrderClosed"
     assert len(await _gateway(running, order_id)) == 1
     assert [p.status for p in await _payments(running, order_id)] == ["refunded"]
 
@@ -274,9 +280,8 @@ async def test_voided_payment_refuses_a_late_charge(
     refund = _refund(order_id, "off")
     outcome = await ActivityEnvironment().run(orders.refund_payment, refund)
     assert not outcome.refunded and outcome.payment_status == "none"
-    with pytest.raises(ApplicationError) as err:
-        await ActivityEnvironment().run(orders.charge_payment, _charge(order_id, "off"))
-    assert err.value.non_retryable and err.value.type == "PaymentVoided"
+    err = await _refused(ActivityEnvironment(), orders.charge_payment, _charge(order_id, "off"))
+    assert err.type == "PaymentVoided"
     assert await _gateway(running, order_id) == []
 
 
@@ -290,9 +295,8 @@ async def test_payment_key_reused_with_other_parameters_is_refused(
     other_order = _charge(second, "off", payment_id=f"pmt-{first}")
     other_amount = dataclasses.replace(_charge(first, "off"), amount_cents=1)
     for request in (other_order, other_amount):
-        with pytest.raises(ApplicationError) as err:
-            await ActivityEnvironment().run(orders.charge_payment, request)
-        assert err.value.non_retryable and err.value.type == "PaymentIdInUse"
+        err = await _refused(ActivityEnvironment(), orders.charge_payment, request)
+        assert err.type == "PaymentIdInUse"
     assert len(await _gateway(running, first)) == 1 and await _gateway(running, second) == []
     assert [p.status for p in await _payments(running, first)] == ["charged"]
 
@@ -312,10 +316,6 @@ async def test_booking_whose_answer_never_came_is_cancelled_when_the_order_close
     (booking,) = (await carrier_ledger(running.providers.carrier.engine, [order_id]))[order_id]
     assert booking["cancelled"]
     # A later shipping attempt books nothing: the order is closed, and the carrier agrees.
-    with pytest.raises(ApplicationError) as err:
-        await ActivityEnvironment().run(
-            shipping.dispatch_carrier,
-            DispatchInput(ctx=dataclasses.replace(ctx, fault_profile="off"), shipping_attempt=2),
-        )
-    assert err.value.non_retryable
+    later = DispatchInput(ctx=dataclasses.replace(ctx, fault_profile="off"), shipping_attempt=2)
+    await _refused(ActivityEnvironment(), shipping.dispatch_carrier, later)
     assert len((await carrier_ledger(running.providers.carrier.engine, [order_id]))[order_id]) == 1
