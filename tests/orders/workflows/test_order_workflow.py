@@ -265,7 +265,8 @@ async def test_duplicate_start_rejected(env: WorkflowEnvironment) -> None:
     async with running_shop(env.client, shop) as (oq, sq):
         handle = await start_order(env.client, oq, sq)
         order_id = handle.id.removeprefix("order-")
-        with pytest.raises(WorkflowAlreadyStartedError):
+
+        async def start_again() -> None:
             await env.client.start_workflow(
                 OrderWorkflow.run,
                 order_input(order_id, sq),
@@ -273,17 +274,14 @@ async def test_duplicate_start_rejected(env: WorkflowEnvironment) -> None:
                 task_queue=oq,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             )
+
+        with pytest.raises(WorkflowAlreadyStartedError):
+            await start_again()
         await handle.signal(SIGNAL_APPROVE)
         await handle.result()
         # Closed runs are protected too.
         with pytest.raises(WorkflowAlreadyStartedError):
-            await env.client.start_workflow(
-                OrderWorkflow.run,
-                order_input(order_id, sq),
-                id=handle.id,
-                task_queue=oq,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            )
+            await start_again()
 
 
 async def test_temporal_cancellation_still_compensates(env: WorkflowEnvironment) -> None:
