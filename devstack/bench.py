@@ -148,68 +148,36 @@ async def run_bench(
         "machine": _machine(),
         "code": _code_version(),
     }
-
-    from app.platform.temporal import connect_client
-
-    try:
-        client = await connect_client(settings)
-    except RuntimeError as err:
-        raise BenchError(f"Temporal is not reachable at {settings.temporal_target}") from err
+    client = await _connect_temporal(settings)
     result["machine"]["temporal_server"] = await _server_version(client)
 
     limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(
         base_url=base_url, headers=headers, limits=limits, timeout=60.0
     ) as http:
-        try:
-            health = await http.get("/health")
-        except httpx.HTTPError as err:
-            raise BenchError(
-                f"the API is not reachable at {base_url} ({type(err).__name__}); "
-                "is the stack running? (python scripts/cli.py start)"
-            ) from err
-        if health.status_code != 200:
-            raise BenchError(f"the API is not healthy: {health.status_code} {health.text[:200]}")
-
+        await _check_api(http, base_url)
         runner = OrdersPhase(http, client, run_id, approve, fault_profile)
         queues = _baseline_queues(run_id)
         base_workers = BaselineWorkers(settings, *queues)
-        sides: dict[str, tuple[OneRun, Mapping[str, Sequence[int]]]] = {
-            "orders": (runner.one, procs)
-        }
+        sides: dict[str, _Side] = {"orders": (runner.one, procs)}
         try:
             if baseline:
                 say("baseline: starting two bare-Temporal worker processes")
                 await base_workers.start()
                 base = BaselinePhase(client, run_id, *queues)
-                groups: dict[str, Sequence[int]] = {"baseline_workers": base_workers.pids}
-                groups.update({k: v for k, v in procs.items() if k == "temporal"})
-                sides["baseline"] = (base.one, groups)
+                sides["baseline"] = (base.one, _baseline_cpu_groups(base_workers, procs))
             sequence = [side for side in SEQUENCE if side in sides]
             if warmup:
-                for side, (one, _) in sides.items():
-                    say(f"{side}: warming up with {warmup} runs")
-                    warm = await closed_loop(one, warmup, concurrency)
-                    if warm.failures:
-                        raise BenchError(f"{side} warm-up failed: {warm.failures[0]}")
+                await _warm_up(sides, warmup, concurrency, say)
             say(
                 f"measuring {orders} runs per side at concurrency {concurrency}: {', '.join(sequence)}"
             )
+            # The app's workers are watched until the status phase is over too.
             rss = RssSampler(workers)
             base_rss = RssSampler(base_workers.pids)
             rss.start()
             base_rss.start()
-            parts: dict[str, list[PhaseResult]] = {side: [] for side in sides}
-            next_index = dict.fromkeys(sides, warmup)
-            for side in sequence:
-                one, cpu_groups = sides[side]
-                count = _chunks(orders, sequence.count(side))[len(parts[side])]
-                part = await closed_loop(
-                    one, count, concurrency, first_index=next_index[side], cpu_groups=cpu_groups
-                )
-                next_index[side] += count
-                parts[side].append(part)
-                say(f"{side}: {part.completed} completed at {part.per_s:.1f}/s")
+            parts = await _measure(sides, sequence, orders, concurrency, warmup, say)
             await base_rss.stop()
             baseline_rss = base_rss.max_mb
         finally:
@@ -238,35 +206,115 @@ async def run_bench(
         await rss.stop()
         result["status_phase"] = status
 
+    result.update(_figures(phase, baseline_phase, status, rss, baseline_rss))
+    result["notes"] = _notes(workers, phase)
+    return result
+
+
+# One run of a side, and the processes whose CPU time its chunks are charged.
+_Side = tuple[OneRun, Mapping[str, Sequence[int]]]
+
+
+async def _connect_temporal(settings: Settings) -> Client:
+    from app.platform.temporal import connect_client
+
+    try:
+        return await connect_client(settings)
+    except RuntimeError as err:
+        raise BenchError(f"Temporal is not reachable at {settings.temporal_target}") from err
+
+
+async def _check_api(http: httpx.AsyncClient, base_url: str) -> None:
+    try:
+        health = await http.get("/health")
+    except httpx.HTTPError as err:
+        raise BenchError(
+            f"the API is not reachable at {base_url} ({type(err).__name__}); "
+            "is the stack running? (python scripts/cli.py start)"
+        ) from err
+    if health.status_code != 200:
+        raise BenchError(f"the API is not healthy: {health.status_code} {health.text[:200]}")
+
+
+def _baseline_cpu_groups(
+    base_workers: BaselineWorkers, procs: Mapping[str, Sequence[int]]
+) -> dict[str, Sequence[int]]:
+    """The baseline's own workers, and the Temporal server both sides share."""
+    groups: dict[str, Sequence[int]] = {"baseline_workers": base_workers.pids}
+    groups.update({k: v for k, v in procs.items() if k == "temporal"})
+    return groups
+
+
+async def _warm_up(
+    sides: Mapping[str, _Side], warmup: int, concurrency: int, say: Progress
+) -> None:
+    for side, (one, _) in sides.items():
+        say(f"{side}: warming up with {warmup} runs")
+        warm = await closed_loop(one, warmup, concurrency)
+        if warm.failures:
+            raise BenchError(f"{side} warm-up failed: {warm.failures[0]}")
+
+
+async def _measure(
+    sides: Mapping[str, _Side],
+    sequence: Sequence[str],
+    orders: int,
+    concurrency: int,
+    first_index: int,
+    say: Progress,
+) -> dict[str, list[PhaseResult]]:
+    """Each side's `orders` runs in chunks, taken in `sequence` order; the chunks per side."""
+    parts: dict[str, list[PhaseResult]] = {side: [] for side in sides}
+    next_index = dict.fromkeys(sides, first_index)
+    for side in sequence:
+        one, cpu_groups = sides[side]
+        count = _chunks(orders, sequence.count(side))[len(parts[side])]
+        part = await closed_loop(
+            one, count, concurrency, first_index=next_index[side], cpu_groups=cpu_groups
+        )
+        next_index[side] += count
+        parts[side].append(part)
+        say(f"{side}: {part.completed} completed at {part.per_s:.1f}/s")
+    return parts
+
+
+def _figures(
+    phase: PhaseResult,
+    baseline_phase: PhaseResult | None,
+    status: Mapping[str, Any],
+    rss: RssSampler,
+    baseline_rss: float | None,
+) -> dict[str, Any]:
+    """The headline figures (`RESULT_KEYS`) and the counts beside them."""
     orders_per_s = phase.per_s
     baseline_per_s = baseline_phase.per_s if baseline_phase is not None else None
-    result.update(
-        {
-            "orders_per_s": rounded(orders_per_s, 2),
-            "baseline_per_s": rounded(baseline_per_s, 2) if baseline_per_s is not None else None,
-            "ratio": (
-                round(orders_per_s / baseline_per_s, 3)
-                if baseline_per_s
-                else None  # no baseline run, or nothing completed
-            ),
-            "p50_ms": rounded(percentile(phase.latencies_ms, 50)),
-            "p95_ms": rounded(percentile(phase.latencies_ms, 95)),
-            "p99_ms": rounded(percentile(phase.latencies_ms, 99)),
-            "start_p99_ms": rounded(percentile(phase.start_ms, 99)),
-            "status_rps": status["status_rps"],
-            "worker_rss_mb": rss.max_mb,
-            "worker_rss_mb_by_pid": {str(k): rounded(v) for k, v in rss.peak_mb.items()},
-            "baseline_worker_rss_mb": baseline_rss,
-            "failed_orders": len(phase.failures),
-        }
-    )
+    return {
+        "orders_per_s": rounded(orders_per_s, 2),
+        "baseline_per_s": rounded(baseline_per_s, 2) if baseline_per_s is not None else None,
+        "ratio": (
+            round(orders_per_s / baseline_per_s, 3)
+            if baseline_per_s
+            else None  # no baseline run, or nothing completed
+        ),
+        "p50_ms": rounded(percentile(phase.latencies_ms, 50)),
+        "p95_ms": rounded(percentile(phase.latencies_ms, 95)),
+        "p99_ms": rounded(percentile(phase.latencies_ms, 99)),
+        "start_p99_ms": rounded(percentile(phase.start_ms, 99)),
+        "status_rps": status["status_rps"],
+        "worker_rss_mb": rss.max_mb,
+        "worker_rss_mb_by_pid": {str(k): rounded(v) for k, v in rss.peak_mb.items()},
+        "baseline_worker_rss_mb": baseline_rss,
+        "failed_orders": len(phase.failures),
+    }
+
+
+def _notes(workers: Sequence[int], phase: PhaseResult) -> list[str]:
     notes = []
     if not workers:
         notes.append("no worker process found (pid files or app.worker): worker_rss_mb is null")
     if phase.failures:
         notes.append(f"{len(phase.failures)} orders failed; see orders_phase.first_failures")
-    result["notes"] = notes
-    return result
+    return notes
 
 
 def _code_version() -> dict[str, Any]:

@@ -26,9 +26,6 @@ class BenchError(Exception):
     """The benchmark cannot run (stack not reachable, fault injection refused, ...)."""
 
 
-# --- the benchmark ---------------------------------------------------------------------------
-
-
 # --- small helpers -------------------------------------------------------------------------
 
 
