@@ -76,28 +76,28 @@ def facts(
     )
 
 
+# What the workflow reports for a healthy order of each ending.
+WF_COMPLETED = {"status": "COMPLETED", "state": "COMPLETED", "payment_status": "charged"}
+WF_REFUNDED = {"status": "FAILED", "state": "FAILED", "payment_status": "refunded"}
+WF_FAILED = {"status": "FAILED", "state": "FAILED"}  # nothing was charged
+WF_CANCELLED = {"status": "COMPLETED", "state": "CANCELLED", "payment_status": "none"}
+
+
 COMPLETED_OK = facts(
     "COMPLETED",
     ev("RECEIVED", "VALIDATED", "APPROVED", "PAYMENT_CHARGED", "DISPATCHED", "COMPLETED"),
     [pay("charged")],
-    {"status": "COMPLETED", "state": "COMPLETED", "payment_status": "charged"},
+    WF_COMPLETED,
     tracking="TRK1",
 )
 REFUNDED_OK = facts(
     "FAILED",
     ev("RECEIVED", "VALIDATED", "PAYMENT_CHARGED", "PAYMENT_REFUNDED", "FAILED"),
     [pay("refunded")],
-    {"status": "FAILED", "state": "FAILED", "payment_status": "refunded"},
+    WF_REFUNDED,
 )
-NEVER_RECEIVED_OK = facts(
-    "FAILED", ev("STEP_ATTEMPT_FAILED", "FAILED"), [], {"status": "FAILED", "state": "FAILED"}
-)
-CANCELLED_OK = facts(
-    "CANCELLED",
-    ev("RECEIVED", "VALIDATED", "CANCELLED"),
-    [],
-    {"status": "COMPLETED", "state": "CANCELLED", "payment_status": "none"},
-)
+NEVER_RECEIVED_OK = facts("FAILED", ev("STEP_ATTEMPT_FAILED", "FAILED"), [], WF_FAILED)
+CANCELLED_OK = facts("CANCELLED", ev("RECEIVED", "VALIDATED", "CANCELLED"), [], WF_CANCELLED)
 
 
 @pytest.mark.parametrize("ok", [COMPLETED_OK, REFUNDED_OK, NEVER_RECEIVED_OK, CANCELLED_OK])
@@ -115,7 +115,7 @@ def test_healthy_orders_pass(ok: OrderFacts) -> None:
                 "COMPLETED",
                 ev("PAYMENT_CHARGED", "COMPLETED", "DISPATCHED"),
                 [pay("charged"), pay("charged", payment_id="pmt-o1-again")],
-                {"status": "COMPLETED", "state": "COMPLETED", "payment_status": "charged"},
+                WF_COMPLETED,
                 tracking="T",
             ),
             "double_charges",
@@ -125,7 +125,7 @@ def test_healthy_orders_pass(ok: OrderFacts) -> None:
                 "COMPLETED",
                 ev("PAYMENT_CHARGED", "PAYMENT_CHARGED", "DISPATCHED", "COMPLETED"),
                 [pay("charged")],
-                {"status": "COMPLETED", "state": "COMPLETED", "payment_status": "charged"},
+                WF_COMPLETED,
                 tracking="T",
             ),
             "double_charges",
@@ -158,10 +158,7 @@ def test_healthy_orders_pass(ok: OrderFacts) -> None:
             ),
             "state_mismatch",
         ),
-        (
-            facts("CANCELLED", ev("CANCELLED"), [], {"status": "FAILED", "state": "FAILED"}),
-            "state_mismatch",
-        ),
+        (facts("CANCELLED", ev("CANCELLED"), [], WF_FAILED), "state_mismatch"),
         (facts("FAILED", ev("FAILED"), [], {"status": "TIMED_OUT"}), "state_mismatch"),
         (
             facts(
@@ -172,17 +169,9 @@ def test_healthy_orders_pass(ok: OrderFacts) -> None:
             ),
             "payment_mismatch",
         ),
+        (facts("FAILED", ev("RECEIVED"), [], WF_FAILED), "missing_events"),
         (
-            facts("FAILED", ev("RECEIVED"), [], {"status": "FAILED", "state": "FAILED"}),
-            "missing_events",
-        ),
-        (
-            facts(
-                "FAILED",
-                ev("FAILED", "PAYMENT_REFUNDED"),
-                [pay("refunded")],
-                {"status": "FAILED", "state": "FAILED", "payment_status": "refunded"},
-            ),
+            facts("FAILED", ev("FAILED", "PAYMENT_REFUNDED"), [pay("refunded")], WF_REFUNDED),
             "missing_events",
         ),
         (
@@ -190,20 +179,12 @@ def test_healthy_orders_pass(ok: OrderFacts) -> None:
                 "COMPLETED",
                 ev("PAYMENT_CHARGED", "COMPLETED"),
                 [pay("charged")],
-                {"status": "COMPLETED", "state": "COMPLETED", "payment_status": "charged"},
+                WF_COMPLETED,
                 tracking="T",
             ),
             "missing_events",
         ),
-        (
-            facts(
-                "FAILED",
-                ev("COMPLETED", "FAILED"),
-                [],
-                {"status": "FAILED", "state": "FAILED"},
-            ),
-            "conflicting_terminal_events",
-        ),
+        (facts("FAILED", ev("COMPLETED", "FAILED"), [], WF_FAILED), "conflicting_terminal_events"),
     ],
 )
 def test_each_violation_is_caught(broken: OrderFacts, kind: str) -> None:
@@ -211,57 +192,38 @@ def test_each_violation_is_caught(broken: OrderFacts, kind: str) -> None:
     assert kind in found, found
 
 
-FAILED_UNCHARGED = (ev("RECEIVED", "VALIDATED", "FAILED"), [], {"status": "FAILED"})
-COMPLETED_EVENTS = ev("PAYMENT_CHARGED", "DISPATCHED", "COMPLETED")
-COMPLETED_WF = {"status": "COMPLETED", "state": "COMPLETED", "payment_status": "charged"}
+# Our side of an order (state, events, payments, workflow, tracking), for the ledgers to
+# disagree with.
+SHIPPED = (
+    "COMPLETED",
+    ev("PAYMENT_CHARGED", "DISPATCHED", "COMPLETED"),
+    [pay("charged")],
+    WF_COMPLETED,
+    "T",
+)
+FAILED_UNCHARGED = ("FAILED", ev("RECEIVED", "VALIDATED", "FAILED"), [], {"status": "FAILED"})
 
 
 @pytest.mark.parametrize(
     ("broken", "kind"),
     [
-        (
-            facts(
-                "COMPLETED",
-                COMPLETED_EVENTS,
-                [pay("charged")],
-                COMPLETED_WF,
-                "T",
-                gateway=[charge(), charge(n=2)],
-            ),
-            "gateway_double_charges",
-        ),
-        (facts("FAILED", *FAILED_UNCHARGED, gateway=[charge()]), "gateway_charged_without_refund"),
-        (facts("FAILED", *FAILED_UNCHARGED, gateway=[charge()]), "ledger_mismatch"),
+        (facts(*SHIPPED, gateway=[charge(), charge(n=2)]), "gateway_double_charges"),
+        (facts(*FAILED_UNCHARGED, gateway=[charge()]), "gateway_charged_without_refund"),
+        (facts(*FAILED_UNCHARGED, gateway=[charge()]), "ledger_mismatch"),
         (
             facts(
                 "FAILED",
                 ev("PAYMENT_CHARGED", "PAYMENT_REFUNDED", "FAILED"),
                 [pay("refunded")],
-                {"status": "FAILED", "state": "FAILED", "payment_status": "refunded"},
+                WF_REFUNDED,
                 gateway=[charge(refunded=False)],
             ),
             "ledger_mismatch",
         ),
-        (
-            facts("COMPLETED", COMPLETED_EVENTS, [pay("charged")], COMPLETED_WF, "T", gateway=[]),
-            "ledger_mismatch",
-        ),
-        (
-            facts("COMPLETED", COMPLETED_EVENTS, [pay("charged")], COMPLETED_WF, "T", carrier=[]),
-            "ledger_mismatch",
-        ),
-        (facts("FAILED", *FAILED_UNCHARGED, carrier=[booking()]), "ledger_mismatch"),
-        (
-            facts(
-                "COMPLETED",
-                COMPLETED_EVENTS,
-                [pay("charged")],
-                COMPLETED_WF,
-                "T",
-                carrier=[booking("T"), booking("T2")],
-            ),
-            "duplicate_dispatches",
-        ),
+        (facts(*SHIPPED, gateway=[]), "ledger_mismatch"),
+        (facts(*SHIPPED, carrier=[]), "ledger_mismatch"),
+        (facts(*FAILED_UNCHARGED, carrier=[booking()]), "ledger_mismatch"),
+        (facts(*SHIPPED, carrier=[booking("T"), booking("T2")]), "duplicate_dispatches"),
     ],
 )
 def test_each_ledger_violation_is_caught(broken: OrderFacts, kind: str) -> None:
@@ -274,19 +236,14 @@ def test_a_cancelled_booking_of_a_closed_order_and_a_refunded_charge_are_healthy
         "FAILED",
         ev("PAYMENT_CHARGED", "PAYMENT_REFUNDED", "FAILED"),
         [pay("refunded")],
-        {"status": "FAILED", "state": "FAILED", "payment_status": "refunded"},
+        WF_REFUNDED,
         carrier=[booking(cancelled=True)],
     )
     assert check_order(f) == {}
 
 
 def test_a_payment_of_another_order_counts_as_a_double_charge() -> None:
-    f = facts(
-        "FAILED",
-        ev("FAILED"),
-        [pay("charged", order_id="someone-else")],
-        {"status": "FAILED", "state": "FAILED"},
-    )
+    f = facts("FAILED", ev("FAILED"), [pay("charged", order_id="someone-else")], WF_FAILED)
     assert "double_charges" in check_order(f)
 
 
