@@ -43,14 +43,16 @@ ITEMS = list(DEFAULT_ITEMS)
 
 
 @pytest.fixture
-def acts(running: Running) -> tuple[OrderActivities, ShippingActivities]:
+def orders(running: Running) -> OrderActivities:
     intake = OrderIntake(FaultInjector("off"))
-    return (
-        OrderActivities(
-            running.sessions, intake, running.providers.gateway, running.providers.carrier
-        ),
-        ShippingActivities(running.sessions, running.providers.carrier),
+    return OrderActivities(
+        running.sessions, intake, running.providers.gateway, running.providers.carrier
     )
+
+
+@pytest.fixture
+def shipping(running: Running) -> ShippingActivities:
+    return ShippingActivities(running.sessions, running.providers.carrier)
 
 
 def _receive(order_id: str, run_id: str = "run-1") -> ReceiveInput:
@@ -81,9 +83,8 @@ async def _refused(env: ActivityEnvironment, fn: Any, arg: Any) -> ApplicationEr
 
 
 async def test_every_step_recorded_once_when_each_attempt_runs_twice(
-    running: Running, acts: tuple[OrderActivities, ShippingActivities]
+    running: Running, orders: OrderActivities, shipping: ShippingActivities
 ) -> None:
-    orders, shipping = acts
     env = ActivityEnvironment()
     order_id = f"acts-{uuid.uuid4().hex[:10]}"
     ctx = ActivityContext(order_id=order_id, fault_profile="off")
@@ -119,9 +120,8 @@ async def test_every_step_recorded_once_when_each_attempt_runs_twice(
 
 
 async def test_order_id_of_another_run_is_refused(
-    running: Running, acts: tuple[OrderActivities, ShippingActivities]
+    running: Running, orders: OrderActivities
 ) -> None:
-    orders, _ = acts
     env = ActivityEnvironment()
     order_id = f"acts-{uuid.uuid4().hex[:10]}"
     await env.run(orders.receive_order, _receive(order_id, run_id="run-1"))
@@ -131,10 +131,7 @@ async def test_order_id_of_another_run_is_refused(
     assert await order_events(running, order_id) == ["RECEIVED", "STEP_ATTEMPT_FAILED"]
 
 
-async def test_validating_an_unknown_order_is_retryable(
-    acts: tuple[OrderActivities, ShippingActivities],
-) -> None:
-    orders, _ = acts
+async def test_validating_an_unknown_order_is_retryable(orders: OrderActivities) -> None:
     ctx = ActivityContext(order_id=f"acts-{uuid.uuid4().hex[:10]}", fault_profile="off")
     with pytest.raises(ApplicationError) as err:
         await ActivityEnvironment().run(
@@ -218,9 +215,8 @@ async def _close_and_refund(orders: OrderActivities, order_id: str, step: str = 
 
 @pytest.mark.parametrize("attempts", [2, 3])
 async def test_lost_answers_charge_refund_and_dispatch_once_per_key(
-    running: Running, acts: tuple[OrderActivities, ShippingActivities], attempts: int
+    running: Running, orders: OrderActivities, shipping: ShippingActivities, attempts: int
 ) -> None:
-    orders, shipping = acts
     order_id = await _received(orders)
     lost = f"lost_first={attempts - 1}"  # every attempt but the last takes effect, then fails
 
@@ -247,9 +243,8 @@ async def test_lost_answers_charge_refund_and_dispatch_once_per_key(
 
 
 async def test_charge_whose_answer_never_came_is_found_and_refunded(
-    running: Running, acts: tuple[OrderActivities, ShippingActivities]
+    running: Running, orders: OrderActivities
 ) -> None:
-    orders, _ = acts
     order_id = await _received(orders)
     # PAY fails three times: the gateway charged, we never heard.
     await _answers_lost(3, orders.charge_payment, _charge(order_id, "lost_first=3"))
@@ -272,9 +267,8 @@ async def test_charge_whose_answer_never_came_is_found_and_refunded(
 
 
 async def test_voided_payment_refuses_a_late_charge(
-    running: Running, acts: tuple[OrderActivities, ShippingActivities]
+    running: Running, orders: OrderActivities
 ) -> None:
-    orders, _ = acts
     order_id = await _received(orders)
     await ActivityEnvironment().run(orders.close_order, _close(order_id))
     refund = _refund(order_id, "off")
@@ -286,9 +280,8 @@ async def test_voided_payment_refuses_a_late_charge(
 
 
 async def test_payment_key_reused_with_other_parameters_is_refused(
-    running: Running, acts: tuple[OrderActivities, ShippingActivities]
+    running: Running, orders: OrderActivities
 ) -> None:
-    orders, _ = acts
     first, second = await _received(orders), await _received(orders)
     await ActivityEnvironment().run(orders.charge_payment, _charge(first, "off"))
     # Another order under the same payment id, and the same order with another amount.
@@ -302,9 +295,8 @@ async def test_payment_key_reused_with_other_parameters_is_refused(
 
 
 async def test_booking_whose_answer_never_came_is_cancelled_when_the_order_closes(
-    running: Running, acts: tuple[OrderActivities, ShippingActivities]
+    running: Running, orders: OrderActivities, shipping: ShippingActivities
 ) -> None:
-    orders, shipping = acts
     order_id = await _received(orders)
     await ActivityEnvironment().run(orders.charge_payment, _charge(order_id, "off"))
     ctx = ActivityContext(order_id=order_id, fault_profile="lost_first=3")
