@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import psutil
 
+from app.orders.search import SEARCH_ATTRIBUTES
 from devstack.processes import (
     child_env,
     cmdline,
@@ -67,6 +68,8 @@ def _temporal_argv(cfg: StackConfig) -> list[str]:
         argv += ["--namespace", cfg.temporal_namespace]
     for key, value in cfg.temporal_dynamic_config.items():
         argv += ["--dynamic-config-value", f"{key}={value}"]
+    for name, kind in SEARCH_ATTRIBUTES.items():
+        argv += ["--search-attribute", f"{name}={kind}"]
     return argv
 
 

@@ -13,6 +13,7 @@ stack started by `cli.py start`, and are torn down at the end of the session.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import uuid
@@ -20,6 +21,9 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from app.orders.providers.wiring import open_simulators
 from app.platform.db import create_engine, session_factory
@@ -130,3 +134,25 @@ def cli_stack() -> Iterator[CliStack]:
         shutil.rmtree(run_dir, ignore_errors=True)
         assert stopped.returncode == 0, describe(stopped)
         assert not left, f"processes left after `cli.py stop`: {left}"
+
+
+@pytest.fixture
+async def scratch(real_stack: RealStack) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """A fresh, migrated database on the session's PostgreSQL, dropped afterwards: for
+    tests that need exact counts, which other tests' orders would change."""
+    name = f"scratch_{uuid.uuid4().hex[:10]}"
+    base = real_stack.settings.database_url_plain
+    admin = create_async_engine(base, isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(base).set(database=name).render_as_string(hide_password=False)
+    # Alembic's env runs its own event loop: give it a thread without one.
+    await asyncio.to_thread(upgrade, url)
+    engine = create_async_engine(url)
+    try:
+        yield session_factory(engine)
+    finally:
+        await engine.dispose()
+        async with admin.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        await admin.dispose()

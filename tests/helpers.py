@@ -9,7 +9,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,6 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.client import Client
 
+from app.api.app import create_app
 from app.orders.providers.wiring import Simulators
 from app.platform.settings import PROJECT_ROOT, Settings
 from app.platform.tables import Event
@@ -244,3 +246,16 @@ def database_dsn(stack: CliStack, database: str = "app") -> str:
     """The stack's PostgreSQL DSN for asyncpg (another database on the same server)."""
     dsn = stack.env["DATABASE_URL"].replace("postgresql+asyncpg://", "postgresql://")
     return dsn.rsplit("/", 1)[0] + f"/{database}"
+
+
+@asynccontextmanager
+async def serving(settings: Settings, **headers: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An app with its own lifespan (real client and engine) and an HTTP client for it."""
+    app = create_app(settings)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://api", headers=headers
+        ) as client,
+    ):
+        yield client

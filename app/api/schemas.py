@@ -8,10 +8,12 @@ refuse the same input.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
+from app.orders.models import OrderState, PaymentStatus, Step
 from app.orders.validation import MAX_FIELD_LEN, PAYMENT_ID_RE, ZIP_RE
 from app.service.inputs import (
     MAX_ITEMS,
@@ -78,6 +80,13 @@ class StartOrderRequest(_Request):
 
     payment_id: str = Field(pattern=PAYMENT_ID_RE.pattern, examples=["pmt-123"])
     address: AddressIn
+    customer_id: str | None = Field(
+        default=None,
+        pattern=PAYMENT_ID_RE.pattern,
+        description="Who ordered (an opaque id, not an e-mail: it is the CustomerId search "
+        "attribute, visible in the Temporal UI)",
+        examples=["cust-42"],
+    )
     items: list[LineItemIn] | None = Field(
         default=None,
         min_length=1,
@@ -190,9 +199,61 @@ class OrderSummary(BaseModel):
 
 class OrderList(BaseModel):
     items: list[OrderSummary]
-    total: int
+    total: int | None = Field(
+        description="Orders matching the filters (null for a visibility query: Temporal "
+        "does not count them)"
+    )
     limit: int
     offset: int
+    next_cursor: str | None = Field(
+        default=None, description="Pass as `cursor` for the next page; null on the last page"
+    )
+
+
+def _iso_text(value: object) -> object:
+    # Pydantic would also take a number as seconds since the epoch; the schema says ISO 8601.
+    if isinstance(value, str) and not re.fullmatch(r"\d{4}-\d{2}-\d{2}[T ].+", value):
+        raise ValueError("must be an ISO 8601 date and time with an offset")
+    return value
+
+
+IsoDatetime = Annotated[AwareDatetime, BeforeValidator(_iso_text)]
+
+
+class OrderListQuery(BaseModel):
+    """GET /orders parameters. Unknown ones are refused (422), not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    state: OrderState | None = Field(default=None, description="Only orders in this state")
+    step: Step | None = Field(
+        default=None, description="Only orders at this step (MANUAL_REVIEW: the review queue)"
+    )
+    payment_status: PaymentStatus | None = Field(
+        default=None, description="Only orders whose payment is in this status"
+    )
+    created_after: IsoDatetime | None = Field(
+        default=None, description="Created strictly after (ISO 8601 with offset)"
+    )
+    created_before: IsoDatetime | None = Field(
+        default=None, description="Created strictly before (ISO 8601 with offset)"
+    )
+    reason: str | None = Field(
+        default=None, max_length=MAX_TEXT_LEN, description="Only orders closed for this reason"
+    )
+    query: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1000,
+        description="A Temporal visibility query over the order's search attributes "
+        "(OrderState, OrderStep, CustomerId, OrderAmountCents), e.g. \"OrderState='FAILED'\"; "
+        "takes the place of the other filters",
+    )
+    limit: int = Field(default=20, ge=1, le=100)
+    offset: int = Field(default=0, ge=0, le=1_000_000)
+    cursor: str | None = Field(
+        default=None, max_length=2000, description="next_cursor of the previous page"
+    )
 
 
 class EventOut(BaseModel):

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from app.cli.common import INSPECT, JsonOpt, app, db_failure, out, target_settings, with_service
 from app.cli.render import fmt_time, kv_grid, print_json, say, state_text
-from app.orders.models import OrderState
+from app.orders.models import OrderState, Step
 
 if TYPE_CHECKING:
     # The service pulls in temporalio and SQLAlchemy (about a second); stack commands and
@@ -29,11 +29,32 @@ def list_orders(
     state: Annotated[
         OrderState | None, typer.Option(help="Only orders in this state.", case_sensitive=False)
     ] = None,
+    step: Annotated[
+        Step | None,
+        typer.Option(
+            help="Only orders at this step (MANUAL_REVIEW: the review queue).", case_sensitive=False
+        ),
+    ] = None,
+    query: Annotated[
+        str | None,
+        typer.Option(
+            help="A Temporal visibility query instead, e.g. \"OrderState='FAILED'\" "
+            "(search attributes OrderState, OrderStep, CustomerId, OrderAmountCents).",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List recent orders."""
+    """List recent orders, newest first: from the database, or from Temporal with --query."""
+    if query is not None and (state or step):
+        raise typer.BadParameter("--query takes the place of --state/--step; give one or the other")
+    from app.service.listing import OrderFilter
+
     page = with_service(
-        lambda svc: svc.list_orders(state=state.value if state else None, limit=limit)
+        lambda svc: (
+            svc.search_orders(query, limit=limit)
+            if query is not None
+            else svc.list_orders(OrderFilter(state=state, step=step), limit=limit)
+        )
     )
     if as_json:
         print_json(page)
@@ -51,7 +72,12 @@ def list_orders(
             fmt_time(o.get("updated_at")),
         )
     out.print(table)
-    say(f"{len(page['items'])} of {page['total']} orders")
+    total = page["total"]
+    say(
+        f"{len(page['items'])} of {total} orders"
+        if total is not None
+        else f"{len(page['items'])} orders"
+    )
 
 
 @app.command(rich_help_panel=INSPECT)

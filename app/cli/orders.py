@@ -17,6 +17,7 @@ from app.orders.models import DEMO_ADDRESS, TERMINAL_STATES
 if TYPE_CHECKING:
     # The service pulls in temporalio and SQLAlchemy (about a second); stack commands and
     # --help do without.
+    from app.service.idempotency import StartAnswer
     from app.service.orders import OrderService
 
 
@@ -47,7 +48,7 @@ def start_workflow(
     """Start the OrderWorkflow for a new order (workflow id order-ORDER_ID)."""
     address = {"street": street, "city": city, "state": state, "zip": zip_code, "country": country}
 
-    async def call(svc: OrderService) -> dict[str, Any]:
+    async def call(svc: OrderService) -> StartAnswer:
         started = await svc.start_order(
             order_id,
             payment_id,
@@ -65,7 +66,7 @@ def start_workflow(
 
     started = with_service(call)
     say(f"order {order_id} started", "bold green")
-    say(f"  workflow {started['workflow_id']}  run {started['run_id']}")
+    say(f"  workflow {started.workflow_id}  run {started.run_id}")
     if approve:
         say(f"  approved by {_reviewer(None)}")
     else:

@@ -150,6 +150,8 @@ class OrderInput:
     # None = REVIEW_TIMEOUT_S / ORDER_DEADLINE_S above.
     review_timeout_s: float | None = None
     deadline_s: float | None = None
+    # Who ordered, when the caller says (the CustomerId search attribute).
+    customer_id: str | None = None
 
 
 @dataclass

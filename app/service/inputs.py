@@ -102,12 +102,15 @@ def order_input(
     fault_profile: str | None = None,
     review_timeout_s: float | None = None,
     deadline_s: float | None = None,
+    customer_id: str | None = None,
 ) -> OrderInput:
     """A start request checked field by field, as the workflow's input."""
     validate_order_id(order_id)
-    problem = payment_id_problem(payment_id)
-    if problem:
-        raise InvalidInput(f"payment_id {problem}", field="payment_id")
+    # Customer ids share the payment id's alphabet: both end up in Temporal's visibility.
+    for name, value in (("payment_id", payment_id), ("customer_id", customer_id)):
+        problem = payment_id_problem(value) if value is not None else None
+        if problem:
+            raise InvalidInput(f"{name} {problem}", field=name)
     addr = validate_address(address)
     if fault_profile is not None:
         refuse_test_knobs(settings, fault_profile=fault_profile)
@@ -132,4 +135,5 @@ def order_input(
             review_timeout_s if review_timeout_s is not None else settings.review_timeout_s
         ),
         deadline_s=deadline_s if deadline_s is not None else settings.order_deadline_s,
+        customer_id=customer_id,
     )

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from datetime import UTC, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import (
@@ -34,6 +34,7 @@ from app.orders.models import (
     ERR_ORDER_DISPATCHED,
     ERR_REVIEW_OVER,
     ORDER_DEADLINE_S,
+    ORDER_WORKFLOW,
     QUERY_STATUS,
     TERMINAL_STATES,
     UPDATE_ADDRESS,
@@ -42,20 +43,26 @@ from app.orders.models import (
     AddressChange,
     ApproveRequest,
     CancelRequest,
-    OrderState,
+    OrderInput,
     OrderStatus,
-    Step,
     is_settled,
     order_workflow_id,
 )
 from app.platform.settings import Settings
 from app.platform.tables import Event, Order, Payment
 from app.service.errors import InvalidInput, OrderConflict, OrderNotFound, Unavailable
+from app.service.idempotency import (
+    IDEMPOTENCY_MEMO,
+    IdempotentRequest,
+    StartAnswer,
+    request_fingerprint,
+)
 from app.service.inputs import (
     order_input,
     validate_address,
     validate_order_id,
 )
+from app.service.listing import OrderFilter, order_page, search_orders
 from app.service.status import (
     attempt_history,
     event_detail,
@@ -74,6 +81,10 @@ _REFUSAL_STATUS = {
     ERR_REVIEW_OVER: 409,
     ERR_INVALID_ORDER: 422,
 }
+
+
+def _execution_timeout(inp: OrderInput) -> timedelta:
+    return timedelta(seconds=inp.deadline_s or ORDER_DEADLINE_S) + timedelta(minutes=5)
 
 
 CLOSED_CACHE_SIZE = 10_000
@@ -107,7 +118,15 @@ class OrderService:
         fault_profile: str | None = None,
         review_timeout_s: float | None = None,
         deadline_s: float | None = None,
-    ) -> dict[str, Any]:
+        customer_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> StartAnswer:
+        """Start the order's one workflow run.
+
+        With an idempotency key, the same request sent again (after a network error, or
+        five times at once) gets the first answer back: the key and a fingerprint of the
+        request travel in the run's memo, so Temporal itself tells whether a run that
+        exists is this request's. The same key with another request is refused (422)."""
         inp = order_input(
             self.settings,
             order_id,
@@ -117,12 +136,18 @@ class OrderService:
             fault_profile=fault_profile,
             review_timeout_s=review_timeout_s,
             deadline_s=deadline_s,
+            customer_id=customer_id,
         )
-        await self._refuse_known_order(order_id)
+        keyed = (
+            IdempotentRequest(idempotency_key, request_fingerprint(inp))
+            if idempotency_key is not None
+            else None
+        )
         workflow_id = order_workflow_id(order_id)
         try:
+            await self._refuse_known_order(order_id)
             handle: WorkflowHandle[Any, Any] = await self.client.start_workflow(
-                "OrderWorkflow",
+                ORDER_WORKFLOW,
                 inp,
                 id=workflow_id,
                 task_queue=self.settings.order_task_queue,
@@ -130,25 +155,48 @@ class OrderService:
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                 # Backstop only: the workflow enforces its own deadline and compensates.
-                execution_timeout=timedelta(seconds=inp.deadline_s or ORDER_DEADLINE_S)
-                + timedelta(minutes=5),
+                execution_timeout=_execution_timeout(inp),
+                memo={IDEMPOTENCY_MEMO: keyed.memo()} if keyed else None,
             )
         except WorkflowAlreadyStartedError as err:
-            raise OrderConflict(
+            conflict = OrderConflict(
                 f"order {order_id} already exists",
                 order_id=order_id,
                 workflow_id=workflow_id,
                 run_id=err.run_id,
-            ) from None
+            )
+            if keyed is None:
+                raise conflict from None
+            return await self._replay_start(order_id, keyed, conflict)
+        except OrderConflict as conflict:
+            if keyed is None:
+                raise
+            return await self._replay_start(order_id, keyed, conflict)
         except RPCError as err:
             raise Unavailable(f"Temporal is unavailable: {err.message}") from None
-        return {
-            "order_id": order_id,
-            "workflow_id": workflow_id,
-            "run_id": handle.result_run_id,
-            "state": OrderState.PENDING,
-            "step": Step.RECEIVE,
-        }
+        return StartAnswer(order_id, workflow_id, handle.result_run_id)
+
+    async def _replay_start(
+        self, order_id: str, keyed: IdempotentRequest, conflict: OrderConflict
+    ) -> StartAnswer:
+        """The first answer to this keyed request, if the order's run is its; else the
+        conflict stands (another request started it, or its run is past retention)."""
+        handle = self.client.get_workflow_handle(order_workflow_id(order_id))
+        try:
+            desc = await handle.describe()
+            sent = await desc.memo_value(IDEMPOTENCY_MEMO, None)
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise conflict from None
+            raise Unavailable(f"Temporal is unavailable: {err.message}") from None
+        if not isinstance(sent, dict) or sent.get("key") != keyed.key:
+            raise conflict
+        if sent.get("fingerprint") != keyed.fingerprint:
+            raise InvalidInput(
+                "Idempotency-Key was already used with another request body",
+                field="Idempotency-Key",
+            )
+        return StartAnswer(order_id, desc.id, desc.run_id, replayed=True)
 
     async def _refuse_known_order(self, order_id: str) -> None:
         """An order id is used once: its row (any run, even closed and past retention)."""
@@ -313,34 +361,21 @@ class OrderService:
             self._closed_views.popitem(last=False)
 
     async def list_orders(
-        self, state: str | None = None, limit: int = 20, offset: int = 0
+        self,
+        filters: OrderFilter | None = None,
+        limit: int = 20,
+        offset: int = 0,
+        cursor: str | None = None,
     ) -> dict[str, Any]:
+        """A page of orders from the database, newest first (see app/service/listing.py)."""
         async with self.sessions() as s:
-            q = select(Order)
-            count_q = select(func.count()).select_from(Order)
-            if state:
-                q = q.where(Order.state == state)
-                count_q = count_q.where(Order.state == state)
-            rows = (
-                await s.execute(
-                    q.order_by(Order.created_at.desc(), Order.id.desc()).limit(limit).offset(offset)
-                )
-            ).scalars()
-            total = (await s.execute(count_q)).scalar_one()
-            items = [
-                {
-                    "order_id": o.id,
-                    "workflow_id": o.workflow_id,
-                    "state": o.state,
-                    "step": o.step,
-                    "payment_id": o.payment_id,
-                    "reason": o.reason,
-                    "created_at": iso(o.created_at),
-                    "updated_at": iso(o.updated_at),
-                }
-                for o in rows
-            ]
-        return {"items": items, "total": total, "limit": limit, "offset": offset}
+            return await order_page(s, filters or OrderFilter(), limit, offset, cursor)
+
+    async def search_orders(
+        self, query: str, limit: int = 20, cursor: str | None = None
+    ) -> dict[str, Any]:
+        """A page of orders whose workflow matches a Temporal visibility query."""
+        return await search_orders(self.client, query, limit, cursor)
 
     async def events(self, order_id: str) -> list[dict[str, Any]]:
         validate_order_id(order_id)

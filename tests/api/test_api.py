@@ -15,7 +15,6 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from app.api.app import create_app, startup_problem
 from app.api.auth import ApiKeyConfigError
 from app.api.middleware import MAX_BODY_BYTES
 from app.platform.settings import PROJECT_ROOT, Settings
-from tests.helpers import ADDRESS, NEW_ADDRESS, Running, eventually
+from tests.helpers import ADDRESS, NEW_ADDRESS, Running, eventually, serving
 from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
@@ -44,19 +43,6 @@ API_KEYS = (
 
 def new_id() -> str:
     return f"api-{uuid.uuid4().hex[:10]}"
-
-
-@asynccontextmanager
-async def serving(settings: Settings, **headers: str) -> AsyncIterator[httpx.AsyncClient]:
-    """An app with its own lifespan (real client and engine) and an HTTP client for it."""
-    app = create_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://api", headers=headers
-        ) as client,
-    ):
-        yield client
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import re
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -27,7 +26,7 @@ from app.api.routes import health
 from app.platform.migrate import Revisions, script_revisions, upgrade
 from app.platform.settings import PROJECT_ROOT, Settings
 from devstack import stack
-from tests.helpers import RealStack
+from tests.helpers import RealStack, serving
 from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
@@ -42,17 +41,6 @@ FIXED_ERRORS = {
     health.UNKNOWN_REVISION,
     f"no answer within {health.CHECK_TIMEOUT_S:g}s",
 }
-
-
-@asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """An app with its own lifespan (real client and engine), called without any key."""
-    app = create_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as c,
-    ):
-        yield c
 
 
 def with_database(settings: Settings, url: str) -> Settings:

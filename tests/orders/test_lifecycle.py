@@ -59,7 +59,7 @@ async def _result(r: Running, order_id: str) -> Any:
 async def test_order_completes_end_to_end(running: Running) -> None:
     order_id = new_id()
     started = await running.service.start_order(order_id, f"pmt-{order_id}", ADDRESS)
-    assert started["workflow_id"] == f"order-{order_id}" and started["run_id"]
+    assert started.workflow_id == f"order-{order_id}" and started.run_id
     await wait_for_step(running, order_id, "MANUAL_REVIEW")
     await running.service.approve(order_id, reviewer="alice", note="checked by phone")
     result = await _result(running, order_id)
@@ -128,7 +128,7 @@ async def test_duplicate_start_creates_no_second_run(running: Running) -> None:
     first = await running.service.start_order(order_id, f"pmt-{order_id}", ADDRESS)
     with pytest.raises(OrderConflict) as info:
         await running.service.start_order(order_id, f"pmt-{order_id}", ADDRESS)
-    assert info.value.extra["run_id"] == first["run_id"]
+    assert info.value.extra["run_id"] == first.run_id
     await running.service.cancel(order_id)
     await _result(running, order_id)
     with pytest.raises(OrderConflict):

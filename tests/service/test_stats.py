@@ -1,51 +1,24 @@
 """order_stats() on real PostgreSQL, with exact expected figures.
 
-Runs on a scratch database in the session's embedded PostgreSQL (migrated like the real
-one), so orders from other tests cannot change the numbers.
+Runs on a scratch database in the session's embedded PostgreSQL (`scratch`, migrated like
+the real one), so orders from other tests cannot change the numbers.
 """
 
 from __future__ import annotations
 
-import asyncio
-import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.platform.db import session_factory
-from app.platform.migrate import upgrade
 from app.platform.tables import Event, Order, Payment
 from app.service.stats import order_stats
-from tests.helpers import RealStack
 
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2025, 1, 1, 12, 0, 0)
-
-
-@pytest.fixture
-async def scratch(real_stack: RealStack) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    name = f"stats_{uuid.uuid4().hex[:10]}"
-    base = real_stack.settings.database_url_plain
-    admin = create_async_engine(base, isolation_level="AUTOCOMMIT")
-    async with admin.connect() as conn:
-        await conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(base).set(database=name).render_as_string(hide_password=False)
-    # Alembic's env runs its own event loop: give it a thread without one.
-    await asyncio.to_thread(upgrade, url)
-    engine = create_async_engine(url)
-    try:
-        yield session_factory(engine)
-    finally:
-        await engine.dispose()
-        async with admin.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        await admin.dispose()
 
 
 def ev(order_id: str, type_: str, at: float, **payload: Any) -> dict[str, Any]:

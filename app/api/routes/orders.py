@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from app.api.deps import Operator, OrderId, Reviewer, Service, Viewer, error_responses
 from app.api.schemas import (
@@ -17,12 +17,15 @@ from app.api.schemas import (
     EventList,
     HistoryOut,
     OrderList,
+    OrderListQuery,
     StartOrderRequest,
     StartOrderResponse,
     UpdateAddressRequest,
 )
-from app.orders.models import OrderState, order_workflow_id
+from app.orders.models import order_workflow_id
+from app.service.errors import InvalidInput
 from app.service.inputs import refuse_test_knobs
+from app.service.listing import OrderFilter
 from app.service.views import OrderView
 
 router = APIRouter(prefix="/orders", tags=["orders"])
@@ -46,6 +49,11 @@ _COMMAND = error_responses(401, 403, 404, 409, 413, 422, 500, 503)
                 }
             },
         },
+        200: {
+            "description": "A repeat of an earlier request with the same Idempotency-Key and "
+            "body: its answer again (same run)",
+            "model": StartOrderResponse,
+        },
         **error_responses(401, 403, 409, 413, 422, 500, 503),
     },
 )
@@ -56,9 +64,22 @@ async def start_order(
     _caller: Operator,
     request: Request,
     response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            pattern=r"^[\x21-\x7e]+$",
+            description="Makes the request safe to send again: the same key with the same "
+            "body answers 200 with the first answer (same run), the same key with another "
+            "body is a 422. Without it a second start is a 409.",
+        ),
+    ] = None,
 ) -> StartOrderResponse:
     """Start the order's workflow (`order-{order_id}`). An order id is used once: a second
-    start, while it runs or after it closed, is a 409 naming the existing run."""
+    start, while it runs or after it closed, is a 409 naming the existing run (unless it
+    repeats a request with the same Idempotency-Key)."""
     # The CLI (an operator's tool) may still shorten timeouts; over HTTP all three are
     # test and demo knobs.
     refuse_test_knobs(
@@ -75,10 +96,15 @@ async def start_order(
         fault_profile=body.fault_profile,
         review_timeout_s=body.review_timeout_s,
         deadline_s=body.deadline_s,
+        customer_id=body.customer_id,
+        idempotency_key=idempotency_key,
     )
     location = request.app.url_path_for("order_status", order_id=order_id)
     response.headers["Location"] = request.scope.get("root_path", "") + location
-    return StartOrderResponse.model_validate(started)
+    if started.replayed:
+        response.status_code = status.HTTP_200_OK
+        response.headers["Idempotent-Replayed"] = "true"
+    return StartOrderResponse.model_validate(started.as_dict())
 
 
 @router.get(
@@ -150,16 +176,26 @@ async def approve_order(
 
 @router.get("", summary="List orders", response_model=OrderList, responses=_READ)
 async def list_orders(
-    service: Service,
-    _caller: Viewer,
-    state: Annotated[OrderState | None, Query(description="Only orders in this state")] = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    params: Annotated[OrderListQuery, Query()], service: Service, _caller: Viewer
 ) -> OrderList:
-    """Newest first."""
-    page = await service.list_orders(
-        state=state.value if state else None, limit=limit, offset=offset
-    )
+    """Newest first, from the database; with `query`, from Temporal's visibility store.
+    Page with `cursor` (stable while orders arrive) or `offset`."""
+    if params.query is not None:
+        if params.model_fields_set - {"query", "limit", "cursor"}:
+            raise InvalidInput("query takes the place of the other filters", field="query")
+        page = await service.search_orders(params.query, limit=params.limit, cursor=params.cursor)
+    else:
+        filters = OrderFilter(
+            state=params.state,
+            step=params.step,
+            payment_status=params.payment_status,
+            created_after=params.created_after,
+            created_before=params.created_before,
+            reason=params.reason,
+        )
+        page = await service.list_orders(
+            filters, limit=params.limit, offset=params.offset, cursor=params.cursor
+        )
     return OrderList.model_validate(page)
 
 

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
+from temporalio.common import SearchAttributeUpdate
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
@@ -68,6 +69,7 @@ with workflow.unsafe.imports_passed_through():
         ValidateInput,
         order_amount_cents,
     )
+    from app.orders.search import CUSTOMER_ID, ORDER_AMOUNT_CENTS, ORDER_STATE, ORDER_STEP
     from app.orders.validation import address_problems
 
 from app.orders.workflows.failures import OrderStopped, application_type, failure_message
@@ -80,6 +82,7 @@ from app.orders.workflows.policies import (
     MAX_ERRORS_KEPT,
     MAX_SHIPPING_ATTEMPTS,
     PATCH_REFUND_AFTER_CLOSE,
+    PATCH_SEARCH_ATTRIBUTES,
     RECEIVE_TIMEOUT,
     STEP_RETRY,
     VALIDATE_TIMEOUT,
@@ -570,13 +573,31 @@ class OrderWorkflow:
     def _enter(self, step: Step) -> None:
         self._step = step
         self._updated_at = workflow.now()
+        self._publish(first=step == Step.RECEIVE)
         # DEBUG: the state change that ends each step is logged at INFO anyway.
         self._log("step started", level=logging.DEBUG, step=str(step))
 
     def _set_state(self, state: OrderState) -> None:
         self._state = state
         self._updated_at = workflow.now()
+        if state in TERMINAL_STATES:
+            # Other state changes are followed at once by the next step, which publishes.
+            self._publish()
         self._log("state changed", state=str(state))
+
+    def _publish(self, first: bool = False) -> None:
+        """Upsert the search attributes operators filter orders by (app/orders/search.py)."""
+        if not workflow.patched(PATCH_SEARCH_ATTRIBUTES):
+            return
+        updates: list[SearchAttributeUpdate[Any]] = [
+            ORDER_STATE.value_set(self._state),
+            ORDER_STEP.value_set(self._step or ""),
+        ]
+        if first:
+            updates.append(ORDER_AMOUNT_CENTS.value_set(order_amount_cents(self._inp.items)))
+            if self._inp.customer_id:
+                updates.append(CUSTOMER_ID.value_set(self._inp.customer_id))
+        workflow.upsert_search_attributes(updates)
 
     def _record_error(self, step: Step, attempt: int, message: str) -> None:
         self._errors.append(

@@ -8,7 +8,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.testing import WorkflowEnvironment
+
+from app.orders.search import SEARCH_ATTRIBUTES
 
 
 def time_skipping_server_path() -> str:
@@ -28,5 +32,18 @@ async def env() -> AsyncIterator[WorkflowEnvironment]:
     environment = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=time_skipping_server_path()
     )
+    await register_search_attributes(environment)
     yield environment
     await environment.shutdown()
+
+
+async def register_search_attributes(environment: WorkflowEnvironment) -> None:
+    """The order's search attributes, as the dev server gets them at start (it refuses
+    upserts of attributes it does not know)."""
+    types = {
+        name: IndexedValueType.Value(f"INDEXED_VALUE_TYPE_{kind.upper()}")
+        for name, kind in SEARCH_ATTRIBUTES.items()
+    }
+    await environment.client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(search_attributes=types, namespace="default")
+    )

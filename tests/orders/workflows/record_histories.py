@@ -17,7 +17,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from app.orders.models import SIGNAL_APPROVE, ApproveRequest, CancelRequest
 from app.orders.workflows import OrderWorkflow
-from tests.orders.workflows.conftest import time_skipping_server_path
+from tests.orders.workflows.conftest import register_search_attributes, time_skipping_server_path
 from tests.orders.workflows.fakes import FakeShop, running_shop, start_order
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -75,6 +75,7 @@ async def record() -> None:
         async with await WorkflowEnvironment.start_time_skipping(
             test_server_existing_path=time_skipping_server_path()
         ) as env:
+            await register_search_attributes(env)
             shop = FakeShop()
             async with running_shop(env.client, shop) as (oq, sq):
                 handle = await scenario(env.client, shop, oq, sq)

@@ -1,0 +1,180 @@
+"""Finding orders: filtered pages of the `orders` table, and Temporal visibility queries.
+
+Pages are newest first, ordered by (created_at, id) so the order is total and stable. A
+cursor names the last row of a page; the next page starts strictly after it, so rows
+written meanwhile neither repeat nor shift a page the way an offset does.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Select, func, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+from temporalio.client import Client, WorkflowExecution
+from temporalio.service import RPCError, RPCStatusCode
+
+from app.orders.models import ORDER_WORKFLOW, OrderState, PaymentStatus, Step
+from app.orders.search import ORDER_STATE, ORDER_STEP
+from app.platform.tables import Order, Payment
+from app.service.errors import InvalidInput, Unavailable
+from app.service.status import iso
+
+
+@dataclass(frozen=True)
+class OrderFilter:
+    """Every field narrows the list; None leaves it open."""
+
+    state: OrderState | None = None
+    step: Step | None = None
+    payment_status: PaymentStatus | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    reason: str | None = None
+
+    def apply(self, q: Select[Any]) -> Select[Any]:
+        if self.state:
+            q = q.where(Order.state == self.state)
+        if self.step:
+            q = q.where(Order.step == self.step)
+        if self.reason:
+            q = q.where(Order.reason == self.reason)
+        if self.created_after:
+            q = q.where(Order.created_at > _naive_utc(self.created_after))
+        if self.created_before:
+            q = q.where(Order.created_at < _naive_utc(self.created_before))
+        if self.payment_status == PaymentStatus.NONE:
+            q = q.where(~select(Payment.payment_id).where(_payment_of_order()).exists())
+        elif self.payment_status:
+            q = q.where(
+                select(Payment.payment_id)
+                .where(_payment_of_order(), Payment.status == self.payment_status)
+                .exists()
+            )
+        return q
+
+
+def _payment_of_order() -> Any:
+    return (Payment.payment_id == Order.payment_id) & (Payment.order_id == Order.id)
+
+
+def _naive_utc(at: datetime) -> datetime:
+    """The table's timestamps are naive UTC."""
+    return at.astimezone(UTC).replace(tzinfo=None) if at.tzinfo else at
+
+
+def encode_cursor(created_at: datetime, order_id: str) -> str:
+    raw = json.dumps([created_at.isoformat(), order_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, order_id = json.loads(raw)
+        return datetime.fromisoformat(created), str(order_id)
+    except (binascii.Error, ValueError, TypeError):
+        raise InvalidInput(
+            "cursor is not one this API handed out (take next_cursor of the last page)",
+            field="cursor",
+        ) from None
+
+
+async def order_page(
+    s: AsyncSession,
+    filters: OrderFilter,
+    limit: int,
+    offset: int = 0,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    q = filters.apply(select(Order))
+    total = (await s.execute(filters.apply(select(func.count()).select_from(Order)))).scalar_one()
+    if cursor is not None:
+        if offset:
+            raise InvalidInput("give either cursor or offset, not both", field="offset")
+        created, order_id = decode_cursor(cursor)
+        q = q.where(tuple_(Order.created_at, Order.id) < tuple_(created, order_id))
+    # One row more than asked tells whether there is a next page.
+    rows = list(
+        (
+            await s.execute(
+                q.order_by(Order.created_at.desc(), Order.id.desc()).limit(limit + 1).offset(offset)
+            )
+        ).scalars()
+    )
+    page, more = rows[:limit], len(rows) > limit
+    return {
+        "items": [_summary(o) for o in page],
+        "total": total,
+        "limit": limit,
+        "offset": offset,
+        "next_cursor": encode_cursor(page[-1].created_at, page[-1].id) if more else None,
+    }
+
+
+def _summary(o: Order) -> dict[str, Any]:
+    return {
+        "order_id": o.id,
+        "workflow_id": o.workflow_id,
+        "state": o.state,
+        "step": o.step,
+        "payment_id": o.payment_id,
+        "reason": o.reason,
+        "created_at": iso(o.created_at),
+        "updated_at": iso(o.updated_at),
+    }
+
+
+async def search_orders(
+    client: Client, query: str, limit: int, cursor: str | None = None
+) -> dict[str, Any]:
+    """Orders whose workflow matches a visibility query, e.g. "OrderState='FAILED'"
+    (the search attributes of app/orders/search.py), newest first."""
+    token = None
+    if cursor is not None:
+        try:
+            token = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        except (binascii.Error, ValueError):
+            raise InvalidInput("cursor is not one this API handed out", field="cursor") from None
+    pages = client.list_workflows(
+        f"WorkflowType='{ORDER_WORKFLOW}' AND ({query})",
+        page_size=limit,
+        next_page_token=token,
+    )
+    try:
+        await pages.fetch_next_page()
+    except RPCError as err:
+        if err.status == RPCStatusCode.INVALID_ARGUMENT:
+            raise InvalidInput(
+                f"query is not a valid visibility query: {err.message}", field="query"
+            ) from None
+        raise Unavailable(f"Temporal is unavailable: {err.message}") from None
+    next_token = pages.next_page_token
+    return {
+        "items": [_execution_summary(w) for w in pages.current_page or []],
+        "total": None,
+        "limit": limit,
+        "offset": 0,
+        "next_cursor": base64.urlsafe_b64encode(next_token).decode().rstrip("=")
+        if next_token
+        else None,
+    }
+
+
+def _execution_summary(w: WorkflowExecution) -> dict[str, Any]:
+    attrs = w.typed_search_attributes
+    return {
+        "order_id": w.id.removeprefix("order-"),
+        "workflow_id": w.id,
+        "state": attrs.get(ORDER_STATE) or OrderState.PENDING,
+        "step": attrs.get(ORDER_STEP) or None,
+        "payment_id": None,
+        "reason": None,
+        "created_at": w.start_time.isoformat(),
+        "updated_at": (w.close_time or w.execution_time or w.start_time).isoformat(),
+    }
