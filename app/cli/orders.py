@@ -159,3 +159,12 @@ def approve(
     out.print(
         Text.assemble("  state ", state_text(view.get("state")), f"  step {view.get('step')}")
     )
+
+
+@app.command(rich_help_panel=ORDERS)
+def retry(order_id: str) -> None:
+    """Start a FAILED order again (a new run with a payment of its own)."""
+    retried = with_service(lambda svc: svc.retry_order(order_id))
+    say(f"order {order_id} retried", "bold green")
+    say(f"  workflow {retried.workflow_id}  run {retried.run_id}")
+    say(f"  follow it: python scripts/cli.py status {order_id}")

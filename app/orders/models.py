@@ -33,6 +33,8 @@ class EventType(StrEnum):
     ADDRESS_UPDATED = "ADDRESS_UPDATED"
     CANCEL_REQUESTED = "CANCEL_REQUESTED"
     STEP_ATTEMPT_FAILED = "STEP_ATTEMPT_FAILED"
+    # An operator started a FAILED order again: a new run, a new payment (see retry_order).
+    RETRIED = "RETRIED"
     # Terminal: named like the state they record.
     COMPLETED = "COMPLETED"
     CANCELLED = "CANCELLED"
@@ -152,6 +154,10 @@ class OrderInput:
     deadline_s: float | None = None
     # Who ordered, when the caller says (the CustomerId search attribute).
     customer_id: str | None = None
+    # A retry of a FAILED order: the run it takes the order over from, and the order as
+    # the carrier knows it from now on (see ActivityContext).
+    retry_of_run_id: str | None = None
+    carrier_order: str | None = None
 
 
 @dataclass
@@ -170,6 +176,7 @@ class ShippingInput:
     # Which shipping attempt this child is (1 = first); part of its workflow id.
     attempt: int = 1
     fault_profile: str | None = None
+    carrier_order: str | None = None  # see ActivityContext
 
 
 @dataclass
@@ -212,6 +219,13 @@ class ActivityContext:
 
     order_id: str
     fault_profile: str | None = None
+    # The order as the carrier knows it: the order id, or `<order id>.r<N>` for a retry,
+    # since the carrier closed the failed run's shipments for good.
+    carrier_order: str | None = None
+
+    @property
+    def shipment_ref(self) -> str:
+        return self.carrier_order or self.order_id
 
 
 @dataclass
@@ -227,6 +241,8 @@ class ReceiveInput:
     # its orders_execution_seconds sample) begins, whatever RECEIVE retries take. None from
     # runs started before this field existed (the row then gets the insert time).
     started_at_iso: str | None = None
+    # Set on a retry: the FAILED run whose row this run takes over.
+    retry_of_run_id: str | None = None
 
 
 @dataclass

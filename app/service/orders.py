@@ -44,6 +44,7 @@ from app.orders.models import (
     ApproveRequest,
     CancelRequest,
     OrderInput,
+    OrderState,
     OrderStatus,
     is_settled,
     order_workflow_id,
@@ -63,6 +64,13 @@ from app.service.inputs import (
     validate_order_id,
 )
 from app.service.listing import OrderFilter, order_page, search_orders
+from app.service.retry import (
+    first_input,
+    order_to_retry,
+    reopen,
+    retried_event,
+    retry_input,
+)
 from app.service.status import (
     attempt_history,
     event_detail,
@@ -257,6 +265,48 @@ class OrderService:
                 raise OrderConflict(f"order {order_id} is already closed") from None
             raise Unavailable("Temporal did not answer the request in time") from None
 
+    async def retry_order(self, order_id: str) -> StartAnswer:
+        """Start a FAILED order again: a new run, a payment of its own (app/service/retry.py)."""
+        validate_order_id(order_id)
+        workflow_id = order_workflow_id(order_id)
+        async with self.sessions() as s, s.begin():
+            order, retry = await order_to_retry(s, order_id)
+            first, failed_run = await first_input(self.client, workflow_id, order.run_id)
+            inp = retry_input(first, order, failed_run, retry, self.settings.shipping_task_queue)
+            handle = await self._start_retry(inp)
+            assert handle.result_run_id is not None
+            # The row is the new run's from now on: not FAILED (a second retry is refused),
+            # not closed (the new run's end is recorded like any other order's).
+            reopen(order, handle.result_run_id, inp.payment_id)
+            # Counted by the next retry, and where the status view of this run begins.
+            s.add(retried_event(order_id, failed_run, handle.result_run_id, inp.payment_id))
+        self._closed_views.pop(order_id, None)
+        return StartAnswer(order_id, workflow_id, handle.result_run_id)
+
+    async def _start_retry(self, inp: OrderInput) -> WorkflowHandle[Any, Any]:
+        workflow_id = order_workflow_id(inp.order_id)
+        try:
+            return await self.client.start_workflow(
+                ORDER_WORKFLOW,
+                inp,
+                id=workflow_id,
+                task_queue=self.settings.order_task_queue,
+                # Temporal's own check behind ours: never beside a running or a completed run.
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                execution_timeout=_execution_timeout(inp),
+            )
+        except WorkflowAlreadyStartedError as err:
+            # Still closing (a refund after the close), or another retry came first.
+            raise OrderConflict(
+                f"order {inp.order_id} has a run that is not failed or still closing",
+                order_id=inp.order_id,
+                workflow_id=workflow_id,
+                run_id=err.run_id,
+            ) from None
+        except RPCError as err:
+            raise Unavailable(f"Temporal is unavailable: {err.message}") from None
+
     async def _closed_in_db(self, order_id: str) -> bool:
         order = await self._db_order(order_id)
         return order is not None and order.state in TERMINAL_STATES
@@ -353,8 +403,11 @@ class OrderService:
         orders are the API's hottest path).
 
         Attempts and errors are final at the close (see attempt_history); only a refund
-        may still be on its way, so an unsettled view is cached briefly until it lands."""
-        expires = time.monotonic() + (CLOSED_CACHE_TTL_S if view.settled else 1.0)
+        may still be on its way, so an unsettled view is cached briefly until it lands. A
+        FAILED order may be retried (a new run), from this process or another one: its
+        view is cached briefly too."""
+        final = view.settled and view.state != OrderState.FAILED
+        expires = time.monotonic() + (CLOSED_CACHE_TTL_S if final else 1.0)
         self._closed_views[order_id] = (expires, view)
         self._closed_views.move_to_end(order_id)
         while len(self._closed_views) > CLOSED_CACHE_SIZE:

@@ -28,7 +28,12 @@ _SUCCESS_EVENT_STEP = {
 }
 # The event that records an order's end (named like the state it records).
 _TERMINAL_EVENTS = frozenset({EventType.COMPLETED, EventType.CANCELLED, EventType.FAILED})
-_HISTORY_EVENTS = [*_SUCCESS_EVENT_STEP, EventType.STEP_ATTEMPT_FAILED, *_TERMINAL_EVENTS]
+_HISTORY_EVENTS = [
+    *_SUCCESS_EVENT_STEP,
+    EventType.STEP_ATTEMPT_FAILED,
+    *_TERMINAL_EVENTS,
+    EventType.RETRIED,
+]
 
 
 def iso(dt: datetime | None) -> str | None:
@@ -87,6 +92,10 @@ async def attempt_history(
             .order_by(Event.id.desc())
         )
     ).all()
+    # A retried order's view is its latest run's: what earlier runs did stays in events.
+    retried = next((i for i, row in enumerate(rows) if row[0] == EventType.RETRIED), None)
+    if retried is not None:
+        rows = rows[:retried]
     end = next((i for i, row in enumerate(rows) if row[0] in _TERMINAL_EVENTS), None)
     final: dict[str, Any] = {}
     if end is not None:

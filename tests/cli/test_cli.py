@@ -46,6 +46,7 @@ COMMANDS = (
     "cancel",
     "update-address",
     "approve",
+    "retry",
     "list",
     "describe",
     "history",
@@ -249,6 +250,39 @@ def test_address_change_of_an_order_closed_before_it_was_received(cli_stack: Cli
     cli_stack.wait_status(oid, lambda v: v["state"] == "FAILED")
     line = one_error_line(cli_stack.run("update-address", oid, "--street", "456 New St"))
     assert "already closed" in line and "FAILED" in line
+
+
+def test_failed_order_found_by_search_attribute_and_retried(cli_stack: CliStack) -> None:
+    # The stack `cli.py start` brought up registered the search attributes with its dev
+    # server; the failed order is found by them, and retried (it fails again: same faults).
+    oid = new_id("e2e-retry")
+    cli_stack.ok("start-workflow", oid, f"pmt-{oid}", "--fault-profile", "fail=1")
+    failed = cli_stack.wait_status(oid, lambda v: v["state"] == "FAILED" and v["settled"])
+    query = f"OrderState='FAILED' AND WorkflowId='order-{oid}'"
+
+    def found() -> list[str]:
+        return [o["order_id"] for o in cli_stack.json("list", "--query", query)["items"]]
+
+    deadline = time.monotonic() + 20
+    while not found() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert found() == [oid]
+    out = cli_stack.ok("retry", oid)
+    assert f"order {oid} retried" in out
+    # The new run fails its RECEIVE again and closes like any order, recorded as its own.
+    view = cli_stack.wait_status(
+        oid, lambda v: v["run_id"] not in (None, failed["run_id"]) and v["settled"]
+    )
+    assert (view["state"], view["reason"], view["attempts"]) == (
+        "FAILED",
+        "receive_failed",
+        {"RECEIVE": 3},
+    )
+    assert view["payment_id"] == f"pmt-{oid}.r2"
+    types = [e["type"] for e in cli_stack.json("events", oid)]
+    assert types.count("RETRIED") == 1 and types.count("FAILED") == 2
+    line = one_error_line(cli_stack.run("retry", f"{oid}-unknown"))
+    assert line == f"error: order {oid}-unknown not found"
 
 
 def test_unknown_order_or_workflow(cli_stack: CliStack) -> None:

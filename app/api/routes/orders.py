@@ -1,4 +1,4 @@
-"""/orders: start, status, cancel, update-address, approve, list, events, history.
+"""/orders: start, status, cancel, update-address, approve, retry, list, events, history.
 
 Paths and bodies are the deployment guide's. Commands on a running order go through
 Temporal Updates (via OrderService), so the answer says whether the order accepted them.
@@ -172,6 +172,25 @@ async def approve_order(
     reviewer = (body.reviewer if body else None) or principal.name
     note = body.note if body else None
     return await service.approve(order_id, reviewer=reviewer, note=note)
+
+
+@router.post(
+    "/{order_id}/retry",
+    status_code=status.HTTP_201_CREATED,
+    summary="Retry a failed order",
+    response_model=StartOrderResponse,
+    responses=_COMMAND,
+)
+async def retry_order(
+    order_id: OrderId, service: Service, _caller: Operator, request: Request, response: Response
+) -> StartOrderResponse:
+    """Start a FAILED order again under the same order id: a new run, which charges a
+    payment of its own (`<payment id>.r<N>`; the failed run's charge was refunded when it
+    closed). 409 while it runs or closes, and for a completed or cancelled order."""
+    retried = await service.retry_order(order_id)
+    location = request.app.url_path_for("order_status", order_id=order_id)
+    response.headers["Location"] = request.scope.get("root_path", "") + location
+    return StartOrderResponse.model_validate(retried.as_dict())
 
 
 @router.get("", summary="List orders", response_model=OrderList, responses=_READ)

@@ -545,6 +545,8 @@ function orderPage() {
     // What the order still accepts; the API has the last word (409 if it changed meanwhile).
     const dispatched = Boolean(s.tracking_number);
     $('approve-btn').hidden = !(inReview && !s.approved);
+    // A failed order, once compensated, can be started again (a new run, its own payment).
+    $('retry-btn').hidden = !(s.state === 'FAILED' && s.settled);
     if (closed || dispatched) $('cancel-form').hidden = true;
     const confirming = !$('cancel-form').hidden;
     $('cancel-btn').hidden = closed || dispatched || s.cancel_requested || confirming;
@@ -613,6 +615,21 @@ function orderPage() {
     } finally {
       $('approve-btn').disabled = false;
       poller.now();
+    }
+  });
+  $('retry-btn').addEventListener('click', async () => {
+    $('retry-btn').disabled = true;
+    try {
+      const started = await api(`/orders/${enc(id)}/retry`, { method: 'POST' });
+      setResult(actionResult, `Retried: run ${started.run_id} started.`, true);
+      closedRendered = false;
+      // Polling stopped once the failed order settled; the new run changes it again.
+      poller.stop();
+      poller = poll(refresh, POLL_MS);
+    } catch (error) {
+      setResult(actionResult, `Retry refused: ${error.message}`, false);
+    } finally {
+      $('retry-btn').disabled = false;
     }
   });
   $('cancel-btn').addEventListener('click', () => {

@@ -142,7 +142,7 @@ class CompensationActivities(ActivityBase):
                 order is not None
                 and order.step == Step.SHIP
                 and order.tracking_number is None
-                and not await has_event(s, order_id, EventType.SHIPMENTS_CANCELLED)
+                and not await _shipments_cancelled(s, order_id, inp.ctx.shipment_ref)
             )
         state = order.state if order is not None else OrderState.FAILED
         if payment is not None and payment.order_id != order_id:
@@ -153,7 +153,7 @@ class CompensationActivities(ActivityBase):
             status = payment.status if payment is not None else PaymentStatus.NONE
             return CloseOutcome(state=state, payment_status=status, refunded=False)
         if shipments_open:
-            await self._cancel_shipments(order_id, call)
+            await self._cancel_shipments(order_id, inp.ctx.shipment_ref, call)
         if payment is None:
             found = await self._cancel_or_refund(inp.payment_id, order, call)
             if found is None:  # never charged, and now it cannot be
@@ -187,17 +187,18 @@ class CompensationActivities(ActivityBase):
             )
         return refund
 
-    async def _cancel_shipments(self, order_id: str, call: CallInfo) -> None:
+    async def _cancel_shipments(self, order_id: str, ref: str, call: CallInfo) -> None:
         """Closed while shipping: a booking whose answer was lost must not ship a refunded
         order, and no late dispatch may book one."""
         with refusals_are_final():
-            cancelled = await self.carrier.cancel(CancelShipmentsRequest(order_id), call)
+            cancelled = await self.carrier.cancel(CancelShipmentsRequest(ref), call)
         async with timed_transaction(self.sessions, "cancel_shipments") as s:
             await s.execute(
                 insert(Event).values(
                     **event_row(
                         order_id,
                         EventType.SHIPMENTS_CANCELLED,
+                        carrier_order=ref,
                         bookings=[b.tracking_number for b in cancelled],
                     )
                 )
@@ -286,11 +287,15 @@ async def _record_lost_charge_refunded(
     return True
 
 
-async def has_event(s: AsyncSession, order_id: str, type_: str) -> bool:
+async def _shipments_cancelled(s: AsyncSession, order_id: str, ref: str) -> bool:
+    """Whether the carrier's shipments under `ref` were cancelled (a retried order has its
+    earlier run's cancellation in its events, under another reference)."""
     found = await s.execute(
-        select(Event.id).where(Event.order_id == order_id, Event.type == type_).limit(1)
+        select(Event.payload_json).where(
+            Event.order_id == order_id, Event.type == EventType.SHIPMENTS_CANCELLED
+        )
     )
-    return found.first() is not None
+    return any((payload or {}).get("carrier_order", order_id) == ref for payload in found.scalars())
 
 
 async def _mark_refunded(s: AsyncSession, order_id: str, payment_id: str) -> bool:

@@ -10,6 +10,7 @@ import logging
 from datetime import datetime
 
 from sqlalchemy import (
+    Update,
     exists,
     func,
     insert,
@@ -113,15 +114,21 @@ class OrderActivities(CompensationActivities):
             },
         )
         async with timed_statements(self.sessions, "receive_order") as s:
-            inserted = (await s.execute(with_events(new_order, received))).scalar_one_or_none()
-            if inserted is None:  # a retry, or the id is taken
-                existing = await s.get(Order, inp.ctx.order_id)
-                if existing is not None and existing.run_id != inp.run_id:
-                    raise ApplicationError(
-                        f"order id {inp.ctx.order_id} already belongs to another workflow run",
-                        type=ERR_INVALID_ORDER,
-                        non_retryable=True,
-                    )
+            write = (
+                with_events(_retaken(inp), received)
+                if inp.retry_of_run_id is not None
+                else with_events(new_order, received)
+            )
+            if (await s.execute(write)).scalar_one_or_none() is not None:
+                return StepOutcome(attempt=info.attempt)
+            # Written by an earlier attempt of this run, or the id is taken.
+            existing = await s.get(Order, inp.ctx.order_id)
+            if existing is None or existing.run_id != inp.run_id:
+                raise ApplicationError(
+                    f"order id {inp.ctx.order_id} already belongs to another workflow run",
+                    type=ERR_INVALID_ORDER,
+                    non_retryable=True,
+                )
         return StepOutcome(attempt=info.attempt)
 
     @activity.defn(name="ValidateOrder")
@@ -288,3 +295,32 @@ class OrderActivities(CompensationActivities):
                     )
                 )
             )
+
+
+def _retaken(inp: ReceiveInput) -> Update:
+    """A retry's run receives the row the operator's retry reopened for it (PENDING, this
+    run's id): the order starts again as received; what the failed run did stays in events."""
+    return (
+        update(Order)
+        .where(
+            Order.id == inp.ctx.order_id,
+            Order.run_id == inp.run_id,
+            Order.state == OrderState.PENDING,
+        )
+        .values(
+            state=OrderState.RECEIVED,
+            step=Step.RECEIVE,
+            run_id=inp.run_id,
+            workflow_id=inp.workflow_id,
+            payment_id=inp.payment_id,
+            address_json=inp.address.as_dict(),
+            amount=money(order_amount_cents(inp.items)),
+            items_json=[vars(i) for i in inp.items],
+            deadline_at=datetime.fromisoformat(inp.deadline_iso).replace(tzinfo=None),
+            reason=None,
+            closed_at=None,
+            cancel_requested=False,
+            tracking_number=None,
+            updated_at=now_utc(),
+        )
+    )

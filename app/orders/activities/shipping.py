@@ -59,10 +59,8 @@ class ShippingActivities(ActivityBase):
     @step_activity(Step.SHIP)
     async def prepare_package(self, inp: PrepareInput) -> StepOutcome:
         info = activity.info()
-        order_id = inp.ctx.order_id
-        request = PrepareRequest(
-            prepare_key(order_id, inp.shipping_attempt), order_id, inp.shipping_attempt
-        )
+        order_id, ref = inp.ctx.order_id, inp.ctx.shipment_ref
+        request = PrepareRequest(prepare_key(ref, inp.shipping_attempt), ref, inp.shipping_attempt)
         with refusals_are_final():
             await self.carrier.prepare(
                 request, call_info(inp.ctx, f"{inp.shipping_attempt}.{info.attempt}")
@@ -102,11 +100,12 @@ class ShippingActivities(ActivityBase):
                     non_retryable=True,
                 )
             address = Address(**(order.address_json or {}))
+            ref = inp.ctx.shipment_ref
             request = DispatchRequest(
-                key=dispatch_key(order_id, inp.shipping_attempt),
-                order_id=order_id,
+                key=dispatch_key(ref, inp.shipping_attempt),
+                order_id=ref,
                 address=address.as_dict(),
-                supersedes=tuple(dispatch_key(order_id, n) for n in range(1, inp.shipping_attempt)),
+                supersedes=tuple(dispatch_key(ref, n) for n in range(1, inp.shipping_attempt)),
             )
             with refusals_are_final():
                 booking = await self.carrier.dispatch(

@@ -176,7 +176,7 @@ class OrderWorkflow:
 
     async def _fulfil(self) -> None:
         inp = self._inp
-        ctx = ActivityContext(order_id=inp.order_id, fault_profile=inp.fault_profile)
+        ctx = self._ctx()
 
         self._enter(Step.RECEIVE)
         info = workflow.info()
@@ -192,6 +192,7 @@ class OrderWorkflow:
                 items=inp.items,
                 deadline_iso=self._deadline.isoformat(),
                 started_at_iso=info.start_time.isoformat(),
+                retry_of_run_id=inp.retry_of_run_id,
             ),
             RECEIVE_TIMEOUT,
         )
@@ -256,6 +257,7 @@ class OrderWorkflow:
                         address=self._current_address(),
                         attempt=attempt,
                         fault_profile=inp.fault_profile,
+                        carrier_order=inp.carrier_order,
                     ),
                     id=f"shipping-{inp.order_id}-{attempt}",
                     task_queue=inp.shipping_task_queue,
@@ -298,7 +300,7 @@ class OrderWorkflow:
         outcome = await workflow.execute_activity_method(
             OrderActivities.close_order,
             CloseInput(
-                ctx=ActivityContext(order_id=inp.order_id, fault_profile=inp.fault_profile),
+                ctx=self._ctx(),
                 payment_id=inp.payment_id,
                 state=stop.state,
                 reason=stop.reason,
@@ -324,7 +326,7 @@ class OrderWorkflow:
             refunded = await workflow.execute_activity_method(
                 OrderActivities.refund_payment,
                 RefundInput(
-                    ctx=ActivityContext(order_id=inp.order_id, fault_profile=inp.fault_profile),
+                    ctx=self._ctx(),
                     payment_id=inp.payment_id,
                 ),
                 start_to_close_timeout=CLOSE_TIMEOUT,
@@ -503,7 +505,7 @@ class OrderWorkflow:
             await self._gate(
                 OrderActivities.mark_cancel_requested,
                 CancelMarkInput(
-                    ctx=ActivityContext(order_id=self._inp.order_id),
+                    ctx=self._ctx(with_faults=False),
                     reason=req.reason,
                     requested_by=req.requested_by,
                 ),
@@ -516,7 +518,6 @@ class OrderWorkflow:
         self._log("cancel accepted", reason=req.reason, by=req.requested_by)
 
     async def _accept_address(self, change: AddressChange) -> None:
-        inp = self._inp
         # The row is written by ReceiveOrder; an early change waits for it.
         await workflow.wait_condition(
             lambda: self._state != OrderState.PENDING or self._stop is not None
@@ -526,7 +527,7 @@ class OrderWorkflow:
         await self._gate(
             OrderActivities.apply_address_change,
             AddressChangeInput(
-                ctx=ActivityContext(order_id=inp.order_id),
+                ctx=self._ctx(with_faults=False),
                 address=change.address,
                 requested_by=change.requested_by,
             ),
@@ -560,6 +561,14 @@ class OrderWorkflow:
         """
         if self._stop is not None:
             raise self._stop
+
+    def _ctx(self, with_faults: bool = True) -> ActivityContext:
+        # Gates (cancel, address change) are bookkeeping, not external calls: no faults.
+        return ActivityContext(
+            order_id=self._inp.order_id,
+            fault_profile=self._inp.fault_profile if with_faults else None,
+            carrier_order=self._inp.carrier_order,
+        )
 
     def _current_address(self) -> Address:
         return self._address or self._inp.address

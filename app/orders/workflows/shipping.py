@@ -33,7 +33,9 @@ from app.orders.workflows.policies import DISPATCH_TIMEOUT, PREPARE_TIMEOUT, STE
 class ShippingWorkflow:
     @workflow.run
     async def run(self, inp: ShippingInput) -> ShippingResult:
-        ctx = ActivityContext(order_id=inp.order_id, fault_profile=inp.fault_profile)
+        ctx = ActivityContext(
+            order_id=inp.order_id, fault_profile=inp.fault_profile, carrier_order=inp.carrier_order
+        )
         try:
             await workflow.execute_activity_method(
                 ShippingActivities.prepare_package,

@@ -1,6 +1,6 @@
 """What operators reach for over HTTP, on the real stack: list filters and their refusals,
-Temporal search attributes queried through the real dev server, and a start that is safe
-to send again (Idempotency-Key)."""
+Temporal search attributes queried through the real dev server, a start that is safe to
+send again (Idempotency-Key), and the refusals of a retry."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def start_body(order_id: str, **extra: Any) -> dict[str, Any]:
     return {"payment_id": f"pmt-{order_id}", "address": ADDRESS, **extra}
 
 
-def assert_refused(r: httpx.Response, status: int, field: str) -> None:
+def assert_refused(r: httpx.Response, status: int, field: str | None) -> None:
     assert r.status_code == status, r.text
     assert r.json()["error"]["field"] == field, r.text
 
@@ -204,3 +204,16 @@ async def test_malformed_key_is_refused(api: httpx.AsyncClient, key: str) -> Non
         f"/orders/{order_id}/start", json=start_body(order_id), headers={"Idempotency-Key": key}
     )
     assert_refused(r, 422, "Idempotency-Key")
+
+
+# --- retry of a failed order (the whole path: tests/orders/test_retry.py) -----------------
+
+
+async def test_retry_refusals_over_http(api: httpx.AsyncClient, running: Running) -> None:
+    assert_refused(await api.post(f"/orders/{new_id()}/retry"), 404, None)
+    waiting = new_id()
+    assert (await api.post(f"/orders/{waiting}/start", json=start_body(waiting))).status_code == 201
+    await wait_for_step(running, waiting, "MANUAL_REVIEW")
+    r = await api.post(f"/orders/{waiting}/retry")
+    assert r.status_code == 409, r.text
+    assert "only a FAILED order" in r.json()["error"]["message"]
