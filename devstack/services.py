@@ -179,35 +179,31 @@ def api_url(settings: Settings) -> str:
 
 
 def app_services(settings: Settings) -> list[AppService]:
-    py = sys.executable
     orders_port, shipping_port = worker_metrics_ports(settings)
     url = api_url(settings)
     return [
-        AppService(
-            WORKER_ORDERS,
-            [py, "-m", "app.worker", "--queue", "orders", "--metrics-port", str(orders_port)],
-            orders_port,
-            "WORKER_METRICS_PORT",
-            f"{settings.order_task_queue}, metrics http://127.0.0.1:{orders_port}/metrics",
-            ready_marker=WORKER_READY_MARKER,
-        ),
-        AppService(
-            WORKER_SHIPPING,
-            [py, "-m", "app.worker", "--queue", "shipping", "--metrics-port", str(shipping_port)],
-            shipping_port,
-            "WORKER_METRICS_PORT",
-            f"{settings.shipping_task_queue}, metrics http://127.0.0.1:{shipping_port}/metrics",
-            ready_marker=WORKER_READY_MARKER,
-        ),
+        _worker(WORKER_ORDERS, "orders", orders_port, settings.order_task_queue),
+        _worker(WORKER_SHIPPING, "shipping", shipping_port, settings.shipping_task_queue),
         AppService(
             API,
-            [py, "-m", "app.api"],
+            [sys.executable, "-m", "app.api"],
             settings.api_port,
             "API_PORT",
             url,
             health_url=f"{url}/health",
         ),
     ]
+
+
+def _worker(name: str, queue: str, port: int, task_queue: str) -> AppService:
+    return AppService(
+        name,
+        [sys.executable, "-m", "app.worker", "--queue", queue, "--metrics-port", str(port)],
+        port,
+        "WORKER_METRICS_PORT",
+        f"{task_queue}, metrics http://127.0.0.1:{port}/metrics",
+        ready_marker=WORKER_READY_MARKER,
+    )
 
 
 def endpoints(settings: Settings) -> list[tuple[str, str]]:

@@ -11,7 +11,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+)
 
 from app.orders.models import OrderState, PaymentStatus, Step
 from app.orders.validation import MAX_FIELD_LEN, PAYMENT_ID_RE, ZIP_RE
@@ -22,7 +30,7 @@ from app.service.inputs import (
     MAX_UNIT_PRICE_CENTS,
     SKU_RE,
 )
-from app.service.views import EXAMPLE_ADDRESS
+from app.service.views import EXAMPLE_ADDRESS, EXAMPLE_RUN
 
 MAX_TEXT_LEN = 200
 
@@ -169,9 +177,7 @@ class StartOrderResponse(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "order_id": "order-123",
-                    "workflow_id": "order-order-123",
-                    "run_id": "0198a7c4-5b1e-7f3a-9d2c-6e4b8a1f0c3d",
+                    **EXAMPLE_RUN,
                     "state": "PENDING",
                     "step": "RECEIVE",
                 }
@@ -287,19 +293,16 @@ class DependencyHealth(BaseModel):
     error: str | None = None
 
 
+# Temporal and PostgreSQL answering, as the health endpoints' examples show them.
+EXAMPLE_DEPENDENCIES_UP: dict[str, JsonValue] = {
+    "temporal": {"status": "up", "latency_ms": 2.1},
+    "database": {"status": "up", "latency_ms": 1.4},
+}
+
+
 class HealthResponse(BaseModel):
     model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "status": "ok",
-                    "dependencies": {
-                        "temporal": {"status": "up", "latency_ms": 2.1},
-                        "database": {"status": "up", "latency_ms": 1.4},
-                    },
-                }
-            ]
-        }
+        json_schema_extra={"examples": [{"status": "ok", "dependencies": EXAMPLE_DEPENDENCIES_UP}]}
     )
 
     status: str = Field(description="ok when every dependency is up, else unavailable")

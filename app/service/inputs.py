@@ -5,7 +5,7 @@ app/orders/rules.py."""
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from app.orders.faults import FaultProfile, FaultProfileError
 from app.orders.models import (
@@ -92,19 +92,29 @@ def refuse_test_knobs(settings: Settings, **knobs: object) -> None:
             )
 
 
+class OrderOptions(TypedDict, total=False):
+    """What a start request may add to its order id, payment id and address."""
+
+    items: list[dict[str, Any]] | None  # one demo item when omitted
+    fault_profile: str | None
+    review_timeout_s: float | None
+    deadline_s: float | None
+    customer_id: str | None
+
+
 def order_input(
     settings: Settings,
     order_id: str,
     payment_id: str,
     address: dict[str, Any],
-    *,
-    items: list[dict[str, Any]] | None = None,
-    fault_profile: str | None = None,
-    review_timeout_s: float | None = None,
-    deadline_s: float | None = None,
-    customer_id: str | None = None,
+    **options: Unpack[OrderOptions],
 ) -> OrderInput:
     """A start request checked field by field, as the workflow's input."""
+    items = options.get("items")
+    fault_profile = options.get("fault_profile")
+    review_timeout_s = options.get("review_timeout_s")
+    deadline_s = options.get("deadline_s")
+    customer_id = options.get("customer_id")
     validate_order_id(order_id)
     # Customer ids share the payment id's alphabet: both end up in Temporal's visibility.
     for name, value in (("payment_id", payment_id), ("customer_id", customer_id)):

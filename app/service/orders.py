@@ -11,7 +11,7 @@ import dataclasses
 import time
 from collections import OrderedDict
 from datetime import UTC, timedelta
-from typing import Any
+from typing import Any, Unpack
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -59,6 +59,7 @@ from app.service.idempotency import (
     request_fingerprint,
 )
 from app.service.inputs import (
+    OrderOptions,
     order_input,
     validate_address,
     validate_order_id,
@@ -91,10 +92,6 @@ _REFUSAL_STATUS = {
 }
 
 
-def _execution_timeout(inp: OrderInput) -> timedelta:
-    return timedelta(seconds=inp.deadline_s or ORDER_DEADLINE_S) + timedelta(minutes=5)
-
-
 CLOSED_CACHE_SIZE = 10_000
 CLOSED_CACHE_TTL_S = 300.0
 
@@ -122,12 +119,8 @@ class OrderService:
         payment_id: str,
         address: dict[str, Any],
         *,
-        items: list[dict[str, Any]] | None = None,
-        fault_profile: str | None = None,
-        review_timeout_s: float | None = None,
-        deadline_s: float | None = None,
-        customer_id: str | None = None,
         idempotency_key: str | None = None,
+        **options: Unpack[OrderOptions],
     ) -> StartAnswer:
         """Start the order's one workflow run.
 
@@ -135,54 +128,54 @@ class OrderService:
         five times at once) gets the first answer back: the key and a fingerprint of the
         request travel in the run's memo, so Temporal itself tells whether a run that
         exists is this request's. The same key with another request is refused (422)."""
-        inp = order_input(
-            self.settings,
-            order_id,
-            payment_id,
-            address,
-            items=items,
-            fault_profile=fault_profile,
-            review_timeout_s=review_timeout_s,
-            deadline_s=deadline_s,
-            customer_id=customer_id,
-        )
+        inp = order_input(self.settings, order_id, payment_id, address, **options)
         keyed = (
             IdempotentRequest(idempotency_key, request_fingerprint(inp))
             if idempotency_key is not None
             else None
         )
-        workflow_id = order_workflow_id(order_id)
         try:
             await self._refuse_known_order(order_id)
-            handle: WorkflowHandle[Any, Any] = await self.client.start_workflow(
-                ORDER_WORKFLOW,
+            handle = await self._start_run(
                 inp,
-                id=workflow_id,
-                task_queue=self.settings.order_task_queue,
                 # Never a second run for the same order, running or closed.
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-                # Backstop only: the workflow enforces its own deadline and compensates.
-                execution_timeout=_execution_timeout(inp),
+                WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                f"order {order_id} already exists",
                 memo={IDEMPOTENCY_MEMO: keyed.memo()} if keyed else None,
             )
-        except WorkflowAlreadyStartedError as err:
-            conflict = OrderConflict(
-                f"order {order_id} already exists",
-                order_id=order_id,
-                workflow_id=workflow_id,
-                run_id=err.run_id,
-            )
-            if keyed is None:
-                raise conflict from None
-            return await self._replay_start(order_id, keyed, conflict)
         except OrderConflict as conflict:
             if keyed is None:
                 raise
             return await self._replay_start(order_id, keyed, conflict)
+        return StartAnswer(order_id, handle.id, handle.result_run_id)
+
+    async def _start_run(
+        self,
+        inp: OrderInput,
+        reuse: WorkflowIDReusePolicy,
+        conflict: str,
+        memo: dict[str, Any] | None = None,
+    ) -> WorkflowHandle[Any, Any]:
+        workflow_id = order_workflow_id(inp.order_id)
+        try:
+            return await self.client.start_workflow(
+                ORDER_WORKFLOW,
+                inp,
+                id=workflow_id,
+                task_queue=self.settings.order_task_queue,
+                id_reuse_policy=reuse,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                # Backstop only: the workflow enforces its own deadline and compensates.
+                execution_timeout=timedelta(seconds=inp.deadline_s or ORDER_DEADLINE_S)
+                + timedelta(minutes=5),
+                memo=memo,
+            )
+        except WorkflowAlreadyStartedError as err:
+            raise OrderConflict(
+                conflict, order_id=inp.order_id, workflow_id=workflow_id, run_id=err.run_id
+            ) from None
         except RPCError as err:
             raise Unavailable(f"Temporal is unavailable: {err.message}") from None
-        return StartAnswer(order_id, workflow_id, handle.result_run_id)
 
     async def _replay_start(
         self, order_id: str, keyed: IdempotentRequest, conflict: OrderConflict
@@ -273,7 +266,13 @@ class OrderService:
             order, retry = await order_to_retry(s, order_id)
             first, failed_run = await first_input(self.client, workflow_id, order.run_id)
             inp = retry_input(first, order, failed_run, retry, self.settings.shipping_task_queue)
-            handle = await self._start_retry(inp)
+            handle = await self._start_run(
+                inp,
+                # Temporal's own check behind ours: never beside a running or a completed run.
+                WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+                # Still closing (a refund after the close), or another retry came first.
+                f"order {order_id} has a run that is not failed or still closing",
+            )
             assert handle.result_run_id is not None
             # The row is the new run's from now on: not FAILED (a second retry is refused),
             # not closed (the new run's end is recorded like any other order's).
@@ -282,30 +281,6 @@ class OrderService:
             s.add(retried_event(order_id, failed_run, handle.result_run_id, inp.payment_id))
         self._closed_views.pop(order_id, None)
         return StartAnswer(order_id, workflow_id, handle.result_run_id)
-
-    async def _start_retry(self, inp: OrderInput) -> WorkflowHandle[Any, Any]:
-        workflow_id = order_workflow_id(inp.order_id)
-        try:
-            return await self.client.start_workflow(
-                ORDER_WORKFLOW,
-                inp,
-                id=workflow_id,
-                task_queue=self.settings.order_task_queue,
-                # Temporal's own check behind ours: never beside a running or a completed run.
-                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
-                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-                execution_timeout=_execution_timeout(inp),
-            )
-        except WorkflowAlreadyStartedError as err:
-            # Still closing (a refund after the close), or another retry came first.
-            raise OrderConflict(
-                f"order {inp.order_id} has a run that is not failed or still closing",
-                order_id=inp.order_id,
-                workflow_id=workflow_id,
-                run_id=err.run_id,
-            ) from None
-        except RPCError as err:
-            raise Unavailable(f"Temporal is unavailable: {err.message}") from None
 
     async def _closed_in_db(self, order_id: str) -> bool:
         order = await self._db_order(order_id)

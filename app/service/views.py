@@ -16,6 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from app.orders.models import OrderStatus
 
+# The order and run the API's examples show.
+EXAMPLE_RUN: dict[str, JsonValue] = {
+    "order_id": "order-123",
+    "workflow_id": "order-order-123",
+    "run_id": "0198a7c4-5b1e-7f3a-9d2c-6e4b8a1f0c3d",
+}
 EXAMPLE_ADDRESS: dict[str, JsonValue] = {
     "street": "123 Main St",
     "city": "Test City",
@@ -55,9 +61,7 @@ class OrderView(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "order_id": "order-123",
-                    "workflow_id": "order-order-123",
-                    "run_id": "0198a7c4-5b1e-7f3a-9d2c-6e4b8a1f0c3d",
+                    **EXAMPLE_RUN,
                     "state": "VALIDATED",
                     "step": "MANUAL_REVIEW",
                     "address": EXAMPLE_ADDRESS,

@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 
 from app.api.deps import error_responses
-from app.api.schemas import DependencyHealth, HealthResponse
+from app.api.schemas import EXAMPLE_DEPENDENCIES_UP, DependencyHealth, HealthResponse
 from app.platform.migrate import current_revisions, script_revisions
 
 router = APIRouter(tags=["health"])
@@ -101,16 +102,14 @@ class ReadyResponse(BaseModel):
                 {
                     "status": "ok",
                     "checks": {
-                        "temporal": {"status": "up", "latency_ms": 2.1},
-                        "database": {"status": "up", "latency_ms": 1.4},
+                        **EXAMPLE_DEPENDENCIES_UP,
                         "migrations": {"status": "up", "latency_ms": 3.2},
                     },
                 },
                 {
                     "status": "unavailable",
                     "checks": {
-                        "temporal": {"status": "up", "latency_ms": 2.1},
-                        "database": {"status": "up", "latency_ms": 1.4},
+                        **EXAMPLE_DEPENDENCIES_UP,
                         "migrations": {"status": "down", "error": NOT_MIGRATED},
                     },
                 },
@@ -122,30 +121,20 @@ class ReadyResponse(BaseModel):
     checks: ReadyChecks
 
 
+def _unhealthy(model: type[BaseModel], description: str) -> dict[int | str, dict[str, Any]]:
+    return {503: {"model": model, "description": description}, **error_responses(500)}
+
+
 @router.get(
     "/health",
     summary="Dependency health",
     response_model=HealthResponse,
-    responses={
-        503: {"model": HealthResponse, "description": "A dependency is down"},
-        **error_responses(500),
-    },
+    responses=_unhealthy(HealthResponse, "A dependency is down"),
 )
 async def health(request: Request, response: Response) -> HealthResponse:
     """200 when Temporal and PostgreSQL both answer, 503 otherwise, with each one's status."""
-    client: Client | None = getattr(request.app.state, "temporal", None)
-    engine: AsyncEngine | None = getattr(request.app.state, "engine", None)
-    temporal, database = await asyncio.gather(
-        _probe(lambda: _temporal(client) if client else _not_connected()),
-        _probe(lambda: _database(engine) if engine else _not_connected()),
-    )
-    healthy = temporal.status == "up" and database.status == "up"
-    if not healthy:
-        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    return HealthResponse(
-        status="ok" if healthy else "unavailable",
-        dependencies={"temporal": temporal, "database": database},
-    )
+    results = await _check(request, migrations=False)
+    return HealthResponse(status=_verdict(results, response), dependencies=results)
 
 
 @router.get(
@@ -164,23 +153,32 @@ async def live() -> LiveResponse:
     "/health/ready",
     summary="Readiness probe",
     response_model=ReadyResponse,
-    responses={
-        503: {"model": ReadyResponse, "description": "A check failed: do not send traffic"},
-        **error_responses(500),
-    },
+    responses=_unhealthy(ReadyResponse, "A check failed: do not send traffic"),
 )
 async def ready(request: Request, response: Response) -> ReadyResponse:
     """200 when Temporal and PostgreSQL answer and the database's migrations are at this
     build's head, 503 otherwise, with each check's status."""
+    results = await _check(request, migrations=True)
+    return ReadyResponse(status=_verdict(results, response), checks=ReadyChecks(**results))
+
+
+async def _check(request: Request, migrations: bool) -> dict[str, DependencyHealth]:
+    """Each dependency's health, checked at the same time (a probe answers within one
+    check's timeout)."""
     client: Client | None = getattr(request.app.state, "temporal", None)
     engine: AsyncEngine | None = getattr(request.app.state, "engine", None)
-    temporal, database, migrations = await asyncio.gather(
-        _probe(lambda: _temporal(client) if client else _not_connected()),
-        _probe(lambda: _database(engine) if engine else _not_connected()),
-        _probe(lambda: _migrations(engine) if engine else _not_connected()),
-    )
-    checks = ReadyChecks(temporal=temporal, database=database, migrations=migrations)
-    ok = all(c.status == "up" for c in (temporal, database, migrations))
-    if not ok:
-        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    return ReadyResponse(status="ok" if ok else "unavailable", checks=checks)
+    checks: dict[str, Callable[[], Awaitable[object]]] = {
+        "temporal": lambda: _temporal(client) if client else _not_connected(),
+        "database": lambda: _database(engine) if engine else _not_connected(),
+    }
+    if migrations:
+        checks["migrations"] = lambda: _migrations(engine) if engine else _not_connected()
+    results = await asyncio.gather(*(_probe(check) for check in checks.values()))
+    return dict(zip(checks, results, strict=True))
+
+
+def _verdict(results: dict[str, DependencyHealth], response: Response) -> str:
+    if all(r.status == "up" for r in results.values()):
+        return "ok"
+    response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return "unavailable"

@@ -34,6 +34,12 @@ _READ = error_responses(401, 403, 404, 422, 500, 503)
 _COMMAND = error_responses(401, 403, 404, 409, 413, 422, 500, 503)
 
 
+def _locate(request: Request, response: Response, order_id: str) -> None:
+    """Point the answer of a start at the order's status."""
+    location = request.app.url_path_for("order_status", order_id=order_id)
+    response.headers["Location"] = request.scope.get("root_path", "") + location
+
+
 @router.post(
     "/{order_id}/start",
     status_code=status.HTTP_201_CREATED,
@@ -99,8 +105,7 @@ async def start_order(
         customer_id=body.customer_id,
         idempotency_key=idempotency_key,
     )
-    location = request.app.url_path_for("order_status", order_id=order_id)
-    response.headers["Location"] = request.scope.get("root_path", "") + location
+    _locate(request, response, order_id)
     if started.replayed:
         response.status_code = status.HTTP_200_OK
         response.headers["Idempotent-Replayed"] = "true"
@@ -188,8 +193,7 @@ async def retry_order(
     payment of its own (`<payment id>.r<N>`; the failed run's charge was refunded when it
     closed). 409 while it runs or closes, and for a completed or cancelled order."""
     retried = await service.retry_order(order_id)
-    location = request.app.url_path_for("order_status", order_id=order_id)
-    response.headers["Location"] = request.scope.get("root_path", "") + location
+    _locate(request, response, order_id)
     return StartOrderResponse.model_validate(retried.as_dict())
 
 
