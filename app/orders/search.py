@@ -8,7 +8,12 @@ stack registers them when it starts the dev server, compose's setup service with
 
 from __future__ import annotations
 
-from temporalio.common import SearchAttributeKey
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import SearchAttributeKey, SearchAttributeUpdate
+
+from app.orders.models import OrderInput, order_amount_cents
 
 ORDER_STATE = SearchAttributeKey.for_keyword("OrderState")
 ORDER_STEP = SearchAttributeKey.for_keyword("OrderStep")
@@ -20,3 +25,19 @@ SEARCH_ATTRIBUTES: dict[str, str] = {
     key.name: key.indexed_value_type.name.title()
     for key in (ORDER_STATE, ORDER_STEP, CUSTOMER_ID, ORDER_AMOUNT_CENTS)
 }
+
+
+def upsert_search_attributes(
+    inp: OrderInput, state: str, step: str | None, *, first: bool = False
+) -> None:
+    """From the workflow: the order's state and step now (and, the first time, what does
+    not change: amount and customer)."""
+    updates: list[SearchAttributeUpdate[Any]] = [
+        ORDER_STATE.value_set(state),
+        ORDER_STEP.value_set(step or ""),
+    ]
+    if first:
+        updates.append(ORDER_AMOUNT_CENTS.value_set(order_amount_cents(inp.items)))
+        if inp.customer_id:
+            updates.append(CUSTOMER_ID.value_set(inp.customer_id))
+    workflow.upsert_search_attributes(updates)

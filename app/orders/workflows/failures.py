@@ -1,7 +1,10 @@
 """What a workflow learns from a failed activity or child: the innermost message, the
-application error type, and the stop that ends an order early."""
+application error type, the stop that ends an order early, and a gate's refusal."""
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.exceptions import (
@@ -15,6 +18,10 @@ with workflow.unsafe.imports_passed_through():
     from app.orders.models import (
         OrderState,
     )
+
+from app.orders.workflows.policies import GATE_RETRY, GATE_TIMEOUT
+
+InputT = TypeVar("InputT")
 
 
 class OrderStopped(Exception):
@@ -43,3 +50,20 @@ def application_type(err: BaseException) -> str | None:
             return cause.type
         cause = cause.cause if isinstance(cause, ActivityError | ChildWorkflowError) else None
     return None
+
+
+async def gate(method: Callable[[Any, InputT], Awaitable[None]], arg: InputT) -> None:
+    """Run a row-locking check-and-write; its refusal becomes the caller's answer."""
+    try:
+        await workflow.execute_activity_method(
+            method,
+            arg,
+            start_to_close_timeout=GATE_TIMEOUT,
+            retry_policy=GATE_RETRY,
+        )
+    except ActivityError as err:
+        raise ApplicationError(
+            failure_message(err),
+            type=application_type(err) or "RequestFailed",
+            non_retryable=True,
+        ) from None

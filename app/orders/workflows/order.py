@@ -15,7 +15,6 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import SearchAttributeUpdate
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
@@ -69,16 +68,14 @@ with workflow.unsafe.imports_passed_through():
         ValidateInput,
         order_amount_cents,
     )
-    from app.orders.search import CUSTOMER_ID, ORDER_AMOUNT_CENTS, ORDER_STATE, ORDER_STEP
+    from app.orders.search import upsert_search_attributes
     from app.orders.validation import address_problems
 
-from app.orders.workflows.failures import OrderStopped, application_type, failure_message
+from app.orders.workflows.failures import OrderStopped, application_type, failure_message, gate
 from app.orders.workflows.policies import (
     CHARGE_TIMEOUT,
     CLOSE_RETRY,
     CLOSE_TIMEOUT,
-    GATE_RETRY,
-    GATE_TIMEOUT,
     MAX_ERRORS_KEPT,
     MAX_SHIPPING_ATTEMPTS,
     PATCH_REFUND_AFTER_CLOSE,
@@ -502,7 +499,7 @@ class OrderWorkflow:
             return  # already accepted: cancelling twice is not an error
         if self._step == Step.SHIP:
             # The carrier may be dispatching right now; the order row decides.
-            await self._gate(
+            await gate(
                 OrderActivities.mark_cancel_requested,
                 CancelMarkInput(
                     ctx=self._ctx(with_faults=False),
@@ -524,7 +521,7 @@ class OrderWorkflow:
         )
         if self._stop is not None:
             raise ApplicationError("order is already closed", type=ERR_ORDER_CLOSED)
-        await self._gate(
+        await gate(
             OrderActivities.apply_address_change,
             AddressChangeInput(
                 ctx=self._ctx(with_faults=False),
@@ -534,22 +531,6 @@ class OrderWorkflow:
         )
         self._address = change.address
         self._log("address updated", by=change.requested_by)
-
-    async def _gate(self, method: Callable[[Any, InputT], Awaitable[None]], arg: InputT) -> None:
-        """Run a row-locking check-and-write; its refusal becomes the caller's answer."""
-        try:
-            await workflow.execute_activity_method(
-                method,
-                arg,
-                start_to_close_timeout=GATE_TIMEOUT,
-                retry_policy=GATE_RETRY,
-            )
-        except ActivityError as err:
-            raise ApplicationError(
-                failure_message(err),
-                type=application_type(err) or "RequestFailed",
-                non_retryable=True,
-            ) from None
 
     # --- small helpers -----------------------------------------------------------------
 
@@ -582,7 +563,7 @@ class OrderWorkflow:
     def _enter(self, step: Step) -> None:
         self._step = step
         self._updated_at = workflow.now()
-        self._publish(first=step == Step.RECEIVE)
+        self._publish_search_attributes(first=step == Step.RECEIVE)
         # DEBUG: the state change that ends each step is logged at INFO anyway.
         self._log("step started", level=logging.DEBUG, step=str(step))
 
@@ -591,22 +572,13 @@ class OrderWorkflow:
         self._updated_at = workflow.now()
         if state in TERMINAL_STATES:
             # Other state changes are followed at once by the next step, which publishes.
-            self._publish()
+            self._publish_search_attributes()
         self._log("state changed", state=str(state))
 
-    def _publish(self, first: bool = False) -> None:
-        """Upsert the search attributes operators filter orders by (app/orders/search.py)."""
-        if not workflow.patched(PATCH_SEARCH_ATTRIBUTES):
-            return
-        updates: list[SearchAttributeUpdate[Any]] = [
-            ORDER_STATE.value_set(self._state),
-            ORDER_STEP.value_set(self._step or ""),
-        ]
-        if first:
-            updates.append(ORDER_AMOUNT_CENTS.value_set(order_amount_cents(self._inp.items)))
-            if self._inp.customer_id:
-                updates.append(CUSTOMER_ID.value_set(self._inp.customer_id))
-        workflow.upsert_search_attributes(updates)
+    def _publish_search_attributes(self, first: bool = False) -> None:
+        # Histories recorded before the order published them replay without.
+        if workflow.patched(PATCH_SEARCH_ATTRIBUTES):
+            upsert_search_attributes(self._inp, self._state, self._step, first=first)
 
     def _record_error(self, step: Step, attempt: int, message: str) -> None:
         self._errors.append(

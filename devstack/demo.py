@@ -1,0 +1,155 @@
+"""`cli.py demo`: three orders side by side (clean, cancelled after payment, seed faults),
+shown as they move, then summarised."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from app.cli.common import STEPS, out
+from app.cli.render import errors_table, fmt_attempts, state_text
+from app.cli.waiting import is_terminal, wait_for_order
+from app.orders.models import DEMO_ADDRESS, ORDER_DEADLINE_S
+
+if TYPE_CHECKING:
+    from app.service.orders import OrderService
+
+
+@dataclasses.dataclass
+class DemoRun:
+    scenario: str
+    order_id: str
+    expect: str
+    view: dict[str, Any] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        state = self.view.get("state")
+        if self.expect == "COMPLETED":
+            return state == "COMPLETED"
+        if self.expect == "REFUNDED":
+            return state == "CANCELLED" and self.view.get("payment_status") == "refunded"
+        return True  # seed faults: whatever happened is the point
+
+
+def _progress_of(view: dict[str, Any]) -> int:
+    if is_terminal(view):
+        return len(STEPS)
+    step = view.get("step")
+    return STEPS.index(step) if step in STEPS else 0
+
+
+async def play_demo(svc: OrderService) -> list[DemoRun]:
+    """Three orders side by side, with live progress: each scenario's start, approval and
+    (for one) cancel after payment, as a reviewer and a customer would."""
+    from app.service.errors import OrderConflict
+
+    tag = datetime.now().strftime("%H%M%S") + secrets.token_hex(2)
+    runs = [
+        DemoRun("clean order", f"demo-{tag}-clean", "COMPLETED"),
+        DemoRun("cancel after payment", f"demo-{tag}-cancel", "REFUNDED"),
+        DemoRun("seed faults (retries)", f"demo-{tag}-faults", "ANY"),
+    ]
+    profiles = ["off", "delay=1", "seed"]
+    # Bound every wait by the order deadline, plus time for compensation to finish.
+    limit = (svc.settings.order_deadline_s or ORDER_DEADLINE_S) + 15.0
+    columns = (
+        SpinnerColumn(finished_text="✓"),
+        TextColumn("{task.description:<24}"),
+        BarColumn(bar_width=20),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=out) as progress:
+
+        async def play(run: DemoRun, profile: str) -> None:
+            task = progress.add_task(run.scenario, total=len(STEPS), status="starting")
+            started = time.monotonic()
+            shown = [""]
+
+            def on_change(view: dict[str, Any]) -> None:
+                label = f"{view['state']} {view.get('step') or ''}".strip()
+                if label == shown[0]:
+                    return
+                shown[0] = label
+                progress.update(task, completed=_progress_of(view), status=label)
+                progress.console.print(
+                    Text(f"{run.scenario:<24} {run.order_id:<28} {label}"), soft_wrap=True
+                )
+
+            def wait(done: Callable[[dict[str, Any]], bool]) -> Awaitable[dict[str, Any]]:
+                remaining = max(limit - (time.monotonic() - started), 1.0)
+                return wait_for_order(svc, run.order_id, done, remaining, on_change)
+
+            await svc.start_order(
+                run.order_id, f"pmt-{run.order_id}", dict(DEMO_ADDRESS), fault_profile=profile
+            )
+            # Approve once the order waits for review, as a reviewer would.
+            view = await wait(lambda v: v.get("step") == "MANUAL_REVIEW" or is_terminal(v))
+            if not is_terminal(view):
+                try:
+                    await svc.approve(run.order_id, "demo")
+                    run.notes.append("approved")
+                except OrderConflict as refused:
+                    run.notes.append(f"approval refused: {refused.message}")
+            if run.expect == "REFUNDED":
+                view = await wait(lambda v: v.get("state") == "PAID" or is_terminal(v))
+                if view.get("state") == "PAID":
+                    try:
+                        await svc.cancel(
+                            run.order_id, reason="customer_request", requested_by="demo"
+                        )
+                        run.notes.append("cancelled after payment")
+                    except OrderConflict as refused:
+                        run.notes.append(f"cancel refused: {refused.message}")
+            run.view = await wait(is_terminal)
+            run.seconds = time.monotonic() - started
+            if not is_terminal(run.view):
+                run.notes.append("still closing when the demo stopped waiting")
+            progress.update(task, completed=len(STEPS), status=run.view.get("state", "?"))
+
+        await asyncio.gather(*(play(r, p) for r, p in zip(runs, profiles, strict=True)))
+    return runs
+
+
+def print_summary(runs: list[DemoRun]) -> None:
+    table = Table(
+        "scenario",
+        "order",
+        "state",
+        "reason",
+        "payment",
+        "attempts",
+        "errors",
+        "took",
+        "notes",
+        title="demo summary",
+    )
+    for run in runs:
+        v = run.view
+        table.add_row(
+            run.scenario,
+            run.order_id,
+            state_text(v.get("state")),
+            v.get("reason") or "-",
+            str(v.get("payment_status") or "-"),
+            fmt_attempts(v.get("attempts") or {}),
+            str(len(v.get("errors") or [])),
+            f"{run.seconds:.1f}s",
+            "; ".join(run.notes) or "-",
+        )
+    out.print(table)
+    faults = runs[-1].view
+    if faults.get("errors"):
+        out.print(errors_table(faults["errors"]))
