@@ -26,6 +26,7 @@ import httpx
 import pytest
 import yaml
 
+from app.orders.search import SEARCH_ATTRIBUTES
 from app.platform.settings import PROJECT_ROOT, Settings
 from devstack.services import interpolate
 from devstack.stack import temporal_binary
@@ -51,13 +52,6 @@ OUR_SERVICES = ("migrate", "app", "worker-orders", "worker-shipping")
 WORKERS = ("worker-orders", "worker-shipping")
 SETTINGS = {name.upper() for name in Settings.model_fields}
 VERSION = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["version"]
-# What the order workflow upserts (app/orders/workflows), by name and Temporal type.
-SEARCH_ATTRIBUTES = {
-    "OrderState": "Keyword",
-    "OrderStep": "Keyword",
-    "CustomerId": "Keyword",
-    "OrderAmountCents": "Int",
-}
 
 
 @pytest.fixture(scope="module")
@@ -422,3 +416,14 @@ def test_compose_file_is_the_one_the_cli_drives() -> None:
     from devstack.services import COMPOSE_FILE as CLI_COMPOSE_FILE
 
     assert Path(CLI_COMPOSE_FILE) == COMPOSE_FILE
+
+
+def test_registered_search_attributes_are_the_workflows() -> None:
+    """What compose registers (SEARCH_ATTRIBUTES, checked above) is what the workflow
+    upserts; the names are a contract with operators' saved queries."""
+    assert SEARCH_ATTRIBUTES == {
+        "OrderState": "Keyword",
+        "OrderStep": "Keyword",
+        "CustomerId": "Keyword",
+        "OrderAmountCents": "Int",
+    }
