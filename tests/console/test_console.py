@@ -259,6 +259,30 @@ async def test_cancel_after_payment_refunds(
     assert order is not None and order.state == "CANCELLED" and order.tracking_number is None
 
 
+async def test_retry_a_failed_order(running: Running, api_server: ApiServer, page: Page) -> None:
+    order_id = new_id("con-retry")
+    # Every call fails: the order closes FAILED at RECEIVE (and its retry does again).
+    await running.service.start_order(order_id, f"pmt-{order_id}", ADDRESS, fault_profile="fail=1")
+
+    async def failed() -> bool | None:
+        view = await running.service.status(order_id)
+        return (view.state == "FAILED" and view.settled) or None
+
+    await eventually(failed, timeout=30, what="the order failed and settled")
+    await login(page, f"{api_server.url}/console/orders/{order_id}")
+    await expect(page.locator("#order-state")).to_have_text("FAILED")
+    await expect(page.locator("#cancel-btn")).to_be_hidden()
+    await page.get_by_role("button", name="Retry order").click()
+    await expect(page.locator("#action-result")).to_contain_text("Retried: run")
+    await expect(page.locator('#timeline li[data-type="RETRIED"]')).to_have_count(1)
+    # The new run fails its RECEIVE like the first; the page follows it to its end.
+    await expect(page.locator('#timeline li[data-type="FAILED"]')).to_have_count(2, timeout=30_000)
+    await expect(page.locator("#retry-btn")).to_be_visible()
+    await shot(page, "order-retried")
+    types = [e.type for e in await event_rows(running, order_id)]
+    assert types.count("RETRIED") == 1 and types.count("FAILED") == 2
+
+
 async def test_invalid_address_shows_field_errors(
     running: Running, api_server: ApiServer, page: Page
 ) -> None:
