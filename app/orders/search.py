@@ -1,9 +1,13 @@
 """The order's Temporal search attributes: what operators filter orders by in the Temporal
 UI and in `temporal workflow list --query "OrderState='FAILED'"`.
 
-The workflow upserts them as the order moves (app/orders/workflows/order.py); the embedded
-stack registers them when it starts the dev server, compose's setup service with
-`temporal operator search-attribute create`. Names and types are a contract with both.
+A start sets them (PENDING, RECEIVE, amount, customer); the workflow upserts state and step
+when the order settles where an operator acts or waits: the review, shipping, its end
+(app/orders/workflows/order.py). Receiving, validating and charging last milliseconds and
+are not published: each upsert is a history event and a visibility write, about 9 ms of
+the dev server's CPU (docs/performance.md). The embedded stack registers the attributes
+when it starts the dev server, compose's setup job with `temporal operator
+search-attribute create`. Names and types are a contract with both.
 """
 
 from __future__ import annotations
@@ -11,9 +15,14 @@ from __future__ import annotations
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import SearchAttributeKey, SearchAttributeUpdate
+from temporalio.common import (
+    SearchAttributeKey,
+    SearchAttributePair,
+    SearchAttributeUpdate,
+    TypedSearchAttributes,
+)
 
-from app.orders.models import OrderInput, order_amount_cents
+from app.orders.models import OrderInput, OrderState, Step, order_amount_cents
 
 ORDER_STATE = SearchAttributeKey.for_keyword("OrderState")
 ORDER_STEP = SearchAttributeKey.for_keyword("OrderStep")
@@ -27,16 +36,27 @@ SEARCH_ATTRIBUTES: dict[str, str] = {
 }
 
 
-def upsert_search_attributes(
-    inp: OrderInput, state: str, step: str | None, *, first: bool = False
-) -> None:
-    """From the workflow: the order's state and step now (and, the first time, what does
-    not change: amount and customer)."""
+def start_attributes(inp: OrderInput) -> TypedSearchAttributes:
+    """What a start sets at once (in the start request: no workflow command): a new order,
+    its amount and its customer."""
+    pairs: list[SearchAttributePair[Any]] = [
+        SearchAttributePair(ORDER_STATE, OrderState.PENDING),
+        SearchAttributePair(ORDER_STEP, Step.RECEIVE),
+        SearchAttributePair(ORDER_AMOUNT_CENTS, order_amount_cents(inp.items)),
+    ]
+    if inp.customer_id:
+        pairs.append(SearchAttributePair(CUSTOMER_ID, inp.customer_id))
+    return TypedSearchAttributes(pairs)
+
+
+def upsert_search_attributes(state: str, step: str | None, inp: OrderInput | None = None) -> None:
+    """From the workflow: the order's state and step now; with `inp`, also what the start
+    did not set (a run started by another client than ours)."""
     updates: list[SearchAttributeUpdate[Any]] = [
         ORDER_STATE.value_set(state),
         ORDER_STEP.value_set(step or ""),
     ]
-    if first:
+    if inp is not None:
         updates.append(ORDER_AMOUNT_CENTS.value_set(order_amount_cents(inp.items)))
         if inp.customer_id:
             updates.append(CUSTOMER_ID.value_set(inp.customer_id))

@@ -49,6 +49,7 @@ from app.orders.models import (
     is_settled,
     order_workflow_id,
 )
+from app.orders.search import start_attributes
 from app.platform.settings import Settings
 from app.platform.tables import Event, Order, Payment
 from app.service.errors import InvalidInput, OrderConflict, OrderNotFound, Unavailable
@@ -169,6 +170,7 @@ class OrderService:
                 execution_timeout=timedelta(seconds=inp.deadline_s or ORDER_DEADLINE_S)
                 + timedelta(minutes=5),
                 memo=memo,
+                search_attributes=start_attributes(inp),
             )
         except WorkflowAlreadyStartedError as err:
             raise OrderConflict(

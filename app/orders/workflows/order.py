@@ -68,7 +68,7 @@ with workflow.unsafe.imports_passed_through():
         ValidateInput,
         order_amount_cents,
     )
-    from app.orders.search import upsert_search_attributes
+    from app.orders.search import ORDER_STATE, upsert_search_attributes
     from app.orders.validation import address_problems
 
 from app.orders.workflows.failures import OrderStopped, application_type, failure_message, gate
@@ -563,7 +563,13 @@ class OrderWorkflow:
     def _enter(self, step: Step) -> None:
         self._step = step
         self._updated_at = workflow.now()
-        self._publish_search_attributes(first=step == Step.RECEIVE)
+        if step in (Step.MANUAL_REVIEW, Step.SHIP):
+            self._publish_search_attributes()
+        elif (
+            step == Step.RECEIVE
+            and workflow.info().typed_search_attributes.get(ORDER_STATE) is None
+        ):
+            self._publish_search_attributes(with_start=True)  # not started by our service
         # DEBUG: the state change that ends each step is logged at INFO anyway.
         self._log("step started", level=logging.DEBUG, step=str(step))
 
@@ -571,14 +577,13 @@ class OrderWorkflow:
         self._state = state
         self._updated_at = workflow.now()
         if state in TERMINAL_STATES:
-            # Other state changes are followed at once by the next step, which publishes.
             self._publish_search_attributes()
         self._log("state changed", state=str(state))
 
-    def _publish_search_attributes(self, first: bool = False) -> None:
+    def _publish_search_attributes(self, with_start: bool = False) -> None:
         # Histories recorded before the order published them replay without.
         if workflow.patched(PATCH_SEARCH_ATTRIBUTES):
-            upsert_search_attributes(self._inp, self._state, self._step, first=first)
+            upsert_search_attributes(self._state, self._step, self._inp if with_start else None)
 
     def _record_error(self, step: Step, attempt: int, message: str) -> None:
         self._errors.append(
