@@ -145,17 +145,17 @@ async def run_bench(
         "approve": approve,
         "fault_profile": fault_profile,
         "api_url": base_url,
-        "machine": _machine(),
-        "code": _code_version(),
+        "machine": machine_info(),
+        "code": code_version(),
     }
-    client = await _connect_temporal(settings)
+    client = await connect_temporal(settings)
     result["machine"]["temporal_server"] = await _server_version(client)
 
     limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(
         base_url=base_url, headers=headers, limits=limits, timeout=60.0
     ) as http:
-        await _check_api(http, base_url)
+        await check_api(http, base_url)
         runner = OrdersPhase(http, client, run_id, approve, fault_profile)
         queues = _baseline_queues(run_id)
         base_workers = BaselineWorkers(settings, *queues)
@@ -215,7 +215,7 @@ async def run_bench(
 _Side = tuple[OneRun, Mapping[str, Sequence[int]]]
 
 
-async def _connect_temporal(settings: Settings) -> Client:
+async def connect_temporal(settings: Settings) -> Client:
     from app.platform.temporal import connect_client
 
     try:
@@ -224,7 +224,7 @@ async def _connect_temporal(settings: Settings) -> Client:
         raise BenchError(f"Temporal is not reachable at {settings.temporal_target}") from err
 
 
-async def _check_api(http: httpx.AsyncClient, base_url: str) -> None:
+async def check_api(http: httpx.AsyncClient, base_url: str) -> None:
     try:
         health = await http.get("/health")
     except httpx.HTTPError as err:
@@ -317,7 +317,7 @@ def _notes(workers: Sequence[int], phase: PhaseResult) -> list[str]:
     return notes
 
 
-def _code_version() -> dict[str, Any]:
+def code_version() -> dict[str, Any]:
     """The commit measured (and whether the work tree differs from it), when known."""
     from app.platform.settings import PROJECT_ROOT
 
@@ -334,7 +334,7 @@ def _code_version() -> dict[str, Any]:
     return {"commit": git("rev-parse", "--short", "HEAD"), "modified": bool(status)}
 
 
-def _machine() -> dict[str, Any]:
+def machine_info() -> dict[str, Any]:
     import temporalio
 
     return {

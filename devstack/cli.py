@@ -321,11 +321,23 @@ def chaos(
 
 @app.command(rich_help_panel=TESTING)
 def bench(
-    orders: Annotated[int, typer.Option(help="Orders through the REST API.", min=1)] = 300,
-    concurrency: Annotated[int, typer.Option(help="Orders in flight at once.", min=1)] = 8,
+    orders: Annotated[
+        int,
+        typer.Option(help="Orders through the REST API (default 300; 3000 with --soak).", min=1),
+    ] = 0,
+    concurrency: Annotated[
+        int, typer.Option(help="Orders in flight at once (default 8; 4 with --soak).", min=1)
+    ] = 0,
     baseline: Annotated[
         bool, typer.Option(help="Also run bare-Temporal workflows of the same shape.")
     ] = True,
+    soak: Annotated[
+        bool,
+        typer.Option(
+            help="A long run in four quarters instead: is throughput, latency and memory "
+            "flat, and how fast do the databases grow?"
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Orders/s and latency of the running stack against a bare-Temporal baseline.
@@ -335,23 +347,32 @@ def bench(
     """
     from devstack.bench import format_report, run_bench_sync
     from devstack.bench_measure import BenchError
+    from devstack.bench_soak import format_soak, run_soak_sync
 
     settings = stack_services.client_settings(load_settings())
     progress = None if as_json else (lambda m: err.print(Text(m)))
     try:
-        result = run_bench_sync(
-            settings,
-            orders=orders,
-            concurrency=concurrency,
-            progress=progress,
-            baseline=baseline,
-        )
+        if soak:
+            result = run_soak_sync(
+                settings,
+                orders=orders or 3000,
+                concurrency=concurrency or 4,
+                progress=progress,
+            )
+        else:
+            result = run_bench_sync(
+                settings,
+                orders=orders or 300,
+                concurrency=concurrency or 8,
+                progress=progress,
+                baseline=baseline,
+            )
     except BenchError as exc:
         raise CliError(str(exc)) from None
     if as_json:
         print_json(result)
     else:
-        say(format_report(result))
+        say(format_soak(result) if soak else format_report(result))
 
 
 @app.command(rich_help_panel=STACK)

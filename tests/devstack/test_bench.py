@@ -23,6 +23,7 @@ from app.platform.settings import PROJECT_ROOT, Settings
 from devstack import stack
 from devstack.bench import RESULT_KEYS, run_bench
 from devstack.bench_measure import discover_processes, percentile
+from devstack.bench_soak import QUARTERS, flatness, run_soak
 from tests.helpers import RealStack
 from tests.ports import free_port
 
@@ -155,6 +156,44 @@ async def test_smoke_run_reports_every_figure(bench_stack: BenchStack) -> None:
     for proc in psutil.process_iter(["cmdline"]):
         cmd = " ".join(proc.info["cmdline"] or [])
         assert not any(q in cmd for q in queues), f"baseline worker left running: {cmd}"
+
+
+async def test_soak_reports_quarters_and_database_growth(bench_stack: BenchStack) -> None:
+    result = await run_soak(bench_stack.settings, orders=8, concurrency=2)
+
+    assert result["failed_orders"] == 0
+    assert [q["completed"] for q in result["quarters"]] == [2] * QUARTERS
+    for q in result["quarters"]:
+        assert q["per_s"] > 0 and 0 < q["p50_ms"] <= q["p99_ms"]
+        assert 10 < q["rss_mb"]["worker"] < 4096 and 10 < q["rss_mb"]["api"] < 4096
+    first, last = result["quarters"][0], result["quarters"][-1]
+    assert result["throughput_change_pct"] == pytest.approx(
+        (last["per_s"] - first["per_s"]) / first["per_s"] * 100, abs=0.1
+    )
+    growth = result["db_mb_per_1000_orders"]
+    assert set(growth) == {
+        "postgres_app",
+        "postgres_gateway",
+        "postgres_carrier",
+        "temporal_sqlite",
+    }
+    # Every database exists and holds something; growth is never negative.
+    assert all(mb > 0 for mb in result["db_mb_after"].values()), result["db_mb_after"]
+    assert all(mb >= 0 for mb in growth.values()), growth
+
+
+def test_flatness_compares_the_last_quarter_with_the_first() -> None:
+    quarters = [
+        {"per_s": 10.0, "p99_ms": 500.0, "rss_mb": {"worker": 100.0, "api": 120.0}},
+        {"per_s": 11.0, "p99_ms": 480.0, "rss_mb": {"worker": 104.0, "api": 121.0}},
+        {"per_s": 9.0, "p99_ms": 520.0, "rss_mb": {"worker": 110.0, "api": 121.0}},
+        {"per_s": 9.5, "p99_ms": 600.0, "rss_mb": {"worker": 118.5, "api": 119.0}},
+    ]
+    assert flatness(quarters) == {
+        "throughput_change_pct": -5.0,
+        "p99_change_pct": 20.0,
+        "rss_growth_mb": {"worker": 18.5, "api": -1.0},
+    }
 
 
 def test_percentile_is_nearest_rank() -> None:
