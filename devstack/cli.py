@@ -322,12 +322,13 @@ def chaos(
 @app.command(rich_help_panel=TESTING)
 def bench(
     orders: Annotated[
-        int,
-        typer.Option(help="Orders through the REST API (default 300; 3000 with --soak).", min=1),
-    ] = 0,
+        int | None,
+        typer.Option(help="Orders through the REST API (default 300; 3000 with --soak)."),
+    ] = None,
     concurrency: Annotated[
-        int, typer.Option(help="Orders in flight at once (default 8; 4 with --soak).", min=1)
-    ] = 0,
+        int | None,
+        typer.Option(help="Orders in flight at once (default 8; 4 with --soak)."),
+    ] = None,
     baseline: Annotated[
         bool, typer.Option(help="Also run bare-Temporal workflows of the same shape.")
     ] = True,
@@ -349,6 +350,9 @@ def bench(
     from devstack.bench_measure import BenchError
     from devstack.bench_soak import format_soak, run_soak_sync
 
+    for name, value in (("--orders", orders), ("--concurrency", concurrency)):
+        if value is not None and value < 1:
+            raise typer.BadParameter(f"{name} must be at least 1")
     settings = stack_services.client_settings(load_settings())
     progress = None if as_json else (lambda m: err.print(Text(m)))
     try:
