@@ -24,7 +24,7 @@ from temporalio.client import Client
 from app.api.app import create_app
 from app.orders.providers.wiring import Simulators
 from app.platform.settings import PROJECT_ROOT, Settings
-from app.platform.tables import Event
+from app.platform.tables import Event, Payment
 from app.service.orders import OrderService
 from app.service.views import OrderView
 from devstack import stack
@@ -91,6 +91,15 @@ async def wait_for_step(running: Running, order_id: str, step: str) -> OrderView
         return status if status.step == step else None
 
     return await eventually(check)
+
+
+async def payments(running: Running, order_id: str) -> list[Payment]:
+    """The order's rows in `payments`, oldest first."""
+    async with running.sessions() as s:
+        rows = await s.execute(
+            select(Payment).where(Payment.order_id == order_id).order_by(Payment.created_at)
+        )
+        return list(rows.scalars())
 
 
 async def order_events(running: Running, order_id: str) -> list[str]:

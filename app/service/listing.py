@@ -68,21 +68,27 @@ def _naive_utc(at: datetime) -> datetime:
     return at.astimezone(UTC).replace(tzinfo=None) if at.tzinfo else at
 
 
-def encode_cursor(created_at: datetime, order_id: str) -> str:
-    raw = json.dumps([created_at.isoformat(), order_id]).encode()
+BAD_CURSOR = "cursor is not one this API handed out (take next_cursor of the last page)"
+
+
+def _to_cursor(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _from_cursor(cursor: str) -> bytes:
+    return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+
+
+def encode_cursor(created_at: datetime, order_id: str) -> str:
+    return _to_cursor(json.dumps([created_at.isoformat(), order_id]).encode())
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created, order_id = json.loads(raw)
+        created, order_id = json.loads(_from_cursor(cursor))
         return datetime.fromisoformat(created), str(order_id)
     except (binascii.Error, ValueError, TypeError):
-        raise InvalidInput(
-            "cursor is not one this API handed out (take next_cursor of the last page)",
-            field="cursor",
-        ) from None
+        raise InvalidInput(BAD_CURSOR, field="cursor") from None
 
 
 async def order_page(
@@ -138,9 +144,9 @@ async def search_orders(
     token = None
     if cursor is not None:
         try:
-            token = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+            token = _from_cursor(cursor)
         except (binascii.Error, ValueError):
-            raise InvalidInput("cursor is not one this API handed out", field="cursor") from None
+            raise InvalidInput(BAD_CURSOR, field="cursor") from None
     pages = client.list_workflows(
         f"WorkflowType='{ORDER_WORKFLOW}' AND ({query})",
         page_size=limit,
@@ -160,9 +166,7 @@ async def search_orders(
         "total": None,
         "limit": limit,
         "offset": 0,
-        "next_cursor": base64.urlsafe_b64encode(next_token).decode().rstrip("=")
-        if next_token
-        else None,
+        "next_cursor": _to_cursor(next_token) if next_token else None,
     }
 
 

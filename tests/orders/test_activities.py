@@ -34,7 +34,7 @@ from app.orders.models import (
 from app.orders.providers.carrier import read_ledger as carrier_ledger
 from app.orders.providers.gateway import read_ledger as gateway_ledger
 from app.platform.tables import Order, Payment
-from tests.helpers import ADDRESS, HAPPY_PATH_EVENTS, Running, order_events
+from tests.helpers import ADDRESS, HAPPY_PATH_EVENTS, Running, order_events, payments
 
 pytestmark = pytest.mark.integration
 
@@ -183,12 +183,6 @@ async def _gateway(running: Running, order_id: str) -> list[dict[str, Any]]:
     return (await gateway_ledger(running.providers.gateway.engine, [order_id]))[order_id]
 
 
-async def _payments(running: Running, order_id: str) -> list[Payment]:
-    async with running.sessions() as s:
-        rows = await s.execute(select(Payment).where(Payment.order_id == order_id))
-        return list(rows.scalars())
-
-
 def _refund(order_id: str, profile: str = "off") -> RefundInput:
     ctx = ActivityContext(order_id=order_id, fault_profile=profile)
     return RefundInput(ctx=ctx, payment_id=f"pmt-{order_id}")
@@ -223,7 +217,7 @@ async def test_lost_answers_charge_refund_and_dispatch_once_per_key(
     await _answered_after_lost(attempts, orders.charge_payment, _charge(order_id, lost))
     charges = await _gateway(running, order_id)
     assert len(charges) == 1 and charges[0]["idempotency_key"] == f"pmt-{order_id}"
-    assert [p.status for p in await _payments(running, order_id)] == ["charged"]
+    assert [p.status for p in await payments(running, order_id)] == ["charged"]
 
     closed = await ActivityEnvironment().run(orders.close_order, _close(order_id))
     assert closed.refund_pending
@@ -231,7 +225,7 @@ async def test_lost_answers_charge_refund_and_dispatch_once_per_key(
     assert (await _answered_after_lost(attempts, orders.refund_payment, refund)).refunded
     (charge,) = await _gateway(running, order_id)
     assert len(charge["refunds"]) == 1 and charge["refunded_cents"] == charge["amount_cents"]
-    assert [p.status for p in await _payments(running, order_id)] == ["refunded"]
+    assert [p.status for p in await payments(running, order_id)] == ["refunded"]
 
     shipped = await _received(orders)
     ctx = ActivityContext(order_id=shipped, fault_profile=lost)
@@ -248,12 +242,12 @@ async def test_charge_whose_answer_never_came_is_found_and_refunded(
     order_id = await _received(orders)
     # PAY fails three times: the gateway charged, we never heard.
     await _answers_lost(3, orders.charge_payment, _charge(order_id, "lost_first=3"))
-    assert await _payments(running, order_id) == []
+    assert await payments(running, order_id) == []
 
     await _close_and_refund(orders, order_id)
     (charge,) = await _gateway(running, order_id)
     assert charge["refunded_cents"] == charge["amount_cents"]
-    (payment,) = await _payments(running, order_id)
+    (payment,) = await payments(running, order_id)
     assert (payment.status, payment.gateway_ref) == ("refunded", charge["charge_id"])
     events = await order_events(running, order_id)
     assert events[-2:] == ["PAYMENT_CHARGED", "PAYMENT_REFUNDED"]
@@ -263,7 +257,7 @@ async def test_charge_whose_answer_never_came_is_found_and_refunded(
     err = await _refused(_attempt(4), orders.charge_payment, _charge(order_id, "off"))
     assert err.type == "OrderClosed"
     assert len(await _gateway(running, order_id)) == 1
-    assert [p.status for p in await _payments(running, order_id)] == ["refunded"]
+    assert [p.status for p in await payments(running, order_id)] == ["refunded"]
 
 
 async def test_voided_payment_refuses_a_late_charge(
@@ -291,7 +285,7 @@ async def test_payment_key_reused_with_other_parameters_is_refused(
         err = await _refused(ActivityEnvironment(), orders.charge_payment, request)
         assert err.type == "PaymentIdInUse"
     assert len(await _gateway(running, first)) == 1 and await _gateway(running, second) == []
-    assert [p.status for p in await _payments(running, first)] == ["charged"]
+    assert [p.status for p in await payments(running, first)] == ["charged"]
 
 
 async def test_booking_whose_answer_never_came_is_cancelled_when_the_order_closes(

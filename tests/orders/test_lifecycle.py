@@ -11,7 +11,7 @@ from temporalio.client import WorkflowFailureError
 
 from app.orders.models import SIGNAL_APPROVE, ApproveRequest, order_workflow_id
 from app.orders.providers.gateway import read_ledger as gateway_ledger
-from app.platform.tables import Event, Order, Payment
+from app.platform.tables import Event, Order
 from app.service.errors import OrderConflict
 from devstack.chaos_checks import STATE_EVENT
 from tests.helpers import (
@@ -21,6 +21,7 @@ from tests.helpers import (
     Running,
     eventually,
     order_events,
+    payments,
     wait_for_step,
 )
 
@@ -34,13 +35,6 @@ def new_id() -> str:
 async def _order(r: Running, order_id: str) -> Order | None:
     async with r.sessions() as s:
         return await s.get(Order, order_id)
-
-
-async def _payments(r: Running, order_id: str) -> list[Payment]:
-    async with r.sessions() as s:
-        return list(
-            (await s.execute(select(Payment).where(Payment.order_id == order_id))).scalars()
-        )
 
 
 async def _payload(r: Running, order_id: str, event_type: str) -> Any:
@@ -70,8 +64,8 @@ async def test_order_completes_end_to_end(running: Running) -> None:
     order = await _order(running, order_id)
     assert order is not None and order.state == "COMPLETED" and order.tracking_number
     assert order.address_json == ADDRESS
-    payments = await _payments(running, order_id)
-    assert [(p.payment_id, p.status) for p in payments] == [(f"pmt-{order_id}", "charged")]
+    paid = await payments(running, order_id)
+    assert [(p.payment_id, p.status) for p in paid] == [(f"pmt-{order_id}", "charged")]
     assert await order_events(running, order_id) == HAPPY_PATH_EVENTS
     status = await running.service.status(order_id)
     assert status.state == "COMPLETED" and status.source == "database"
@@ -86,8 +80,8 @@ async def test_charge_failing_after_db_write_is_not_charged_twice(running: Runni
     await wait_for_step(running, order_id, "MANUAL_REVIEW")
     await running.service.approve(order_id, reviewer="alice")
     assert (await _result(running, order_id))["state"] == "COMPLETED"
-    payments = await _payments(running, order_id)
-    assert len(payments) == 1 and payments[0].status == "charged"
+    paid = await payments(running, order_id)
+    assert len(paid) == 1 and paid[0].status == "charged"
     events = await order_events(running, order_id)
     assert events.count("PAYMENT_CHARGED") == 1
     status = await running.service.status(order_id)
@@ -119,8 +113,8 @@ async def test_payment_id_of_another_order_fails_the_order_cleanly(running: Runn
     assert ledger[second] == []
     (charge,) = ledger[first]
     assert charge["payment_id"] == shared and charge["refunded_cents"] == 0
-    assert [p.status for p in await _payments(running, first)] == ["charged"]
-    assert await _payments(running, second) == []
+    assert [p.status for p in await payments(running, first)] == ["charged"]
+    assert await payments(running, second) == []
 
 
 async def test_duplicate_start_creates_no_second_run(running: Running) -> None:
@@ -153,8 +147,8 @@ async def test_cancel_after_payment_refunds(running: Running) -> None:
     assert status.cancel_requested
     result = await _result(running, order_id)
     assert (result["state"], result["payment_status"]) == ("CANCELLED", "refunded")
-    payments = await _payments(running, order_id)
-    assert [p.status for p in payments] == ["refunded"]
+    paid = await payments(running, order_id)
+    assert [p.status for p in paid] == ["refunded"]
     events = await order_events(running, order_id)
     # Closed first (within the deadline), then compensated; never dispatched. (A package
     # preparation cut short by the cancel may still record itself in between.)
@@ -188,7 +182,7 @@ async def test_review_timeout_and_state_agree_with_workflow(running: Running) ->
     assert (result["state"], result["reason"]) == ("CANCELLED", "review_timeout")
     order = await _order(running, order_id)
     assert order is not None and order.state == "CANCELLED" and order.reason == "review_timeout"
-    assert await _payments(running, order_id) == []
+    assert await payments(running, order_id) == []
 
 
 async def test_invalid_order_fails_fast(running: Running) -> None:

@@ -13,7 +13,6 @@ import dataclasses
 import uuid
 
 import pytest
-from sqlalchemy import select
 from temporalio.client import WorkflowFailureError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -21,10 +20,9 @@ from app.orders.models import ORDER_WORKFLOW, EventType
 from app.orders.providers.carrier import read_ledger as carrier_ledger
 from app.orders.providers.gateway import read_ledger
 from app.orders.workflows.policies import MAX_SHIPPING_ATTEMPTS
-from app.platform.tables import Payment
 from app.service.errors import OrderConflict, OrderNotFound
 from app.service.inputs import order_input
-from tests.helpers import ADDRESS, Running, eventually, order_events, wait_for_step
+from tests.helpers import ADDRESS, Running, eventually, order_events, payments, wait_for_step
 
 pytestmark = pytest.mark.integration
 
@@ -67,14 +65,8 @@ async def started(running: Running, workflow_id: str) -> bool | None:
     return True
 
 
-async def payments(running: Running, order_id: str) -> list[tuple[str, str]]:
-    async with running.sessions() as s:
-        rows = await s.execute(
-            select(Payment.payment_id, Payment.status)
-            .where(Payment.order_id == order_id)
-            .order_by(Payment.created_at)
-        )
-        return [(p, status) for p, status in rows.all()]
+async def payment_states(running: Running, order_id: str) -> list[tuple[str, str]]:
+    return [(p.payment_id, p.status) for p in await payments(running, order_id)]
 
 
 async def test_failed_order_retried_completes_with_one_net_charge(running: Running) -> None:
@@ -116,7 +108,7 @@ async def test_failed_order_retried_completes_with_one_net_charge(running: Runni
     # The view is the new run's: one attempt per step, no errors of the failed run.
     assert done.attempts == {"RECEIVE": 1, "VALIDATE": 1, "PAY": 1, "SHIP": 1}
     assert done.errors == []
-    assert await payments(running, order_id) == [
+    assert await payment_states(running, order_id) == [
         (f"pmt-{order_id}", "refunded"),
         (f"pmt-{order_id}.r2", "charged"),
     ]
