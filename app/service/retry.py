@@ -138,7 +138,7 @@ def reopen(order: Order, run_id: str, payment_id: str) -> None:
     order.updated_at = datetime.now(UTC).replace(tzinfo=None)
 
 
-def retried_event(order_id: str, failed_run: str, run_id: str | None, payment_id: str) -> Event:
+def retried_event(order_id: str, failed_run: str, run_id: str, payment_id: str) -> Event:
     return Event(
         order_id=order_id,
         type=EventType.RETRIED,
