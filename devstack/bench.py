@@ -53,7 +53,9 @@ from temporalio.client import Client
 
 from app.platform.settings import Settings
 from devstack.bench_measure import (
+    BASELINE_SHAPES,
     ApproveVia,
+    BaselineShape,
     BenchError,
     OneRun,
     PhaseResult,
@@ -114,6 +116,7 @@ async def run_bench(
     status_seconds: float = 5.0,
     status_concurrency: int = 16,
     baseline: bool = True,
+    baseline_shape: BaselineShape = "bare",
     processes: Mapping[str, Sequence[int]] | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
@@ -126,6 +129,8 @@ async def run_bench(
     `processes`: pids by service name (names starting with "worker" are the workers whose
     RSS is reported); default from the run folder's pid files or the command lines.
     `baseline=False` skips phase 2 (baseline_per_s and ratio are then None);
+    `baseline_shape="features"` gives the baseline the order's search attributes and
+    deadline timer (devstack/bench_baseline.py): what is left is our code's cost;
     `status_seconds=0` skips phase 3 (status_rps is then None).
     """
     if orders < 1 or concurrency < 1:
@@ -143,6 +148,7 @@ async def run_bench(
         "concurrency": concurrency,
         "warmup": warmup,
         "approve": approve,
+        "baseline_shape": baseline_shape if baseline else None,
         "fault_profile": fault_profile,
         "api_url": base_url,
         "machine": machine_info(),
@@ -164,7 +170,7 @@ async def run_bench(
             if baseline:
                 say("baseline: starting two bare-Temporal worker processes")
                 await base_workers.start()
-                base = BaselinePhase(client, run_id, *queues)
+                base = BaselinePhase(client, run_id, *queues, features=baseline_shape == "features")
                 sides["baseline"] = (base.one, _baseline_cpu_groups(base_workers, procs))
             sequence = [side for side in SEQUENCE if side in sides]
             if warmup:
@@ -416,6 +422,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="length of the status-read phase (0 = skip it)",
     )
     parser.add_argument("--no-baseline", action="store_true", help="skip the baseline phase")
+    parser.add_argument(
+        "--baseline-shape",
+        choices=BASELINE_SHAPES,
+        default="bare",
+        help="bare (the ratio's baseline) or features: with the order's search attributes "
+        "and deadline timer",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
     from devstack.services import client_settings
@@ -430,6 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             approve=args.approve,
             status_seconds=args.status_seconds,
             baseline=not args.no_baseline,
+            baseline_shape=args.baseline_shape,
             progress=progress,
         )
     except BenchError as err:

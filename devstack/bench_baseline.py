@@ -7,6 +7,12 @@ dispatch): five activities, one signal, one child. The activities do nothing and
 touches a database or an API, so what is left is the cost of Temporal itself (dev server,
 SDK, workers) on this machine.
 
+With `features=True` (`bench --baseline-shape features`) it also uses the Temporal features
+an order uses, still doing no work: the order's search attributes set at the start and
+upserted at the review, at shipping and at the close (behind the same patch), and the
+deadline timer that `OrderWorkflow.run` waits with. Its history then has the order's
+43 events; the difference to the bare shape is what those features cost the dev server.
+
 Run one worker process per task queue, like the order system:
 
     python -m devstack.bench_baseline --queue orders   --task-queue bench-base-orders
@@ -26,10 +32,16 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from temporalio import activity, workflow
 from temporalio.client import Client
-from temporalio.common import RetryPolicy
+from temporalio.common import (
+    RetryPolicy,
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+)
 from temporalio.worker import Worker
 
 BASELINE_WORKFLOW = "BaselineOrderWorkflow"
@@ -44,10 +56,32 @@ _TIMEOUT = timedelta(seconds=5)
 _RETRY = RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1))
 
 
+# The order's attributes and patch id; the names, not the app's modules, so the baseline
+# stays bare (app/orders/search.py holds the real ones).
+_STATE = SearchAttributeKey.for_keyword("OrderState")
+_STEP = SearchAttributeKey.for_keyword("OrderStep")
+_AMOUNT = SearchAttributeKey.for_int("OrderAmountCents")
+_PATCH = "search-attributes"
+_DEADLINE_S = 60.0
+
+
 @dataclass
 class BaselineInput:
     order_id: str
     shipping_task_queue: str
+    # The order's Temporal features too (search attributes, deadline timer); see above.
+    features: bool = False
+
+
+def start_attributes() -> TypedSearchAttributes:
+    """What the order service sets in its start request."""
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(_STATE, "PENDING"),
+            SearchAttributePair(_STEP, "RECEIVE"),
+            SearchAttributePair(_AMOUNT, 2500),
+        ]
+    )
 
 
 @activity.defn(name="BaselineNoop")
@@ -75,20 +109,37 @@ class BaselineOrderWorkflow:
 
     @workflow.run
     async def run(self, inp: BaselineInput) -> str:
+        if not inp.features:
+            return await self._steps(inp)
+        # As OrderWorkflow.run: the steps run while the workflow waits with its deadline.
+        steps = asyncio.create_task(self._steps(inp))
+        await workflow.wait_condition(steps.done, timeout=_DEADLINE_S)
+        self._publish(inp, "COMPLETED", "SHIP")
+        return await steps
+
+    async def _steps(self, inp: BaselineInput) -> str:
         for step in ("receive", "validate"):
             await workflow.execute_activity(
                 noop, step, start_to_close_timeout=_TIMEOUT, retry_policy=_RETRY
             )
+        self._publish(inp, "VALIDATED", "MANUAL_REVIEW")
         await workflow.wait_condition(lambda: self._approved)
         await workflow.execute_activity(
             noop, "charge", start_to_close_timeout=_TIMEOUT, retry_policy=_RETRY
         )
+        self._publish(inp, "PAID", "SHIP")
         return await workflow.execute_child_workflow(
             BaselineShippingWorkflow.run,
             inp.order_id,
             id=f"{workflow.info().workflow_id}-shipping",
             task_queue=inp.shipping_task_queue,
         )
+
+    @staticmethod
+    def _publish(inp: BaselineInput, state: str, step: str) -> None:
+        if inp.features and workflow.patched(_PATCH):
+            updates: list[Any] = [_STATE.value_set(state), _STEP.value_set(step)]
+            workflow.upsert_search_attributes(updates)
 
     @workflow.signal(name=BASELINE_SIGNAL)
     def approve_order(self) -> None:

@@ -19,6 +19,9 @@ from app.platform.settings import Settings
 # An order closes within its 60 s deadline; one still open after this is a failure.
 ORDER_TIMEOUT_S = 120.0
 ApproveVia = Literal["signal", "api"]
+# bare: the order's shape only; features: also its search attributes and deadline timer.
+BaselineShape = Literal["bare", "features"]
+BASELINE_SHAPES: tuple[BaselineShape, ...] = ("bare", "features")
 Progress = Callable[[str], None]
 
 

@@ -277,22 +277,39 @@ class BaselineWorkers:
 
 
 class BaselinePhase:
-    def __init__(self, client: Client, run_id: str, orders_queue: str, shipping_queue: str):
+    def __init__(
+        self,
+        client: Client,
+        run_id: str,
+        orders_queue: str,
+        shipping_queue: str,
+        *,
+        features: bool = False,
+    ):
         self.client = client
         self.run_id = run_id
         self.orders_queue = orders_queue
         self.shipping_queue = shipping_queue
+        self.features = features
 
     async def one(self, i: int) -> tuple[float, float]:
-        from devstack.bench_baseline import BASELINE_SIGNAL, BASELINE_WORKFLOW, BaselineInput
+        from devstack.bench_baseline import (
+            BASELINE_SIGNAL,
+            BASELINE_WORKFLOW,
+            BaselineInput,
+            start_attributes,
+        )
 
         order_id = f"base-{self.run_id}-{i:05d}"
         began = time.perf_counter()
         handle = await self.client.start_workflow(
             BASELINE_WORKFLOW,
-            BaselineInput(order_id=order_id, shipping_task_queue=self.shipping_queue),
+            BaselineInput(
+                order_id=order_id, shipping_task_queue=self.shipping_queue, features=self.features
+            ),
             id=order_id,
             task_queue=self.orders_queue,
+            search_attributes=start_attributes() if self.features else None,
         )
         start_ms = (time.perf_counter() - began) * 1000
         await handle.signal(BASELINE_SIGNAL)

@@ -319,6 +319,11 @@ def chaos(
         raise typer.Exit(3)
 
 
+class BaselineShapeOpt(StrEnum):
+    bare = "bare"
+    features = "features"
+
+
 @app.command(rich_help_panel=TESTING)
 def bench(
     orders: Annotated[
@@ -332,6 +337,13 @@ def bench(
     baseline: Annotated[
         bool, typer.Option(help="Also run bare-Temporal workflows of the same shape.")
     ] = True,
+    baseline_shape: Annotated[
+        BaselineShapeOpt,
+        typer.Option(
+            help="bare: the order's Temporal shape (the ratio's baseline); features: with "
+            "the order's search attributes and deadline timer too."
+        ),
+    ] = BaselineShapeOpt.bare,
     soak: Annotated[
         bool,
         typer.Option(
@@ -370,6 +382,7 @@ def bench(
                 concurrency=concurrency or 8,
                 progress=progress,
                 baseline=baseline,
+                baseline_shape=baseline_shape.value,
             )
     except BenchError as exc:
         raise CliError(str(exc)) from None

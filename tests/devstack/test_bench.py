@@ -12,16 +12,21 @@ from __future__ import annotations
 import math
 import sys
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import httpx
 import psutil
 import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client
 
+from app.orders.search import ORDER_STATE as STATE
 from app.platform.settings import PROJECT_ROOT, Settings
 from devstack import stack
 from devstack.bench import RESULT_KEYS, run_bench
+from devstack.bench_baseline import BASELINE_WORKFLOW
 from devstack.bench_measure import discover_processes, percentile
 from devstack.bench_soak import QUARTERS, flatness, run_soak
 from tests.helpers import RealStack
@@ -156,6 +161,42 @@ async def test_smoke_run_reports_every_figure(bench_stack: BenchStack) -> None:
     for proc in psutil.process_iter(["cmdline"]):
         cmd = " ".join(proc.info["cmdline"] or [])
         assert not any(q in cmd for q in queues), f"baseline worker left running: {cmd}"
+
+
+async def test_featured_baseline_uses_the_orders_temporal_features(
+    bench_stack: BenchStack,
+) -> None:
+    """`--baseline-shape features`: the baseline's runs carry the order's search attributes
+    and its deadline timer, and still do no work."""
+    result = await run_bench(
+        bench_stack.settings,
+        orders=2,
+        concurrency=2,
+        warmup=0,
+        status_seconds=0,
+        baseline_shape="features",
+        processes=discover_processes(bench_stack.settings),
+    )
+    assert result["baseline_shape"] == "features"
+    assert result["baseline_phase"]["completed"] == 2
+    client = await Client.connect(bench_stack.settings.temporal_target)
+    orders_queue = result["baseline_phase"]["task_queues"][0]
+    runs = [
+        run
+        async for run in client.list_workflows(
+            f"WorkflowType='{BASELINE_WORKFLOW}' AND TaskQueue='{orders_queue}'"
+        )
+    ]
+    assert len(runs) == 2
+    for run in runs:
+        assert run.typed_search_attributes.get(STATE) == "COMPLETED"
+        history = await client.get_workflow_handle(run.id, run_id=run.run_id).fetch_history()
+        kinds = Counter(EventType.Name(e.event_type) for e in history.events)
+        assert kinds["EVENT_TYPE_TIMER_STARTED"] == 1
+        assert kinds["EVENT_TYPE_TIMER_CANCELED"] == 1
+        # The patch's TemporalChangeVersion, then review, shipping and close.
+        assert kinds["EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES"] == 4
+        assert kinds["EVENT_TYPE_ACTIVITY_TASK_SCHEDULED"] == 3
 
 
 async def test_soak_reports_quarters_and_database_growth(bench_stack: BenchStack) -> None:
