@@ -10,8 +10,9 @@ SDK, workers) on this machine.
 With `features=True` (`bench --baseline-shape features`) it also uses the Temporal features
 an order uses, still doing no work: the order's search attributes set at the start and
 upserted at the review, at shipping and at the close (behind the same patch), and the
-deadline timer that `OrderWorkflow.run` waits with. Its history then has the order's
-43 events; the difference to the bare shape is what those features cost the dev server.
+deadline timer that `OrderWorkflow.run` waits with. Its history then has 40 events (the
+bare shape 33, an order 43: its approval lands in a workflow task of its own); the
+difference to the bare shape is what those features cost the dev server.
 
 Run one worker process per task queue, like the order system:
 
