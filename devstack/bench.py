@@ -30,18 +30,15 @@ The result has exactly these keys (see `RESULT_KEYS`) plus others for context:
 orders_per_s, baseline_per_s, ratio, p50_ms, p95_ms, p99_ms, start_p99_ms, status_rps,
 worker_rss_mb.
 
-Also runnable as `python -m devstack.bench [--orders N] [--concurrency C] [--json]`.
+The command line is `scripts/cli.py bench` (devstack/cli.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import os
 import platform
 import subprocess
-import sys
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -53,7 +50,6 @@ from temporalio.client import Client
 
 from app.platform.settings import Settings
 from devstack.bench_measure import (
-    BASELINE_SHAPES,
     ApproveVia,
     BaselineShape,
     BenchError,
@@ -395,63 +391,3 @@ def format_report(result: Mapping[str, Any]) -> str:
     ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m devstack.bench",
-        description="Benchmark the order system (through its REST API) against the same "
-        "workflow shape on bare Temporal, on the running embedded stack.",
-    )
-    parser.add_argument(
-        "--orders", type=int, default=DEFAULT_ORDERS, help="measured orders (and baseline runs)"
-    )
-    parser.add_argument(
-        "--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="orders in flight at once"
-    )
-    parser.add_argument(
-        "--approve",
-        choices=("signal", "api"),
-        default="signal",
-        help="approve by the approve_order signal (default) or through the REST API",
-    )
-    parser.add_argument(
-        "--status-seconds",
-        type=float,
-        default=5.0,
-        help="length of the status-read phase (0 = skip it)",
-    )
-    parser.add_argument("--no-baseline", action="store_true", help="skip the baseline phase")
-    parser.add_argument(
-        "--baseline-shape",
-        choices=BASELINE_SHAPES,
-        default="bare",
-        help="bare (the ratio's baseline) or features: with the order's search attributes "
-        "and deadline timer",
-    )
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    args = parser.parse_args(argv)
-    from devstack.services import client_settings
-
-    settings = client_settings(Settings())
-    progress: Progress = lambda msg: print(msg, file=sys.stderr)  # noqa: E731, T201
-    try:
-        result = run_bench_sync(
-            settings,
-            orders=args.orders,
-            concurrency=args.concurrency,
-            approve=args.approve,
-            status_seconds=args.status_seconds,
-            baseline=not args.no_baseline,
-            baseline_shape=args.baseline_shape,
-            progress=progress,
-        )
-    except BenchError as err:
-        print(f"error: {err}", file=sys.stderr)  # noqa: T201
-        return 1
-    print(json.dumps(result, indent=2) if args.json else format_report(result))  # noqa: T201
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -21,7 +21,6 @@ ORDER_TIMEOUT_S = 120.0
 ApproveVia = Literal["signal", "api"]
 # bare: the order's shape only; features: also its search attributes and deadline timer.
 BaselineShape = Literal["bare", "features"]
-BASELINE_SHAPES: tuple[BaselineShape, ...] = ("bare", "features")
 Progress = Callable[[str], None]
 
 

@@ -324,6 +324,11 @@ class BaselineShapeOpt(StrEnum):
     features = "features"
 
 
+class ApproveOpt(StrEnum):
+    signal = "signal"
+    api = "api"
+
+
 @app.command(rich_help_panel=TESTING)
 def bench(
     orders: Annotated[
@@ -344,6 +349,17 @@ def bench(
             "the order's search attributes and deadline timer too."
         ),
     ] = BaselineShapeOpt.bare,
+    approve: Annotated[
+        ApproveOpt | None,
+        typer.Option(
+            help="How each order is approved: the approve_order signal (default) or the "
+            "REST API (an Update)."
+        ),
+    ] = None,
+    status_seconds: Annotated[
+        float | None,
+        typer.Option(help="Length of the status-read phase (default 5; 0 skips it)."),
+    ] = None,
     soak: Annotated[
         bool,
         typer.Option(
@@ -365,6 +381,22 @@ def bench(
     for name, value in (("--orders", orders), ("--concurrency", concurrency)):
         if value is not None and value < 1:
             raise typer.BadParameter(f"{name} must be at least 1")
+    if status_seconds is not None and status_seconds < 0:
+        raise typer.BadParameter("--status-seconds must be 0 or more")
+    if soak:
+        # The soak measures the orders alone, approved by signal; say so rather than ignore.
+        not_for_soak = [
+            name
+            for name, given in (
+                ("--approve", approve is not None),
+                ("--status-seconds", status_seconds is not None),
+                ("--baseline-shape", baseline_shape is not BaselineShapeOpt.bare),
+            )
+            if given
+        ]
+        if not_for_soak:
+            verb = "does" if len(not_for_soak) == 1 else "do"
+            raise typer.BadParameter(f"{', '.join(not_for_soak)} {verb} not apply to --soak")
     settings = stack_services.client_settings(load_settings())
     progress = None if as_json else (lambda m: err.print(Text(m)))
     try:
@@ -383,6 +415,8 @@ def bench(
                 progress=progress,
                 baseline=baseline,
                 baseline_shape=baseline_shape.value,
+                **({"approve": approve.value} if approve else {}),
+                **({"status_seconds": status_seconds} if status_seconds is not None else {}),
             )
     except BenchError as exc:
         raise CliError(str(exc)) from None

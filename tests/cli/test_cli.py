@@ -303,6 +303,8 @@ def test_usage_errors_exit_2(cli_stack: CliStack) -> None:
         ("list", "--limit", "abc"),
         ("logs", "--service", "nope"),
         ("update-address", "x"),
+        ("bench", "--status-seconds", "-1"),
+        ("bench", "--soak", "--approve", "api"),
     ):
         result = cli_stack.run(*args)
         assert result.returncode == 2, describe(result)
@@ -418,6 +420,26 @@ def test_scenario_runner(cli_stack: CliStack) -> None:
     assert "all 6 scenarios passed" in result.stdout
     usage = run_cli(["--only", "nope"], cli_stack.env, cli_stack.run_dir, script=TEST_WORKFLOW)
     assert usage.returncode == 2
+
+
+def test_bench_options_reach_the_run(cli_stack: CliStack) -> None:
+    """A tiny benchmark through the launcher: the approval by the REST API, no status phase
+    and no baseline, as the options ask (the figures themselves are not judged)."""
+    result = cli_stack.json(
+        "bench",
+        "--orders",
+        "2",
+        "--concurrency",
+        "1",
+        "--no-baseline",
+        "--approve",
+        "api",
+        "--status-seconds",
+        "0",
+    )
+    assert result["approve"] == "api" and result["orders_phase"]["completed"] == 2, result
+    assert result["status_rps"] is None and result["baseline_per_s"] is None, result
+    assert result["failed_orders"] == 0, result
 
 
 # --- persistence (last: stops and starts the stack) -------------------------------------------
