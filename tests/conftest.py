@@ -19,6 +19,7 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -37,6 +38,30 @@ from tests.helpers import CliStack, RealStack, Running, describe, leftover_proce
 from tests.ports import free_ports
 
 TIERS = ("unit", "integration", "e2e")
+TESTS_DIR = Path(__file__).parent
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """The deployment guide's `pytest tests/unit/` (and integration/, e2e/) select a tier.
+
+    Tests sit beside their package, so a tier is a marker, not a folder: such a path, where
+    no folder of that name exists, stands for `tests -m <tier>`."""
+    here = config.invocation_params.dir
+    tiers = [
+        tier
+        for arg in config.args
+        for tier in TIERS
+        if (here / arg).resolve() == TESTS_DIR / tier and not (here / arg).exists()
+    ]
+    if not tiers:
+        return
+    if config.option.markexpr or len(tiers) < len(config.args):
+        raise pytest.UsageError(
+            f"tests/{tiers[0]}/ means -m {tiers[0]}; with other paths or -m, use -m alone"
+        )
+    config.args[:] = [str(TESTS_DIR)]
+    config.option.markexpr = " or ".join(dict.fromkeys(tiers))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
