@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -13,7 +14,7 @@ from rich.table import Table
 
 from app.cli.common import INSPECT, JsonOpt, app, db_failure, out, target_settings, with_service
 from app.cli.render import fmt_time, kv_grid, print_json, say, state_text
-from app.orders.models import OrderState, Step
+from app.orders.models import OrderState, PaymentStatus, Step
 
 if TYPE_CHECKING:
     # The service pulls in temporalio and SQLAlchemy (about a second); stack commands and
@@ -35,6 +36,21 @@ def list_orders(
             help="Only orders at this step (MANUAL_REVIEW: the review queue).", case_sensitive=False
         ),
     ] = None,
+    payment_status: Annotated[
+        PaymentStatus | None,
+        typer.Option(help="Only orders whose payment is in this status.", case_sensitive=False),
+    ] = None,
+    created_after: Annotated[
+        str | None,
+        typer.Option(help="Only orders created after this ISO 8601 time with an offset."),
+    ] = None,
+    created_before: Annotated[
+        str | None,
+        typer.Option(help="Only orders created before this ISO 8601 time with an offset."),
+    ] = None,
+    reason: Annotated[
+        str | None, typer.Option(help="Only orders closed for this reason (e.g. cancelled).")
+    ] = None,
     query: Annotated[
         str | None,
         typer.Option(
@@ -42,18 +58,31 @@ def list_orders(
             "(search attributes OrderState, OrderStep, CustomerId, OrderAmountCents).",
         ),
     ] = None,
+    cursor: Annotated[
+        str | None, typer.Option(help="The next page: the cursor the previous page printed.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List recent orders, newest first: from the database, or from Temporal with --query."""
-    if query is not None and (state or step):
-        raise typer.BadParameter("--query takes the place of --state/--step; give one or the other")
     from app.service.listing import OrderFilter
 
+    filters = OrderFilter(
+        state=state,
+        step=step,
+        payment_status=payment_status,
+        created_after=_aware("--created-after", created_after),
+        created_before=_aware("--created-before", created_before),
+        reason=reason,
+    )
+    if query is not None and filters != OrderFilter():
+        raise typer.BadParameter(
+            "--query takes the place of the other filters; give one or the other"
+        )
     page = with_service(
         lambda svc: (
-            svc.search_orders(query, limit=limit)
+            svc.search_orders(query, limit=limit, cursor=cursor)
             if query is not None
-            else svc.list_orders(OrderFilter(state=state, step=step), limit=limit)
+            else svc.list_orders(filters, limit=limit, cursor=cursor)
         )
     )
     if as_json:
@@ -78,6 +107,24 @@ def list_orders(
         if total is not None
         else f"{len(page['items'])} orders"
     )
+    if page.get("next_cursor"):
+        say(f"more: --cursor {page['next_cursor']}")
+
+
+def _aware(option: str, value: str | None) -> datetime | None:
+    """An ISO 8601 time with an offset (naive times would depend on the operator's zone)."""
+    if value is None:
+        return None
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        at = None
+    if at is None or at.tzinfo is None:
+        raise typer.BadParameter(
+            f"{option} must be an ISO 8601 date and time with an offset, "
+            "e.g. 2026-12-03T09:00:00+00:00"
+        )
+    return at
 
 
 @app.command(rich_help_panel=INSPECT)

@@ -217,6 +217,21 @@ def test_list_describe_history_events(cli_stack: CliStack, done: Done) -> None:
     table = cli_stack.ok("list", "--state", "completed", "--limit", "100")
     assert done.order_id in table and "CANCELLED" not in table
 
+    def listed(*filters: str) -> list[str]:
+        return [o["order_id"] for o in cli_stack.json("list", "--limit", "1000", *filters)["items"]]
+
+    assert done.order_id in listed("--payment-status", "CHARGED")
+    assert done.order_id not in listed("--payment-status", "none")
+    assert done.order_id in listed("--created-before", "2100-01-01T00:00:00+00:00")
+    assert done.order_id not in listed("--created-after", "2100-01-01T00:00:00Z")
+    assert done.order_id not in listed("--reason", "cancelled")
+    first = cli_stack.json("list", "--limit", "1")
+    assert first["next_cursor"], first
+    second = cli_stack.json("list", "--limit", "1", "--cursor", first["next_cursor"])
+    assert second["items"] and second["items"][0]["order_id"] != first["items"][0]["order_id"]
+    assert "more: --cursor" in cli_stack.ok("list", "--limit", "1")
+    assert "cursor" in one_error_line(cli_stack.run("list", "--cursor", "bogus"))
+
     wid = f"order-{done.order_id}"
     info = cli_stack.json("describe", wid)
     assert (info["workflow_id"], info["type"], info["status"]) == (
@@ -303,6 +318,9 @@ def test_usage_errors_exit_2(cli_stack: CliStack) -> None:
         ("list", "--limit", "abc"),
         ("logs", "--service", "nope"),
         ("update-address", "x"),
+        ("list", "--created-after", "2026-12-03T09:00:00"),
+        ("list", "--created-after", "yesterday"),
+        ("list", "--query", "OrderState='FAILED'", "--payment-status", "charged"),
         ("bench", "--status-seconds", "-1"),
         ("bench", "--soak", "--approve", "api"),
     ):
