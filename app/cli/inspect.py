@@ -49,7 +49,10 @@ def list_orders(
         typer.Option(help="Only orders created before this ISO 8601 time with an offset."),
     ] = None,
     reason: Annotated[
-        str | None, typer.Option(help="Only orders closed for this reason (e.g. cancelled).")
+        str | None,
+        typer.Option(
+            help="Only orders closed for this reason (e.g. customer_request, deadline_exceeded)."
+        ),
     ] = None,
     query: Annotated[
         str | None,
