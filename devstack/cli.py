@@ -343,12 +343,12 @@ def bench(
         bool, typer.Option(help="Also run bare-Temporal workflows of the same shape.")
     ] = True,
     baseline_shape: Annotated[
-        BaselineShapeOpt,
+        BaselineShapeOpt | None,
         typer.Option(
-            help="bare: the order's Temporal shape (the ratio's baseline); features: with "
-            "the order's search attributes and deadline timer too."
+            help="bare (default): the order's Temporal shape, the ratio's baseline; features: "
+            "with the order's search attributes and deadline timer too."
         ),
-    ] = BaselineShapeOpt.bare,
+    ] = None,
     approve: Annotated[
         ApproveOpt | None,
         typer.Option(
@@ -358,7 +358,7 @@ def bench(
     ] = None,
     status_seconds: Annotated[
         float | None,
-        typer.Option(help="Length of the status-read phase (default 5; 0 skips it)."),
+        typer.Option(help="Length of the status-read phase (default 5; 0 skips it).", min=0),
     ] = None,
     soak: Annotated[
         bool,
@@ -381,22 +381,21 @@ def bench(
     for name, value in (("--orders", orders), ("--concurrency", concurrency)):
         if value is not None and value < 1:
             raise typer.BadParameter(f"{name} must be at least 1")
-    if status_seconds is not None and status_seconds < 0:
-        raise typer.BadParameter("--status-seconds must be 0 or more")
-    if soak:
+    # Only what was given goes to run_bench(), whose defaults stand otherwise.
+    given = {
+        name: value
+        for name, value in (
+            ("baseline_shape", baseline_shape),
+            ("approve", approve),
+            ("status_seconds", status_seconds),
+        )
+        if value is not None
+    }
+    if soak and given:
         # The soak measures the orders alone, approved by signal; say so rather than ignore.
-        not_for_soak = [
-            name
-            for name, given in (
-                ("--approve", approve is not None),
-                ("--status-seconds", status_seconds is not None),
-                ("--baseline-shape", baseline_shape is not BaselineShapeOpt.bare),
-            )
-            if given
-        ]
-        if not_for_soak:
-            verb = "does" if len(not_for_soak) == 1 else "do"
-            raise typer.BadParameter(f"{', '.join(not_for_soak)} {verb} not apply to --soak")
+        names = ", ".join(f"--{name.replace('_', '-')}" for name in given)
+        verb = "does" if len(given) == 1 else "do"
+        raise typer.BadParameter(f"{names} {verb} not apply to --soak")
     settings = stack_services.client_settings(load_settings())
     progress = None if as_json else (lambda m: err.print(Text(m)))
     try:
@@ -414,9 +413,7 @@ def bench(
                 concurrency=concurrency or 8,
                 progress=progress,
                 baseline=baseline,
-                baseline_shape=baseline_shape.value,
-                **({"approve": approve.value} if approve else {}),
-                **({"status_seconds": status_seconds} if status_seconds is not None else {}),
+                **given,
             )
     except BenchError as exc:
         raise CliError(str(exc)) from None
