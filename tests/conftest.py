@@ -38,12 +38,12 @@ from tests.helpers import CliStack, RealStack, Running, describe, leftover_proce
 from tests.ports import free_ports
 
 TIERS = ("unit", "integration", "e2e")
-TESTS_DIR = Path(__file__).parent
+TESTS_DIR = Path(__file__).resolve().parent
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    """The deployment guide's `pytest tests/unit/` (and integration/, e2e/) select a tier.
+    """The deployment guide's `python -m pytest tests/unit/` (integration/, e2e/), run from
+    the repository root, select a tier.
 
     Tests sit beside their package, so a tier is a marker, not a folder: such a path, where
     no folder of that name exists, stands for `tests -m <tier>`."""
