@@ -42,11 +42,15 @@ def list_orders(
     ] = None,
     created_after: Annotated[
         str | None,
-        typer.Option(help="Only orders created after this ISO 8601 time with an offset."),
+        typer.Option(
+            help="Only orders created after this ISO 8601 time with an offset.", metavar="TIME"
+        ),
     ] = None,
     created_before: Annotated[
         str | None,
-        typer.Option(help="Only orders created before this ISO 8601 time with an offset."),
+        typer.Option(
+            help="Only orders created before this ISO 8601 time with an offset.", metavar="TIME"
+        ),
     ] = None,
     reason: Annotated[
         str | None,
@@ -62,12 +66,14 @@ def list_orders(
         ),
     ] = None,
     cursor: Annotated[
-        str | None, typer.Option(help="The next page: the cursor the previous page printed.")
+        str | None,
+        typer.Option(help="The next page: the cursor the last page printed (same filters again)."),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List recent orders, newest first: from the database, or from Temporal with --query."""
-    from app.service.listing import OrderFilter
+    from app.service.errors import InvalidInput
+    from app.service.listing import OrderFilter, decode_cursor, decode_query_cursor
 
     filters = OrderFilter(
         state=state,
@@ -75,12 +81,24 @@ def list_orders(
         payment_status=payment_status,
         created_after=_aware("--created-after", created_after),
         created_before=_aware("--created-before", created_before),
-        reason=reason,
+        reason=reason or None,
     )
-    if query is not None and filters != OrderFilter():
-        raise typer.BadParameter(
-            "--query takes the place of the other filters; give one or the other"
-        )
+    after, before = filters.created_after, filters.created_before
+    if after and before and after >= before:
+        raise typer.BadParameter("--created-after must be earlier than --created-before")
+    if query is not None:
+        given = [f"--{name.replace('_', '-')}" for name, v in vars(filters).items() if v]
+        if given:
+            raise typer.BadParameter(
+                f"--query takes the place of {', '.join(given)}; give one or the other"
+            )
+    if cursor is not None:
+        try:
+            decode_query_cursor(query, cursor) if query is not None else decode_cursor(cursor)
+        except InvalidInput:
+            raise typer.BadParameter(
+                "--cursor is not one that list printed (with --query: for that query)"
+            ) from None
     page = with_service(
         lambda svc: (
             svc.search_orders(query, limit=limit, cursor=cursor)
@@ -111,7 +129,8 @@ def list_orders(
         else f"{len(page['items'])} orders"
     )
     if page.get("next_cursor"):
-        say(f"more: --cursor {page['next_cursor']}")
+        # The cursor carries the position only: the filters must be given again.
+        say(f"more: the same command with --cursor {page['next_cursor']}")
 
 
 def _aware(option: str, value: str | None) -> datetime | None:

@@ -2,13 +2,16 @@
 
 Pages are newest first, ordered by (created_at, id) so the order is total and stable. A
 cursor names the last row of a page; the next page starts strictly after it, so rows
-written meanwhile neither repeat nor shift a page the way an offset does.
+written meanwhile neither repeat nor shift a page the way an offset does. A query's cursor
+wraps Temporal's page token with a tag of the query: the server answers a token it did not
+issue with an internal error (retried for seconds), so a foreign one is refused here.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -69,6 +72,9 @@ def _naive_utc(at: datetime) -> datetime:
 
 
 BAD_CURSOR = "cursor is not one this API handed out (take next_cursor of the last page)"
+BAD_QUERY_CURSOR = (
+    "cursor is not one this API handed out for this query (take next_cursor of its last page)"
+)
 
 
 def _to_cursor(raw: bytes) -> str:
@@ -89,6 +95,25 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         return datetime.fromisoformat(created), str(order_id)
     except (binascii.Error, ValueError, TypeError):
         raise InvalidInput(BAD_CURSOR, field="cursor") from None
+
+
+def encode_query_cursor(query: str, token: bytes) -> str:
+    return f"q{_query_tag(query)}{_to_cursor(token)}"
+
+
+def decode_query_cursor(query: str, cursor: str) -> bytes:
+    """Temporal's page token, if `cursor` is a page of this very query."""
+    tag = _query_tag(query)
+    if not cursor.startswith(f"q{tag}") or len(cursor) == len(tag) + 1:
+        raise InvalidInput(BAD_QUERY_CURSOR, field="cursor")
+    try:
+        return _from_cursor(cursor[len(tag) + 1 :])
+    except (binascii.Error, ValueError):
+        raise InvalidInput(BAD_QUERY_CURSOR, field="cursor") from None
+
+
+def _query_tag(query: str) -> str:
+    return hashlib.sha256(query.encode()).hexdigest()[:16]
 
 
 async def order_page(
@@ -141,12 +166,7 @@ async def search_orders(
 ) -> dict[str, Any]:
     """Orders whose workflow matches a visibility query, e.g. "OrderState='FAILED'"
     (the search attributes of app/orders/search.py), newest first."""
-    token = None
-    if cursor is not None:
-        try:
-            token = _from_cursor(cursor)
-        except (binascii.Error, ValueError):
-            raise InvalidInput(BAD_CURSOR, field="cursor") from None
+    token = decode_query_cursor(query, cursor) if cursor is not None else None
     pages = client.list_workflows(
         f"WorkflowType='{ORDER_WORKFLOW}' AND ({query})",
         page_size=limit,
@@ -166,7 +186,7 @@ async def search_orders(
         "total": None,
         "limit": limit,
         "offset": 0,
-        "next_cursor": _to_cursor(next_token) if next_token else None,
+        "next_cursor": encode_query_cursor(query, next_token) if next_token else None,
     }
 
 

@@ -71,6 +71,8 @@ async def test_review_queue_lists_orders_waiting_for_review(
         ({"query": "OrderState='FAILED'", "state": "FAILED"}, "query"),
         ({"query": "OrderState = = 'FAILED'"}, "query"),
         ({"cursor": "%%%"}, "cursor"),
+        # A page token Temporal did not issue: refused here, not retried by the server.
+        ({"query": "OrderState='FAILED'", "cursor": "bm9wZQ"}, "cursor"),
     ],
 )
 async def test_bad_list_parameters_are_refused_naming_the_field(
@@ -140,6 +142,30 @@ async def test_search_attributes_follow_the_order(api: httpx.AsyncClient, runnin
         what="the completed order by search attribute",
     )
     assert [(o["order_id"], o["step"]) for o in done] == [(order_id, "SHIP")]
+
+
+async def test_query_pages_follow_their_cursor(api: httpx.AsyncClient, running: Running) -> None:
+    customer = f"cust-{new_id()}"
+    started = [new_id(), new_id()]
+    for order_id in started:
+        body = start_body(order_id, customer_id=customer)
+        assert (await api.post(f"/orders/{order_id}/start", json=body)).status_code == 201
+    query = f"CustomerId='{customer}'"
+
+    async def first_page() -> dict[str, Any] | None:
+        r = await api.get("/orders", params={"query": query, "limit": 1})
+        assert r.status_code == 200, r.text
+        page: dict[str, Any] = r.json()
+        return page if page["next_cursor"] else None
+
+    page = await eventually(first_page, what="both orders visible to the query")
+    r = await api.get("/orders", params={"query": query, "limit": 1, "cursor": page["next_cursor"]})
+    assert r.status_code == 200, r.text
+    seen = [o["order_id"] for o in page["items"] + r.json()["items"]]
+    assert sorted(seen) == sorted(started), seen
+    # A cursor belongs to its query.
+    other = {"query": "OrderState='FAILED'", "cursor": page["next_cursor"]}
+    assert_refused(await api.get("/orders", params=other), 422, "cursor")
 
 
 # --- safe retries of a start --------------------------------------------------------------
