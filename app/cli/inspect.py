@@ -75,17 +75,17 @@ def list_orders(
     from app.service.errors import InvalidInput
     from app.service.listing import OrderFilter, decode_cursor, decode_query_cursor
 
-    filters = OrderFilter(
-        state=state,
-        step=step,
-        payment_status=payment_status,
-        created_after=_aware("--created-after", created_after),
-        created_before=_aware("--created-before", created_before),
-        reason=reason or None,
-    )
-    after, before = filters.created_after, filters.created_before
-    if after and before and after >= before:
-        raise typer.BadParameter("--created-after must be earlier than --created-before")
+    try:
+        filters = OrderFilter(
+            state=state,
+            step=step,
+            payment_status=payment_status,
+            created_after=_aware("--created-after", created_after),
+            created_before=_aware("--created-before", created_before),
+            reason=reason or None,
+        )
+    except InvalidInput as exc:  # the service's words, in the CLI's option names
+        raise typer.BadParameter(str(exc).replace("created_", "--created-")) from None
     if query is not None:
         given = [f"--{name.replace('_', '-')}" for name, v in vars(filters).items() if v]
         if given:

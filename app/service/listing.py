@@ -40,6 +40,14 @@ class OrderFilter:
     created_before: datetime | None = None
     reason: str | None = None
 
+    def __post_init__(self) -> None:
+        after, before = self.created_after, self.created_before
+        if after and before and after >= before:
+            # Not an empty page: a reversed range is a mistake worth naming.
+            raise InvalidInput(
+                "created_after must be earlier than created_before", field="created_after"
+            )
+
     def apply(self, q: Select[Any]) -> Select[Any]:
         if self.state:
             q = q.where(Order.state == self.state)

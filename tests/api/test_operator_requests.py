@@ -71,6 +71,10 @@ async def test_review_queue_lists_orders_waiting_for_review(
         ({"query": "OrderState='FAILED'", "state": "FAILED"}, "query"),
         ({"query": "OrderState = = 'FAILED'"}, "query"),
         ({"cursor": "%%%"}, "cursor"),
+        (
+            {"created_after": "2026-12-03T10:00:00Z", "created_before": "2026-12-03T09:00:00Z"},
+            "created_after",
+        ),
         # A page token Temporal did not issue: refused here, not retried by the server.
         ({"query": "OrderState='FAILED'", "cursor": "bm9wZQ"}, "cursor"),
     ],
