@@ -69,6 +69,8 @@ class PaymentStatus(StrEnum):
     NONE = "none"
     CHARGED = "charged"
     REFUNDED = "refunded"
+    # A free order (total 0): PAY recorded that nothing was due; the gateway never saw it.
+    NOT_DUE = "not_due"
 
 
 # ApplicationError types. Business refusals are non-retryable and map to HTTP 409/422.
@@ -79,6 +81,45 @@ ERR_ORDER_CANCELLED = "OrderCancelled"
 ERR_REVIEW_OVER = "ReviewNotPending"
 ERR_PAYMENT_CONFLICT = "PaymentIdInUse"
 ERR_DISPATCH_FAILED = "DispatchFailed"
+
+# What clients are shown of a failure (status errors, events, history, 409 bodies): a fixed
+# text for its kind. Kinds whose messages we write ourselves from ids and our own rules
+# keep them; anything else (a driver's or SQL text, a stack's message) goes to the logs only.
+OWN_MESSAGE_KINDS = frozenset(
+    {
+        ERR_INVALID_ORDER,
+        ERR_ORDER_DISPATCHED,
+        ERR_ORDER_CLOSED,
+        ERR_ORDER_CANCELLED,
+        ERR_REVIEW_OVER,
+        ERR_PAYMENT_CONFLICT,
+        ERR_DISPATCH_FAILED,
+        "OrderNotFound",
+        "SimulatedFailure",
+        "SimulatedLostResponse",
+        "ProviderRefused",
+        "IdempotencyConflict",
+        "ChargeNotFound",
+        "RefundExceedsCharge",
+        "PaymentVoided",
+        "ShipmentCancelled",
+        "DispatchSuperseded",
+    }
+)
+_KIND_TEXTS = {
+    "timeout": "activity timed out",
+    "cancelled": "activity cancelled",
+}
+UNEXPECTED_ERROR_TEXT = "unexpected error (details are in the worker logs)"
+MAX_SHOWN_MESSAGE = 500
+
+
+def shown_message(kind: str | None, message: str | None) -> str:
+    """The text a client may see for a failure of `kind` (see OWN_MESSAGE_KINDS)."""
+    if kind in OWN_MESSAGE_KINDS and message:
+        return message[:MAX_SHOWN_MESSAGE]
+    return _KIND_TEXTS.get(kind or "", UNEXPECTED_ERROR_TEXT)
+
 
 # Workflow message names: real Temporal signals/queries/updates, usable from `temporal`.
 SIGNAL_APPROVE = "approve_order"
@@ -158,6 +199,9 @@ class OrderInput:
     # the carrier knows it from now on (see ActivityContext).
     retry_of_run_id: str | None = None
     carrier_order: str | None = None
+    # Which run of the order this is: 1, then 2, 3... for an operator's retries. Every
+    # provider key names it (app/orders/providers/api.py).
+    retry: int = 1
 
 
 @dataclass
@@ -177,6 +221,7 @@ class ShippingInput:
     attempt: int = 1
     fault_profile: str | None = None
     carrier_order: str | None = None  # see ActivityContext
+    retry: int = 1  # see OrderInput
 
 
 @dataclass
@@ -219,9 +264,10 @@ class ActivityContext:
 
     order_id: str
     fault_profile: str | None = None
-    # The order as the carrier knows it: the order id, or `<order id>.r<N>` for a retry,
-    # since the carrier closed the failed run's shipments for good.
+    # The order as the carrier knows it: the order id, or `<order id>#r<N>` for a retry
+    # (app/orders/identity.py), since the carrier closed the failed run's shipments for good.
     carrier_order: str | None = None
+    retry: int = 1  # see OrderInput
 
     @property
     def shipment_ref(self) -> str:

@@ -67,6 +67,18 @@ class Payment(Base):
     refunded_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
+class PaymentClaim(Base):
+    """Which order a payment id belongs to: the first that used it (migration 0002)."""
+
+    __tablename__ = "payment_claims"
+
+    payment_id: Mapped[str] = mapped_column(String, primary_key=True)
+    order_id: Mapped[str] = mapped_column(String, nullable=False)
+    claimed_at: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
+
+    __table_args__ = (Index("ix_payment_claims_order", "order_id"),)
+
+
 class Event(Base):
     __tablename__ = "events"
 

@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 import time
 from collections import OrderedDict
-from datetime import UTC, timedelta
+from datetime import UTC
 from typing import Any, Unpack
 
 from sqlalchemy import select
@@ -27,13 +27,13 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from app.orders.claims import claim_payment_id, release_payment_id
 from app.orders.models import (
     ERR_INVALID_ORDER,
     ERR_ORDER_CANCELLED,
     ERR_ORDER_CLOSED,
     ERR_ORDER_DISPATCHED,
     ERR_REVIEW_OVER,
-    ORDER_DEADLINE_S,
     ORDER_WORKFLOW,
     QUERY_STATUS,
     TERMINAL_STATES,
@@ -78,6 +78,7 @@ from app.service.status import (
     event_detail,
     iso,
     merge_errors,
+    shown_failure,
     status_from_db,
     step_of,
 )
@@ -137,18 +138,38 @@ class OrderService:
         )
         try:
             await self._refuse_known_order(order_id)
-            handle = await self._start_run(
-                inp,
-                # Never a second run for the same order, running or closed.
-                WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                f"order {order_id} already exists",
-                memo={IDEMPOTENCY_MEMO: keyed.memo()} if keyed else None,
-            )
+            claimed = await self._claim_payment_id(inp)
+            try:
+                handle = await self._start_run(
+                    inp,
+                    # Never a second run for the same order, running or closed.
+                    WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                    f"order {order_id} already exists",
+                    memo={IDEMPOTENCY_MEMO: keyed.memo()} if keyed else None,
+                )
+            except OrderConflict:
+                if claimed:  # the order exists under another payment id
+                    async with self.sessions() as s, s.begin():
+                        await release_payment_id(s, inp.payment_id, order_id)
+                raise
         except OrderConflict as conflict:
             if keyed is None:
                 raise
             return await self._replay_start(order_id, keyed, conflict)
         return StartAnswer(order_id, handle.id, handle.result_run_id)
+
+    async def _claim_payment_id(self, inp: OrderInput) -> bool:
+        """The payment id is the order's from now on, unless another order has it (409
+        naming payment_id). Whether this call claimed it."""
+        async with self.sessions() as s, s.begin():
+            claim = await claim_payment_id(s, inp.payment_id, inp.order_id)
+        if claim.owner != inp.order_id:
+            raise OrderConflict(
+                f"payment id {inp.payment_id} already belongs to another order",
+                field="payment_id",
+                reason="payment_id_in_use",
+            )
+        return claim.new
 
     async def _start_run(
         self,
@@ -166,9 +187,9 @@ class OrderService:
                 task_queue=self.settings.order_task_queue,
                 id_reuse_policy=reuse,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-                # Backstop only: the workflow enforces its own deadline and compensates.
-                execution_timeout=timedelta(seconds=inp.deadline_s or ORDER_DEADLINE_S)
-                + timedelta(minutes=5),
+                # No execution timeout: the workflow enforces its own deadline, and its
+                # compensation (refund, booking cancellation) retries until it lands, however
+                # long an outage lasts. A hard timeout would cut it off with the money kept.
                 memo=memo,
                 search_attributes=start_attributes(inp),
             )
@@ -244,7 +265,7 @@ class OrderService:
                         f"address.{name} {details[name]}", field=f"address.{name}"
                     ) from None
                 raise OrderConflict(cause.message, reason=cause.type) from None
-            raise OrderConflict(str(cause or err)) from None
+            raise OrderConflict(f"order {order_id} refused the request") from None
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
                 if await self._db_order(order_id) is not None:
@@ -268,6 +289,13 @@ class OrderService:
             order, retry = await order_to_retry(s, order_id)
             first, failed_run = await first_input(self.client, workflow_id, order.run_id)
             inp = retry_input(first, order, failed_run, retry, self.settings.shipping_task_queue)
+            # The retry's own reference, which no client id can take (app/orders/identity.py).
+            if (await claim_payment_id(s, inp.payment_id, order_id)).owner != order_id:
+                raise OrderConflict(
+                    f"payment id {inp.payment_id} already belongs to another order",
+                    field="payment_id",
+                    reason="payment_id_in_use",
+                )
             handle = await self._start_run(
                 inp,
                 # Temporal's own check behind ours: never beside a running or a completed run.
@@ -359,7 +387,7 @@ class OrderService:
                 {
                     "activity": act.activity_type.name,
                     "attempt": act.attempt,
-                    "last_failure": act.last_failure.message or None,
+                    "last_failure": shown_failure(act.last_failure),
                 }
             )
         payment_status = payment.status if payment else live.payment_status
@@ -457,7 +485,7 @@ class OrderService:
                     "activity": a.activity_type.name,
                     "state": a.state,
                     "attempt": a.attempt,
-                    "last_failure": a.last_failure.message or None,
+                    "last_failure": shown_failure(a.last_failure),
                 }
                 for a in raw.pending_activities
             ],

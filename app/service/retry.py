@@ -4,16 +4,16 @@ Only a FAILED order is retried; a running, completed or cancelled one is refused
 by our row and by Temporal's reuse policy (ALLOW_DUPLICATE_FAILED_ONLY), so a race
 between two retries starts one run. The money: a FAILED order's charge was refunded (or
 its payment voided) when it closed, so the gateway would refuse or replay a charge under
-the same key. The retry charges a payment of its own, `<payment id>.r<N>`, and the
+the same key. The retry charges a payment of its own, `<payment id>#r<N>`, and the
 earlier payment stays in `payments` as it ended. A payment still charged and not
 refunded is never charged again: such an order is refused until compensation settled it.
 Likewise the carrier, which closed the failed run's shipments for good, knows the retry
-as `<order id>.r<N>`.
+as `<order id>#r<N>`. `#` is in no client's id, so neither reference can be another
+order's (app/orders/identity.py), and every provider key names the retry's number.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from app.orders.identity import retry_reference
 from app.orders.models import (
     Address,
     EventType,
@@ -33,15 +34,6 @@ from app.orders.models import (
 )
 from app.platform.tables import Event, Order, Payment
 from app.service.errors import OrderConflict, OrderNotFound, Unavailable
-
-PAYMENT_ID_MAX = 64
-
-
-def retry_payment_id(payment_id: str, retry: int) -> str:
-    """The payment a retry charges: the order's payment id with the retry's number."""
-    suffix = f".r{retry}"
-    first = re.sub(r"\.r\d+$", "", payment_id)  # a retry of a retry numbers the first
-    return first[: PAYMENT_ID_MAX - len(suffix)] + suffix
 
 
 async def order_to_retry(s: AsyncSession, order_id: str) -> tuple[Order, int]:
@@ -93,8 +85,10 @@ def retry_input(
     return replace(
         first,
         shipping_task_queue=shipping_queue,
-        payment_id=retry_payment_id(order.payment_id or first.payment_id, retry),
-        carrier_order=f"{order.id}.r{retry}",
+        # References no client id can take (app/orders/identity.py).
+        payment_id=retry_reference(first.payment_id, retry),
+        carrier_order=retry_reference(order.id, retry),
+        retry=retry,
         address=Address(**order.address_json) if order.address_json else first.address,
         items=[LineItem(**i) for i in order.items_json] if order.items_json else first.items,
         retry_of_run_id=failed_run,

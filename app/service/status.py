@@ -14,6 +14,7 @@ from app.orders.models import (
     Step,
     is_settled,
     order_workflow_id,
+    shown_message,
 )
 from app.platform.tables import Event, Order, Payment
 from app.service.views import OrderView
@@ -153,12 +154,25 @@ def merge_errors(
     return merged[:20]
 
 
+def shown_failure(failure: Any) -> str | None:
+    """A Temporal failure as clients may see it (models.shown_message): None for none."""
+    if failure is None or not failure.ByteSize():
+        return None
+    if failure.HasField("timeout_failure_info"):
+        return shown_message("timeout", None)
+    if failure.HasField("canceled_failure_info"):
+        return shown_message("cancelled", None)
+    if failure.HasField("application_failure_info"):
+        return shown_message(failure.application_failure_info.type, failure.message)
+    return shown_message(None, None)
+
+
 def event_detail(event: Any) -> str | None:
     """Short, payload-free description: payloads may hold addresses (kept out of summaries)."""
     for attr, fmt in (
         ("activity_task_scheduled_event_attributes", lambda a: a.activity_type.name),
-        ("activity_task_failed_event_attributes", lambda a: a.failure.message),
-        ("activity_task_timed_out_event_attributes", lambda a: a.failure.message),
+        ("activity_task_failed_event_attributes", lambda a: shown_failure(a.failure)),
+        ("activity_task_timed_out_event_attributes", lambda a: shown_failure(a.failure)),
         ("workflow_execution_signaled_event_attributes", lambda a: a.signal_name),
         (
             "workflow_execution_update_accepted_event_attributes",
@@ -166,7 +180,7 @@ def event_detail(event: Any) -> str | None:
         ),
         ("start_child_workflow_execution_initiated_event_attributes", lambda a: a.workflow_id),
         ("timer_started_event_attributes", lambda a: f"{a.start_to_fire_timeout.ToSeconds()}s"),
-        ("workflow_execution_failed_event_attributes", lambda a: a.failure.message),
+        ("workflow_execution_failed_event_attributes", lambda a: shown_failure(a.failure)),
     ):
         if event.HasField(attr):
             try:

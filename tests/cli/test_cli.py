@@ -294,7 +294,7 @@ def test_failed_order_found_by_search_attribute_and_retried(cli_stack: CliStack)
         "receive_failed",
         {"RECEIVE": 3},
     )
-    assert view["payment_id"] == f"pmt-{oid}.r2"
+    assert view["payment_id"] == f"pmt-{oid}#r2"
     types = [e["type"] for e in cli_stack.json("events", oid)]
     assert types.count("RETRIED") == 1 and types.count("FAILED") == 2
     line = one_error_line(cli_stack.run("retry", f"{oid}-unknown"))

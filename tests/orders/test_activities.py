@@ -31,6 +31,7 @@ from app.orders.models import (
     ValidateInput,
     order_amount_cents,
 )
+from app.orders.providers.api import charge_key
 from app.orders.providers.carrier import read_ledger as carrier_ledger
 from app.orders.providers.gateway import read_ledger as gateway_ledger
 from app.platform.tables import Order, Payment
@@ -216,7 +217,9 @@ async def test_lost_answers_charge_refund_and_dispatch_once_per_key(
 
     await _answered_after_lost(attempts, orders.charge_payment, _charge(order_id, lost))
     charges = await _gateway(running, order_id)
-    assert len(charges) == 1 and charges[0]["idempotency_key"] == f"pmt-{order_id}"
+    assert len(charges) == 1 and charges[0]["idempotency_key"] == charge_key(
+        order_id, f"pmt-{order_id}", 1
+    )
     assert [p.status for p in await payments(running, order_id)] == ["charged"]
 
     closed = await ActivityEnvironment().run(orders.close_order, _close(order_id))

@@ -20,6 +20,7 @@ import httpx
 import psutil
 import pytest
 
+from app.orders.providers.api import charge_key
 from tests.helpers import ADDRESS, CliStack, database_dsn, eventually
 
 pytestmark = pytest.mark.e2e
@@ -78,7 +79,7 @@ async def test_worker_killed_between_gateway_charge_and_our_write(cli_stack: Cli
         finally:
             await gateway.close()
             await app_db.close()
-    assert [c["idempotency_key"] for c in charges] == [f"pmt-{oid}"]
+    assert [c["idempotency_key"] for c in charges] == [charge_key(oid, f"pmt-{oid}", 1)]
     assert [(p["payment_id"], p["status"]) for p in payments] == [(f"pmt-{oid}", "charged")]
     assert int(payments[0]["amount"] * 100) == charges[0]["amount_cents"]
     assert done["attempts"]["PAY"] >= 2  # the killed attempt, then the one that recorded it

@@ -10,7 +10,6 @@ from sqlalchemy import func, select
 from temporalio.client import WorkflowFailureError
 
 from app.orders.models import SIGNAL_APPROVE, ApproveRequest, order_workflow_id
-from app.orders.providers.gateway import read_ledger as gateway_ledger
 from app.platform.tables import Event, Order
 from app.service.errors import OrderConflict
 from devstack.chaos_checks import STATE_EVENT
@@ -87,34 +86,6 @@ async def test_charge_failing_after_db_write_is_not_charged_twice(running: Runni
     status = await running.service.status(order_id)
     assert status.attempts["PAY"] == 2
     assert any(e.step == "PAY" and e.attempt == 1 for e in status.errors)
-
-
-async def test_payment_id_of_another_order_fails_the_order_cleanly(running: Running) -> None:
-    first, second = new_id(), new_id()
-    shared = f"pmt-{first}"
-    for order_id in (first, second):
-        await running.service.start_order(order_id, shared, ADDRESS)
-        await wait_for_step(running, order_id, "MANUAL_REVIEW")
-    await running.service.approve(first, reviewer="alice")
-    assert (await _result(running, first))["state"] == "COMPLETED"
-    await running.service.approve(second, reviewer="alice")
-    with pytest.raises(WorkflowFailureError):
-        await _result(running, second)
-
-    # Refused by the gateway (same key, another order) on the first attempt, not retried.
-    status = await running.service.status(second)
-    assert (status.state, status.reason, status.attempts["PAY"]) == (
-        "FAILED",
-        "pay_failed",
-        1,
-    )
-    assert status.payment_status == "none"
-    ledger = await gateway_ledger(running.providers.gateway.engine, [first, second])
-    assert ledger[second] == []
-    (charge,) = ledger[first]
-    assert charge["payment_id"] == shared and charge["refunded_cents"] == 0
-    assert [p.status for p in await payments(running, first)] == ["charged"]
-    assert await payments(running, second) == []
 
 
 async def test_duplicate_start_creates_no_second_run(running: Running) -> None:

@@ -17,6 +17,7 @@ from temporalio.client import WorkflowFailureError
 from temporalio.service import RPCError, RPCStatusCode
 
 from app.orders.models import ORDER_WORKFLOW, EventType
+from app.orders.providers.api import charge_key
 from app.orders.providers.carrier import read_ledger as carrier_ledger
 from app.orders.providers.gateway import read_ledger
 from app.orders.workflows.policies import MAX_SHIPPING_ATTEMPTS
@@ -31,11 +32,13 @@ def new_id() -> str:
     return f"retry-{uuid.uuid4().hex[:10]}"
 
 
-async def failed_after_payment(running: Running) -> str:
+async def failed_after_payment(
+    running: Running, order_id: str | None = None, payment_id: str | None = None
+) -> str:
     """An order that was charged, then failed in shipping and was refunded."""
-    order_id = new_id()
+    order_id = order_id or new_id()
     inp = dataclasses.replace(
-        order_input(running.settings, order_id, f"pmt-{order_id}", ADDRESS),
+        order_input(running.settings, order_id, payment_id or f"pmt-{order_id}", ADDRESS),
         shipping_task_queue=f"nowhere-{uuid.uuid4().hex[:6]}",
     )
     handle = await running.client.start_workflow(
@@ -70,7 +73,18 @@ async def payment_states(running: Running, order_id: str) -> list[tuple[str, str
 
 
 async def test_failed_order_retried_completes_with_one_net_charge(running: Running) -> None:
-    order_id = await failed_after_payment(running)
+    """Ids chosen to collide with retry references as they used to be made (`.r2`): an
+    order named like the retry's carrier order, a payment id that already ends in `.r2`.
+    The retry's references (`#r2`) are its own all the same."""
+    order_id = new_id()
+    neighbour = f"{order_id}.r2"  # a legal order id, once the retry's carrier order
+    await running.service.start_order(neighbour, f"pmt-n-{order_id}", ADDRESS)
+    await wait_for_step(running, neighbour, "MANUAL_REVIEW")
+    await running.service.approve(neighbour, reviewer="alice")
+    shipped = await running.client.get_workflow_handle(f"order-{neighbour}").result()
+    assert shipped["state"] == "COMPLETED"
+    payment_id = f"pmt-{order_id}.r2"
+    await failed_after_payment(running, order_id, payment_id)
     failed = await running.service.status(order_id)
     assert (failed.state, failed.reason, failed.payment_status) == (
         "FAILED",
@@ -102,24 +116,28 @@ async def test_failed_order_retried_completes_with_one_net_charge(running: Runni
     assert (done.state, done.run_id, done.payment_id, done.payment_status) == (
         "COMPLETED",
         run_id,
-        f"pmt-{order_id}.r2",
+        f"{payment_id}#r2",
         "charged",
     )
     # The view is the new run's: one attempt per step, no errors of the failed run.
     assert done.attempts == {"RECEIVE": 1, "VALIDATE": 1, "PAY": 1, "SHIP": 1}
     assert done.errors == []
     assert await payment_states(running, order_id) == [
-        (f"pmt-{order_id}", "refunded"),
-        (f"pmt-{order_id}.r2", "charged"),
+        (payment_id, "refunded"),
+        (f"{payment_id}#r2", "charged"),
     ]
     charges = (await read_ledger(running.providers.gateway.engine, [order_id]))[order_id]
-    assert [(c["payment_id"], c["refunded_cents"]) for c in charges] == [
-        (f"pmt-{order_id}", charges[0]["amount_cents"]),
-        (f"pmt-{order_id}.r2", 0),
+    assert [(c["payment_id"], c["refunded_cents"], c["idempotency_key"]) for c in charges] == [
+        (payment_id, charges[0]["amount_cents"], charge_key(order_id, payment_id, 1)),
+        (f"{payment_id}#r2", 0, charge_key(order_id, f"{payment_id}#r2", 2)),
     ]
-    # The carrier closed the failed run's shipments; the retry ships under its own name.
-    bookings = await carrier_ledger(running.providers.carrier.engine, [order_id, f"{order_id}.r2"])
-    assert (len(bookings[order_id]), len(bookings[f"{order_id}.r2"])) == (0, 1)
+    # The carrier closed the failed run's shipments; the retry ships under its own name,
+    # and the order named like the old form keeps its own parcel.
+    carrier_names = [order_id, f"{order_id}#r2", neighbour]
+    bookings = await carrier_ledger(running.providers.carrier.engine, carrier_names)
+    assert [len(bookings[name]) for name in carrier_names] == [0, 1, 1]
+    assert done.tracking_number == bookings[f"{order_id}#r2"][0]["tracking_number"]
+    assert done.tracking_number != bookings[neighbour][0]["tracking_number"]
     events = await order_events(running, order_id)
     assert events.count(EventType.RETRIED) == 1
     assert events[-1] == EventType.COMPLETED

@@ -190,7 +190,7 @@ async def retry_order(
     order_id: OrderId, service: Service, _caller: Operator, request: Request, response: Response
 ) -> StartOrderResponse:
     """Start a FAILED order again under the same order id: a new run, which charges a
-    payment of its own (`<payment id>.r<N>`; the failed run's charge was refunded when it
+    payment of its own (`<payment id>#r<N>`; the failed run's charge was refunded when it
     closed). 409 while it runs or closes, and for a completed or cancelled order."""
     retried = await service.retry_order(order_id)
     _locate(request, response, order_id)

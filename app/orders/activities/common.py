@@ -36,6 +36,7 @@ from app.orders.models import (
     EventType,
     OrderState,
     Step,
+    shown_message,
 )
 from app.orders.providers.api import (
     ChargeNotFound,
@@ -157,7 +158,11 @@ class ActivityBase:
     async def _record_attempt_failure(
         self, order_id: str, step: str, attempt: int, kind: str, err: BaseException
     ) -> None:
-        message = "activity timed out" if kind == "timeout" else (str(err) or kind)[:500]
+        # What clients are shown (status errors): our text or a fixed one for its kind;
+        # a driver's or SQL text stays in the log line step_activity wrote.
+        message = shown_message(
+            kind, err.message if isinstance(err, ApplicationError) else str(err)
+        )
         try:
             async with timed_transaction(self.sessions, "record_attempt_failure") as s:
                 await s.execute(

@@ -86,10 +86,11 @@ class CompensationActivities(ActivityBase):
         must_refund = ours and payment is not None and payment.status == PaymentStatus.CHARGED
         # Stopped while charging with no charge recorded: the gateway may still have taken
         # the money (the answer was lost). RefundPayment asks it.
-        maybe_charged = not ours and inp.step == Step.PAY
+        # A free order was never due anything: the gateway is not asked.
+        maybe_charged = not ours and inp.step == Step.PAY and _amount_cents(order) > 0
         refund_now = must_refund and not inp.defer_refund
         if refund_now and payment is not None:
-            await self._refund(payment, call_info(inp.ctx, info.attempt))
+            await self._refund(payment, call_info(inp.ctx, info.attempt), inp.ctx.retry)
         async with timed_transaction(self.sessions, "close_order") as s:
             refunded = refund_now and await _mark_refunded(s, order_id, inp.payment_id)
             started = order.created_at if order is not None else naive_utc(inp.started_at_iso)
@@ -155,13 +156,13 @@ class CompensationActivities(ActivityBase):
         if shipments_open:
             await self._cancel_shipments(order_id, inp.ctx.shipment_ref, call)
         if payment is None:
-            found = await self._cancel_or_refund(inp.payment_id, order, call)
+            found = await self._cancel_or_refund(inp.payment_id, order, call, inp.ctx.retry)
             if found is None:  # never charged, and now it cannot be
                 return CloseOutcome(state=state, payment_status=PaymentStatus.NONE, refunded=False)
             async with timed_transaction(self.sessions, "refund_payment") as s:
                 refunded = await _record_lost_charge_refunded(s, order_id, inp.payment_id, found)
         else:
-            await self._refund(payment, call)
+            await self._refund(payment, call, inp.ctx.retry)
             async with timed_transaction(self.sessions, "refund_payment") as s:
                 refunded = await _mark_refunded(s, order_id, inp.payment_id)
         log.info(
@@ -171,13 +172,16 @@ class CompensationActivities(ActivityBase):
         return CloseOutcome(state=state, payment_status=PaymentStatus.REFUNDED, refunded=refunded)
 
     async def _cancel_or_refund(
-        self, payment_id: str, order: Order | None, call: CallInfo
+        self, payment_id: str, order: Order | None, call: CallInfo, retry: int
     ) -> Refund | None:
         """No charge recorded: refund one the gateway took anyway, or void the payment."""
-        # No order row or amount: never received, so never charged; this only voids.
-        amount = int(order.amount * 100) if order is not None and order.amount else 0
+        amount = _amount_cents(order)
+        if amount == 0:
+            return None  # never received, or free: nothing was ever due, nothing to ask
         order_id = call.order_id
-        request = RefundRequest(refund_key(payment_id), payment_id, order_id, amount)
+        request = RefundRequest(
+            refund_key(order_id, payment_id, retry), payment_id, order_id, amount
+        )
         with refusals_are_final():
             refund = await self.gateway.cancel_or_refund(request, call)
         if refund is not None:
@@ -209,13 +213,13 @@ class CompensationActivities(ActivityBase):
                 extra={"order_id": order_id, "bookings": len(cancelled)},
             )
 
-    async def _refund(self, payment: Payment, call: CallInfo) -> None:
+    async def _refund(self, payment: Payment, call: CallInfo, retry: int) -> None:
         """Refund a charge we recorded, in full."""
         amount = int((payment.amount or Decimal(0)) * 100)
-        pid = payment.payment_id
+        pid, order_id = payment.payment_id, payment.order_id
         with refusals_are_final():
             await self.gateway.refund(
-                RefundRequest(refund_key(pid), pid, payment.order_id, amount), call
+                RefundRequest(refund_key(order_id, pid, retry), pid, order_id, amount), call
             )
 
 
@@ -315,6 +319,10 @@ async def _mark_refunded(s: AsyncSession, order_id: str, payment_id: str) -> boo
             )
         )
     return done
+
+
+def _amount_cents(order: Order | None) -> int:
+    return int(order.amount * 100) if order is not None and order.amount else 0
 
 
 def _terminal_event(inp: CloseInput) -> dict[str, Any]:

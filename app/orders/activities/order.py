@@ -36,7 +36,9 @@ from app.orders.activities.common import (
     with_events,
 )
 from app.orders.activities.compensation import CompensationActivities
+from app.orders.claims import claim_payment_id
 from app.orders.faults import OrderIntake
+from app.orders.identity import first_reference, retry_of
 from app.orders.models import (
     ERR_INVALID_ORDER,
     ERR_ORDER_CLOSED,
@@ -56,12 +58,13 @@ from app.orders.models import (
 )
 from app.orders.providers.api import (
     Carrier,
+    Charge,
     ChargeRequest,
     PaymentGateway,
     charge_key,
 )
 from app.orders.rules import business_problems
-from app.orders.validation import address_problems
+from app.orders.validation import address_problems, order_id_problem, payment_id_problem
 from app.platform.db import timed_statements, timed_transaction
 from app.platform.tables import Event, Order, Payment
 
@@ -86,6 +89,7 @@ class OrderActivities(CompensationActivities):
     async def receive_order(self, inp: ReceiveInput) -> StepOutcome:
         info = activity.info()
         await self.intake.receive_order(call_info(inp.ctx, info.attempt))
+        _refuse_foreign_ids(inp)
         new_order = (
             pg_insert(Order)
             .values(
@@ -114,6 +118,7 @@ class OrderActivities(CompensationActivities):
             },
         )
         async with timed_statements(self.sessions, "receive_order") as s:
+            await _claim_or_refuse(s, inp.payment_id, inp.ctx.order_id)
             write = (
                 with_events(_retaken(inp), received)
                 if inp.retry_of_run_id is not None
@@ -173,19 +178,27 @@ class OrderActivities(CompensationActivities):
     async def charge_payment(self, inp: ChargeInput) -> StepOutcome:
         """Idempotent on payment_id: however often it runs, at most one charge exists.
 
-        The gateway sees the payment id as the charge's idempotency key, so an attempt
-        after a lost answer gets the first charge back instead of a second one."""
+        The gateway's idempotency key names the order, its payment and the run's retry
+        number, so an attempt after a lost answer gets the first charge back instead of a
+        second one, and no other order's request can ever share it. A free order (total 0)
+        is not charged: its payment is recorded as not due, without a gateway call."""
         info = activity.info()
         order_id = inp.ctx.order_id
-        request = ChargeRequest(
-            key=charge_key(inp.payment_id),
-            payment_id=inp.payment_id,
-            order_id=order_id,
-            amount_cents=inp.amount_cents,
-        )
-        # The payment id is another order's, or was sent with another amount: refused.
-        with refusals_are_final(conflict=ERR_PAYMENT_CONFLICT):
-            charge = await self.gateway.charge(request, call_info(inp.ctx, info.attempt))
+        # Never ask the gateway about another order's payment id.
+        async with timed_statements(self.sessions, "charge_claim") as s:
+            await _claim_or_refuse(s, inp.payment_id, order_id)
+        if inp.amount_cents == 0:
+            charge = Charge(charge_id="", payment_id=inp.payment_id, amount_cents=0)
+        else:
+            request = ChargeRequest(
+                key=charge_key(order_id, inp.payment_id, inp.ctx.retry),
+                payment_id=inp.payment_id,
+                order_id=order_id,
+                amount_cents=inp.amount_cents,
+            )
+            # The key was sent before with another amount: refused.
+            with refusals_are_final(conflict=ERR_PAYMENT_CONFLICT):
+                charge = await self.gateway.charge(request, call_info(inp.ctx, info.attempt))
         async with timed_transaction(self.sessions, "charge_payment") as s:
             # A charge that happened is recorded even if a cancel raced it: the workflow
             # then refunds it. Once the order is closed, though, compensation owns the
@@ -200,9 +213,9 @@ class OrderActivities(CompensationActivities):
                 .values(
                     payment_id=inp.payment_id,
                     order_id=order_id,
-                    status=PaymentStatus.CHARGED,
+                    status=PaymentStatus.CHARGED if charge.amount_cents else PaymentStatus.NOT_DUE,
                     amount=money(charge.amount_cents),
-                    gateway_ref=charge.charge_id,
+                    gateway_ref=charge.charge_id or None,
                 )
                 .on_conflict_do_nothing(index_elements=[Payment.payment_id])
                 .returning(Payment.payment_id)
@@ -324,3 +337,28 @@ def _retaken(inp: ReceiveInput) -> Update:
             updated_at=now_utc(),
         )
     )
+
+
+def _refuse_foreign_ids(inp: ReceiveInput) -> None:
+    """The service checks ids before it starts a run; a run started another way (the
+    Temporal CLI) is held to the same rules here: client ids, and retry references only
+    of the form this run's retry number gives them."""
+    pid = inp.payment_id
+    problem = order_id_problem(inp.ctx.order_id) or (
+        payment_id_problem(first_reference(pid))
+        if retry_of(pid) == inp.ctx.retry
+        else "must be the client's payment id, or its retry reference for this run"
+    )
+    if problem:
+        raise ApplicationError(
+            f"order or payment id {problem}", type=ERR_INVALID_ORDER, non_retryable=True
+        )
+
+
+async def _claim_or_refuse(s: AsyncSession, payment_id: str, order_id: str) -> None:
+    if (await claim_payment_id(s, payment_id, order_id)).owner != order_id:
+        raise ApplicationError(
+            f"payment id {payment_id} already belongs to another order",
+            type=ERR_PAYMENT_CONFLICT,
+            non_retryable=True,
+        )

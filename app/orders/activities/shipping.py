@@ -60,7 +60,8 @@ class ShippingActivities(ActivityBase):
     async def prepare_package(self, inp: PrepareInput) -> StepOutcome:
         info = activity.info()
         order_id, ref = inp.ctx.order_id, inp.ctx.shipment_ref
-        request = PrepareRequest(prepare_key(ref, inp.shipping_attempt), ref, inp.shipping_attempt)
+        key = prepare_key(order_id, inp.ctx.retry, inp.shipping_attempt)
+        request = PrepareRequest(key, ref, inp.shipping_attempt)
         with refusals_are_final():
             await self.carrier.prepare(
                 request, call_info(inp.ctx, f"{inp.shipping_attempt}.{info.attempt}")
@@ -100,12 +101,14 @@ class ShippingActivities(ActivityBase):
                     non_retryable=True,
                 )
             address = Address(**(order.address_json or {}))
-            ref = inp.ctx.shipment_ref
+            retry = inp.ctx.retry
             request = DispatchRequest(
-                key=dispatch_key(ref, inp.shipping_attempt),
-                order_id=ref,
+                key=dispatch_key(order_id, retry, inp.shipping_attempt),
+                order_id=inp.ctx.shipment_ref,
                 address=address.as_dict(),
-                supersedes=tuple(dispatch_key(ref, n) for n in range(1, inp.shipping_attempt)),
+                supersedes=tuple(
+                    dispatch_key(order_id, retry, n) for n in range(1, inp.shipping_attempt)
+                ),
             )
             with refusals_are_final():
                 booking = await self.carrier.dispatch(

@@ -13,20 +13,22 @@ from typing import Any, Protocol
 from app.orders.faults import CallInfo
 
 
-def charge_key(payment_id: str) -> str:
-    return payment_id
+# Every key names the order and the run's retry number (order and payment ids never hold
+# ':'), so two orders never share a key, whatever ids their clients chose.
+def charge_key(order_id: str, payment_id: str, retry: int) -> str:
+    return f"charge:{order_id}:{payment_id}:{retry}"
 
 
-def refund_key(payment_id: str) -> str:
-    return f"refund:{payment_id}"
+def refund_key(order_id: str, payment_id: str, retry: int) -> str:
+    return f"refund:{order_id}:{payment_id}:{retry}"
 
 
-def prepare_key(order_id: str, shipping_attempt: int) -> str:
-    return f"prepare:{order_id}:{shipping_attempt}"
+def prepare_key(order_id: str, retry: int, shipping_attempt: int) -> str:
+    return f"prepare:{order_id}:{retry}:{shipping_attempt}"
 
 
-def dispatch_key(order_id: str, shipping_attempt: int) -> str:
-    return f"dispatch:{order_id}:{shipping_attempt}"
+def dispatch_key(order_id: str, retry: int, shipping_attempt: int) -> str:
+    return f"dispatch:{order_id}:{retry}:{shipping_attempt}"
 
 
 class ProviderRefusal(Exception):

@@ -17,6 +17,7 @@ from temporalio.exceptions import (
 with workflow.unsafe.imports_passed_through():
     from app.orders.models import (
         OrderState,
+        shown_message,
     )
 
 from app.orders.workflows.policies import GATE_RETRY, GATE_TIMEOUT
@@ -34,13 +35,16 @@ class OrderStopped(Exception):
 
 
 def failure_message(err: BaseException) -> str:
-    """The innermost useful message of an activity/child failure."""
+    """The innermost message of an activity/child failure, as clients may see it: our own
+    texts, or a fixed one for its kind (never a driver's or SQL text; see shown_message)."""
     cause: BaseException | None = err
     while isinstance(cause, ActivityError | ChildWorkflowError) and cause.cause is not None:
         cause = cause.cause
     if isinstance(cause, TimeoutError):
         return f"timeout ({cause.type.name.lower() if cause.type else 'unknown'})"
-    return str(cause) if cause is not None else str(err)
+    if isinstance(cause, ApplicationError):
+        return shown_message(cause.type, cause.message)
+    return shown_message(None, None)
 
 
 def application_type(err: BaseException) -> str | None:

@@ -30,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         ERR_ORDER_CANCELLED,
         ERR_ORDER_CLOSED,
         ERR_ORDER_DISPATCHED,
+        ERR_PAYMENT_CONFLICT,
         ERR_REVIEW_OVER,
         ORDER_DEADLINE_S,
         ORDER_WORKFLOW,
@@ -163,7 +164,7 @@ class OrderWorkflow:
         try:
             await business
         except OrderStopped as stopped:
-            return self._stop or stopped
+            return self._stop or self._end(stopped.state, stopped.reason)
         except asyncio.CancelledError:
             pass
         except (ActivityError, ChildWorkflowError) as err:
@@ -213,17 +214,18 @@ class OrderWorkflow:
             await workflow.wait_condition(lambda: self._approval is not None, timeout=review_s)
         except builtins.TimeoutError:
             self._log("review timed out")
-            raise OrderStopped(OrderState.CANCELLED, "review_timeout") from None
+            raise self._end(OrderState.CANCELLED, "review_timeout") from None
         self._checkpoint()
 
         self._enter(Step.PAY)
+        amount_cents = order_amount_cents(inp.items)
         await self._step_activity(
             Step.PAY,
             OrderActivities.charge_payment,
             ChargeInput(
                 ctx=ctx,
                 payment_id=inp.payment_id,
-                amount_cents=order_amount_cents(inp.items),
+                amount_cents=amount_cents,
                 approved_by=self._approval.reviewer if self._approval else "unknown",
                 approval_note=self._approval.note if self._approval else None,
                 approved_at_iso=(self._approved_at or workflow.now()).isoformat(),
@@ -232,7 +234,8 @@ class OrderWorkflow:
             # A charge in flight must finish before we decide whether to refund.
             wait_for_cancel=True,
         )
-        self._payment_status = PaymentStatus.CHARGED
+        # A free order is not charged: PAY recorded that nothing was due.
+        self._payment_status = PaymentStatus.CHARGED if amount_cents else PaymentStatus.NOT_DUE
         self._set_state(OrderState.PAID)
         self._checkpoint()
 
@@ -255,6 +258,7 @@ class OrderWorkflow:
                         attempt=attempt,
                         fault_profile=inp.fault_profile,
                         carrier_order=inp.carrier_order,
+                        retry=inp.retry,
                     ),
                     id=f"shipping-{inp.order_id}-{attempt}",
                     task_queue=inp.shipping_task_queue,
@@ -276,7 +280,7 @@ class OrderWorkflow:
                 self._record_error(Step.SHIP, attempt, f"shipping attempt {attempt}: {reason}")
                 self._log("shipping failed", attempt=attempt, reason=reason)
                 if attempt >= MAX_SHIPPING_ATTEMPTS or self._deadline <= workflow.now():
-                    raise OrderStopped(OrderState.FAILED, "shipping_failed") from None
+                    raise self._end(OrderState.FAILED, "shipping_failed") from None
                 continue
             self._tracking_number = result.tracking_number
             self._address = result.dispatched_address
@@ -373,9 +377,12 @@ class OrderWorkflow:
             self._attempts[step] = max(self._attempts.get(step, 0), attempts)
             self._record_error(step, attempts, message)
             self._log("step failed", step=str(step), error=message)
-            if application_type(err) == ERR_INVALID_ORDER:
-                raise OrderStopped(OrderState.FAILED, "invalid_order") from None
-            raise OrderStopped(OrderState.FAILED, f"{step.lower()}_failed") from None
+            kind = application_type(err)
+            if kind == ERR_INVALID_ORDER:
+                raise self._end(OrderState.FAILED, "invalid_order") from None
+            if kind == ERR_PAYMENT_CONFLICT:
+                raise self._end(OrderState.FAILED, "payment_id_in_use") from None
+            raise self._end(OrderState.FAILED, f"{step.lower()}_failed") from None
         self._attempts[step] = out.attempt
         return out
 
@@ -509,6 +516,10 @@ class OrderWorkflow:
             )
             if self._cancel is not None:
                 return
+            if self._stop is not None:
+                # The order decided to end otherwise (deadline, a failed step) while the
+                # row was being marked: the cancel was not what ended it.
+                raise ApplicationError("order is already closed", type=ERR_ORDER_CLOSED)
         self._cancel = req
         if self._stop is None:
             self._stop = OrderStopped(OrderState.CANCELLED, req.reason)
@@ -534,6 +545,13 @@ class OrderWorkflow:
 
     # --- small helpers -----------------------------------------------------------------
 
+    def _end(self, state: OrderState, reason: str) -> OrderStopped:
+        """The order decides to end: from here on cancel, approve and address changes are
+        refused as closed. The first decision stands (a cancel or deadline before it)."""
+        if self._stop is None:
+            self._stop = OrderStopped(state, reason)
+        return self._stop
+
     def _checkpoint(self) -> None:
         """Stop between steps once a cancel or the deadline has been accepted.
 
@@ -549,6 +567,7 @@ class OrderWorkflow:
             order_id=self._inp.order_id,
             fault_profile=self._inp.fault_profile if with_faults else None,
             carrier_order=self._inp.carrier_order,
+            retry=self._inp.retry,
         )
 
     def _current_address(self) -> Address:

@@ -34,7 +34,10 @@ class ShippingWorkflow:
     @workflow.run
     async def run(self, inp: ShippingInput) -> ShippingResult:
         ctx = ActivityContext(
-            order_id=inp.order_id, fault_profile=inp.fault_profile, carrier_order=inp.carrier_order
+            order_id=inp.order_id,
+            fault_profile=inp.fault_profile,
+            carrier_order=inp.carrier_order,
+            retry=inp.retry,
         )
         try:
             await workflow.execute_activity_method(

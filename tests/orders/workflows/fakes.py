@@ -130,6 +130,9 @@ class FakeShop:
 
         @activity.defn(name="CloseOrder")
         async def close(inp: CloseInput) -> CloseOutcome:
+            if "CLOSE" in shop.holds:
+                shop.entered["CLOSE"].set()
+                await shop.holds["CLOSE"].wait()
             if shop.dispatched_address is not None:
                 return CloseOutcome(state="COMPLETED", payment_status="charged", refunded=False)
             shop.closed_state, shop.closed_reason = inp.state, inp.reason
@@ -160,7 +163,9 @@ class FakeShop:
             if shop.cancel_requested:
                 raise ApplicationError("cancelled", type=ERR_ORDER_CANCELLED, non_retryable=True)
             if inp.shipping_attempt in shop.failing_dispatch_attempts:
-                raise ApplicationError("carrier unavailable", non_retryable=True)
+                raise ApplicationError(
+                    "carrier unavailable", type="SimulatedFailure", non_retryable=True
+                )
             shop.dispatched_address = shop.address
             return DispatchOutcome(attempt=attempt, tracking_number="TRK1", address=shop.address)
 

@@ -14,12 +14,14 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.testing import WorkflowEnvironment
 
 from app.orders.models import (
+    ERR_ORDER_CLOSED,
     ERR_ORDER_DISPATCHED,
     ERR_REVIEW_OVER,
     SIGNAL_APPROVE,
     AddressChange,
     ApproveRequest,
     CancelRequest,
+    LineItem,
     OrderResult,
 )
 from app.orders.workflows import OrderWorkflow
@@ -250,6 +252,35 @@ async def test_invalid_order_fails_fast_without_retries(env: WorkflowEnvironment
         err = await _failure(handle)
     assert "invalid_order" in str(err)
     assert shop.calls.count("VALIDATE") == 1 and "PAY" not in shop.calls
+
+
+async def test_failing_order_refuses_requests_while_it_closes(env: WorkflowEnvironment) -> None:
+    """Once a step's failure decides the end, nothing is answered as accepted: a cancel
+    taken then would be told "cancelled" for an order that ends FAILED."""
+    shop = FakeShop(invalid=True)
+    shop.hold("CLOSE")
+    async with running_shop(env.client, shop) as (oq, sq):
+        handle = await start_order(env.client, oq, sq)
+        await shop.entered["CLOSE"].wait()
+        for update, arg in (
+            (OrderWorkflow.cancel, CancelRequest()),
+            (OrderWorkflow.approve, ApproveRequest(reviewer="bob")),
+            (OrderWorkflow.change_address, AddressChange(address=NEW_ADDRESS)),
+        ):
+            assert (await _refused(handle, update, arg)).type == ERR_ORDER_CLOSED
+        shop.release("CLOSE")
+        err = await _failure(handle)
+    assert "invalid_order" in str(err) and shop.closed_state == "FAILED"
+
+
+async def test_free_order_is_not_due_anything(env: WorkflowEnvironment) -> None:
+    async with running_shop(env.client, FakeShop()) as (oq, sq):
+        handle = await start_order(
+            env.client, oq, sq, items=[LineItem(sku="FREE", qty=2, unit_price_cents=0)]
+        )
+        await handle.signal(SIGNAL_APPROVE)
+        result: OrderResult = await handle.result()
+    assert (result.state, result.payment_status) == ("COMPLETED", "not_due")
 
 
 async def test_approval_after_review_refused(env: WorkflowEnvironment) -> None:
