@@ -110,10 +110,7 @@ async def _on_service_error(request: Request, exc: Exception) -> JSONResponse:
         )
     headers = {"Retry-After": "5"} if exc.status == 503 else None
     extra = {k: str(v) if not isinstance(v, dict) else v for k, v in exc.extra.items()}
-    # "Temporal is unavailable: <transport error naming hosts>": the client gets the
-    # first part, the log above has it all.
-    message = exc.message.split(":", 1)[0] if exc.status >= 500 else exc.message
-    return error_response(exc.status, exc.code, message, exc.field, headers, **extra)
+    return error_response(exc.status, exc.code, exc.shown, exc.field, headers, **extra)
 
 
 async def _on_http_error(_request: Request, exc: Exception) -> JSONResponse:

@@ -195,7 +195,7 @@ def explain_error(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, CliError):
         return exc.message, exc.detail
     if isinstance(exc, ServiceError):
-        return exc.message, ""
+        return exc.shown, ""
     for explain in _explainers:
         explained = explain(exc)
         if explained is not None:

@@ -16,6 +16,12 @@ class ServiceError(Exception):
         self.field = field
         self.extra = extra
 
+    @property
+    def shown(self) -> str:
+        """The text a caller gets. An outage's message is "<what>: <transport or driver
+        error naming hosts>": callers get the first part, the logs have it all."""
+        return self.message.split(":", 1)[0] if self.status >= 500 else self.message
+
 
 class InvalidInput(ServiceError):
     status = 422

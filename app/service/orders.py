@@ -52,7 +52,13 @@ from app.orders.models import (
 from app.orders.search import start_attributes
 from app.platform.settings import Settings
 from app.platform.tables import Event, Order, Payment
-from app.service.errors import InvalidInput, OrderConflict, OrderNotFound, Unavailable
+from app.service.errors import (
+    InvalidInput,
+    OrderConflict,
+    OrderNotFound,
+    ServiceError,
+    Unavailable,
+)
 from app.service.idempotency import (
     IDEMPOTENCY_MEMO,
     IdempotentRequest,
@@ -147,8 +153,8 @@ class OrderService:
                     f"order {order_id} already exists",
                     memo={IDEMPOTENCY_MEMO: keyed.memo()} if keyed else None,
                 )
-            except OrderConflict:
-                if claimed:  # the order exists under another payment id
+            except (OrderConflict, Unavailable):
+                if claimed and not await self._runs_with_payment(order_id, inp.payment_id):
                     async with self.sessions() as s, s.begin():
                         await release_payment_id(s, inp.payment_id, order_id)
                 raise
@@ -157,6 +163,18 @@ class OrderService:
                 raise
             return await self._replay_start(order_id, keyed, conflict)
         return StartAnswer(order_id, handle.id, handle.result_run_id)
+
+    async def _runs_with_payment(self, order_id: str, payment_id: str) -> bool:
+        """Whether the order's run (another request's, racing this one) pays with it.
+
+        When that cannot be told, the claim this request made is given back: a run that
+        does pay with it claims it again at ReceiveOrder, or fails there, before any
+        gateway call, if another order took it meanwhile."""
+        try:
+            first, _ = await first_input(self.client, order_workflow_id(order_id), None)
+        except ServiceError:
+            return False
+        return first.payment_id == payment_id
 
     async def _claim_payment_id(self, inp: OrderInput) -> bool:
         """The payment id is the order's from now on, unless another order has it (409
@@ -286,8 +304,11 @@ class OrderService:
         validate_order_id(order_id)
         workflow_id = order_workflow_id(order_id)
         async with self.sessions() as s, s.begin():
-            order, retry = await order_to_retry(s, order_id)
+            order, counted = await order_to_retry(s, order_id)
             first, failed_run = await first_input(self.client, workflow_id, order.run_id)
+            # The failed run's own number decides, whatever events say: a retry never
+            # reuses a number (its keys and references) an earlier run had.
+            retry = max(counted, first.retry + 1)
             inp = retry_input(first, order, failed_run, retry, self.settings.shipping_task_queue)
             # The retry's own reference, which no client id can take (app/orders/identity.py).
             if (await claim_payment_id(s, inp.payment_id, order_id)).owner != order_id:

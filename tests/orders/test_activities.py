@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
@@ -25,6 +25,7 @@ from app.orders.models import (
     ChargeInput,
     CloseInput,
     DispatchInput,
+    LineItem,
     PrepareInput,
     ReceiveInput,
     RefundInput,
@@ -56,7 +57,9 @@ def shipping(running: Running) -> ShippingActivities:
     return ShippingActivities(running.sessions, running.providers.carrier)
 
 
-def _receive(order_id: str, run_id: str = "run-1") -> ReceiveInput:
+def _receive(
+    order_id: str, run_id: str = "run-1", items: list[LineItem] | None = None
+) -> ReceiveInput:
     now = datetime.now(UTC)
     return ReceiveInput(
         ctx=ActivityContext(order_id=order_id, fault_profile="off"),
@@ -64,7 +67,7 @@ def _receive(order_id: str, run_id: str = "run-1") -> ReceiveInput:
         run_id=run_id,
         payment_id=f"pmt-{order_id}",
         address=SHIP_TO,
-        items=ITEMS,
+        items=ITEMS if items is None else items,
         deadline_iso=(now + timedelta(seconds=60)).isoformat(),
         started_at_iso=now.isoformat(),
     )
@@ -173,10 +176,10 @@ def _charge(order_id: str, profile: str, payment_id: str | None = None) -> Charg
     )
 
 
-async def _received(orders: OrderActivities) -> str:
+async def _received(orders: OrderActivities, items: list[LineItem] | None = None) -> str:
     """A new order, received (its row and RECEIVED event written)."""
     order_id = f"acts-{uuid.uuid4().hex[:10]}"
-    await ActivityEnvironment().run(orders.receive_order, _receive(order_id))
+    await ActivityEnvironment().run(orders.receive_order, _receive(order_id, items=items))
     return order_id
 
 
@@ -200,12 +203,17 @@ def _close(order_id: str, step: str = "PAY") -> CloseInput:
     )
 
 
-async def _close_and_refund(orders: OrderActivities, order_id: str, step: str = "PAY") -> None:
+async def _close_and_refund(
+    orders: OrderActivities, order_id: str, step: str = "PAY", free: bool = False
+) -> None:
     """Close the order (its refund deferred, as the workflow does), then refund it."""
     closed = await ActivityEnvironment().run(orders.close_order, _close(order_id, step=step))
     assert closed.refund_pending  # stopped while charging or shipping: the gateway is asked
     refund = _refund(order_id, "off")
-    assert (await ActivityEnvironment().run(orders.refund_payment, refund)).refunded
+    outcome = await ActivityEnvironment().run(orders.refund_payment, refund)
+    assert outcome.refunded != free and outcome.payment_status == (
+        "not_due" if free else "refunded"
+    )
 
 
 @pytest.mark.parametrize("attempts", [2, 3])
@@ -276,6 +284,22 @@ async def test_voided_payment_refuses_a_late_charge(
     assert await _gateway(running, order_id) == []
 
 
+async def test_a_charge_refunded_since_never_counts_as_this_runs_payment(
+    running: Running, orders: OrderActivities
+) -> None:
+    """The gateway replays a charge that was refunded since (same key): it holds no money,
+    so the order must not go on to ship as paid."""
+    order_id = await _received(orders)
+    await ActivityEnvironment().run(orders.charge_payment, _charge(order_id, "off"))
+    async with running.sessions() as s, s.begin():
+        await s.execute(
+            update(Payment).where(Payment.order_id == order_id).values(status="refunded")
+        )
+    err = await _refused(ActivityEnvironment(), orders.charge_payment, _charge(order_id, "off"))
+    assert err.type == "PaymentIdInUse"
+    assert [p.status for p in await payments(running, order_id)] == ["refunded"]
+
+
 async def test_payment_key_reused_with_other_parameters_is_refused(
     running: Running, orders: OrderActivities
 ) -> None:
@@ -291,17 +315,24 @@ async def test_payment_key_reused_with_other_parameters_is_refused(
     assert [p.status for p in await payments(running, first)] == ["charged"]
 
 
+@pytest.mark.parametrize("free", [False, True])
 async def test_booking_whose_answer_never_came_is_cancelled_when_the_order_closes(
-    running: Running, orders: OrderActivities, shipping: ShippingActivities
+    running: Running, orders: OrderActivities, shipping: ShippingActivities, free: bool
 ) -> None:
-    order_id = await _received(orders)
-    await ActivityEnvironment().run(orders.charge_payment, _charge(order_id, "off"))
+    """Paid or free (nothing to refund), an order closed while shipping cancels its
+    bookings: a parcel booked for it would ship a cancelled order."""
+    items = [LineItem(sku="FREE-1", qty=1, unit_price_cents=0)] if free else None
+    order_id = await _received(orders, items)
+    charge = _charge(order_id, "off")
+    if free:
+        charge = dataclasses.replace(charge, amount_cents=0)
+    await ActivityEnvironment().run(orders.charge_payment, charge)
     ctx = ActivityContext(order_id=order_id, fault_profile="lost_first=3")
     # DISPATCH fails three times: the carrier booked, we never heard.
     await _answers_lost(3, shipping.dispatch_carrier, DispatchInput(ctx=ctx, shipping_attempt=1))
     assert (await _row(running, order_id)).tracking_number is None
 
-    await _close_and_refund(orders, order_id, step="SHIP")
+    await _close_and_refund(orders, order_id, step="SHIP", free=free)
     (booking,) = (await carrier_ledger(running.providers.carrier.engine, [order_id]))[order_id]
     assert booking["cancelled"]
     # A later shipping attempt books nothing: the order is closed, and the carrier agrees.

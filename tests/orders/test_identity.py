@@ -4,13 +4,14 @@ timeout that could cut its compensation off."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import uuid
 
 import pytest
 from temporalio.client import WorkflowFailureError
 
-from app.orders.models import ORDER_WORKFLOW
+from app.orders.models import ORDER_WORKFLOW, OrderInput
 from app.orders.providers.gateway import read_ledger
 from app.service.errors import OrderConflict
 from app.service.inputs import order_input
@@ -88,3 +89,60 @@ async def test_free_order_ships_without_a_gateway_call(running: Running) -> None
     assert (view.payment_status, view.settled, view.errors) == ("not_due", True, [])
     assert [(p.status, p.amount) for p in await payments(running, order_id)] == [("not_due", 0)]
     assert (await read_ledger(running.providers.gateway.engine, [order_id]))[order_id] == []
+
+
+async def _direct_run_fails(running: Running, inp: OrderInput, reason: str) -> None:
+    """A run started behind the service's back (the Temporal CLI) is held to the rules."""
+    handle = await running.client.start_workflow(
+        ORDER_WORKFLOW,
+        inp,
+        id=f"order-{inp.order_id}",
+        task_queue=running.settings.order_task_queue,
+    )
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    view = await running.service.status(inp.order_id)
+    assert (view.state, view.reason) == ("FAILED", reason)
+    assert (await read_ledger(running.providers.gateway.engine, [inp.order_id]))[inp.order_id] == []
+
+
+async def test_a_direct_run_cannot_take_another_orders_references(running: Running) -> None:
+    owner = new_id()
+    await running.service.start_order(owner, f"pmt-{owner}", ADDRESS)
+    await wait_for_step(running, owner, "MANUAL_REVIEW")
+    base = order_input(running.settings, new_id(), f"pmt-{owner}", ADDRESS)
+    # The owner's future retry payment, as a retry of its own (a run it never failed).
+    await _direct_run_fails(
+        running,
+        dataclasses.replace(base, payment_id=f"pmt-{owner}#r2", retry=2, retry_of_run_id="made-up"),
+        "payment_id_in_use",
+    )
+    # A retry number without a failed run, a reference that is not this run's, and
+    # another order's name at the carrier.
+    for odd in (
+        {"payment_id": f"pmt-{new_id()}#r2", "retry": 2},
+        {"payment_id": f"pmt-{new_id()}#r02", "retry": 2, "retry_of_run_id": "made-up"},
+        {"payment_id": f"pmt-{new_id()}", "carrier_order": owner},
+    ):
+        inp = dataclasses.replace(base, order_id=new_id(), **odd)
+        await _direct_run_fails(running, inp, "invalid_order")
+    await running.service.cancel(owner)
+
+
+async def test_duplicate_starts_racing_keep_the_orders_claim(running: Running) -> None:
+    """Five copies of one keyed start at once: one run, and the payment id stays its own
+    (a copy that lost the race must not give the winner's claim back)."""
+    order_id, other = new_id(), new_id()
+    payment_id = f"pmt-{order_id}"
+    answers = await asyncio.gather(
+        *(
+            running.service.start_order(order_id, payment_id, ADDRESS, idempotency_key="k1")
+            for _ in range(5)
+        )
+    )
+    assert len({a.run_id for a in answers}) == 1
+    with pytest.raises(OrderConflict) as refused:
+        await running.service.start_order(other, payment_id, ADDRESS)
+    assert refused.value.field == "payment_id"
+    await wait_for_step(running, order_id, "MANUAL_REVIEW")
+    await running.service.cancel(order_id)

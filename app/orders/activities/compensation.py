@@ -117,8 +117,10 @@ class CompensationActivities(ActivityBase):
             state=final,
             payment_status=status,
             refunded=refunded,
+            # Money to give back, or (a free order too) bookings to cancel: closed while
+            # shipping, a booking whose answer was lost must not ship.
             refund_pending=(
-                (must_refund or maybe_charged)
+                (must_refund or maybe_charged or inp.step == Step.SHIP)
                 and inp.defer_refund
                 and final != OrderState.COMPLETED
             ),
@@ -128,7 +130,8 @@ class CompensationActivities(ActivityBase):
     async def refund_payment(self, inp: RefundInput) -> CloseOutcome:
         """Compensation after the order is closed: refund a kept charge, once.
 
-        For an order closed while shipping, its carrier bookings are cancelled first. With
+        For an order closed while shipping (free or not), its carrier bookings are
+        cancelled first. With
         no charge recorded, the gateway is asked to cancel or refund: it refunds a charge
         whose answer was lost (recorded here with its refund), or voids the payment so that
         no late charge attempt can take the money. Each finding is recorded as it is made,
@@ -148,13 +151,13 @@ class CompensationActivities(ActivityBase):
         state = order.state if order is not None else OrderState.FAILED
         if payment is not None and payment.order_id != order_id:
             payment = None  # another order's payment id: never charged for this one
+        if state != OrderState.COMPLETED and shipments_open:
+            await self._cancel_shipments(order_id, inp.ctx.shipment_ref, call)
         if state == OrderState.COMPLETED or (
             payment is not None and payment.status != PaymentStatus.CHARGED
         ):
             status = payment.status if payment is not None else PaymentStatus.NONE
             return CloseOutcome(state=state, payment_status=status, refunded=False)
-        if shipments_open:
-            await self._cancel_shipments(order_id, inp.ctx.shipment_ref, call)
         if payment is None:
             found = await self._cancel_or_refund(inp.payment_id, order, call, inp.ctx.retry)
             if found is None:  # never charged, and now it cannot be

@@ -38,7 +38,7 @@ from app.orders.activities.common import (
 from app.orders.activities.compensation import CompensationActivities
 from app.orders.claims import claim_payment_id
 from app.orders.faults import OrderIntake
-from app.orders.identity import first_reference, retry_of
+from app.orders.identity import first_reference, retry_reference
 from app.orders.models import (
     ERR_INVALID_ORDER,
     ERR_ORDER_CLOSED,
@@ -66,7 +66,7 @@ from app.orders.providers.api import (
 from app.orders.rules import business_problems
 from app.orders.validation import address_problems, order_id_problem, payment_id_problem
 from app.platform.db import timed_statements, timed_transaction
-from app.platform.tables import Event, Order, Payment
+from app.platform.tables import Event, Order, Payment, PaymentClaim
 
 log = logging.getLogger("app.orders.activities")
 
@@ -118,6 +118,9 @@ class OrderActivities(CompensationActivities):
             },
         )
         async with timed_statements(self.sessions, "receive_order") as s:
+            if inp.ctx.retry > 1:
+                # A retry's reference is made from the order's own first payment id.
+                await _refuse_unless_owner(s, first_reference(inp.payment_id), inp.ctx.order_id)
             await _claim_or_refuse(s, inp.payment_id, inp.ctx.order_id)
             write = (
                 with_events(_retaken(inp), received)
@@ -254,9 +257,18 @@ class OrderActivities(CompensationActivities):
             ).scalar_one_or_none()
             if charged is None:
                 existing = await s.get(Payment, inp.payment_id)
-                if existing is not None and existing.order_id != order_id:
+                # Only this run's own charge, still taken, is "already recorded": a row of
+                # another order, or one refunded since (a replayed charge that no longer
+                # holds any money), must never ship the order.
+                if (
+                    existing is None
+                    or existing.order_id != order_id
+                    or existing.status == PaymentStatus.REFUNDED
+                    or existing.gateway_ref != (charge.charge_id or None)
+                ):
                     raise ApplicationError(
-                        f"payment id {inp.payment_id} already belongs to another order",
+                        f"payment id {inp.payment_id} already belongs to another order "
+                        "or an earlier charge",
                         type=ERR_PAYMENT_CONFLICT,
                         non_retryable=True,
                     )
@@ -341,17 +353,33 @@ def _retaken(inp: ReceiveInput) -> Update:
 
 def _refuse_foreign_ids(inp: ReceiveInput) -> None:
     """The service checks ids before it starts a run; a run started another way (the
-    Temporal CLI) is held to the same rules here: client ids, and retry references only
-    of the form this run's retry number gives them."""
-    pid = inp.payment_id
-    problem = order_id_problem(inp.ctx.order_id) or (
-        payment_id_problem(first_reference(pid))
-        if retry_of(pid) == inp.ctx.retry
-        else "must be the client's payment id, or its retry reference for this run"
-    )
+    Temporal CLI) is held to the same rules here: client ids, and the references of a
+    retry (payment, carrier order) only as this run's retry number makes them, only for
+    a run that takes over a failed one."""
+    pid, order_id, retry = inp.payment_id, inp.ctx.order_id, inp.ctx.retry
+    first = first_reference(pid)
+    problem = order_id_problem(order_id) or payment_id_problem(first)
+    if problem is None and (
+        pid != retry_reference(first, retry)
+        or inp.ctx.carrier_order not in (None, retry_reference(order_id, retry))
+        or (retry > 1 and inp.retry_of_run_id is None)
+    ):
+        problem = "must be the client's ids, or the references of this run's retry"
     if problem:
         raise ApplicationError(
             f"order or payment id {problem}", type=ERR_INVALID_ORDER, non_retryable=True
+        )
+
+
+async def _refuse_unless_owner(s: AsyncSession, payment_id: str, order_id: str) -> None:
+    owner = (
+        await s.execute(select(PaymentClaim.order_id).where(PaymentClaim.payment_id == payment_id))
+    ).scalar_one_or_none()
+    if owner != order_id:
+        raise ApplicationError(
+            f"payment id {payment_id} is not this order's",
+            type=ERR_PAYMENT_CONFLICT,
+            non_retryable=True,
         )
 
 

@@ -540,6 +540,8 @@ class OrderWorkflow:
                 requested_by=change.requested_by,
             ),
         )
+        if self._stop is not None:  # the order decided to end while the row was written
+            raise ApplicationError("order is already closed", type=ERR_ORDER_CLOSED)
         self._address = change.address
         self._log("address updated", by=change.requested_by)
 
