@@ -42,6 +42,14 @@ class ChaosOptions:
     # Order ids are PREFIX-NNNN; None = chaos-SEED-<time+random> (unique per run). A fixed
     # prefix plus the workers' FAULT_SEED makes every fault draw repeat on a fresh stack.
     id_prefix: str | None = None
+    # Past the bound (deadline + grace), orders still compensating (closed in the
+    # database, a refund or booking cancellation retrying) are waited for this much more;
+    # those still at it are then reported as settling, not judged.
+    settle_wait_s: float = 120.0
+    # Mix in colliding ids and payment ids, free orders, cancels at random moments and
+    # while closing, retries of FAILED orders; reconcile at the end
+    # (devstack/chaos_adversarial.py).
+    adversarial: bool = False
 
 
 @dataclass(frozen=True)

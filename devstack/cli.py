@@ -268,6 +268,22 @@ def chaos(
     grace: Annotated[
         float, typer.Option(help="Seconds past the deadline to wait for orders to close.", min=0)
     ] = 30.0,
+    settle_wait: Annotated[
+        float,
+        typer.Option(
+            help="Seconds more for orders still compensating (closed, a refund retrying); "
+            "those still at it are then reported as settling, not judged.",
+            min=0,
+        ),
+    ] = 120.0,
+    adversarial: Annotated[
+        bool,
+        typer.Option(
+            "--adversarial",
+            help="Mix in reused payment ids, retry-like and dotted ids, free orders, "
+            "cancels (while closing too), retries of FAILED orders; reconcile at the end.",
+        ),
+    ] = False,
     id_prefix: Annotated[
         str | None, typer.Option(help="Order ids PREFIX-NNNN (default: unique per run).")
     ] = None,
@@ -283,7 +299,9 @@ def chaos(
 
     Runs against the embedded stack of RUN_DIR and exits 3 when an invariant is broken
     (double charge, charge without refund, DB vs Temporal mismatch, our payments vs the
-    gateway's ledger, two carrier bookings, missing event, order not closed in time). See docs/operations.md, "Chaos runs".
+    gateway's ledger, two carrier bookings, a key two orders share, missing event, order
+    not closed in time; with --adversarial also the reconciliation's unresolved findings).
+    See docs/operations.md, "Chaos runs".
     """
     from devstack.chaos import ChaosError, run_chaos, summary_lines
     from devstack.chaos_faults import ChaosOptions
@@ -299,6 +317,8 @@ def chaos(
         hard_restarts=hard,
         order_deadline_s=order_deadline,
         grace_s=grace,
+        settle_wait_s=settle_wait,
+        adversarial=adversarial,
         id_prefix=id_prefix,
         fault_profile=fault_profile,
     )

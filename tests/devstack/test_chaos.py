@@ -1,5 +1,8 @@
-"""`cli.py chaos` end to end: 20 orders under faults (lost answers too) on a stack of its own, while one
-worker is SIGKILLed, the Temporal dev server restarts and PostgreSQL restarts.
+"""`cli.py chaos --adversarial` end to end: 20 orders under faults (lost answers too) on a
+stack of its own, while one worker is SIGKILLed, the Temporal dev server restarts and
+PostgreSQL restarts; among them reused payment ids, dotted and retry-like ids, free orders,
+cancels at random moments and while orders close, and retries of FAILED orders; then the
+reconciliation. One run, the plain invariants and the adversarial ones together.
 
 A stack of its own (not the session's `cli_stack`): restarting Temporal and PostgreSQL
 under the other e2e tests would make them fail for reasons of ours. Its ports, like every
@@ -9,7 +12,9 @@ and the service could not come back on it.
 
 The workers run with FAULT_SEED and the order ids are fixed, so every external call's
 outcome (fail, hang, succeed) is the same on each run; which attempts a kill or a restart
-interrupts still varies.
+interrupts still varies. The mix is drawn from the run's seed, and the orders it retries
+include some that fail by design (every provider answer of their first attempts lost), so
+each of its kinds happens whatever the kills interrupted.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 import pytest
 
 from app.platform.settings import PROJECT_ROOT
+from devstack.chaos_adversarial import KINDS
 from devstack.chaos_checks import VIOLATIONS
 from tests.helpers import CliStack, describe, leftover_processes, stack_env
 
@@ -57,7 +63,9 @@ def chaos_stack() -> Iterator[CliStack]:
 
 
 @pytest.mark.timeout(240)
-def test_invariants_hold_through_kills_and_restarts(chaos_stack: CliStack) -> None:
+def test_invariants_hold_through_kills_restarts_and_an_adversarial_mix(
+    chaos_stack: CliStack,
+) -> None:
     result = chaos_stack.run(
         "chaos",
         "--orders",
@@ -78,6 +86,7 @@ def test_invariants_hold_through_kills_and_restarts(chaos_stack: CliStack) -> No
         "chaos-e2e",
         "--fault-profile",
         PROFILE,
+        "--adversarial",
         "--json",
         timeout=200,
     )
@@ -85,16 +94,34 @@ def test_invariants_hold_through_kills_and_restarts(chaos_stack: CliStack) -> No
     summary: dict[str, Any] = json.loads(result.stdout)
     violations = {k: v for k, v in summary["violations"].items() if v}
     evidence = json.dumps(summary.get("evidence", {}), indent=1)[:6000]
-    assert result.returncode == 0 and summary["ok"], f"{violations}\n{evidence}\n{result.stderr}"
+    reconciliation = summary["reconciliation"]
+    assert result.returncode == 0 and summary["ok"], (
+        f"{violations}\n{reconciliation}\n{evidence}\n{result.stderr}"
+    )
     assert summary["violation_count"] == 0
-    assert set(VIOLATIONS) == set(summary["violations"])  # the ledger checks among them
+    assert set(VIOLATIONS) == set(summary["violations"])  # ledger and key checks among them
     assert summary["fault_profile"] == PROFILE
+    # Compensation landed within the wait: nothing left settling, nothing for the
+    # reconciliation to resolve.
+    assert summary["settling"] == []
+    assert "error" not in reconciliation, reconciliation
+    assert reconciliation["unresolved"] == 0, reconciliation
+
+    # The mix happened, every kind of it.
+    mix, outcomes = summary["adversarial"], summary["adversarial_outcomes"]
+    assert set(mix) == set(KINDS)
+    assert all(n > 0 for n in mix.values()), mix
+    # A start with a payment id another order holds is refused (409 naming payment_id):
+    # expected, not a failure; every other order started.
+    refused = outcomes["payment_id_refused"]
+    assert len(refused) == mix["reused_payment_ids"]
+    assert summary["orders_started"] + len(refused) == ORDERS
+    assert len(outcomes["retried"]) == mix["retries"]
 
     # It did what it says: every order started and approved, one fault of each kind, each
     # service back afterwards.
-    assert summary["orders_started"] == ORDERS
     # (An order whose RECEIVE fails fast may close before its approval lands.)
-    assert summary["orders_approved"] > ORDERS // 2
+    assert summary["orders_approved"] > summary["orders_started"] // 2
     assert summary["fault_counts"] == {
         "kill_worker": 1,
         "restart_temporal": 1,
@@ -102,10 +129,11 @@ def test_invariants_hold_through_kills_and_restarts(chaos_stack: CliStack) -> No
     }
     for fault in summary["faults"]:
         assert fault["ok"] and fault["new_pid"] != fault["pid"], fault
-    assert sum(summary["terminal"].values()) == ORDERS
+    assert sum(summary["terminal"].values()) == summary["orders_started"]
     payments = summary["payments"]
     assert payments["charged"] == payments["refunded"] + payments["kept"]
-    assert payments["kept"] == summary["terminal"]["COMPLETED"]
+    # A shipped order keeps its charge, a free one had nothing due.
+    assert payments["kept"] + payments["free_completed"] == summary["terminal"]["COMPLETED"]
     # The providers' own ledgers agree: every gateway charge is one of our payment rows,
     # every refund one of our refunds, and only shipped orders keep a carrier booking.
     ledger = summary["ledger"]

@@ -11,7 +11,17 @@ from typing import Any
 
 import pytest
 
-from devstack.chaos_checks import OrderFacts, check_order
+from app.orders.identity import first_reference, retry_of, retry_reference
+from app.orders.providers.api import charge_key, dispatch_key, refund_key
+from devstack.chaos_checks import (
+    COMPENSATION_KINDS,
+    VIOLATIONS,
+    OrderFacts,
+    check_across,
+    check_order,
+    deferred_checks,
+    key_problem,
+)
 from devstack.chaos_faults import ChaosOptions, plan_faults
 
 pytestmark = pytest.mark.unit
@@ -33,18 +43,40 @@ def pay(status: str, order_id: str = "o1", payment_id: str = "pmt-o1") -> dict[s
     }
 
 
-def charge(refunded: bool = False, payment_id: str = "pmt-o1", n: int = 1) -> dict[str, Any]:
+def charge(
+    refunded: bool = False,
+    payment_id: str = "pmt-o1",
+    n: int = 1,
+    order_id: str = "o1",
+    key: str | None = None,
+) -> dict[str, Any]:
+    """A gateway charge as its ledger holds it, under the key the order system sends."""
+    run = retry_of(payment_id)
     return {
         "charge_id": f"ch_{n}",
         "payment_id": payment_id,
+        "order_id": order_id,
         "amount_cents": AMOUNT,
         "refunded_cents": AMOUNT if refunded else 0,
-        "refunds": [{"refund_id": f"re_{n}"}] if refunded else [],
+        "idempotency_key": key or charge_key(order_id, payment_id, run),
+        "refunds": (
+            [{"refund_id": f"re_{n}", "idempotency_key": refund_key(order_id, payment_id, run)}]
+            if refunded
+            else []
+        ),
     }
 
 
-def booking(tracking: str = "T", cancelled: bool = False) -> dict[str, Any]:
-    return {"tracking_number": tracking, "cancelled": cancelled}
+def booking(
+    tracking: str = "T", cancelled: bool = False, ref: str = "o1", key: str | None = None
+) -> dict[str, Any]:
+    """A carrier booking: `ref` is the order as the carrier knows it (o1, o1#r2...)."""
+    return {
+        "tracking_number": tracking,
+        "cancelled": cancelled,
+        "order_id": ref,
+        "idempotency_key": key or dispatch_key(first_reference(ref), retry_of(ref), 1),
+    }
 
 
 def facts(
@@ -55,24 +87,35 @@ def facts(
     tracking: str | None = None,
     gateway: list[dict[str, Any]] | None = None,
     carrier: list[dict[str, Any]] | None = None,
+    payment_id: str | None = None,
+    **more: Any,
 ) -> OrderFacts:
-    """Facts whose ledgers agree with our tables unless `gateway`/`carrier` say otherwise."""
+    """Facts whose ledgers agree with our tables unless `gateway`/`carrier` say otherwise.
+
+    `payment_id`: the latest run's (the orders row's); `more`: other OrderFacts fields."""
     payments = payments or []
     if gateway is None:
         gateway = [
             charge(p["status"] == "refunded", p["payment_id"], n)
             for n, p in enumerate(payments)
-            if p["order_id"] == "o1"
+            if p["order_id"] == "o1" and p["status"] != "not_due"
         ]
+    ref = (
+        first_reference("o1") if payment_id is None else retry_reference("o1", retry_of(payment_id))
+    )
+    row = {"state": state, "tracking_number": tracking, "payment_id": payment_id or "pmt-o1"}
     return OrderFacts(
         order_id="o1",
         payment_id="pmt-o1",
-        db=None if state is None else {"state": state, "tracking_number": tracking},
+        db=None if state is None else row,
         payments=payments,
         events=events,
         workflow=workflow or {},
         gateway=gateway,
-        carrier=carrier if carrier is not None else ([booking(tracking)] if tracking else []),
+        carrier=(
+            carrier if carrier is not None else ([booking(tracking, ref=ref)] if tracking else [])
+        ),
+        **more,
     )
 
 
@@ -201,7 +244,12 @@ SHIPPED = (
     WF_COMPLETED,
     "T",
 )
-FAILED_UNCHARGED = ("FAILED", ev("RECEIVED", "VALIDATED", "FAILED"), [], {"status": "FAILED"})
+FAILED_UNCHARGED: tuple[str, list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]] = (
+    "FAILED",
+    ev("RECEIVED", "VALIDATED", "FAILED"),
+    [],
+    {"status": "FAILED"},
+)
 
 
 @pytest.mark.parametrize(
@@ -268,3 +316,278 @@ def test_the_plan_honours_its_limits() -> None:
     assert sorted(f.kind for f in plan) == ["kill_worker", "restart_postgres", "restart_temporal"]
     quiet = ChaosOptions(kill_interval_s=0, restart_temporal=False, restart_postgres=False)
     assert plan_faults(quiet, random.Random(1)) == []
+
+
+# --- retries, free orders, cancels, settling, keys (the adversarial run's checks) --------
+
+RETRY_PID = retry_reference("pmt-o1", 2)  # pmt-o1#r2
+# Run 1 failed after its charge (refunded), the operator retried, run 2 shipped.
+RETRIED_EVENTS = ev(
+    "RECEIVED",
+    "PAYMENT_CHARGED",
+    "PAYMENT_REFUNDED",
+    "FAILED",
+    "RETRIED",
+    "RECEIVED",
+    "VALIDATED",
+    "PAYMENT_CHARGED",
+    "DISPATCHED",
+    "COMPLETED",
+)
+RETRIED_OK = facts(
+    "COMPLETED",
+    RETRIED_EVENTS,
+    [pay("refunded"), pay("charged", payment_id=RETRY_PID)],
+    WF_COMPLETED,
+    tracking="T2",
+    payment_id=RETRY_PID,
+    # The failed run had booked and its booking was cancelled when it closed.
+    carrier=[booking("T1", cancelled=True), booking("T2", ref="o1#r2")],
+)
+FREE_OK = facts(
+    "COMPLETED",
+    ev("RECEIVED", "VALIDATED", "PAYMENT_CHARGED", "DISPATCHED", "COMPLETED"),
+    [pay("not_due") | {"amount_cents": 0}],
+    {"status": "COMPLETED", "state": "COMPLETED", "payment_status": "not_due"},
+    tracking="T",
+    free=True,
+)
+CANCEL_ACCEPTED_OK = facts(
+    "CANCELLED",
+    ev(
+        "RECEIVED",
+        "VALIDATED",
+        "PAYMENT_CHARGED",
+        "CANCEL_REQUESTED",
+        "CANCELLED",
+        "PAYMENT_REFUNDED",
+    ),
+    [pay("refunded")],
+    {"status": "COMPLETED", "state": "CANCELLED", "payment_status": "refunded"},
+    cancels=[{"kind": "random", "outcome": "accepted", "at_s": 3.0}],
+)
+# Closed FAILED in our database, its refund still retrying at the gateway.
+SETTLING = facts(
+    "FAILED",
+    ev("RECEIVED", "VALIDATED", "PAYMENT_CHARGED", "FAILED"),
+    [pay("charged")],
+    {"status": "RUNNING", "pending": ["RefundPayment attempt 13"]},
+    settling=True,
+)
+
+
+@pytest.mark.parametrize("ok", [RETRIED_OK, FREE_OK, CANCEL_ACCEPTED_OK])
+def test_retried_free_and_cancelled_orders_pass(ok: OrderFacts) -> None:
+    assert check_order(ok) == {}
+    assert check_across([ok]) == {}
+
+
+def test_the_new_kinds_are_reported() -> None:
+    for kind in ("left_charged", "shipped_unpaid", "shared_keys", "accepted_then_failed"):
+        assert kind in VIOLATIONS
+
+
+@pytest.mark.parametrize(
+    ("broken", "kind"),
+    [
+        # Run 1 FAILED and was retried, yet the gateway keeps its charge.
+        (
+            facts(
+                "COMPLETED",
+                RETRIED_EVENTS,
+                [pay("refunded"), pay("charged", payment_id=RETRY_PID)],
+                WF_COMPLETED,
+                tracking="T2",
+                payment_id=RETRY_PID,
+                gateway=[charge(False), charge(False, RETRY_PID, 2)],
+                carrier=[booking("T2", ref="o1#r2")],
+            ),
+            "left_charged",
+        ),
+        # The order ended FAILED with its charge kept at the gateway.
+        (facts(*FAILED_UNCHARGED, gateway=[charge()]), "left_charged"),
+        # COMPLETED, but the gateway refunded the charge.
+        (facts(*SHIPPED, gateway=[charge(refunded=True)]), "shipped_unpaid"),
+        # COMPLETED, and no charge of its own at the gateway at all.
+        (facts(*SHIPPED, gateway=[]), "shipped_unpaid"),
+        # The retry shipped, but the only kept charge is the failed run's payment.
+        (
+            facts(
+                "COMPLETED",
+                RETRIED_EVENTS,
+                [pay("refunded"), pay("charged", payment_id=RETRY_PID)],
+                WF_COMPLETED,
+                tracking="T2",
+                payment_id=RETRY_PID,
+                gateway=[charge(False)],
+                carrier=[booking("T2", ref="o1#r2")],
+            ),
+            "shipped_unpaid",
+        ),
+        # A free order must be not_due, and the gateway must never see it.
+        (
+            facts(
+                "COMPLETED",
+                ev("PAYMENT_CHARGED", "DISPATCHED", "COMPLETED"),
+                [pay("charged")],
+                WF_COMPLETED,
+                tracking="T",
+                free=True,
+            ),
+            "completed_without_charge",
+        ),
+        (
+            facts(
+                "COMPLETED",
+                ev("PAYMENT_CHARGED", "DISPATCHED", "COMPLETED"),
+                [pay("not_due") | {"amount_cents": 0}],
+                {"status": "COMPLETED", "state": "COMPLETED", "payment_status": "not_due"},
+                tracking="T",
+                free=True,
+                gateway=[charge()],
+            ),
+            "ledger_mismatch",
+        ),
+        # A charge under a key that does not name the order (the old payment-id key).
+        (facts(*SHIPPED, gateway=[charge(key="pmt-o1")]), "shared_keys"),
+        # A booking under a key naming another order.
+        (facts(*SHIPPED, carrier=[booking(key="dispatch:o2:1:1")]), "shared_keys"),
+        # The retry's booking under run 1's key.
+        (
+            facts(*SHIPPED, carrier=[booking("T", ref="o1#r2", key="dispatch:o1:1:1")]),
+            "shared_keys",
+        ),
+        # A key the gateway holds for this order, naming another payment.
+        (
+            facts(
+                *SHIPPED,
+                keys=[
+                    {
+                        "provider": "gateway",
+                        "key": "charge:o1:pmt-o2:1",
+                        "order_ref": "o1",
+                        "payment_id": "pmt-o1",
+                    }
+                ],
+            ),
+            "shared_keys",
+        ),
+        # Accepted, then the order ended FAILED.
+        (
+            facts(
+                *FAILED_UNCHARGED,
+                cancels=[{"kind": "random", "outcome": "accepted", "at_s": 2.5}],
+            ),
+            "accepted_then_failed",
+        ),
+        # Two charges in one run, told apart from one charge per run of a retried order.
+        (
+            facts(
+                "COMPLETED",
+                ev("PAYMENT_CHARGED", "PAYMENT_CHARGED", "DISPATCHED", "COMPLETED"),
+                [pay("charged")],
+                WF_COMPLETED,
+                tracking="T",
+            ),
+            "double_charges",
+        ),
+        (
+            facts(
+                "COMPLETED",
+                RETRIED_EVENTS,
+                [pay("refunded"), pay("charged", payment_id=RETRY_PID)],
+                WF_COMPLETED,
+                tracking="T2",
+                payment_id=RETRY_PID,
+                carrier=[booking("T1"), booking("T2", ref="o1#r2")],
+            ),
+            "ledger_mismatch",  # run 1's booking kept although run 1 FAILED
+        ),
+    ],
+)
+def test_each_adversarial_violation_is_caught(broken: OrderFacts, kind: str) -> None:
+    found = check_order(broken)
+    assert kind in found, found
+
+
+def test_a_refused_or_unknown_cancel_of_a_failed_order_is_fine() -> None:
+    for outcome in ("refused", "unknown"):
+        f = facts(*FAILED_UNCHARGED, cancels=[{"kind": "during_close", "outcome": outcome}])
+        assert check_order(f) == {}
+
+
+def test_an_order_still_compensating_is_settling_not_violating() -> None:
+    # What its refund will set right waits; nothing else is excused.
+    assert check_order(SETTLING) == {}
+    deferred = deferred_checks(SETTLING)
+    assert {"charged_without_refund", "left_charged", "not_terminal"} <= set(deferred)
+    assert set(deferred) <= COMPENSATION_KINDS
+    # Not settling: the same facts are violations.
+    judged = check_order(facts(*_fields(SETTLING)))
+    assert {"charged_without_refund", "left_charged", "not_terminal"} <= set(judged)
+    # A double charge is no compensation's to fix.
+    twice = facts(*_fields(SETTLING), gateway=[charge(), charge(n=2)], settling=True)
+    assert "gateway_double_charges" in check_order(twice)
+    # Nor is an accepted cancel of an order that is ending FAILED.
+    accepted = facts(*_fields(SETTLING), settling=True, cancels=[{"outcome": "accepted"}])
+    assert "accepted_then_failed" in check_order(accepted)
+
+
+def _fields(
+    f: OrderFacts,
+) -> tuple[str | None, list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    return (f.state, f.events, f.payments, f.workflow)
+
+
+def test_orders_sharing_a_booking_a_charge_a_key_or_a_payment_id() -> None:
+    def other(oid: str, **changes: Any) -> OrderFacts:
+        f = facts(*SHIPPED)
+        f.order_id = oid
+        f.payment_id = f"pmt-{oid}"
+        f.db = {**(f.db or {}), "payment_id": f"pmt-{oid}", "tracking_number": f"T-{oid}"}
+        f.payments = [pay("charged", order_id=oid, payment_id=f"pmt-{oid}")]
+        f.gateway = [charge(payment_id=f"pmt-{oid}", order_id=oid, n=hash(oid) % 1000)]
+        f.carrier = [booking(f"T-{oid}", ref=oid)]
+        for name, value in changes.items():
+            setattr(f, name, value)
+        return f
+
+    assert check_across([other("a"), other("b")]) == {}
+    # One booking recorded by two orders (a retry shipping under another order's id).
+    shared = check_across(
+        [other("a"), other("b", db={"state": "COMPLETED", "tracking_number": "T-a"})]
+    )
+    assert set(shared) == {"a", "b"} and "carrier booking T-a" in shared["b"][0]
+    # One payment id held by two orders.
+    held = check_across([other("a"), other("b", db={"state": "FAILED", "payment_id": "pmt-a"})])
+    assert "payment id pmt-a" in held["a"][0]
+    # One gateway charge in two orders' payment rows.
+    a = other("a")
+    b = other(
+        "b", payments=[pay("charged", "b", "pmt-b") | {"gateway_ref": a.gateway[0]["charge_id"]}]
+    )
+    assert "gateway charge" in check_across([a, b])["b"][0]
+
+
+@pytest.mark.parametrize(
+    ("provider", "key", "ref", "payment", "ok"),
+    [
+        ("gateway", "charge:o1:pmt-o1:1", "o1", "pmt-o1", True),
+        ("gateway", "refund:o1:pmt-o1#r2:2", "o1", "pmt-o1#r2", True),
+        ("gateway", "charge:o1.r2:pmt-o1.r2:1", "o1.r2", "pmt-o1.r2", True),
+        ("gateway", "pmt-o1", "o1", "pmt-o1", False),  # the old key: any order could send it
+        ("gateway", "charge:o2:pmt-o1:1", "o1", "pmt-o1", False),
+        ("gateway", "charge:o1:pmt-o1:2", "o1", "pmt-o1", False),  # run 1 under run 2's key
+        ("gateway", "charge:o1:pmt-x:1", "o1", "pmt-o1", False),
+        ("carrier", "dispatch:o1:1:3", "o1", None, True),
+        ("carrier", "prepare:o1:2:1", "o1#r2", None, True),
+        ("carrier", "dispatch:o1.r2:1:1", "o1", None, False),  # another order's id
+        ("carrier", "dispatch:o1:1:1", "o1#r2", None, False),
+        ("carrier", "dispatch:o1:1", "o1", None, False),
+        ("carrier", "charge:o1:1:1", "o1", None, False),
+    ],
+)
+def test_a_key_names_its_order_and_run(
+    provider: str, key: str, ref: str, payment: str | None, ok: bool
+) -> None:
+    assert (key_problem(provider, key, ref, payment) is None) is ok
