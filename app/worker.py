@@ -28,6 +28,8 @@ from temporalio.worker import Worker
 from app.orders.activities import OrderActivities, ShippingActivities
 from app.orders.faults import FaultInjector, OrderIntake
 from app.orders.providers.wiring import Simulators, open_simulators
+from app.orders.reconciliation.activities import ReconciliationActivities
+from app.orders.reconciliation.workflow import ReconciliationWorkflow
 from app.orders.workflows import OrderWorkflow, ShippingWorkflow
 from app.platform.db import engine_from_settings, session_factory
 from app.platform.logging_setup import configure_logging
@@ -72,11 +74,15 @@ def build_workers(
     drain = timedelta(seconds=10)
     if queue in ("orders", "all"):
         acts = OrderActivities(sessions, intake, providers.gateway, providers.carrier)
+        # The scheduled reconciliation runs beside the orders (docs/architecture.md).
+        audit = ReconciliationActivities(
+            sessions, providers.gateway, providers.carrier, client, settings
+        )
         workers.append(
             Worker(
                 client,
                 task_queue=settings.order_task_queue,
-                workflows=[OrderWorkflow],
+                workflows=[OrderWorkflow, ReconciliationWorkflow],
                 activities=[
                     acts.receive_order,
                     acts.validate_order,
@@ -85,6 +91,7 @@ def build_workers(
                     acts.mark_cancel_requested,
                     acts.close_order,
                     acts.refund_payment,
+                    audit.reconcile,
                 ],
                 graceful_shutdown_timeout=drain,
                 **tuning,

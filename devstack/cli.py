@@ -30,6 +30,7 @@ from app.cli.common import (
     add_explainer,
     app,
     err,
+    explain_error,
     load_settings,
     out,
     set_target,
@@ -69,12 +70,36 @@ def _start(settings: Settings, timeout: float) -> None:
     if stack_services.is_running(settings):
         say(f"stack already running (run dir {cfg.run_dir})")
         _print_ps(settings)
+        _ensure_reconciliation(settings)
         return
     say(f"starting the embedded stack (run dir {cfg.run_dir})")
     started = time.monotonic()
     stack_services.start_stack(settings, lambda msg: say(f"  {msg}"), timeout=timeout)
+    _ensure_reconciliation(settings)
     say(f"stack ready in {time.monotonic() - started:.1f}s", "bold green")
     _print_endpoints(settings)
+
+
+def _ensure_reconciliation(settings: Settings) -> None:
+    """The reconciliation's Temporal Schedule, created or brought to the settings
+    (idempotent: `start` on a running stack keeps it as it is)."""
+    from app.orders.reconciliation.messages import SCHEDULE_ID
+    from app.service.reconciliation import ensure_schedule
+
+    try:
+        done = with_service(
+            lambda svc: ensure_schedule(svc.client, svc.settings),
+            stack_services.client_settings(settings),
+        )
+    except Exception as exc:  # the stack runs; say so, and how to add the schedule later
+        message, _ = explain_error(exc)
+        say(
+            f"  reconciliation: schedule {SCHEDULE_ID} not created ({message}); "
+            "retry: python scripts/cli.py reconcile-schedule",
+            "bold red",
+        )
+        return
+    say(f"  reconciliation: schedule {SCHEDULE_ID} {done}")
 
 
 def _stop(settings: Settings) -> None:

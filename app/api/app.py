@@ -21,7 +21,7 @@ from app import console
 from app.api.auth import ApiKeyConfigError, Authenticator
 from app.api.errors import install_error_handlers
 from app.api.middleware import MAX_BODY_BYTES, BodyLimitMiddleware, RequestLogMiddleware
-from app.api.routes import codec, health, metrics, orders, stats
+from app.api.routes import codec, health, metrics, orders, reconciliation, stats
 from app.platform.db import engine_from_settings, session_factory
 from app.platform.logging_setup import configure_logging
 from app.platform.settings import Settings, get_settings, get_settings_or_exit
@@ -100,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(orders.router)
     app.include_router(stats.router)
+    app.include_router(reconciliation.router)
     app.include_router(console.router)
     app.include_router(metrics.router)
     app.include_router(codec.router)

@@ -6,7 +6,12 @@ All live in prometheus_client's default registry, which each process serves on /
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping
+
 from prometheus_client import Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _ORDER_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 45, 60, 90, 120)
@@ -50,3 +55,41 @@ API_REQUEST_SECONDS = Histogram(
     ["route", "method", "status"],
     buckets=_LATENCY_BUCKETS,
 )
+
+
+class ReconciliationGauges(Collector):
+    """The latest reconciliation run's figures, as stored in the database: unresolved
+    findings by kind, and when it finished. Served by the API only (it registers this and
+    refreshes it from PostgreSQL on each scrape), so every API replica says the same and
+    the workers export nothing stale of their own."""
+
+    def __init__(self) -> None:
+        self.kinds: tuple[str, ...] = ()
+        self.unresolved: dict[str, int] = {}
+        self.finished_at: float | None = None
+
+    def update(
+        self, kinds: Iterable[str], unresolved: Mapping[str, int], finished_at: float | None
+    ) -> None:
+        self.kinds = tuple(kinds)
+        self.unresolved = dict(unresolved)
+        self.finished_at = finished_at
+
+    def collect(self) -> Iterator[Metric]:
+        unresolved = GaugeMetricFamily(
+            "orders_reconciliation_unresolved",
+            "Findings the latest reconciliation run left unresolved, by kind",
+            labels=["kind"],
+        )
+        for kind in self.kinds:
+            unresolved.add_metric([kind], self.unresolved.get(kind, 0))
+        yield unresolved
+        if self.finished_at is not None:
+            yield GaugeMetricFamily(
+                "orders_reconciliation_last_run_timestamp_seconds",
+                "When the latest reconciliation run finished (Unix time)",
+                value=self.finished_at,
+            )
+
+
+RECONCILIATION = ReconciliationGauges()

@@ -96,6 +96,13 @@ class Settings(BaseSettings):
     temporal_ui_port: int = 8233
     postgres_port: int = 5432
 
+    # Reconciliation (app/orders/reconciliation): the Temporal Schedule runs it every
+    # RECONCILE_INTERVAL_S seconds over the orders of the last RECONCILE_LOOKBACK_S seconds,
+    # and keeps its reports RECONCILE_KEEP_DAYS days.
+    reconcile_interval_s: float = Field(default=300.0, ge=10.0, le=86400.0)
+    reconcile_lookback_s: float = Field(default=86400.0, ge=60.0, le=90 * 86400.0)
+    reconcile_keep_days: int = Field(default=30, ge=1)
+
     # Worker tuning
     # Worker /metrics (app + Temporal SDK); 0 = off. Bound to METRICS_HOST.
     worker_metrics_port: int = 0

@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Identity,
     Index,
+    Integer,
     Numeric,
     String,
     func,
@@ -52,7 +53,10 @@ class Order(Base):
     tracking_number: Mapped[str | None] = mapped_column(String)
     closed_at: Mapped[datetime | None] = mapped_column(DateTime)
 
-    __table_args__ = (Index("ix_orders_state_created", "state", "created_at"),)
+    __table_args__ = (
+        Index("ix_orders_state_created", "state", "created_at"),
+        Index("ix_orders_created", "created_at"),  # the reconciliation's window (0003)
+    )
 
 
 class Payment(Base):
@@ -89,3 +93,45 @@ class Event(Base):
     ts: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
 
     __table_args__ = (Index("ix_events_order_ts", "order_id", "ts"),)
+
+
+class ReconciliationRun(Base):
+    """One run of the reconciliation (migration 0003): its window and counts."""
+
+    __tablename__ = "reconciliation_runs"
+
+    id: Mapped[str] = mapped_column(String, primary_key=True)  # the workflow's run id
+    workflow_id: Mapped[str] = mapped_column(String, nullable=False)
+    trigger: Mapped[str] = mapped_column(String, nullable=False)
+    # Limited to some orders (`cli.py reconcile --order`): kept, but not the latest report.
+    scoped: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    started_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    finished_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    since: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    healed: Mapped[int] = mapped_column(Integer, nullable=False)
+    unresolved: Mapped[int] = mapped_column(Integer, nullable=False)
+    settling: Mapped[int] = mapped_column(Integer, nullable=False)
+    # Everything else of the report (what was checked, the settling orders, options).
+    summary_json: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+
+    __table_args__ = (Index("ix_reconciliation_runs_finished", "scoped", "finished_at"),)
+
+
+class ReconciliationFinding(Base):
+    __tablename__ = "reconciliation_findings"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    run_id: Mapped[str] = mapped_column(
+        String, ForeignKey("reconciliation_runs.id", ondelete="CASCADE"), nullable=False
+    )
+    kind: Mapped[str] = mapped_column(String, nullable=False)
+    order_id: Mapped[str] = mapped_column(String, nullable=False)
+    reference: Mapped[str] = mapped_column(String, nullable=False)
+    detail: Mapped[str] = mapped_column(String, nullable=False)
+    safe: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    healed: Mapped[bool] = mapped_column(Boolean, nullable=False)
+
+    __table_args__ = (
+        Index("ix_reconciliation_findings_run", "run_id"),
+        Index("ix_reconciliation_findings_order", "order_id"),
+    )

@@ -26,11 +26,12 @@ import pytest
 import uvicorn
 from playwright.async_api import Browser, Page, async_playwright, expect
 from pydantic import SecretStr
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from app.api.app import create_app
 from app.platform.settings import PROJECT_ROOT, Settings
 from app.platform.tables import Event, Order, Payment
+from app.service.reconciliation import reconcile_now
 from tests.helpers import (
     ADDRESS,
     RealStack,
@@ -408,6 +409,41 @@ async def test_dashboard_draws_charts(running: Running, api_server: ApiServer, p
     await expect(page.locator('#step-rows tr[data-step="PAY"] td').nth(2)).not_to_have_text("0")
     await expect(page.locator("#outcome-rows")).to_contain_text("dashboard_test")
     await shot(page, "dashboard")
+
+
+async def test_dashboard_shows_the_reconciliation(
+    running: Running, api_server: ApiServer, page: Page
+) -> None:
+    """A cancelled order whose booking the carrier still holds, reported (not healed), then
+    healed: the panel shows the latest run each time."""
+    order_id = new_id("con-rec")
+    async with running.sessions() as s, s.begin():
+        s.add(Order(id=order_id, state="CANCELLED", payment_id=f"pay-{order_id}", amount=1))
+    async with running.providers.carrier.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO bookings (tracking_number, order_id, address, idempotency_key) "
+                "VALUES (:t, :o, '{}', :k)"
+            ),
+            {"t": f"TRK-{order_id}", "o": order_id, "k": f"seed:{order_id}"},
+        )
+    # A full run (the panel shows the latest one, not one limited to some orders).
+    reported = await reconcile_now(running.client, running.settings, heal=False)
+    assert reported["unresolved"] >= 1
+    await login(page, f"{api_server.url}/console/dashboard")
+    row = page.locator(
+        f'#reconciliation-rows tr[data-kind="booking_not_completed"]:has-text("{order_id}")'
+    )
+    await expect(row).to_contain_text("unresolved")
+    await expect(page.locator("#reconciliation-meta")).to_contain_text(
+        f"{reported['unresolved']} unresolved"
+    )
+    await shot(page, "dashboard-reconciliation")
+
+    healed = await reconcile_now(running.client, running.settings)
+    assert healed["healed"] >= 1
+    await expect(row).to_contain_text("healed", timeout=15_000)
+    await expect(row).to_have_attribute("data-healed", "true")
 
 
 async def test_open_api_needs_no_key(

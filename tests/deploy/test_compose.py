@@ -43,12 +43,13 @@ REQUIRED_SERVICES = {
     "temporal-namespace",
     "temporal-ui",
     "migrate",
+    "reconcile-schedule",
     "app",
     "worker-orders",
     "worker-shipping",
 }
 # Services that run our image; the others are third-party images with their own variables.
-OUR_SERVICES = ("migrate", "app", "worker-orders", "worker-shipping")
+OUR_SERVICES = ("migrate", "app", "worker-orders", "worker-shipping", "reconcile-schedule")
 WORKERS = ("worker-orders", "worker-shipping")
 SETTINGS = {name.upper() for name in Settings.model_fields}
 VERSION = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["version"]
@@ -104,7 +105,7 @@ def test_every_image_is_pinned(compose: dict[str, Any]) -> None:
 def test_long_running_services_have_healthchecks(compose: dict[str, Any]) -> None:
     services = compose["services"]
     jobs = one_shots(services)
-    assert jobs == {"temporal-schema", "temporal-namespace", "migrate"}
+    assert jobs == {"temporal-schema", "temporal-namespace", "migrate", "reconcile-schedule"}
     for name, svc in services.items():
         if name in jobs:
             assert "healthcheck" not in svc, name
@@ -376,6 +377,39 @@ def test_migrate_command_runs_here(compose: dict[str, Any], real_stack: RealStac
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_reconcile_schedule_command_runs_here(
+    compose: dict[str, Any], real_stack: RealStack
+) -> None:
+    """The schedule job creates the reconciliation's schedule, and on the next `up` finds
+    it as the settings want it."""
+    cmd = _command(compose, "reconcile-schedule")
+    env = _env(real_stack, ORDER_TASK_QUEUE=f"compose-{uuid.uuid4().hex[:6]}", COLUMNS="200")
+    address = real_stack.settings.temporal_target
+    try:
+        said = []
+        for _ in range(2):  # every `docker compose up` runs it
+            result = subprocess.run(
+                [sys.executable, *cmd[1:]],
+                cwd=PROJECT_ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            assert result.returncode == 0, result.stdout + result.stderr
+            said.append(result.stdout.strip())
+        assert said == ["schedule reconciliation created", "schedule reconciliation unchanged"]
+    finally:
+        delete = ["schedule", "delete", "--schedule-id", "reconciliation", "--address", address]
+        subprocess.run(
+            [str(temporal_binary()), *delete],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
 
 
 def test_api_command_starts_and_answers_its_healthcheck(

@@ -308,6 +308,9 @@ def test_every_documented_family_is_served_with_samples_and_its_labels(run: Run)
         assert series, f"{name}: no samples on any /metrics endpoint"
         for key in series:
             assert {label for label, _ in key} == labels, (name, dict(key), sorted(labels))
+        if name == "orders_reconciliation_unresolved":  # 0 per kind on a healthy stack
+            assert len(series) == 9 and not any(series.values()), series
+            continue
         assert any(value > 0 for value in series.values()), name
 
 

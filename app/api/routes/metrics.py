@@ -12,15 +12,27 @@ dev stack) every endpoint is open anyway.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from datetime import UTC
+
 from fastapi import APIRouter, Request, Response
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
 
 from app.api.deps import Viewer, error_responses
 from app.api.middleware import RequestInfo
+from app.orders.reconciliation.audit import KINDS
 from app.platform import metrics
+from app.service.reconciliation import latest_run
 
+log = logging.getLogger("app.api")
 router = APIRouter(tags=["metrics"])
+
+# The reconciliation's gauges come from the database: this process serves them.
+REGISTRY.register(metrics.RECONCILIATION)
+# A scrape never waits longer than this for them (they keep their last values then).
+RECONCILIATION_READ_TIMEOUT_S = 2.0
 
 # Label for requests no route matched (404s): keeps scanners' random paths out of the
 # label values. Cannot collide with a template, which always starts with "/".
@@ -49,9 +61,30 @@ def observe_request(info: RequestInfo) -> None:
         **error_responses(401, 403, 500),
     },
 )
-def prometheus_metrics(request: Request, _caller: Viewer) -> Response:
+async def prometheus_metrics(request: Request, _caller: Viewer) -> Response:
     """Request latency by route template, method and status (`orders_api_request_seconds`),
-    plus the process's other metrics, in the Prometheus text format."""
+    the latest reconciliation run's unresolved findings by kind, plus the process's other
+    metrics, in the Prometheus text format."""
+    await _refresh_reconciliation(request)
     # Same negotiation as the workers' endpoints (prometheus_client's own server).
     encode, content_type = choose_encoder(request.headers.get("accept", ""))
     return Response(encode(REGISTRY), media_type=content_type)
+
+
+async def _refresh_reconciliation(request: Request) -> None:
+    service = getattr(request.app.state, "service", None)
+    if service is None:  # not serving (no database): zeros, no last run
+        metrics.RECONCILIATION.update(map(str, KINDS), {}, metrics.RECONCILIATION.finished_at)
+        return
+    try:
+        async with asyncio.timeout(RECONCILIATION_READ_TIMEOUT_S):
+            run = await latest_run(service.sessions)
+    except Exception as err:  # the figures stay as last read; the scrape goes on
+        log.warning("reconciliation gauges not refreshed", extra={"error": type(err).__name__})
+        return
+    if run is None:
+        metrics.RECONCILIATION.update(map(str, KINDS), {}, None)
+        return
+    by_kind = (run.summary_json or {}).get("unresolved_by_kind", {})
+    finished = run.finished_at.replace(tzinfo=UTC).timestamp()
+    metrics.RECONCILIATION.update(map(str, KINDS), by_kind, finished)

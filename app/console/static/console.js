@@ -821,11 +821,39 @@ function dashboardPage() {
     $('stats-meta').textContent = `Updated ${fmtTime(stats.generated_at)} · refreshed every ${LIST_POLL_MS / 1000} s`;
   }
 
+  // The latest reconciliation run: what it healed, what it left for a person.
+  function renderReconciliation(report) {
+    const meta = $('reconciliation-meta');
+    if (!report.run_id) {
+      meta.textContent = `No reconciliation run yet (every ${report.interval_s} s, or: python scripts/cli.py reconcile)`;
+      $('reconciliation-rows').replaceChildren();
+      return;
+    }
+    const left = report.unresolved
+      ? `${report.unresolved} unresolved (for a person)`
+      : 'nothing unresolved';
+    meta.textContent = `Last run ${fmtTime(report.finished_at)} (${report.trigger}): ${left} · ${report.healed} healed · ${report.settling} settling · ${report.checked.orders} orders, ${report.checked.charges} charges, ${report.checked.bookings} bookings checked`;
+    meta.classList.toggle('error', report.unresolved > 0);
+    const rows = report.findings.map((f) => el('tr', { dataset: { kind: f.kind, healed: String(f.healed) } },
+      el('td', { text: f.kind }),
+      el('td', {}, orderLink(f.order_id)),
+      el('td', { text: f.reference }),
+      el('td', {}, badge(f.healed ? 'healed' : 'unresolved')),
+      el('td', { text: f.detail })));
+    if (!rows.length) rows.push(el('tr', {}, el('td', { class: 'empty', colspan: 5, text: 'No findings' })));
+    $('reconciliation-rows').replaceChildren(...rows);
+  }
+
   async function refresh() {
     try {
       render(await api('/stats'));
     } catch (error) {
       reportRefreshError(error, $('stats-meta'));
+    }
+    try {
+      renderReconciliation(await api('/reconciliation'));
+    } catch (error) {
+      reportRefreshError(error, $('reconciliation-meta'));
     }
   }
   const poller = poll(refresh, LIST_POLL_MS);

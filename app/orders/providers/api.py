@@ -7,7 +7,9 @@ provider that sees a key again answers with its first result and moves nothing t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from app.orders.faults import CallInfo
@@ -135,6 +137,54 @@ class Booking:
     address: dict[str, Any]
 
 
+# --- Settlement exports: what a provider reports to its merchant (reconciliation) --------
+
+
+@dataclass(frozen=True)
+class SettledCharge:
+    """A charge as the gateway's settlement export shows it, with what was refunded of it."""
+
+    charge_id: str
+    payment_id: str
+    order_id: str
+    amount_cents: int
+    refunded_cents: int
+    key: str
+    created_at: datetime
+    refund_keys: tuple[str, ...] = ()
+
+    @property
+    def kept_cents(self) -> int:
+        return self.amount_cents - self.refunded_cents
+
+
+@dataclass(frozen=True)
+class VoidedPayment:
+    payment_id: str
+    order_id: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """The gateway's export: charges made since a time (with their refunds) and voids."""
+
+    charges: list[SettledCharge]
+    voids: list[VoidedPayment]
+
+
+@dataclass(frozen=True)
+class BookingRecord:
+    """A booking as the carrier's export shows it; `carrier_order` is the order as the
+    carrier knows it (the order id, or a retry's reference)."""
+
+    tracking_number: str
+    carrier_order: str
+    key: str
+    cancelled: bool
+    created_at: datetime
+
+
 class PaymentGateway(Protocol):
     async def charge(self, req: ChargeRequest, call: CallInfo) -> Charge:
         """Take the money once per key."""
@@ -152,6 +202,16 @@ class PaymentGateway(Protocol):
         cancelOrRefund): one call settles it whichever way the charge went."""
         ...
 
+    async def settlements(
+        self, since: datetime, order_ids: Sequence[str] | None = None
+    ) -> Settlement:
+        """The settlement export: charges made since `since` (only these orders' when
+        given), each with what was refunded of it, and the payments voided since then.
+
+        A report the gateway gives its merchant, like a settlement file: the order system
+        reads the gateway's side of the money only through this (reconciliation)."""
+        ...
+
 
 class Carrier(Protocol):
     async def prepare(self, req: PrepareRequest, call: CallInfo) -> Package: ...
@@ -164,4 +224,11 @@ class Carrier(Protocol):
         """Cancel the order's bookings and refuse new ones; the bookings it cancelled.
 
         For an order that ends unshipped while a dispatch's answer may have been lost."""
+        ...
+
+    async def bookings(
+        self, since: datetime, carrier_orders: Sequence[str] | None = None
+    ) -> list[BookingRecord]:
+        """The carrier's export: bookings made since `since` (only these carrier orders'
+        when given), cancelled or not."""
         ...

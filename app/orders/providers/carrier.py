@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
@@ -22,6 +23,7 @@ from app.orders.faults import CallInfo, FaultInjector
 from app.orders.providers import ledger
 from app.orders.providers.api import (
     Booking,
+    BookingRecord,
     CancelShipmentsRequest,
     DispatchRequest,
     KeyClosed,
@@ -47,6 +49,8 @@ SCHEMA = [
         cancelled_at timestamptz
     )""",
     "CREATE INDEX IF NOT EXISTS bookings_order ON bookings (order_id)",
+    # The bookings export reads them by time.
+    "CREATE INDEX IF NOT EXISTS bookings_created ON bookings (created_at)",
     """CREATE TABLE IF NOT EXISTS closed_keys (
         key text PRIMARY KEY,
         created_at timestamptz NOT NULL DEFAULT now()
@@ -173,6 +177,29 @@ class CarrierSimulator(ledger.Provider):
             ).all()
         await faults.after()
         return [Booking(**dict(r._mapping)) for r in rows]
+
+    async def bookings(
+        self, since: datetime, carrier_orders: Sequence[str] | None = None
+    ) -> list[BookingRecord]:
+        """The merchant's export of bookings made since `since`, read from the carrier's
+        own ledger."""
+        only = "" if carrier_orders is None else " AND order_id = ANY(:refs)"
+        params: dict[str, Any] = {"since": since}
+        if carrier_orders is not None:
+            params["refs"] = list(carrier_orders)
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT tracking_number, order_id AS carrier_order, "
+                        "idempotency_key AS key, cancelled_at IS NOT NULL AS cancelled, "
+                        f"created_at FROM bookings WHERE created_at >= :since{only} "
+                        "ORDER BY created_at, tracking_number"
+                    ),
+                    params,
+                )
+            ).all()
+        return [BookingRecord(**r._mapping) for r in rows]
 
 
 async def read_ledger(

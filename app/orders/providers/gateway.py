@@ -11,8 +11,9 @@ The order system reaches it only through `PaymentGateway`; `read_ledger` is for 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
@@ -28,6 +29,9 @@ from app.orders.providers.api import (
     Refund,
     RefundExceedsCharge,
     RefundRequest,
+    SettledCharge,
+    Settlement,
+    VoidedPayment,
 )
 
 SCHEMA = [
@@ -41,6 +45,9 @@ SCHEMA = [
         created_at timestamptz NOT NULL DEFAULT now()
     )""",
     "CREATE INDEX IF NOT EXISTS charges_payment ON charges (payment_id, order_id)",
+    # The settlement export reads charges by time and by order.
+    "CREATE INDEX IF NOT EXISTS charges_created ON charges (created_at)",
+    "CREATE INDEX IF NOT EXISTS charges_order ON charges (order_id)",
     """CREATE TABLE IF NOT EXISTS refunds (
         refund_id text PRIMARY KEY,
         charge_id text NOT NULL REFERENCES charges,
@@ -131,6 +138,47 @@ class GatewaySimulator(ledger.Provider):
 
         stored = await self._for_payment("cancel_or_refund", call, req, settle)
         return Refund(**stored) if stored else None
+
+    async def settlements(
+        self, since: datetime, order_ids: Sequence[str] | None = None
+    ) -> Settlement:
+        """The merchant's settlement export, read from the gateway's own ledger: charges
+        made since `since` with their refunds, and payments voided since then."""
+        only = "" if order_ids is None else " AND c.order_id = ANY(:ids)"
+        params: dict[str, Any] = {"since": since}
+        if order_ids is not None:
+            params["ids"] = list(order_ids)
+        async with self.engine.connect() as conn:
+            charges = (
+                await conn.execute(
+                    text(
+                        "SELECT c.charge_id, c.payment_id, c.order_id, c.amount_cents, "
+                        "c.refunded_cents, c.idempotency_key AS key, c.created_at, "
+                        "coalesce(array_agg(r.idempotency_key ORDER BY r.created_at) "
+                        "FILTER (WHERE r.refund_id IS NOT NULL), '{}') AS refund_keys "
+                        "FROM charges c LEFT JOIN refunds r USING (charge_id) "
+                        f"WHERE c.created_at >= :since{only} "
+                        "GROUP BY c.charge_id ORDER BY c.created_at, c.charge_id"
+                    ),
+                    params,
+                )
+            ).all()
+            voids = (
+                await conn.execute(
+                    text(
+                        "SELECT payment_id, order_id, created_at FROM voided_payments c "
+                        f"WHERE c.created_at >= :since{only} ORDER BY created_at"
+                    ),
+                    params,
+                )
+            ).all()
+        return Settlement(
+            charges=[
+                SettledCharge(**{**r._mapping, "refund_keys": tuple(r.refund_keys)})
+                for r in charges
+            ],
+            voids=[VoidedPayment(**r._mapping) for r in voids],
+        )
 
 
 async def _refund_charge(conn: AsyncConnection, req: RefundRequest) -> Refund:
