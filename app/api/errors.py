@@ -109,7 +109,11 @@ async def _on_service_error(request: Request, exc: Exception) -> JSONResponse:
             extra={"error": exc.message, "order_id": order_id_of(request.scope)},
         )
     headers = {"Retry-After": "5"} if exc.status == 503 else None
-    extra = {k: str(v) if not isinstance(v, dict) else v for k, v in exc.extra.items()}
+    extra = {
+        k: str(v) if not isinstance(v, dict) else v
+        for k, v in exc.extra.items()
+        if v is not None  # unknown stays absent, never the string "None"
+    }
     return error_response(exc.status, exc.code, exc.shown, exc.field, headers, **extra)
 
 

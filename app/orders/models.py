@@ -361,6 +361,10 @@ class CloseInput:
     # records its failure seconds later (Core cancels it 5 s past its timeout).
     attempts: dict[str, int] = field(default_factory=dict)
     errors: list[StepError] = field(default_factory=list)
+    # What the order was started with, for a row this activity has to insert.
+    address: Address | None = None
+    items: list[LineItem] | None = None
+    deadline_iso: str | None = None
 
 
 @dataclass

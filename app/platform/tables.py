@@ -52,6 +52,8 @@ class Order(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, server_default="false")
     tracking_number: Mapped[str | None] = mapped_column(String)
     closed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # Closed and compensated (refund, booking cancellation done): migration 0004.
+    settled_at: Mapped[datetime | None] = mapped_column(DateTime)
 
     __table_args__ = (
         Index("ix_orders_state_created", "state", "created_at"),

@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections import OrderedDict
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any, Unpack
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import (
     Client,
+    WorkflowExecutionStatus,
     WorkflowHandle,
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
@@ -34,6 +39,7 @@ from app.orders.models import (
     ERR_ORDER_CLOSED,
     ERR_ORDER_DISPATCHED,
     ERR_REVIEW_OVER,
+    ORDER_DEADLINE_S,
     ORDER_WORKFLOW,
     QUERY_STATUS,
     TERMINAL_STATES,
@@ -46,7 +52,9 @@ from app.orders.models import (
     OrderInput,
     OrderState,
     OrderStatus,
+    Step,
     is_settled,
+    order_amount_cents,
     order_workflow_id,
 )
 from app.orders.search import start_attributes
@@ -99,6 +107,8 @@ _REFUSAL_STATUS = {
     ERR_INVALID_ORDER: 422,
 }
 
+
+log = logging.getLogger("app.service")
 
 CLOSED_CACHE_SIZE = 10_000
 CLOSED_CACHE_TTL_S = 300.0
@@ -162,7 +172,38 @@ class OrderService:
             if keyed is None:
                 raise
             return await self._replay_start(order_id, keyed, conflict)
+        await self._record_started(inp, handle.id, handle.result_run_id)
         return StartAnswer(order_id, handle.id, handle.result_run_id)
+
+    async def _record_started(self, inp: OrderInput, workflow_id: str, run_id: str | None) -> None:
+        """The order's row as it starts (PENDING, with what the request said), so lists,
+        the console and a second start see it at once, and an order whose first step fails
+        still shows its ids and address. ReceiveOrder takes the row over (or writes it, if
+        this write is lost: it is a convenience, never what the order depends on)."""
+        try:
+            async with self.sessions() as s, s.begin():
+                await s.execute(
+                    pg_insert(Order)
+                    .values(
+                        id=inp.order_id,
+                        state=OrderState.PENDING,
+                        step=Step.RECEIVE,
+                        workflow_id=workflow_id,
+                        run_id=run_id,
+                        payment_id=inp.payment_id,
+                        address_json=inp.address.as_dict(),
+                        amount=Decimal(order_amount_cents(inp.items)) / 100,
+                        items_json=[vars(i) for i in inp.items],
+                        deadline_at=datetime.now(UTC).replace(tzinfo=None)
+                        + timedelta(seconds=inp.deadline_s or ORDER_DEADLINE_S),
+                    )
+                    .on_conflict_do_nothing(index_elements=[Order.id])
+                )
+        except (OSError, SQLAlchemyError) as err:
+            log.warning(
+                "could not record the started order; ReceiveOrder will",
+                extra={"order_id": inp.order_id, "error": type(err).__name__},
+            )
 
     async def _runs_with_payment(self, order_id: str, payment_id: str) -> bool:
         """Whether the order's run (another request's, racing this one) pays with it.
@@ -421,7 +462,9 @@ class OrderService:
             errors=merge_errors([dataclasses.asdict(e) for e in live.errors], errors),
             payment_status=payment_status,
             source="workflow",
-            settled=is_settled({"state": live.state, "payment_status": payment_status}),
+            # A run still going is compensating at most (the row records the settlement).
+            settled=desc.status != WorkflowExecutionStatus.RUNNING
+            and is_settled({"state": live.state, "payment_status": payment_status}),
         )
 
     def _remember_closed(self, order_id: str, view: OrderView) -> None:

@@ -69,6 +69,12 @@ def _refuse_retry(order: Order, payment: Payment | None) -> None:
             f"order {order.id} is {order.state}: only a FAILED order can be retried",
             reason="not_failed",
         )
+    if order.settled_at is None:
+        raise OrderConflict(
+            f"order {order.id} is still settling (its refund or booking cancellation is in "
+            "flight): retry once its status says settled",
+            reason="settling",
+        )
     if payment is not None and payment.status == PaymentStatus.CHARGED:
         raise OrderConflict(
             f"payment {payment.payment_id} of order {order.id} is charged and not refunded: "
@@ -127,6 +133,7 @@ def reopen(order: Order, run_id: str, payment_id: str) -> None:
     order.payment_id = payment_id
     order.reason = None
     order.closed_at = None
+    order.settled_at = None
     order.cancel_requested = False
     order.tracking_number = None
     order.updated_at = datetime.now(UTC).replace(tzinfo=None)

@@ -10,9 +10,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.orders.models import (
+    TERMINAL_STATES,
     EventType,
     Step,
-    is_settled,
     order_workflow_id,
     shown_message,
 )
@@ -72,7 +72,9 @@ def status_from_db(
         "workflow_status": None,
         "pending_activities": [],
         "source": "database",
-        "settled": is_settled({"state": order.state, "payment_status": payment_status}),
+        # Closed and its compensation done (RefundPayment records it): a refund or booking
+        # cancellation still in flight leaves it unsettled, however the payment reads.
+        "settled": order.state in TERMINAL_STATES and order.settled_at is not None,
     }
     return OrderView.model_validate(view)
 

@@ -39,6 +39,7 @@ from app.orders.models import (
     PaymentStatus,
     RefundInput,
     Step,
+    order_amount_cents,
 )
 from app.orders.providers.api import (
     CancelShipmentsRequest,
@@ -48,7 +49,7 @@ from app.orders.providers.api import (
     RefundRequest,
     refund_key,
 )
-from app.platform.db import timed_transaction
+from app.platform.db import timed_statements, timed_transaction
 from app.platform.tables import Event, Order, Payment
 
 log = logging.getLogger("app.orders.activities")
@@ -89,12 +90,16 @@ class CompensationActivities(ActivityBase):
         # A free order was never due anything: the gateway is not asked.
         maybe_charged = not ours and inp.step == Step.PAY and _amount_cents(order) > 0
         refund_now = must_refund and not inp.defer_refund
+        # Money to give back, or (a free order too) bookings to cancel: closed while
+        # shipping, a booking whose answer was lost must not ship. RefundPayment does it,
+        # and the order is settled when it is done.
+        pending = (must_refund or maybe_charged or inp.step == Step.SHIP) and inp.defer_refund
         if refund_now and payment is not None:
             await self._refund(payment, call_info(inp.ctx, info.attempt), inp.ctx.retry)
         async with timed_transaction(self.sessions, "close_order") as s:
             refunded = refund_now and await _mark_refunded(s, order_id, inp.payment_id)
             started = order.created_at if order is not None else naive_utc(inp.started_at_iso)
-            final, recorded = await _record_end(s, inp, started)
+            final, recorded = await _record_end(s, inp, started, settled=not pending)
             status_row = await s.get(Payment, inp.payment_id)
             status = (
                 status_row.status
@@ -117,17 +122,27 @@ class CompensationActivities(ActivityBase):
             state=final,
             payment_status=status,
             refunded=refunded,
-            # Money to give back, or (a free order too) bookings to cancel: closed while
-            # shipping, a booking whose answer was lost must not ship.
-            refund_pending=(
-                (must_refund or maybe_charged or inp.step == Step.SHIP)
-                and inp.defer_refund
-                and final != OrderState.COMPLETED
-            ),
+            refund_pending=pending and final != OrderState.COMPLETED,
         )
 
     @activity.defn(name="RefundPayment")
     async def refund_payment(self, inp: RefundInput) -> CloseOutcome:
+        """Compensation after the close (see _compensate); the order is settled once it
+        is done, whichever way it went."""
+        outcome = await self._compensate(inp)
+        async with timed_statements(self.sessions, "settle_order") as s:
+            await s.execute(
+                update(Order)
+                .where(
+                    Order.id == inp.ctx.order_id,
+                    Order.settled_at.is_(None),
+                    Order.state.in_(TERMINAL_STATES),
+                )
+                .values(settled_at=now_utc())
+            )
+        return outcome
+
+    async def _compensate(self, inp: RefundInput) -> CloseOutcome:
         """Compensation after the order is closed: refund a kept charge, once.
 
         For an order closed while shipping (free or not), its carrier bookings are
@@ -227,17 +242,21 @@ class CompensationActivities(ActivityBase):
 
 
 async def _record_end(
-    s: AsyncSession, inp: CloseInput, started: datetime | None
+    s: AsyncSession, inp: CloseInput, started: datetime | None, settled: bool
 ) -> tuple[str, bool]:
     """The order's terminal state under its row lock: (the state it ends in, whether this
-    call recorded it). A dispatch that committed first wins, and a close is recorded once."""
+    call recorded it). A dispatch that committed first wins, and a close is recorded once.
+    `settled`: nothing is left to compensate (else RefundPayment settles it)."""
+    info = activity.info()
+    now = now_utc()
     order_id = inp.ctx.order_id
     locked = (
         await s.execute(select(Order).where(Order.id == order_id).with_for_update())
     ).scalar_one_or_none()
     if locked is None:
-        # The order never reached the database (ReceiveOrder failed): record it now so
-        # every order that was started can be found and audited.
+        # The order never reached the database (ReceiveOrder failed, in a run not started
+        # by our service): record it now, with what it was started with, so every order
+        # that was started can be found and audited.
         await s.execute(
             pg_insert(Order)
             .values(
@@ -245,7 +264,15 @@ async def _record_end(
                 state=inp.state,
                 step=inp.step,
                 reason=inp.reason,
-                closed_at=now_utc(),
+                workflow_id=info.workflow_id,
+                run_id=info.workflow_run_id,
+                payment_id=inp.payment_id,
+                address_json=inp.address.as_dict() if inp.address else None,
+                amount=money(order_amount_cents(inp.items)) if inp.items else None,
+                items_json=[vars(i) for i in inp.items] if inp.items else None,
+                deadline_at=naive_utc(inp.deadline_iso),
+                closed_at=now,
+                settled_at=now if settled else None,
                 created_at=started or func.now(),
             )
             .on_conflict_do_nothing(index_elements=[Order.id])
@@ -256,7 +283,9 @@ async def _record_end(
         locked.state = inp.state
         locked.reason = inp.reason
         locked.step = inp.step or locked.step
-        locked.updated_at = locked.closed_at = now_utc()
+        locked.updated_at = locked.closed_at = now
+        if settled:
+            locked.settled_at = now
     await s.execute(insert(Event), [_terminal_event(inp)])
     return inp.state, True
 

@@ -10,7 +10,7 @@ import logging
 from datetime import datetime
 
 from sqlalchemy import (
-    Update,
+    Insert,
     exists,
     func,
     insert,
@@ -90,24 +90,6 @@ class OrderActivities(CompensationActivities):
         info = activity.info()
         await self.intake.receive_order(call_info(inp.ctx, info.attempt))
         _refuse_foreign_ids(inp)
-        new_order = (
-            pg_insert(Order)
-            .values(
-                id=inp.ctx.order_id,
-                state=OrderState.RECEIVED,
-                step=Step.RECEIVE,
-                address_json=inp.address.as_dict(),
-                workflow_id=inp.workflow_id,
-                run_id=inp.run_id,
-                payment_id=inp.payment_id,
-                amount=money(order_amount_cents(inp.items)),
-                items_json=[vars(i) for i in inp.items],
-                deadline_at=datetime.fromisoformat(inp.deadline_iso).replace(tzinfo=None),
-                # now() for runs started before the workflow sent its start time.
-                created_at=naive_utc(inp.started_at_iso) or func.now(),
-            )
-            .on_conflict_do_nothing(index_elements=[Order.id])
-        )
         received = (
             EventType.RECEIVED,
             {
@@ -122,12 +104,7 @@ class OrderActivities(CompensationActivities):
                 # A retry's reference is made from the order's own first payment id.
                 await _refuse_unless_owner(s, first_reference(inp.payment_id), inp.ctx.order_id)
             await _claim_or_refuse(s, inp.payment_id, inp.ctx.order_id)
-            write = (
-                with_events(_retaken(inp), received)
-                if inp.retry_of_run_id is not None
-                else with_events(new_order, received)
-            )
-            if (await s.execute(write)).scalar_one_or_none() is not None:
+            if (await s.execute(with_events(_received(inp), received))).scalar_one_or_none():
                 return StepOutcome(attempt=info.attempt)
             # Written by an earlier attempt of this run, or the id is taken.
             existing = await s.get(Order, inp.ctx.order_id)
@@ -322,31 +299,42 @@ class OrderActivities(CompensationActivities):
             )
 
 
-def _retaken(inp: ReceiveInput) -> Update:
-    """A retry's run receives the row the operator's retry reopened for it (PENDING, this
-    run's id): the order starts again as received; what the failed run did stays in events."""
+def _received(inp: ReceiveInput) -> Insert:
+    """The order's row as received: new, or the PENDING row this run's start wrote (the
+    service records an order as it starts it, so it is listed at once) or its retry
+    reopened (what the failed run did stays in events). A row of another run, or one
+    past PENDING (an earlier attempt of this run received it), is left alone."""
+    received = {
+        "state": OrderState.RECEIVED,
+        "step": Step.RECEIVE,
+        "workflow_id": inp.workflow_id,
+        "payment_id": inp.payment_id,
+        "address_json": inp.address.as_dict(),
+        "amount": money(order_amount_cents(inp.items)),
+        "items_json": [vars(i) for i in inp.items],
+        "deadline_at": datetime.fromisoformat(inp.deadline_iso).replace(tzinfo=None),
+    }
     return (
-        update(Order)
-        .where(
-            Order.id == inp.ctx.order_id,
-            Order.run_id == inp.run_id,
-            Order.state == OrderState.PENDING,
-        )
+        pg_insert(Order)
         .values(
-            state=OrderState.RECEIVED,
-            step=Step.RECEIVE,
+            id=inp.ctx.order_id,
             run_id=inp.run_id,
-            workflow_id=inp.workflow_id,
-            payment_id=inp.payment_id,
-            address_json=inp.address.as_dict(),
-            amount=money(order_amount_cents(inp.items)),
-            items_json=[vars(i) for i in inp.items],
-            deadline_at=datetime.fromisoformat(inp.deadline_iso).replace(tzinfo=None),
-            reason=None,
-            closed_at=None,
-            cancel_requested=False,
-            tracking_number=None,
-            updated_at=now_utc(),
+            # now() for runs started before the workflow sent its start time.
+            created_at=naive_utc(inp.started_at_iso) or func.now(),
+            **received,
+        )
+        .on_conflict_do_update(
+            index_elements=[Order.id],
+            set_={
+                **received,
+                "reason": None,
+                "closed_at": None,
+                "settled_at": None,
+                "cancel_requested": False,
+                "tracking_number": None,
+                "updated_at": now_utc(),
+            },
+            where=(Order.run_id == inp.run_id) & (Order.state == OrderState.PENDING),
         )
     )
 

@@ -127,6 +127,7 @@ class ShippingActivities(ActivityBase):
                     step=Step.SHIP,
                     updated_at=now,
                     closed_at=now,
+                    settled_at=now,
                 )
             )
             await s.execute(
