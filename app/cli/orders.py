@@ -133,11 +133,9 @@ def update_address(
 
     async def call(svc: OrderService) -> dict[str, Any]:
         view = status_dict(await svc.status(order_id))
-        current = view.get("address") or {}
-        if view["state"] in TERMINAL_STATES and not current:
-            # Closed before it was received: nothing to merge the given fields into.
+        if view["state"] in TERMINAL_STATES:
             raise CliError(f"order {order_id} is already closed ({view['state']})")
-        address = {**current, **changes}
+        address = {**(view.get("address") or {}), **changes}
         return status_dict(await svc.update_address(order_id, address, requested_by="cli"))
 
     view = with_service(call)

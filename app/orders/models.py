@@ -81,6 +81,8 @@ ERR_ORDER_CANCELLED = "OrderCancelled"
 ERR_REVIEW_OVER = "ReviewNotPending"
 ERR_PAYMENT_CONFLICT = "PaymentIdInUse"
 ERR_DISPATCH_FAILED = "DispatchFailed"
+# The order's run failing once its compensation is done (what the Temporal UI shows).
+ERR_ORDER_FAILED = "OrderFailed"
 
 # What clients are shown of a failure (status errors, events, history, 409 bodies): a fixed
 # text for its kind. Kinds whose messages we write ourselves from ids and our own rules
@@ -94,6 +96,7 @@ OWN_MESSAGE_KINDS = frozenset(
         ERR_REVIEW_OVER,
         ERR_PAYMENT_CONFLICT,
         ERR_DISPATCH_FAILED,
+        ERR_ORDER_FAILED,
         "OrderNotFound",
         "SimulatedFailure",
         "SimulatedLostResponse",

@@ -447,13 +447,19 @@ async def test_zz_tables_intact_and_counts_right(running: Running) -> None:
             )
         ).scalar_one()
         assert completed == 0
-        received = (
-            await conn.execute(
-                text(
-                    "select count(distinct order_id) from events "
-                    "where order_id like :p and type = 'RECEIVED'"
-                ),
-                {"p": f"fz-{RUN}-%"},
-            )
-        ).scalar_one()
-        assert received == len(ACCEPTED)
+
+    async def all_received() -> bool | None:
+        # An order is recorded as it starts (PENDING); ReceiveOrder follows within moments.
+        async with running.engine.connect() as conn:
+            received = (
+                await conn.execute(
+                    text(
+                        "select count(distinct order_id) from events "
+                        "where order_id like :p and type = 'RECEIVED'"
+                    ),
+                    {"p": f"fz-{RUN}-%"},
+                )
+            ).scalar_one()
+        return received == len(ACCEPTED) or None
+
+    await eventually(all_received, what="every accepted order's RECEIVED event")

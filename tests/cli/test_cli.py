@@ -259,8 +259,8 @@ def test_list_describe_history_events(cli_stack: CliStack, done: Done) -> None:
 
 
 def test_address_change_of_an_order_closed_before_it_was_received(cli_stack: CliStack) -> None:
-    # Every RECEIVE attempt fails: the order closes FAILED with no address recorded, so
-    # there is nothing to merge a partial change into; the caller is told it is closed.
+    # Every RECEIVE attempt fails: the order closes FAILED (its address recorded all the
+    # same); the caller is told it is closed, and how it ended.
     oid = new_id("e2e-unreceived")
     cli_stack.ok("start-workflow", oid, f"pmt-{oid}", "--fault-profile", "fail=1")
     cli_stack.wait_status(oid, lambda v: v["state"] == "FAILED")

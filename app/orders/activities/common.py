@@ -211,7 +211,10 @@ def refusals_are_final(conflict: str | None = None) -> Iterator[None]:
 
 
 def call_info(ctx: ActivityContext, attempt: int | str) -> CallInfo:
-    return CallInfo(ctx.order_id, attempt, ctx.fault_profile)
+    # A retry's calls draw their own faults: under a fixed FAULT_SEED it would otherwise
+    # meet exactly the faults that failed the run it retries.
+    run_attempt = attempt if ctx.retry <= 1 else f"r{ctx.retry}.{attempt}"
+    return CallInfo(ctx.order_id, run_attempt, ctx.fault_profile)
 
 
 def observe_end(state: str, reason: str | None, created_at: datetime | None) -> None:

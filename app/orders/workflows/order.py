@@ -30,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         ERR_ORDER_CANCELLED,
         ERR_ORDER_CLOSED,
         ERR_ORDER_DISPATCHED,
+        ERR_ORDER_FAILED,
         ERR_PAYMENT_CONFLICT,
         ERR_REVIEW_OVER,
         ORDER_DEADLINE_S,
@@ -154,7 +155,7 @@ class OrderWorkflow:
             raise ApplicationError(
                 f"order {inp.order_id} failed: {result.reason}",
                 {"reason": result.reason, "payment_status": result.payment_status},
-                type="OrderFailed",
+                type=ERR_ORDER_FAILED,
                 non_retryable=True,
             )
         return result
