@@ -61,9 +61,14 @@ async def seed_order(
     payment_status: str | None = None,
     payment_cents: int | None = None,
     idle_for: timedelta = timedelta(0),
+    settled: bool | None = None,
 ) -> str:
+    """Our row (and payment row). Settled as the order's own path would leave it: a
+    COMPLETED order at its dispatch; a CANCELLED or FAILED one only when told (these are
+    seeded as if their compensation was cut off)."""
     payment_id = payment_id or f"pmt.{order_id}"
     now = naive(datetime.now(UTC))
+    settled = state == "COMPLETED" if settled is None else settled
     async with running.sessions() as s, s.begin():
         s.add(
             Order(
@@ -76,6 +81,7 @@ async def seed_order(
                 address_json=ADDRESS,
                 created_at=now - idle_for,
                 updated_at=now - idle_for,
+                settled_at=now if settled else None,
             )
         )
         await s.flush()
@@ -210,6 +216,8 @@ async def seed_every_kind(running: Running) -> Seeded:
             "stuck",
             "free",
             "clean",
+            "unsettled",
+            "settled",
         )
     }
     refs: dict[str, str] = {}
@@ -324,6 +332,12 @@ async def seed_every_kind(running: Running) -> Seeded:
         tracking=await seed_booking(running, ids["clean"]),
     )
     await seed_charge(running, ids["clean"], f"pmt.{ids['clean']}")
+    # Failed before paying, its workflow cut off before it recorded the settlement:
+    # nothing at either provider, only the record is missing.
+    refs["unsettled"] = ids["unsettled"]
+    await seed_order(running, ids["unsettled"], "FAILED")
+    # The same, settled: no finding.
+    await seed_order(running, ids["settled"], "FAILED", settled=True)
     return Seeded(ids, refs)
 
 
@@ -340,6 +354,7 @@ EXPECTED = {
     "parcel": {("booking_mismatch", False)},
     "unknown": {("unknown_order", False)},
     "stuck": {("order_stuck", False)},
+    "unsettled": {("unsettled", True)},
 }
 HEALED = {name for name, kinds in EXPECTED.items() if any(healed for _, healed in kinds)}
 
@@ -387,6 +402,20 @@ async def test_every_kind_is_found_and_the_safe_ones_healed_once(running: Runnin
             )
         ).scalar_one()
     assert cancelled["carrier_order"] == ids["booking"] and cancelled["by"] == "reconciliation"
+    # Every order whose findings were all healed is settled now (a retry may go on).
+    async with running.sessions() as s:
+        settled = {
+            name: (await s.get(Order, ids[name])).settled_at is not None  # type: ignore[union-attr]
+            for name in ("refund", "lost", "booking", "replay", "unsettled", "stuck")
+        }
+    assert settled == {
+        "refund": True,
+        "lost": True,
+        "booking": True,
+        "replay": True,
+        "unsettled": True,
+        "stuck": False,
+    }
 
     # The second run heals nothing more and still reports what needs a person.
     second = await reconcile(running, seeded.order_ids)

@@ -35,6 +35,7 @@ def order(state: str, payment_id: str = PID, amount: int | None = 1000, **kw: ob
         "tracking_number": kw.pop("tracking", None),
         "created_at": NOW,
         "updated_at": NOW,
+        "settled_at": NOW,
     }
     fields.update(kw)
     return OrderFacts(**fields)  # type: ignore[arg-type]
@@ -204,6 +205,18 @@ def test_a_refunded_charge_under_an_older_schemes_reference_is_settled() -> None
     assert audit(done, [row(PID), row(legacy)], [charge(PID), charge(legacy)], [booking()]) == [
         (Kind.PAYMENT_MISMATCH, PID, None, 0)
     ]
+
+
+def test_a_closed_order_with_nothing_left_is_settled_when_its_record_is_missing() -> None:
+    cut_off = order("FAILED", settled_at=None)
+    assert audit(cut_off, [], [], []) == [(Kind.UNSETTLED, OID, Heal.MARK_SETTLED, 0)]
+    assert audit(order("FAILED", settled_at=NOW), [], [], []) == []
+    # Other findings say why it is not settled; healed, they settle it (the activity).
+    assert audit(cut_off, [row()], [charge()]) == [
+        (Kind.CHARGED_NOT_REFUNDED, PID, Heal.REFUND, 1000)
+    ]
+    # Outside the window the exports may not reach its charge: nothing is said.
+    assert audit(cut_off, [], [], [], in_window=False) == []
 
 
 def test_orders_in_flight_are_not_judged() -> None:

@@ -30,7 +30,8 @@ class ReconciliationQuery(BaseModel):
 class FindingOut(BaseModel):
     kind: str = Field(
         description="charged_not_refunded, completed_unpaid, double_charge, amount_mismatch, "
-        "booking_not_completed, payment_mismatch, booking_mismatch, unknown_order, order_stuck"
+        "booking_not_completed, payment_mismatch, booking_mismatch, unknown_order, order_stuck, "
+        "unsettled"
     )
     order_id: str
     reference: str = Field(description="The payment id or carrier order it is about")

@@ -120,6 +120,7 @@ def _order_facts(row: Order) -> OrderFacts:
         tracking_number=row.tracking_number,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        settled_at=row.settled_at,
     )
 
 
@@ -363,6 +364,9 @@ class Run:
                 await self._heal(s, row, finding)
             if not findings:
                 del found[oid]
+            # Every finding of a closed order healed: its compensation is done now.
+            elif all(f.healed for f in findings) and _settles(row):
+                row.settled_at = now_utc()
 
     async def _fresh(self, s: AsyncSession, order: OrderFacts) -> Facts:
         """Both sides again, for one order (read under its row lock)."""
@@ -377,7 +381,9 @@ class Run:
         """The order's own compensation step for this finding, then its record."""
         oid, ref = row.id, finding.reference
         try:
-            if finding.heal == Heal.CANCEL_BOOKING:
+            if finding.heal == Heal.MARK_SETTLED:
+                pass  # recorded with the order's other heals (_heal_order)
+            elif finding.heal == Heal.CANCEL_BOOKING:
                 cancelled = await self._call(
                     oid, lambda call: self.acts.carrier.cancel(CancelShipmentsRequest(ref), call)
                 )
@@ -510,6 +516,10 @@ class Run:
             )
 
 
+def _settles(row: Order) -> bool:
+    return row.state in TERMINAL_STATES and row.settled_at is None
+
+
 class _HealFailed(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -537,6 +547,7 @@ _ORDER_COLUMNS = (
     Order.tracking_number,
     Order.created_at,
     Order.updated_at,
+    Order.settled_at,
 )
 
 
@@ -563,6 +574,7 @@ async def _orders(
             tracking_number=r.tracking_number,
             created_at=r.created_at,
             updated_at=r.updated_at,
+            settled_at=r.settled_at,
         )
         for r in await s.execute(q)
     }

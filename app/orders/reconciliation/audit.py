@@ -25,7 +25,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from app.orders.identity import first_reference, retry_of, retry_reference
-from app.orders.models import OrderState, PaymentStatus
+from app.orders.models import TERMINAL_STATES, OrderState, PaymentStatus
 from app.orders.providers.api import BookingRecord, SettledCharge, refund_key
 
 
@@ -53,6 +53,10 @@ class Kind(StrEnum):
     UNKNOWN_ORDER = "unknown_order"
     # An order that never ended and whose workflow is no longer running.
     ORDER_STUCK = "order_stuck"
+    # Closed, nothing kept or booked for it any more, its workflow ended, but never marked
+    # settled (its compensation was cut off): a retry would wait for it forever. Safe:
+    # marked settled.
+    UNSETTLED = "unsettled"
 
 
 KINDS = tuple(Kind)
@@ -64,6 +68,7 @@ class Heal(StrEnum):
     REFUND = "refund"  # our payment row records the charge: refund it in full
     CANCEL_OR_REFUND = "cancel_or_refund"  # no row of ours: refund what the gateway took
     CANCEL_BOOKING = "cancel_booking"  # cancel the carrier order's bookings
+    MARK_SETTLED = "mark_settled"  # nothing left to compensate: record the order settled
 
 
 ENDED_STATES = frozenset({OrderState.CANCELLED, OrderState.FAILED})
@@ -82,6 +87,8 @@ class OrderFacts:
     tracking_number: str | None
     created_at: datetime
     updated_at: datetime
+    # When its compensation was done (None: not yet, or never closed).
+    settled_at: datetime | None = None
 
     @property
     def retry(self) -> int:
@@ -223,6 +230,19 @@ def audit_order(
                 order.carrier_order,
                 f"order completed with tracking number {order.tracking_number} but the "
                 f"carrier has no booking under {order.carrier_order}",
+            )
+        )
+    if in_window and not found and order.state in TERMINAL_STATES and order.settled_at is None:
+        # Nothing is left at either provider (the exports cover its window): only the
+        # record of it is missing. With other findings, those say why it is not settled.
+        found.append(
+            Finding(
+                Kind.UNSETTLED,
+                order.order_id,
+                order.order_id,
+                f"order is {order.state} with nothing kept or booked for it, but was never "
+                "recorded settled (its compensation was cut off)",
+                Heal.MARK_SETTLED,
             )
         )
     return _unique(found)
