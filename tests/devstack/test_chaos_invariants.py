@@ -51,16 +51,15 @@ def charge(
     key: str | None = None,
 ) -> dict[str, Any]:
     """A gateway charge as its ledger holds it, under the key the order system sends."""
-    run = retry_of(payment_id)
     return {
         "charge_id": f"ch_{n}",
         "payment_id": payment_id,
         "order_id": order_id,
         "amount_cents": AMOUNT,
         "refunded_cents": AMOUNT if refunded else 0,
-        "idempotency_key": key or charge_key(order_id, payment_id, run),
+        "idempotency_key": key or charge_key(order_id, payment_id),
         "refunds": (
-            [{"refund_id": f"re_{n}", "idempotency_key": refund_key(order_id, payment_id, run)}]
+            [{"refund_id": f"re_{n}", "idempotency_key": refund_key(order_id, payment_id)}]
             if refunded
             else []
         ),

@@ -226,7 +226,7 @@ async def test_lost_answers_charge_refund_and_dispatch_once_per_key(
     await _answered_after_lost(attempts, orders.charge_payment, _charge(order_id, lost))
     charges = await _gateway(running, order_id)
     assert len(charges) == 1 and charges[0]["idempotency_key"] == charge_key(
-        order_id, f"pmt-{order_id}", 1
+        order_id, f"pmt-{order_id}"
     )
     assert [p.status for p in await payments(running, order_id)] == ["charged"]
 

@@ -122,7 +122,7 @@ async def seed_charge(
                 "o": order_id,
                 "a": amount_cents,
                 "r": refunded_cents,
-                "k": f"{charge_key(order_id, payment_id, retry)}:{charge_id}",
+                "k": f"{charge_key(order_id, payment_id)}:{charge_id}",
             },
         )
     return charge_id
@@ -292,10 +292,10 @@ async def seed_every_kind(running: Running) -> Seeded:
     refs["replay"] = await seed_order(running, ids["replay"], "FAILED", payment_status="charged")
     gateway = running.providers.gateway
     call = CallInfo(ids["replay"], 1, OFF)
-    key = refund_key(ids["replay"], refs["replay"], 1)
+    key = refund_key(ids["replay"], refs["replay"])
     await gateway.charge(
         ChargeRequest(
-            charge_key(ids["replay"], refs["replay"], 1), refs["replay"], ids["replay"], AMOUNT
+            charge_key(ids["replay"], refs["replay"]), refs["replay"], ids["replay"], AMOUNT
         ),
         call,
     )
@@ -380,7 +380,7 @@ async def test_every_kind_is_found_and_the_safe_ones_healed_once(running: Runnin
         oid, pid = ids[name], refs[name]
         [charge] = [c for c in await gateway_charges(running, oid) if c["payment_id"] == pid]
         assert (charge["refunded_cents"], charge["refunds"]) == (AMOUNT, 1), name
-        assert charge["keys"] == [refund_key(oid, pid, 1)], name
+        assert charge["keys"] == [refund_key(oid, pid)], name
         assert await payment_status(running, pid) == "refunded", name
     # The retried order's current run is untouched.
     current = [c for c in await gateway_charges(running, ids["retried"]) if c["refunds"] == 0]
@@ -497,7 +497,7 @@ async def test_a_heal_and_the_orders_compensation_move_the_money_once(running: R
     await seed_charge(running, oid, pid)
     assert (await reconcile(running, [oid]))["healed"] == 1
     late = await gateway.refund(
-        RefundRequest(refund_key(oid, pid, 1), pid, oid, AMOUNT), CallInfo(oid, 7, OFF)
+        RefundRequest(refund_key(oid, pid), pid, oid, AMOUNT), CallInfo(oid, 7, OFF)
     )
     [charge] = await gateway_charges(running, oid)
     assert (charge["refunded_cents"], charge["refunds"]) == (AMOUNT, 1)
@@ -509,7 +509,7 @@ async def test_a_heal_and_the_orders_compensation_move_the_money_once(running: R
     lost_pid = await seed_order(running, lost, "FAILED")
     await seed_charge(running, lost, lost_pid)
     first = await gateway.cancel_or_refund(
-        RefundRequest(refund_key(lost, lost_pid, 1), lost_pid, lost, AMOUNT),
+        RefundRequest(refund_key(lost, lost_pid), lost_pid, lost, AMOUNT),
         CallInfo(lost, 1, OFF),
     )
     assert first is not None

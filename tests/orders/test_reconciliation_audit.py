@@ -105,7 +105,7 @@ def test_ended_runs_heal_the_way_their_compensation_would() -> None:
 
 def test_a_refund_we_did_not_record_is_replayed_only_under_our_key() -> None:
     failed = order("FAILED")
-    ours = refund_key(OID, PID, 1)
+    ours = refund_key(OID, PID)
     assert audit(failed, [row()], [charge(refunded=1000, keys=(ours,))]) == [
         (Kind.PAYMENT_MISMATCH, PID, Heal.REFUND, 1000)
     ]

@@ -25,8 +25,9 @@ def test_a_retry_reference_is_never_a_client_id(client_id: str) -> None:
 
 
 def test_keys_name_the_order_so_two_orders_never_share_one() -> None:
-    assert charge_key("A", "pmt-X", 1) != charge_key("B", "pmt-X", 1)
-    assert refund_key("A", "pmt-X", 1) != refund_key("B", "pmt-X", 1)
-    assert refund_key("A", "pmt-X", 1) != refund_key("A", "pmt-X", 2)
+    assert charge_key("A", "pmt-X") != charge_key("B", "pmt-X")
+    assert refund_key("A", "pmt-X") != refund_key("B", "pmt-X")
+    # A retry's payment carries its number into its keys.
+    assert refund_key("A", "pmt-X#r2") == "refund:A:pmt-X#r2:2" != refund_key("A", "pmt-X")
     # The carrier's retry of K and an order a client named "K.r2" never share a key.
     assert dispatch_key("K", 2, 1) != dispatch_key("K.r2", 1, 1)

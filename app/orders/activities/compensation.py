@@ -95,9 +95,9 @@ class CompensationActivities(ActivityBase):
         # and the order is settled when it is done.
         pending = (must_refund or maybe_charged or inp.step == Step.SHIP) and inp.defer_refund
         if refund_now and payment is not None:
-            await self._refund(payment, call_info(inp.ctx, info.attempt), inp.ctx.retry)
+            await self._refund(payment, call_info(inp.ctx, info.attempt))
         async with timed_transaction(self.sessions, "close_order") as s:
-            refunded = refund_now and await _mark_refunded(s, order_id, inp.payment_id)
+            refunded = refund_now and await mark_refunded(s, order_id, inp.payment_id)
             started = order.created_at if order is not None else naive_utc(inp.started_at_iso)
             final, recorded = await _record_end(s, inp, started, settled=not pending)
             status_row = await s.get(Payment, inp.payment_id)
@@ -174,15 +174,15 @@ class CompensationActivities(ActivityBase):
             status = payment.status if payment is not None else PaymentStatus.NONE
             return CloseOutcome(state=state, payment_status=status, refunded=False)
         if payment is None:
-            found = await self._cancel_or_refund(inp.payment_id, order, call, inp.ctx.retry)
+            found = await self._cancel_or_refund(inp.payment_id, order, call)
             if found is None:  # never charged, and now it cannot be
                 return CloseOutcome(state=state, payment_status=PaymentStatus.NONE, refunded=False)
             async with timed_transaction(self.sessions, "refund_payment") as s:
-                refunded = await _record_lost_charge_refunded(s, order_id, inp.payment_id, found)
+                refunded = await record_lost_charge_refunded(s, order_id, inp.payment_id, found)
         else:
-            await self._refund(payment, call, inp.ctx.retry)
+            await self._refund(payment, call)
             async with timed_transaction(self.sessions, "refund_payment") as s:
-                refunded = await _mark_refunded(s, order_id, inp.payment_id)
+                refunded = await mark_refunded(s, order_id, inp.payment_id)
         log.info(
             "payment refunded",
             extra={"order_id": order_id, "workflow_id": info.workflow_id, "attempt": info.attempt},
@@ -190,16 +190,14 @@ class CompensationActivities(ActivityBase):
         return CloseOutcome(state=state, payment_status=PaymentStatus.REFUNDED, refunded=refunded)
 
     async def _cancel_or_refund(
-        self, payment_id: str, order: Order | None, call: CallInfo, retry: int
+        self, payment_id: str, order: Order | None, call: CallInfo
     ) -> Refund | None:
         """No charge recorded: refund one the gateway took anyway, or void the payment."""
         amount = _amount_cents(order)
         if amount == 0:
             return None  # never received, or free: nothing was ever due, nothing to ask
         order_id = call.order_id
-        request = RefundRequest(
-            refund_key(order_id, payment_id, retry), payment_id, order_id, amount
-        )
+        request = RefundRequest(refund_key(order_id, payment_id), payment_id, order_id, amount)
         with refusals_are_final():
             refund = await self.gateway.cancel_or_refund(request, call)
         if refund is not None:
@@ -231,13 +229,13 @@ class CompensationActivities(ActivityBase):
                 extra={"order_id": order_id, "bookings": len(cancelled)},
             )
 
-    async def _refund(self, payment: Payment, call: CallInfo, retry: int) -> None:
+    async def _refund(self, payment: Payment, call: CallInfo) -> None:
         """Refund a charge we recorded, in full."""
         amount = int((payment.amount or Decimal(0)) * 100)
         pid, order_id = payment.payment_id, payment.order_id
         with refusals_are_final():
             await self.gateway.refund(
-                RefundRequest(refund_key(order_id, pid, retry), pid, order_id, amount), call
+                RefundRequest(refund_key(order_id, pid), pid, order_id, amount), call
             )
 
 
@@ -290,7 +288,7 @@ async def _record_end(
     return inp.state, True
 
 
-async def _record_lost_charge_refunded(
+async def record_lost_charge_refunded(
     s: AsyncSession, order_id: str, payment_id: str, refund: Refund
 ) -> bool:
     """A charge found only at the gateway, recorded with its refund (the money trail)."""
@@ -334,7 +332,7 @@ async def _shipments_cancelled(s: AsyncSession, order_id: str, ref: str) -> bool
     return any((payload or {}).get("carrier_order", order_id) == ref for payload in found.scalars())
 
 
-async def _mark_refunded(s: AsyncSession, order_id: str, payment_id: str) -> bool:
+async def mark_refunded(s: AsyncSession, order_id: str, payment_id: str) -> bool:
     """charged -> refunded with its event; False when another attempt already did it."""
     done = (
         await s.execute(

@@ -171,7 +171,7 @@ class OrderActivities(CompensationActivities):
             charge = Charge(charge_id="", payment_id=inp.payment_id, amount_cents=0)
         else:
             request = ChargeRequest(
-                key=charge_key(order_id, inp.payment_id, inp.ctx.retry),
+                key=charge_key(order_id, inp.payment_id),
                 payment_id=inp.payment_id,
                 order_id=order_id,
                 amount_cents=inp.amount_cents,

@@ -13,16 +13,20 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from app.orders.faults import CallInfo
+from app.orders.identity import retry_of
 
 
 # Every key names the order and the run's retry number (order and payment ids never hold
-# ':'), so two orders never share a key, whatever ids their clients chose.
-def charge_key(order_id: str, payment_id: str, retry: int) -> str:
-    return f"charge:{order_id}:{payment_id}:{retry}"
+# ':'), so two orders never share a key, whatever ids their clients chose. A run pays with
+# its own payment id, which carries its retry number (app/orders/identity.py): the money
+# keys take it from there, so the order's compensation and the reconciliation build the
+# same key for a payment, by construction.
+def charge_key(order_id: str, payment_id: str) -> str:
+    return f"charge:{order_id}:{payment_id}:{retry_of(payment_id)}"
 
 
-def refund_key(order_id: str, payment_id: str, retry: int) -> str:
-    return f"refund:{order_id}:{payment_id}:{retry}"
+def refund_key(order_id: str, payment_id: str) -> str:
+    return f"refund:{order_id}:{payment_id}:{retry_of(payment_id)}"
 
 
 def prepare_key(order_id: str, retry: int, shipping_attempt: int) -> str:

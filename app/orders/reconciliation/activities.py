@@ -30,9 +30,9 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from app.orders.activities.common import event_row
-from app.orders.activities.compensation import _mark_refunded, _record_lost_charge_refunded
+from app.orders.activities.compensation import mark_refunded, record_lost_charge_refunded
 from app.orders.faults import CallInfo
-from app.orders.identity import first_reference, retry_of, retry_reference
+from app.orders.identity import first_reference, retry_reference
 from app.orders.models import (
     ORDER_WORKFLOW,
     TERMINAL_STATES,
@@ -399,18 +399,16 @@ class Run:
                     )
                 )
             else:
-                request = RefundRequest(
-                    refund_key(oid, ref, retry_of(ref)), ref, oid, finding.amount_cents
-                )
+                request = RefundRequest(refund_key(oid, ref), ref, oid, finding.amount_cents)
                 if finding.heal == Heal.REFUND:
                     await self._call(oid, lambda call: self.acts.gateway.refund(request, call))
-                    await _mark_refunded(s, oid, ref)
+                    await mark_refunded(s, oid, ref)
                 else:
                     refund = await self._call(
                         oid, lambda call: self.acts.gateway.cancel_or_refund(request, call)
                     )
                     if refund is not None:
-                        await _record_lost_charge_refunded(s, oid, ref, refund)
+                        await record_lost_charge_refunded(s, oid, ref, refund)
         except _HealFailed as failed:
             finding.detail = f"{finding.detail}; heal failed: {failed.reason}"
             log.warning(

@@ -305,7 +305,7 @@ def _ended_run(
 ) -> list[Finding]:
     """A run that ended without a sale: its charge must be refunded in full, and recorded."""
     oid, pid = order.order_id, charge.payment_id
-    key = refund_key(oid, pid, retry_of(pid))
+    key = refund_key(oid, pid)
     ours_refunded = key in charge.refund_keys
     why = "the order is " + order.state if pid == order.payment_id else "a retry replaced it"
     if charge.kept_cents > 0:
