@@ -164,9 +164,9 @@ class OrderActivities(CompensationActivities):
         is not charged: its payment is recorded as not due, without a gateway call."""
         info = activity.info()
         order_id = inp.ctx.order_id
-        # Never ask the gateway about another order's payment id.
+        # Never ask the gateway about another order's payment id (ReceiveOrder claimed it).
         async with timed_statements(self.sessions, "charge_claim") as s:
-            await _claim_or_refuse(s, inp.payment_id, order_id)
+            await _refuse_unless_owner(s, inp.payment_id, order_id)
         if inp.amount_cents == 0:
             charge = Charge(charge_id="", payment_id=inp.payment_id, amount_cents=0)
         else:
