@@ -132,10 +132,13 @@ def update_address(
         raise typer.BadParameter("give at least one of --street --city --state --zip --country")
 
     async def call(svc: OrderService) -> dict[str, Any]:
+        from app.service.inputs import validate_address
+
         view = status_dict(await svc.status(order_id))
+        address = {**(view.get("address") or {}), **changes}
+        validate_address(address)  # bad input is named first, whatever the order's state
         if view["state"] in TERMINAL_STATES:
             raise CliError(f"order {order_id} is already closed ({view['state']})")
-        address = {**(view.get("address") or {}), **changes}
         return status_dict(await svc.update_address(order_id, address, requested_by="cli"))
 
     view = with_service(call)
