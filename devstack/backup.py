@@ -6,19 +6,28 @@ A backup is a folder:
     manifest.json   what was copied, when, from which stack, with sha256 of each file
     temporal.db     the dev server's SQLite state (histories, timers, task queues)
     app.dump        the application database (orders, payments, events), pg_dump -Fc
+    gateway.dump    the payment gateway simulator's ledger (database `gateway`), pg_dump -Fc
+    carrier.dump    the carrier simulator's ledger (database `carrier`), pg_dump -Fc
+
+The two ledgers live on the embedded stack's PostgreSQL, so they are backed up with it: a
+restored stack whose gateway had forgotten its charges would hold payments nobody took. In
+production they are the providers' own systems, not ours to back up or restore.
 
 Consistency. The SQLite file is copied with SQLite's online backup API in one step: one
 read transaction, so the copy is the database as of one instant, WAL included, while the
-dev server keeps running (a plain file copy of a WAL-mode database can tear). Temporal is
-copied *before* PostgreSQL is dumped, so the database is never older than the histories:
-after a restore, a workflow may re-run an activity that finished between the two copies,
-and every activity is idempotent against rows that already exist (the charge keyed on the
-payment id, the dispatch on the tracking number). The opposite order would leave
-histories that point at rows the database lost.
+dev server keeps running (a plain file copy of a WAL-mode database can tear). Each copy is
+taken after everything that refers to it: Temporal first, then the application database,
+then the providers' ledgers. So the database is never older than the histories, and the
+ledgers never older than the database: after a restore, a workflow may re-run an activity
+that finished between two copies, and every activity is idempotent (the gateway and the
+carrier answer a repeated key with what they did the first time; our rows are keyed on the
+payment id and the tracking number). The opposite order would leave histories that point
+at rows the database lost, or payments whose charge the gateway never heard of.
 
 Restore goes into a stopped stack (normally a fresh RUN_DIR): the SQLite file is put in
-place while no dev server has it open, and the dump is loaded with pg_restore into the
-embedded PostgreSQL (started for the purpose and stopped again). Then `cli.py start`.
+place while no dev server has it open, and the dumps are loaded with pg_restore into the
+embedded PostgreSQL (started for the purpose and stopped again). Then `cli.py start`, with
+the settings the restore was given (`start_command` prints it).
 """
 
 from __future__ import annotations
@@ -28,14 +37,16 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import sqlite3
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from app.platform.settings import Settings
+from app.platform.settings import CARRIER_DB, GATEWAY_DB, Settings
 from devstack import services as stack_services
 from devstack import stack
 from devstack.stack import POSTGRES, StackConfig
@@ -44,7 +55,11 @@ from devstack.tools import ToolError, run_tool
 MANIFEST = "manifest.json"
 DB_DUMP = "app.dump"
 TEMPORAL_FILE = "temporal.db"
-FORMAT = 1
+# The provider simulators' databases and their dumps, dumped in this order after ours.
+LEDGERS: dict[str, str] = {GATEWAY_DB: "gateway.dump", CARRIER_DB: "carrier.dump"}
+# 2: with the ledgers. A format 1 backup (temporal.db and app.dump) is still restored.
+FORMAT = 2
+READABLE_FORMATS = (1, 2)
 
 
 class BackupError(ToolError):
@@ -70,14 +85,14 @@ def _pg_env(cfg: StackConfig) -> dict[str, str]:
     return env
 
 
-def _pg_conn_args(cfg: StackConfig) -> list[str]:
-    return ["-h", cfg.host, "-p", str(cfg.postgres_port), "-U", cfg.pg_user, "-d", cfg.pg_db]
+def _pg_conn_args(cfg: StackConfig, database: str) -> list[str]:
+    return ["-h", cfg.host, "-p", str(cfg.postgres_port), "-U", cfg.pg_user, "-d", database]
 
 
 _TABLES = ("orders", "payments", "events")
 
 
-async def _connect(cfg: StackConfig) -> Any:
+async def _connect(cfg: StackConfig, database: str) -> Any:
     import asyncpg
 
     try:
@@ -86,7 +101,7 @@ async def _connect(cfg: StackConfig) -> Any:
             port=cfg.postgres_port,
             user=cfg.pg_user,
             password=cfg.pg_password,
-            database=cfg.pg_db,
+            database=database,
             timeout=10,
             # The embedded build has no TLS; asyncpg would otherwise try it first.
             ssl=False,
@@ -104,33 +119,50 @@ async def _counts(conn: Any) -> dict[str, int] | None:
     return {t: int(await conn.fetchval(f"select count(*) from {t}")) for t in _TABLES}
 
 
-def _db_counts(cfg: StackConfig) -> dict[str, int] | None:
-    async def run() -> dict[str, int] | None:
-        conn = await _connect(cfg)
+async def _ledger_counts(conn: Any) -> dict[str, int]:
+    """Rows per table of a provider's ledger (whatever tables it has; none before its
+    simulator first ran)."""
+    names = await conn.fetch(
+        "select tablename from pg_tables where schemaname = 'public' order by tablename"
+    )
+    counts: dict[str, int] = {}
+    for record in names:
+        name = str(record["tablename"])
+        quoted = '"' + name.replace('"', '""') + '"'
+        counts[name] = int(await conn.fetchval(f"select count(*) from public.{quoted}"))
+    return counts
+
+
+Counter = Callable[[Any], Awaitable[Any]]
+
+
+def _db_counts(cfg: StackConfig, database: str, count: Counter) -> Any:
+    async def run() -> Any:
+        conn = await _connect(cfg, database)
         try:
-            return await _counts(conn)
+            return await count(conn)
         finally:
             await conn.close()
 
     return asyncio.run(run())
 
 
-def _dump_database(cfg: StackConfig, target: Path) -> dict[str, int] | None:
-    """pg_dump -Fc of the application database, and its row counts, from one snapshot.
+def _dump_database(cfg: StackConfig, database: str, target: Path, count: Counter) -> Any:
+    """pg_dump -Fc of one database, and its row counts, from one snapshot.
 
     The counts are read in a repeatable-read transaction whose snapshot pg_dump imports
     (--snapshot), so they describe exactly what the dump holds while orders keep arriving.
     """
 
-    async def run() -> dict[str, int] | None:
-        conn = await _connect(cfg)
+    async def run() -> Any:
+        conn = await _connect(cfg, database)
         try:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 snapshot = await conn.fetchval("select pg_export_snapshot()")
-                rows = await _counts(conn)
+                rows = await count(conn)
                 proc = await asyncio.create_subprocess_exec(
                     str(stack.postgres_bin_dir() / "pg_dump"),
-                    *_pg_conn_args(cfg),
+                    *_pg_conn_args(cfg, database),
                     f"--snapshot={snapshot}",
                     "--format=custom",
                     "--no-owner",
@@ -145,11 +177,11 @@ def _dump_database(cfg: StackConfig, target: Path) -> dict[str, int] | None:
                     _, err = await asyncio.wait_for(proc.communicate(), timeout=600)
                 except TimeoutError:
                     proc.kill()
-                    raise BackupError("pg_dump timed out after 600s") from None
+                    raise BackupError(f"pg_dump of {database} timed out after 600s") from None
                 if proc.returncode != 0:
                     lines = [ln for ln in err.decode(errors="replace").splitlines() if ln.strip()]
                     raise BackupError(
-                        f"pg_dump failed (exit {proc.returncode}): "
+                        f"pg_dump of {database} failed (exit {proc.returncode}): "
                         + (lines[0].strip() if lines else "no output")
                     )
                 return rows
@@ -157,6 +189,13 @@ def _dump_database(cfg: StackConfig, target: Path) -> dict[str, int] | None:
             await conn.close()
 
     return asyncio.run(run())
+
+
+def _dump_to(cfg: StackConfig, database: str, out: Path, name: str, count: Counter) -> Any:
+    partial = out / (name + ".partial")
+    rows = _dump_database(cfg, database, partial, count)
+    partial.replace(out / name)
+    return rows
 
 
 def _sqlite_snapshot(src: Path, dst: Path) -> dict[str, Any]:
@@ -194,7 +233,8 @@ def default_output(cfg: StackConfig) -> Path:
 
 
 def backup(settings: Settings, output: Path | None = None) -> dict[str, Any]:
-    """Copy the embedded stack's Temporal state, then dump its database; the manifest."""
+    """Copy the embedded stack's Temporal state, then dump its database, then the providers'
+    ledgers; the manifest."""
     cfg = stack_services.stack_config(settings)
     if not cfg.temporal_db.is_file():
         raise BackupError(f"no Temporal state at {cfg.temporal_db}; has the stack been started?")
@@ -208,12 +248,14 @@ def backup(settings: Settings, output: Path | None = None) -> dict[str, Any]:
         raise BackupError(f"{out} is not empty; choose a new folder with --output")
     out.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
-    # Temporal first: see the module docstring for why the order matters.
+    # Temporal, ours, then the providers': see the module docstring for why the order matters.
     temporal = _sqlite_snapshot(cfg.temporal_db, out / TEMPORAL_FILE)
     temporal_done = datetime.now(UTC)
-    dump_tmp = out / (DB_DUMP + ".partial")
-    rows = _dump_database(cfg, dump_tmp)
-    dump_tmp.replace(out / DB_DUMP)
+    rows = _dump_to(cfg, cfg.pg_db, out, DB_DUMP, _counts)
+    ledgers = {
+        name: {"file": file, "rows": _dump_to(cfg, name, out, file, _ledger_counts)}
+        for name, file in LEDGERS.items()
+    }
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -221,16 +263,22 @@ def backup(settings: Settings, output: Path | None = None) -> dict[str, Any]:
         "source_run_dir": str(cfg.run_dir),
         "temporal_namespace": cfg.temporal_namespace,
         "database": {"name": cfg.pg_db, "user": cfg.pg_user, "rows": rows},
+        "ledgers": ledgers,
         "temporal": temporal,
         "files": {
             name: {"bytes": (out / name).stat().st_size, "sha256": _sha256(out / name)}
-            for name in (TEMPORAL_FILE, DB_DUMP)
+            for name in (TEMPORAL_FILE, DB_DUMP, *LEDGERS.values())
         },
         "seconds": round(time.monotonic() - began, 2),
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     manifest["path"] = str(out)
     return manifest
+
+
+def ledger_summary(rows: Mapping[str, int] | None) -> str:
+    """A ledger's row counts in words: "2 charges, 1 refunds, ..." (no tables: "empty")."""
+    return ", ".join(f"{count} {table}" for table, count in (rows or {}).items()) or "empty"
 
 
 # ---------------------------------------------------------------------------------------
@@ -247,7 +295,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         raise BackupError(f"{folder} is not a backup (no {MANIFEST})") from None
     except ValueError as err:
         raise BackupError(f"{path} is not valid JSON: {err}") from None
-    if manifest.get("format") != FORMAT:
+    if manifest.get("format") not in READABLE_FORMATS:
         raise BackupError(f"{path}: unsupported backup format {manifest.get('format')!r}")
     for name, meta in (manifest.get("files") or {}).items():
         file = folder / name
@@ -258,11 +306,57 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
+def _backup_ledgers(manifest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The ledgers a backup holds, by database ({} in a format 1 backup)."""
+    ledgers = manifest.get("ledgers") or {}
+    files = manifest.get("files") or {}
+    for name, meta in ledgers.items():
+        if name not in LEDGERS or meta.get("file") not in files:
+            raise BackupError(f"{MANIFEST}: unknown ledger {name!r} or its dump is not listed")
+    return dict(ledgers)
+
+
+def _pg_restore(cfg: StackConfig, database: str, dump: Path) -> None:
+    run_tool(
+        [
+            str(stack.postgres_bin_dir() / "pg_restore"),
+            *_pg_conn_args(cfg, database),
+            "--clean",
+            "--if-exists",
+            "--no-owner",
+            "--no-privileges",
+            "--exit-on-error",
+            "--single-transaction",
+            str(dump),
+        ],
+        _pg_env(cfg),
+        timeout=600,
+    )
+
+
+def _refuse_data(cfg: StackConfig, ledgers: Mapping[str, Any]) -> None:
+    """Without --force, restore only into databases that hold nothing yet."""
+    rows = _db_counts(cfg, cfg.pg_db, _counts)
+    if rows and any(rows.values()):
+        raise BackupError(
+            f"database {cfg.pg_db} already holds {rows['orders']} orders: restore into a "
+            "fresh RUN_DIR, or pass --force to replace them"
+        )
+    for name in ledgers:
+        held = sum(_db_counts(cfg, name, _ledger_counts).values())
+        if held:
+            raise BackupError(
+                f"database {name} (a provider's ledger) already holds {held} rows: restore "
+                "into a fresh RUN_DIR, or pass --force to replace them"
+            )
+
+
 def restore(settings: Settings, folder: Path, *, force: bool = False) -> list[str]:
     """Load a backup into the embedded stack of `settings` (which must be stopped)."""
     cfg = stack_services.stack_config(settings)
     folder = folder.expanduser().resolve()
     manifest = read_manifest(folder)
+    ledgers = _backup_ledgers(manifest)
     busy = [
         n
         for n in stack_services.ALL_SERVICES
@@ -282,31 +376,17 @@ def restore(settings: Settings, folder: Path, *, force: bool = False) -> list[st
     messages: list[str] = []
     started_pg = not stack.process_status(cfg, POSTGRES).running
     if started_pg:
+        # Only for the restore: a port it moves to is not kept (the start picks its own).
+        moved = stack_services.move_postgres_if_taken(settings, cfg)
+        if moved:
+            messages.append(moved)
         messages.append(stack.start_postgres(cfg))
     try:
-        rows = _db_counts(cfg)
-        if rows and any(rows.values()) and not force:
-            raise BackupError(
-                f"database {cfg.pg_db} already holds {rows['orders']} orders: restore into a "
-                "fresh RUN_DIR, or pass --force to replace them"
-            )
+        if not force:
+            _refuse_data(cfg, ledgers)
         began = time.monotonic()
-        run_tool(
-            [
-                str(stack.postgres_bin_dir() / "pg_restore"),
-                *_pg_conn_args(cfg),
-                "--clean",
-                "--if-exists",
-                "--no-owner",
-                "--no-privileges",
-                "--exit-on-error",
-                "--single-transaction",
-                str(folder / DB_DUMP),
-            ],
-            _pg_env(cfg),
-            timeout=600,
-        )
-        restored = _db_counts(cfg) or {}
+        _pg_restore(cfg, cfg.pg_db, folder / DB_DUMP)
+        restored = _db_counts(cfg, cfg.pg_db, _counts) or {}
         messages.append(
             f"database: {restored.get('orders', 0)} orders, {restored.get('payments', 0)} "
             f"payments, {restored.get('events', 0)} events restored in "
@@ -315,11 +395,58 @@ def restore(settings: Settings, folder: Path, *, force: bool = False) -> list[st
         expected = (manifest.get("database") or {}).get("rows")
         if expected and restored != expected:
             raise BackupError(f"restored row counts {restored} differ from the backup's {expected}")
+        for name, meta in ledgers.items():
+            _pg_restore(cfg, name, folder / meta["file"])
+            rows = _db_counts(cfg, name, _ledger_counts)
+            if rows != (meta.get("rows") or {}):
+                raise BackupError(
+                    f"restored {name} row counts {rows} differ from the backup's {meta['rows']}"
+                )
+            messages.append(f"{name} ledger: {ledger_summary(rows)} restored")
+        if not ledgers:
+            messages.append(
+                "ledgers: not in this backup (format 1); the gateway's and carrier's "
+                "databases were left as they are"
+            )
     finally:
         if started_pg:
             messages.append(stack.stop_postgres(cfg))
     messages.append(_put_temporal_db(cfg, folder / TEMPORAL_FILE, replace=has_temporal))
     return messages
+
+
+# The settings that say which embedded stack a command is about. A restore into another
+# RUN_DIR (on ports of its own) is started with the same ones.
+_STACK_VARIABLES = (
+    "RUN_DIR",
+    "POSTGRES_PORT",
+    "TEMPORAL_PORT",
+    "TEMPORAL_UI_PORT",
+    "API_HOST",
+    "API_PORT",
+    "WORKER_METRICS_PORT",
+)
+
+
+def start_command(settings: Settings, environ: Mapping[str, str] | None = None) -> str:
+    """`python scripts/cli.py start` for the stack of `settings`, as a shell line that works
+    as printed: with RUN_DIR when it is not the default, and the stack's ports that came from
+    the environment (a .env is read again by the command itself)."""
+    given = {key.upper() for key in (os.environ if environ is None else environ)}
+    run_dir = Path(settings.run_dir).expanduser().resolve()
+    default_run_dir = Path(type(settings).model_fields["run_dir"].default).resolve()
+    words: list[str] = []
+    for name in _STACK_VARIABLES:
+        if name == "RUN_DIR":
+            if run_dir == default_run_dir:
+                continue
+            value = str(run_dir)
+        elif name in given:
+            value = str(getattr(settings, name.lower()))
+        else:
+            continue
+        words.append(f"{name}={shlex.quote(value)}")
+    return " ".join([*words, "python scripts/cli.py start"])
 
 
 def _put_temporal_db(cfg: StackConfig, source: Path, *, replace: bool) -> str:

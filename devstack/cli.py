@@ -476,8 +476,9 @@ def backup(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Back up the embedded stack: Temporal's state (online SQLite copy), then the database."""
-    from devstack.backup import BackupError
+    """Back up the embedded stack: Temporal's state (online SQLite copy), then the database,
+    then the gateway's and carrier's ledgers (their simulators' databases)."""
+    from devstack.backup import BackupError, ledger_summary
     from devstack.backup import backup as make_backup
 
     try:
@@ -491,6 +492,8 @@ def backup(
     say(f"backup written to {manifest['path']} in {manifest['seconds']:.1f}s", "bold green")
     say(f"  database: {rows.get('orders', 0)} orders, {rows.get('events', 0)} events")
     say(f"  temporal: {manifest['temporal'].get('executions')} workflow executions")
+    for name, ledger in manifest["ledgers"].items():
+        say(f"  {name} ledger: {ledger_summary(ledger['rows'])}")
     say(f"  restore into a stopped stack with: python scripts/cli.py restore {manifest['path']}")
 
 
@@ -502,16 +505,27 @@ def restore(
     ] = False,
 ) -> None:
     """Restore a backup into the (stopped) embedded stack of RUN_DIR; then `cli.py start`."""
-    from devstack.backup import BackupError
+    from devstack.backup import BackupError, start_command
     from devstack.backup import restore as restore_backup
 
+    settings = load_settings()
     try:
-        messages = restore_backup(load_settings(), folder, force=force)
+        messages = restore_backup(settings, folder, force=force)
     except BackupError as exc:
         raise CliError(str(exc)) from None
     for message in messages:
         say(f"  {message}")
-    say("restored; start the stack with: python scripts/cli.py start", "bold green")
+    taken = stack_services.taken_ports(settings)
+    if taken:
+        ports = ", ".join(f"{port} ({setting})" for port, setting in taken)
+        say(
+            f"note: in use now (another stack?): {ports}; stop what holds them before you "
+            "start, or add those settings, with free ports, to the line below",
+            "yellow",
+        )
+    say("restored; start the stack with:", "bold green")
+    # The last line is the command itself, never folded, so it can be run as printed.
+    out.print(Text(start_command(settings)), soft_wrap=True)
 
 
 @app.command(rich_help_panel=STACK)

@@ -316,6 +316,13 @@ def _first_line(text: str) -> str:
     return "no output"
 
 
+def running_postgres_port(cfg: StackConfig) -> int | None:
+    """The port this run dir's PostgreSQL listens on, while it runs (its postmaster.pid)."""
+    if find_process(cfg, POSTGRES) is None:
+        return None
+    return postmaster_port(cfg)
+
+
 def start_postgres(cfg: StackConfig, timeout: float = 60.0) -> str:
     """Start PostgreSQL (initdb on first use) and make sure the app database exists."""
     with service_lock(cfg, POSTGRES):

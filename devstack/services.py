@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from pydantic import SecretStr
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 import app
 from app.platform.settings import PROJECT_ROOT, Settings
@@ -86,22 +88,60 @@ class AppService:
 # ---------------------------------------------------------------------------------------------
 
 
-# When 5432 is taken and POSTGRES_PORT is not set, `start` picks another port and keeps it
-# here, so every later command (and every process it starts) uses the same one.
+# When POSTGRES_PORT is not set and its default (5432) is taken, `start` runs PostgreSQL on
+# the next free port. That port belongs to the running stack, never to the run dir: commands
+# read it from the running server, or, while PostgreSQL itself is down (a crash, a chaos
+# restart) and processes it was given to still run, from pids/postgres.port, which `start`
+# writes once PostgreSQL runs there. Once nothing of the stack runs it counts for nothing,
+# and `stop` or a failed `start` removes it: the next start tries the default port again.
 PORT_FILE = "postgres.port"
+# Where earlier versions kept a moved port for good (whatever ran): removed by `start`.
+_LEGACY_PORT_FILE = "postgres.port"
+
+
+def port_file(cfg: StackConfig) -> Path:
+    return cfg.pids_dir / PORT_FILE
+
+
+def _saved_port(cfg: StackConfig) -> int | None:
+    try:
+        return int(port_file(cfg).read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _running(cfg: StackConfig, names: Sequence[str]) -> list[str]:
+    return [name for name in names if stack.process_status(cfg, name).running]
 
 
 def stack_config(settings: Settings) -> StackConfig:
+    """The embedded stack of `settings`, on the ports it really uses.
+
+    POSTGRES_PORT, when set, is the port. Otherwise a running PostgreSQL of the run dir
+    says where it listens (a `start` may have moved it off a taken default); while it is
+    down, the port the stack's running processes were given; with nothing running, the
+    default."""
     cfg = StackConfig.from_settings(settings)
-    saved = cfg.run_dir / PORT_FILE
-    if "postgres_port" not in settings.model_fields_set and saved.is_file():
-        cfg.postgres_port = int(saved.read_text().strip())
+    if "postgres_port" in settings.model_fields_set:
+        return cfg
+    port = stack.running_postgres_port(cfg)
+    if port is None:
+        others = [n for n in stack.known_services(cfg) if n not in stack.INFRA_SERVICES]
+        if _running(cfg, others):
+            port = _saved_port(cfg)
+    if port is not None:
+        cfg.postgres_port = port
     return cfg
 
 
 def move_postgres_if_taken(settings: Settings, cfg: StackConfig) -> str | None:
-    """DESIGN: if 5432 is taken, use another port, say so plainly, and use it everywhere."""
-    if "postgres_port" in settings.model_fields_set or stack.process_status(cfg, POSTGRES).running:
+    """DESIGN: if the default port (5432) is taken, use another, say so plainly, and use it
+    everywhere, for as long as this stack runs. Only `cfg` changes: nothing is kept."""
+    if (
+        "postgres_port" in settings.model_fields_set
+        or cfg.postgres_port != settings.postgres_port  # the port a running stack was given
+        or stack.process_status(cfg, POSTGRES).running
+    ):
         return None
     owner = stack.port_in_use(cfg.host, cfg.postgres_port)
     if owner is None:
@@ -110,27 +150,67 @@ def move_postgres_if_taken(settings: Settings, cfg: StackConfig) -> str | None:
         if stack.port_in_use(cfg.host, port) is None:
             taken = cfg.postgres_port
             cfg.postgres_port = port
-            cfg.run_dir.mkdir(parents=True, exist_ok=True)
-            (cfg.run_dir / PORT_FILE).write_text(f"{port}\n")
             return (
-                f"postgres: port {taken} is in use by another program ({owner}); using "
-                f"{port} instead (kept in {cfg.run_dir / PORT_FILE}; DATABASE_URL follows it)"
+                f"postgres: port {taken} is in use by another program ({owner}); using {port} "
+                "instead while this stack runs (DATABASE_URL and every command follow it; "
+                "set POSTGRES_PORT to choose one)"
             )
     return None
+
+
+def _remember_postgres_port(settings: Settings, cfg: StackConfig) -> None:
+    """Once PostgreSQL runs: the port the stack's processes are given, for while it is down."""
+    path = port_file(cfg)
+    if cfg.postgres_port == settings.postgres_port:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(f"{cfg.postgres_port}\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _forget_port_if_stopped(cfg: StackConfig) -> None:
+    if not _running(cfg, stack.known_services(cfg)):
+        port_file(cfg).unlink(missing_ok=True)
+
+
+def _follow_stack_port(url: str, settings: Settings, cfg: StackConfig) -> str | None:
+    """A URL set by hand (.env's DATABASE_URL) that names the embedded stack's configured
+    address, while the stack runs on another port: the same URL on the stack's port."""
+    if not url or cfg.postgres_port == settings.postgres_port:
+        return None
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if parsed.host not in (cfg.host, "127.0.0.1", "localhost"):
+        return None
+    if (parsed.port or 5432) != settings.postgres_port:
+        return None
+    return parsed.set(port=cfg.postgres_port).render_as_string(hide_password=False)
 
 
 def client_settings(settings: Settings) -> Settings:
     """The settings to talk to the stack with.
 
     Addresses not set explicitly (env or .env) follow the embedded stack's ports, so
-    POSTGRES_PORT/TEMPORAL_PORT alone move everything. Pointed at the embedded stack, fault
-    injection follows its dev policy (on) unless ALLOW_FAULT_INJECTION is set.
+    POSTGRES_PORT/TEMPORAL_PORT alone move everything; database URLs set explicitly to the
+    stack's configured address follow the port PostgreSQL really runs on. Pointed at the
+    embedded stack, fault injection follows its dev policy (on) unless ALLOW_FAULT_INJECTION
+    is set.
     """
     cfg = stack_config(settings)
     explicit = settings.model_fields_set
     update: dict[str, object] = {}
     if "database_url" not in explicit:
         update["database_url"] = SecretStr(stack.database_url(cfg))
+    for name in ("database_url", "gateway_database_url", "carrier_database_url"):
+        if name in explicit and name not in update:
+            value: SecretStr = getattr(settings, name)
+            followed = _follow_stack_port(value.get_secret_value(), settings, cfg)
+            if followed is not None:
+                update[name] = SecretStr(followed)
     if "temporal_target" not in explicit:
         update["temporal_target"] = stack.temporal_target(cfg)
     ui = stack.temporal_ui_url(cfg)
@@ -288,8 +368,8 @@ def _parallel(calls: Sequence[Callable[[], T]]) -> list[T]:
     return results
 
 
-def _check_ports(cfg: StackConfig, services: list[AppService]) -> None:
-    """Refuse before starting anything when a port we still need is taken."""
+def _wanted_ports(cfg: StackConfig, services: list[AppService]) -> list[tuple[int, str, str]]:
+    """(port, what, setting) of every service that does not run yet."""
     wanted: list[tuple[int, str, str]] = []
     if not stack.process_status(cfg, POSTGRES).running:
         wanted.append((cfg.postgres_port, "PostgreSQL", "POSTGRES_PORT"))
@@ -301,13 +381,31 @@ def _check_ports(cfg: StackConfig, services: list[AppService]) -> None:
     for svc in services:
         if not stack.process_status(cfg, svc.name).running:
             wanted.append((svc.port, svc.name, svc.port_setting))
-    for port, what, setting in wanted:
+    return wanted
+
+
+def _check_ports(cfg: StackConfig, services: list[AppService]) -> None:
+    """Refuse before starting anything when a port we still need is taken."""
+    for port, what, setting in _wanted_ports(cfg, services):
         owner = stack.port_in_use(cfg.host, port)
         if owner is not None:
             raise StackError(
                 f"port {port} is in use by another program ({owner}); {what} cannot start "
                 f"on {cfg.host}:{port} - stop that program or set {setting} to a free port"
             )
+
+
+def taken_ports(settings: Settings) -> list[tuple[int, str]]:
+    """(port, setting) that `start` would need and another program holds now; PostgreSQL's
+    only when POSTGRES_PORT is set (its default moves)."""
+    cfg = stack_config(settings)
+    movable = "postgres_port" not in settings.model_fields_set
+    return [
+        (port, setting)
+        for port, what, setting in _wanted_ports(cfg, app_services(settings))
+        if not (movable and setting == "POSTGRES_PORT")
+        and stack.port_in_use(cfg.host, port) is not None
+    ]
 
 
 def _migrate(cfg: StackConfig) -> str:
@@ -327,11 +425,27 @@ def is_running(settings: Settings) -> bool:
 
 
 def start_stack(settings: Settings, report: Callable[[str], None], timeout: float = 90.0) -> None:
-    """Start whatever is not running yet: infra, migrations, then the app processes."""
+    """Start whatever is not running yet: infra, migrations, then the app processes.
+
+    A start that fails stops what it had started itself (what ran before stays), so the
+    next start begins as if this one had never run: same ports, nothing left over."""
     cfg = stack_config(settings)
+    (cfg.run_dir / _LEGACY_PORT_FILE).unlink(missing_ok=True)
+    before = set(_running(cfg, ALL_SERVICES))
     moved = move_postgres_if_taken(settings, cfg)
     if moved:
         report(moved)
+    try:
+        _start_missing(settings, cfg, report, timeout)
+    except Exception:
+        for message in _roll_back(cfg, before):
+            report(message)
+        raise
+
+
+def _start_missing(
+    settings: Settings, cfg: StackConfig, report: Callable[[str], None], timeout: float
+) -> None:
     services = app_services(settings)
     _check_ports(cfg, services)
     # PostgreSQL and Temporal (SQLite) do not depend on each other.
@@ -341,6 +455,7 @@ def start_stack(settings: Settings, report: Callable[[str], None], timeout: floa
     ]
     for message in _parallel(infra):
         report(message)
+    _remember_postgres_port(settings, cfg)
     report(_migrate(cfg))
     if settings.temporal_namespace_retention:
         from devstack.retention import apply_retention
@@ -353,6 +468,21 @@ def start_stack(settings: Settings, report: Callable[[str], None], timeout: floa
     calls = [partial(start_app_service, settings, svc.name, timeout) for svc in services]
     for message in _parallel(calls):
         report(message)
+
+
+def _roll_back(cfg: StackConfig, before: set[str]) -> list[str]:
+    """After a failed start: stop what it had started, forget a port it had moved to."""
+    started = [name for name in _running(cfg, ALL_SERVICES) if name not in before]
+    messages: list[str] = []
+    if started:
+        try:
+            stack.stop_all(cfg, started)
+        except StackError as err:
+            messages.append(f"start failed; stopping what it had started failed too: {err}")
+        else:
+            messages.append(f"start failed; stopped what it had started: {', '.join(started)}")
+    _forget_port_if_stopped(cfg)
+    return messages
 
 
 def start_app_service(settings: Settings, name: str, timeout: float = 90.0) -> str:
@@ -385,6 +515,7 @@ def stop_stack(settings: Settings, timeout: float = 15.0) -> list[str]:
     others = [n for n in stack.known_services(cfg) if n not in stack.INFRA_SERVICES]
     messages = _parallel([partial(stack.stop_process, cfg, name, timeout) for name in others])
     messages += stack.stop_all(cfg, [TEMPORAL, POSTGRES])
+    _forget_port_if_stopped(cfg)
     return messages
 
 

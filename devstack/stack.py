@@ -9,6 +9,7 @@ whole process group can be stopped at once). Layout under `run_dir`:
     temporal/temporal.db    Temporal dev server state (SQLite, WAL mode; kept across stop/start)
     logs/<service>.log      stdout+stderr of each service (appended)
     pids/<service>.pid      pid of each service (plus <service>.json with its command line)
+    pids/postgres.port      PostgreSQL's port while the stack runs, when `start` moved it
 
 Used by the CLI (`start|stop|restart|ps`) and by the pytest fixtures. All operational errors
 are `StackError` with a one-line message; the service's last log lines are on `.log_tail`.
@@ -18,7 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from devstack.postgres import check_postgres, start_postgres, stop_postgres
+from devstack.postgres import (
+    check_postgres,
+    running_postgres_port,
+    start_postgres,
+    stop_postgres,
+)
 from devstack.processes import (
     all_statuses,
     known_services,
@@ -59,6 +65,7 @@ __all__ = [
     "port_in_use",
     "postgres_bin_dir",
     "process_status",
+    "running_postgres_port",
     "start_infra",
     "start_postgres",
     "start_process",
