@@ -117,6 +117,9 @@ class FakeShop:
             if shop.dispatched_address is not None:
                 raise ApplicationError("dispatched", type=ERR_ORDER_DISPATCHED, non_retryable=True)
             shop.cancel_requested = True
+            if "MARK_CANCEL" in shop.holds:  # marked, but the workflow has not heard yet
+                shop.entered["MARK_CANCEL"].set()
+                await shop.holds["MARK_CANCEL"].wait()
 
         def _refund() -> bool:
             if shop.charged and not shop.refunded:

@@ -17,10 +17,15 @@ from temporalio.workflow import NondeterminismError
 
 from app.orders.models import OrderInput, OrderResult
 from app.orders.workflows import OrderWorkflow, ShippingWorkflow
+from tests.orders.workflows.record_histories import SCENARIOS
 
 pytestmark = pytest.mark.unit
 
-HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
+HISTORY_DIR = Path(__file__).parent / "histories"
+HISTORIES = sorted(HISTORY_DIR.glob("*.json"))
+# Recorded on the code of `workflow.patched("search-attributes")`: every path the order
+# takes (record_histories.py).
+CURRENT = "search_attributes"
 
 
 def _load(path: Path) -> WorkflowHistory:
@@ -30,6 +35,7 @@ def _load(path: Path) -> WorkflowHistory:
 def test_histories_are_committed() -> None:
     names = {p.stem for p in HISTORIES}
     assert {"order_happy_path", "order_review_timeout", "order_cancel_after_payment"} <= names
+    assert {f"order_{scenario}_{CURRENT}" for scenario in SCENARIOS} <= names
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
@@ -52,4 +58,4 @@ class ReorderedOrderWorkflow(OrderWorkflow):
 async def test_nondeterministic_change_is_caught() -> None:
     replayer = Replayer(workflows=[ReorderedOrderWorkflow, ShippingWorkflow])
     with pytest.raises(NondeterminismError):
-        await replayer.replay_workflow(_load(HISTORIES[0]))
+        await replayer.replay_workflow(_load(HISTORY_DIR / "order_happy_path.json"))
