@@ -375,11 +375,23 @@ def run_bench_sync(
     return result
 
 
+def _baseline(result: Mapping[str, Any]) -> str:
+    """The baseline's figure with the shape it measured (the ratio depends on it)."""
+    if result["baseline_per_s"] is None:
+        return "not run (--no-baseline)"
+    shape = result.get("baseline_shape") or "bare"
+    what = {
+        "bare": "bare: the order's Temporal shape",
+        "features": "features: with search attributes and the deadline timer",
+    }
+    return f"{result['baseline_per_s']} ({what.get(shape, shape)})"
+
+
 def format_report(result: Mapping[str, Any]) -> str:
     """A short human-readable summary of a result."""
     rows = [
         ("orders/s", result["orders_per_s"]),
-        ("baseline/s", result["baseline_per_s"]),
+        ("baseline/s", _baseline(result)),
         ("ratio", result["ratio"]),
         ("latency p50/p95/p99 ms", f"{result['p50_ms']} / {result['p95_ms']} / {result['p99_ms']}"),
         ("start p99 ms", result["start_p99_ms"]),

@@ -43,6 +43,7 @@ from app.orders.models import order_workflow_id
 from app.platform.settings import Settings
 from devstack import services as stack_services
 from devstack import stack
+from devstack import temporal_cli as temporal_cli  # registers `temporal`
 from devstack.demo import play_demo, print_summary
 from devstack.stack import StackError
 
@@ -60,8 +61,19 @@ TimeoutOpt = Annotated[
 ]
 
 
+def endpoints(settings: Settings) -> list[tuple[str, str]]:
+    """What a person connects to (the start banner, quick-start): the stack's addresses,
+    with the operator console the API serves after the API's own."""
+    rows = list(stack_services.endpoints(settings))
+    console = ("Console", f"{stack_services.api_url(settings)}/console")
+    after = next((i + 1 for i, (name, _) in enumerate(rows) if name.startswith("API")), 0)
+    while after < len(rows) and rows[after][0].startswith("API"):
+        after += 1
+    return [*rows[:after], console, *rows[after:]]
+
+
 def _print_endpoints(settings: Settings) -> None:
-    grid = kv_grid(list(stack_services.endpoints(settings)))
+    grid = kv_grid(endpoints(settings))
     out.print(Panel(grid, title="endpoints", expand=False))
 
 

@@ -32,6 +32,9 @@ class DemoRun:
     view: dict[str, Any] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
+    # What it went through, "+1.2s  VALIDATED MANUAL_REVIEW" (printed at once when the
+    # output is not a terminal, so three orders' lines do not interleave).
+    steps: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -52,7 +55,10 @@ def _progress_of(view: dict[str, Any]) -> int:
 
 async def play_demo(svc: OrderService) -> list[DemoRun]:
     """Three orders side by side, with live progress: each scenario's start, approval and
-    (for one) cancel after payment, as a reviewer and a customer would."""
+    (for one) cancel after payment, as a reviewer and a customer would.
+
+    On a terminal, a progress bar per order and a line per change as it happens; elsewhere
+    (a pipe, a log file) each order's changes as one block when it has ended."""
     from app.service.errors import OrderConflict
 
     tag = datetime.now().strftime("%H%M%S") + secrets.token_hex(2)
@@ -71,7 +77,8 @@ async def play_demo(svc: OrderService) -> list[DemoRun]:
         TextColumn("{task.fields[status]}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=out) as progress:
+    live = out.is_terminal
+    with Progress(*columns, console=out, disable=not live) as progress:
 
         async def play(run: DemoRun, profile: str) -> None:
             task = progress.add_task(run.scenario, total=len(STEPS), status="starting")
@@ -84,9 +91,12 @@ async def play_demo(svc: OrderService) -> list[DemoRun]:
                     return
                 shown[0] = label
                 progress.update(task, completed=_progress_of(view), status=label)
-                progress.console.print(
-                    Text(f"{run.scenario:<24} {run.order_id:<28} {label}"), soft_wrap=True
-                )
+                at = f"+{time.monotonic() - started:.1f}s"
+                run.steps.append(f"{at:>6}  {label}")
+                if live:
+                    progress.console.print(
+                        Text(f"{run.scenario:<24} {run.order_id:<28} {label}"), soft_wrap=True
+                    )
 
             def wait(done: Callable[[dict[str, Any]], bool]) -> Awaitable[dict[str, Any]]:
                 remaining = max(limit - (time.monotonic() - started), 1.0)
@@ -118,6 +128,9 @@ async def play_demo(svc: OrderService) -> list[DemoRun]:
             if not is_terminal(run.view):
                 run.notes.append("still closing when the demo stopped waiting")
             progress.update(task, completed=len(STEPS), status=run.view.get("state", "?"))
+            if not live:
+                block = [f"{run.scenario} ({run.order_id})", *(f"  {s}" for s in run.steps)]
+                out.print(Text("\n".join(block)), soft_wrap=True)
 
         await asyncio.gather(*(play(r, p) for r, p in zip(runs, profiles, strict=True)))
     return runs

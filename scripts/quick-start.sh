@@ -79,10 +79,20 @@ echo
 echo "Ready. Everything keeps running in the background (python scripts/cli.py stop ends it)."
 .venv/bin/python - <<'PY'
 from app.platform.settings import Settings
-from devstack.services import endpoints
+from devstack.cli import endpoints
 
-for name, where in endpoints(Settings()):
+settings = Settings()
+for name, where in endpoints(settings):
     print(f"  {name:<14} {where}")
+print()
+profile = settings.fault_profile
+if profile.strip().lower() == "off":
+    print("Simulated faults are off (FAULT_PROFILE=off).")
+else:
+    print(
+        f"Orders meet simulated faults by default (FAULT_PROFILE={profile}): most fail or retry."
+    )
+    print("  --fault-profile off runs one without them, as the README's walk does.")
+print('Next: the walk in README.md ("Using it"), from its first line:')
+print("  python scripts/cli.py start-workflow order-123 pmt-123 --fault-profile off")
 PY
-echo
-echo "Try: python scripts/cli.py start-workflow order-123 pmt-123 && python scripts/cli.py status order-123"

@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -209,9 +209,22 @@ def explain_error(exc: BaseException) -> tuple[str, str]:
     return f"unexpected {type(exc).__name__}: {_first_line(exc)}", ""
 
 
+def _flags_without_type(command: Any) -> None:
+    """Help shows `--json`, not `--json <bool>`: a flag takes no value, so it shows no type
+    (the Typer in use labels every option with its type, flags and `--help` included)."""
+    ctx = typer.Context(command)
+    for param in [*command.params, command.get_help_option(ctx)]:
+        if param is not None and getattr(param, "is_flag", False):
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        _flags_without_type(sub)
+
+
 def run_app() -> int:
     try:
-        app()  # standalone mode: Click turns usage errors into SystemExit(2)
+        command = typer.main.get_command(app)
+        _flags_without_type(command)
+        command()  # standalone mode: Click turns usage errors into SystemExit(2)
     except SystemExit as done:
         return done.code if isinstance(done.code, int) else int(done.code is not None)
     except KeyboardInterrupt:

@@ -4,21 +4,35 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-from typing import TYPE_CHECKING, Annotated, Any
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.text import Text
 
-from app.cli.common import ORDERS, CliError, JsonOpt, app, out, with_service
+from app.cli.common import ORDERS, CliError, JsonOpt, app, out, target_settings, with_service
 from app.cli.render import fmt_address, print_json, render_status, say, state_text, status_dict
 from app.cli.waiting import is_terminal, wait_for_order
-from app.orders.models import DEMO_ADDRESS, TERMINAL_STATES
+from app.orders.models import DEMO_ADDRESS, REVIEW_TIMEOUT_S, TERMINAL_STATES
 
 if TYPE_CHECKING:
     # The service pulls in temporalio and SQLAlchemy (about a second); stack commands and
     # --help do without.
+    from app.platform.settings import Settings
+    from app.service.errors import OrderConflict
     from app.service.idempotency import StartAnswer
     from app.service.orders import OrderService
+
+T = TypeVar("T")
+
+FaultProfileOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Failure simulation for this run: off (none), seed (the guide's: 1/3 fail, "
+        "1/3 hang) or fail=R,hang=R,lost=R,delay=S. Default: the stack's FAULT_PROFILE.",
+        metavar="PROFILE",
+    ),
+]
 
 
 @app.command("start-workflow", rich_help_panel=ORDERS)
@@ -34,10 +48,7 @@ def start_workflow(
     country: Annotated[str, typer.Option(help="Two-letter country code.")] = DEMO_ADDRESS[
         "country"
     ],
-    fault_profile: Annotated[
-        str | None,
-        typer.Option(help="Failure simulation for this order: seed, off or fail=R,hang=R,delay=S."),
-    ] = None,
+    fault_profile: FaultProfileOpt = None,
     review_timeout: Annotated[
         float | None, typer.Option(help="Seconds the manual review waits (default 30).", min=0.1)
     ] = None,
@@ -64,14 +75,34 @@ def start_workflow(
             await svc.approve(order_id, _reviewer(None))
         return started
 
-    started = with_service(call)
+    settings = target_settings()
+    started = with_service(call, settings)
     say(f"order {order_id} started", "bold green")
     say(f"  workflow {started.workflow_id}  run {started.run_id}")
+    say(f"  {_faults_line(fault_profile, settings)}")
     if approve:
         say(f"  approved by {_reviewer(None)}")
     else:
-        say(f"  waiting for manual review: python scripts/cli.py approve {order_id}")
+        seconds = review_timeout or settings.review_timeout_s or REVIEW_TIMEOUT_S
+        say(
+            f"  once validated it waits {seconds:g} s for review: "
+            f"python scripts/cli.py approve {order_id}"
+        )
     say(f"  follow it: python scripts/cli.py status {order_id}")
+
+
+def _faults_line(given: str | None, settings: Settings) -> str:
+    """Which simulated faults the run meets: its own profile, or the stack's default."""
+    if given is not None:
+        return f"faults: {given} (--fault-profile)"
+    profile = settings.fault_profile
+    if profile.strip().lower() == "off":
+        return "faults: off (FAULT_PROFILE)"
+    what = ": 1/3 of external calls fail, 1/3 hang" if profile.strip().lower() == "seed" else ""
+    return (
+        f"faults: {profile} (FAULT_PROFILE{what}), so it may retry or fail; "
+        "--fault-profile off runs an order without them"
+    )
 
 
 def _reviewer(value: str | None) -> str:
@@ -100,7 +131,7 @@ def cancel(
     """Cancel an order before dispatch (a charged payment is refunded)."""
 
     async def call(svc: OrderService) -> dict[str, Any]:
-        await svc.cancel(order_id, reason=reason, requested_by="cli")
+        await _closed_said(svc, order_id, svc.cancel(order_id, reason=reason, requested_by="cli"))
         # Closing (and any refund) follows the accepted cancel; show how it ended.
         return await wait_for_order(svc, order_id, is_terminal, timeout=10.0)
 
@@ -138,7 +169,7 @@ def update_address(
         address = {**(view.get("address") or {}), **changes}
         validate_address(address)  # bad input is named first, whatever the order's state
         if view["state"] in TERMINAL_STATES:
-            raise CliError(f"order {order_id} is already closed ({view['state']})")
+            raise CliError(closed_message(order_id, view))
         return status_dict(await svc.update_address(order_id, address, requested_by="cli"))
 
     view = with_service(call)
@@ -155,17 +186,64 @@ def approve(
 ) -> None:
     """Approve an order waiting in manual review, so payment can proceed."""
     who = _reviewer(reviewer)
-    view = status_dict(with_service(lambda svc: svc.approve(order_id, who)))
+    view = status_dict(
+        with_service(lambda svc: _closed_said(svc, order_id, svc.approve(order_id, who)))
+    )
     say(f"order {order_id} approved by {who}", "bold green")
     out.print(
         Text.assemble("  state ", state_text(view.get("state")), f"  step {view.get('step')}")
     )
+    if view.get("step") in ("RECEIVE", "VALIDATE"):
+        say("  not in review yet: the approval is kept for when it gets there")
+    else:
+        say("  payment and shipping follow")
+    say(f"  follow it: python scripts/cli.py status {order_id}")
 
 
 @app.command(rich_help_panel=ORDERS)
-def retry(order_id: str) -> None:
-    """Start a FAILED order again (a new run with a payment of its own)."""
-    retried = with_service(lambda svc: svc.retry_order(order_id))
+def retry(order_id: str, fault_profile: FaultProfileOpt = None) -> None:
+    """Start a FAILED order again (a new run with a payment of its own), under the failed
+    run's fault profile unless --fault-profile gives another."""
+    retried = with_service(lambda svc: svc.retry_order(order_id, fault_profile=fault_profile))
     say(f"order {order_id} retried", "bold green")
     say(f"  workflow {retried.workflow_id}  run {retried.run_id}")
+    if fault_profile is not None:
+        say(f"  faults: {fault_profile} (--fault-profile)")
+    say(f"  it waits for review again: python scripts/cli.py approve {order_id}")
     say(f"  follow it: python scripts/cli.py status {order_id}")
+
+
+def closed_message(order_id: str, view: dict[str, Any]) -> str:
+    """One line on how a closed order ended, and what can still be done about it."""
+    state = view.get("state")
+    text = f"order {order_id} is already closed: {state}"
+    if state != "COMPLETED" and view.get("step"):
+        text += f" at {view['step']}"
+    if view.get("reason"):
+        text += f" ({view['reason']})"
+    if state == "FAILED":
+        text += f"; start it again with: python scripts/cli.py retry {order_id}"
+    return text
+
+
+async def _closed_said(svc: OrderService, order_id: str, request: Awaitable[T]) -> T:
+    """The request's answer; refused because the order has closed, how it ended (the
+    service only knows it is closed)."""
+    from app.service.errors import OrderConflict
+
+    try:
+        return await request
+    except OrderConflict as refused:
+        raise await _closed_refusal(svc, order_id, refused) from None
+
+
+async def _closed_refusal(svc: OrderService, order_id: str, refused: OrderConflict) -> Exception:
+    if "already closed" not in refused.message:
+        return refused
+    try:
+        view = status_dict(await svc.status(order_id))
+    except Exception:  # the refusal stands as the service said it
+        return refused
+    if view.get("state") not in TERMINAL_STATES:
+        return refused
+    return CliError(closed_message(order_id, view))

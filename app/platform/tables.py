@@ -92,7 +92,11 @@ class Event(Base):
     order_id: Mapped[str] = mapped_column(String, nullable=False)
     type: Mapped[str] = mapped_column(String, nullable=False)
     payload_json: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
-    ts: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
+    # When the event was written: the statement's clock, not now() (the start of its
+    # transaction, which may have waited on a provider's answer before the write).
+    ts: Mapped[datetime] = mapped_column(
+        DateTime, server_default=func.now(), default=func.clock_timestamp()
+    )
 
     __table_args__ = (Index("ix_events_order_ts", "order_id", "ts"),)
 

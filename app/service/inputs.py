@@ -92,6 +92,17 @@ def refuse_test_knobs(settings: Settings, **knobs: object) -> None:
             )
 
 
+def check_fault_profile(settings: Settings, fault_profile: str | None) -> None:
+    """A run's own fault profile (a start's, or a retry's): allowed and well formed."""
+    if fault_profile is None:
+        return
+    refuse_test_knobs(settings, fault_profile=fault_profile)
+    try:
+        FaultProfile.parse(fault_profile)
+    except FaultProfileError as err:
+        raise InvalidInput(str(err), field="fault_profile") from None
+
+
 class OrderOptions(TypedDict, total=False):
     """What a start request may add to its order id, payment id and address."""
 
@@ -122,12 +133,7 @@ def order_input(
         if problem:
             raise InvalidInput(f"{name} {problem}", field=name)
     addr = validate_address(address)
-    if fault_profile is not None:
-        refuse_test_knobs(settings, fault_profile=fault_profile)
-        try:
-            FaultProfile.parse(fault_profile)
-        except FaultProfileError as err:
-            raise InvalidInput(str(err), field="fault_profile") from None
+    check_fault_profile(settings, fault_profile)
     for name, seconds in (("review_timeout_s", review_timeout_s), ("deadline_s", deadline_s)):
         if seconds is not None and not 0 < seconds <= MAX_OVERRIDE_S:
             raise InvalidInput(

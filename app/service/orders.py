@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from temporalio.api.enums.v1 import EventType
+from temporalio.api.enums.v1 import EventType, PendingActivityState
 from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
@@ -75,6 +75,7 @@ from app.service.idempotency import (
 )
 from app.service.inputs import (
     OrderOptions,
+    check_fault_profile,
     order_input,
     validate_address,
     validate_order_id,
@@ -340,9 +341,13 @@ class OrderService:
                 raise OrderConflict(f"order {order_id} is already closed") from None
             raise Unavailable("Temporal did not answer the request in time") from None
 
-    async def retry_order(self, order_id: str) -> StartAnswer:
-        """Start a FAILED order again: a new run, a payment of its own (app/service/retry.py)."""
+    async def retry_order(self, order_id: str, fault_profile: str | None = None) -> StartAnswer:
+        """Start a FAILED order again: a new run, a payment of its own (app/service/retry.py).
+
+        The new run keeps the failed run's fault profile unless given another one (where
+        ALLOW_FAULT_INJECTION is on: "the outage is over" on a dev stack)."""
         validate_order_id(order_id)
+        check_fault_profile(self.settings, fault_profile)
         workflow_id = order_workflow_id(order_id)
         async with self.sessions() as s, s.begin():
             order, counted = await order_to_retry(s, order_id)
@@ -351,6 +356,8 @@ class OrderService:
             # reuses a number (its keys and references) an earlier run had.
             retry = max(counted, first.retry + 1)
             inp = retry_input(first, order, failed_run, retry, self.settings.shipping_task_queue)
+            if fault_profile is not None:
+                inp = dataclasses.replace(inp, fault_profile=fault_profile)
             # The retry's own reference, which no client id can take (app/orders/identity.py).
             if (await claim_payment_id(s, inp.payment_id, order_id)).owner != order_id:
                 raise OrderConflict(
@@ -547,7 +554,10 @@ class OrderService:
             "pending_activities": [
                 {
                     "activity": a.activity_type.name,
-                    "state": a.state,
+                    # The enum's name (SCHEDULED, STARTED...), not its number.
+                    "state": PendingActivityState.Name(a.state).removeprefix(
+                        "PENDING_ACTIVITY_STATE_"
+                    ),
                     "attempt": a.attempt,
                     "last_failure": shown_failure(a.last_failure),
                 }

@@ -8,8 +8,10 @@ Tests run in file order: the stop/start test comes last.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -113,6 +115,10 @@ def test_help_lists_every_command(cli_stack: CliStack) -> None:
     out = cli_stack.ok("--help")
     for command in COMMANDS:
         assert command in out
+    # A flag takes no value: no type after it.
+    assert "--help " in out and "<bool>" not in out
+    status = cli_stack.ok("status", "--help")
+    assert "--json " in status and "<bool>" not in status
 
 
 def test_start_is_idempotent(cli_stack: CliStack) -> None:
@@ -301,6 +307,21 @@ def test_failed_order_found_by_search_attribute_and_retried(cli_stack: CliStack)
     assert line == f"error: order {oid}-unknown not found"
 
 
+def test_describe_names_a_pending_activity_s_state(cli_stack: CliStack) -> None:
+    # Every call hangs: ReceiveOrder is pending, and describe names its state.
+    oid = new_id("e2e-pending")
+    cli_stack.ok("start-workflow", oid, f"pmt-{oid}", "--fault-profile", "hang=1")
+    deadline = time.monotonic() + 20
+    while not (pending := cli_stack.json("describe", f"order-{oid}")["pending_activities"]):
+        assert time.monotonic() < deadline, "no pending activity"
+        time.sleep(0.3)
+    assert pending[0]["state"] in ("SCHEDULED", "STARTED"), pending
+    assert re.search(
+        r"ReceiveOrder\s+│ (SCHEDULED|STARTED)", cli_stack.ok("describe", f"order-{oid}")
+    )
+    cli_stack.ok("cancel", oid)
+
+
 def test_unknown_order_or_workflow(cli_stack: CliStack) -> None:
     result = cli_stack.run("status", "no-such-order")
     assert one_error_line(result) == "error: order no-such-order not found"
@@ -433,6 +454,17 @@ def test_demo(cli_stack: CliStack) -> None:
     assert "CANCELLED" in rows["cancel after payment"]
     assert "refunded" in rows["cancel after payment"]
     assert "seed faults (retries)" in rows
+    # Not a terminal: each order's changes come as one block under its name, not
+    # interleaved with the other orders' lines.
+    lines = out.splitlines()
+    step = re.compile(r"^ +\+\d+\.\ds  [A-Z]")
+    in_blocks = 0
+    for scenario in rows:
+        [header] = [i for i, line in enumerate(lines) if line.startswith(f"{scenario} (demo-")]
+        block = list(itertools.takewhile(step.match, lines[header + 1 :]))
+        assert block, lines
+        in_blocks += len(block)
+    assert in_blocks == sum(1 for line in lines if step.match(line)), lines
 
 
 def test_scenario_runner(cli_stack: CliStack) -> None:
@@ -490,6 +522,8 @@ def test_orders_and_histories_survive_stop_and_restart(cli_stack: CliStack, done
     # restart = stop (nothing left to stop) + start.
     out = cli_stack.ok("restart")
     assert "stack ready" in out
+    # The endpoints box names the console with the API.
+    assert re.search(rf"Console\s+{cli_stack.api}/console", out), out
     after = cli_stack.status(done.order_id)
     for key in ("state", "payment_status", "tracking_number", "address", "attempts", "run_id"):
         assert after[key] == before[key], key

@@ -204,7 +204,38 @@ async def test_approve_from_review_queue_until_completed(
     await expect(page.locator("#temporal-link")).to_have_attribute(
         "href", f"{ui}/namespaces/default/workflows/order-{order_id}"
     )
+    # No button left, and the box says so; the amount in dollars, as the CLI shows it.
+    await expect(page.locator("#actions-none")).to_have_text(
+        re.compile(r"^Nothing left to do: the order completed \(tracking TRK")
+    )
+    await expect(page.locator("#payment")).to_contain_text(re.compile(r"Amount\$\d+\.\d\d"))
+    # Closed is COMPLETED's time: the dispatch's events are stamped as its closed_at.
+    closed = page.locator("#order-summary dt:text-is('Closed') + dd")
+    completed = page.locator('#timeline li[data-type="COMPLETED"] .ev-time')
+    assert (await completed.inner_text()).startswith(await closed.inner_text())
     await shot(page, "order-completed")
+    rows = await event_rows(running, order_id)
+    async with running.sessions() as s:
+        order = await s.get(Order, order_id)
+    assert order is not None
+    stamps = {e.type: e.ts for e in rows}
+    assert stamps["DISPATCHED"] == stamps["COMPLETED"] == order.closed_at
+    assert [e.ts for e in rows] == sorted(e.ts for e in rows)
+
+    # A timed-out attempt reported once the order had closed (its worker gives up on an
+    # attempt after the server has retried it): listed where it was recorded, and said so.
+    async with running.sessions() as s, s.begin():
+        s.add(
+            Event(
+                order_id=order_id,
+                type="STEP_ATTEMPT_FAILED",
+                payload_json={"step": "SHIP", "attempt": 1, "kind": "timeout"},
+            )
+        )
+    await page.reload()
+    late = page.locator('#timeline li[data-type="STEP_ATTEMPT_FAILED"]')
+    await expect(late).to_have_class(re.compile(r"\blate\b"))
+    await expect(late.locator(".ev-note")).to_contain_text("reported after the order closed")
 
     # Orders list: state filter and search by id find it.
     await page.goto(f"{api_server.url}/console/orders")
@@ -273,6 +304,7 @@ async def test_retry_a_failed_order(running: Running, api_server: ApiServer, pag
     await login(page, f"{api_server.url}/console/orders/{order_id}")
     await expect(page.locator("#order-state")).to_have_text("FAILED")
     await expect(page.locator("#cancel-btn")).to_be_hidden()
+    await expect(page.locator("#actions-none")).to_be_hidden()  # the Retry button says it
     await page.get_by_role("button", name="Retry order").click()
     await expect(page.locator("#action-result")).to_contain_text("Retried: run")
     await expect(page.locator('#timeline li[data-type="RETRIED"]')).to_have_count(1)
@@ -408,6 +440,11 @@ async def test_dashboard_draws_charts(running: Running, api_server: ApiServer, p
     await expect(page.locator("#kpi-total")).to_have_text(re.compile(r"^\d+$"))
     await expect(page.locator('#step-rows tr[data-step="PAY"] td').nth(2)).not_to_have_text("0")
     await expect(page.locator("#outcome-rows")).to_contain_text("dashboard_test")
+    if stats["execution_time"]["without_start"]:
+        # The words of `cli.py stats` for orders that failed at RECEIVE.
+        await expect(page.locator("#durations-caption")).to_contain_text(
+            "never got past RECEIVE, not counted"
+        )
     await shot(page, "dashboard")
 
 

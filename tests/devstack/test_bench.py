@@ -25,7 +25,7 @@ from temporalio.client import Client
 from app.orders.search import ORDER_STATE as STATE
 from app.platform.settings import PROJECT_ROOT, Settings
 from devstack import stack
-from devstack.bench import RESULT_KEYS, run_bench
+from devstack.bench import RESULT_KEYS, format_report, run_bench
 from devstack.bench_baseline import BASELINE_WORKFLOW
 from devstack.bench_measure import discover_processes, percentile
 from devstack.bench_soak import QUARTERS, flatness, run_soak
@@ -150,6 +150,7 @@ async def test_smoke_run_reports_every_figure(bench_stack: BenchStack) -> None:
     assert result["ratio"] == pytest.approx(
         result["orders_per_s"] / result["baseline_per_s"], rel=0.02
     )
+    assert "(bare: the order's Temporal shape)" in format_report(result)
     assert 10 < result["worker_rss_mb"] < 4096
     assert len(result["worker_rss_mb_by_pid"]) == 2
     assert result["status_phase"]["status_non_200"] == 0
@@ -179,6 +180,11 @@ async def test_featured_baseline_uses_the_orders_temporal_features(
     )
     assert result["baseline_shape"] == "features"
     assert result["baseline_phase"]["completed"] == 2
+    # The report names the shape the ratio was measured against.
+    baseline_row = next(
+        line for line in format_report(result).splitlines() if line.startswith("baseline/s")
+    )
+    assert "(features: with search attributes and the deadline timer)" in baseline_row
     client = await Client.connect(bench_stack.settings.temporal_target)
     orders_queue = result["baseline_phase"]["task_queues"][0]
     runs = [

@@ -518,7 +518,8 @@ function orderPage() {
       s.reason && ['Reason', s.reason, { id: 'summary-reason' }],
       s.tracking_number && ['Tracking number', s.tracking_number, { id: 'summary-tracking' }],
     ]);
-    const amount = typeof s.amount_cents === 'number' ? `${(s.amount_cents / 100).toFixed(2)}` : '—';
+    // As the CLI shows it: dollars, two decimals.
+    const amount = typeof s.amount_cents === 'number' ? `$${(s.amount_cents / 100).toFixed(2)}` : '—';
     summaryRows($('payment'), [
       ['Payment id', s.payment_id],
       ['Status', badge(s.payment_status), { id: 'payment-status', dataset: { status: s.payment_status } }],
@@ -553,6 +554,7 @@ function orderPage() {
     for (const input of Object.values(inputs)) input.disabled = closed || dispatched;
     $('address-submit').disabled = closed || dispatched;
     $('address-reset').disabled = closed || dispatched;
+    $('actions-none').textContent = nothingToDo(s, closed, dispatched);
     if ((closed || dispatched) && !closedRendered) {
       closedRendered = true;
       setResult($('address-result'), dispatched ? 'Dispatched: the address can no longer change.' : 'The order has closed: the address can no longer change.');
@@ -560,16 +562,38 @@ function orderPage() {
     tickCountdowns();
   }
 
+  // Why the Actions box has no button: every order page says what can still be done.
+  function nothingToDo(s, closed, dispatched) {
+    if (s.state === 'COMPLETED') {
+      return `Nothing left to do: the order completed${s.tracking_number ? ` (tracking ${s.tracking_number})` : ''}.`;
+    }
+    if (s.state === 'CANCELLED') return 'Nothing left to do: the order was cancelled.';
+    if (s.state === 'FAILED') {
+      return s.settled ? '' : 'The order failed; Retry order appears once its compensation has settled.';
+    }
+    if (closed) return 'Nothing left to do: the order has closed.';
+    if (s.cancel_requested) return 'Cancel requested: the order is closing.';
+    if (dispatched) return 'Dispatched: nothing left to do; the order completes by itself.';
+    return '';
+  }
+
   function renderEvents(events) {
     const first = events.length ? Date.parse(events[0].ts) : NaN;
+    // Events of one run after its end: a timed-out attempt is reported when its worker gives
+    // up on it, which may be after the run has moved on and closed (a retry starts a new run).
+    let ended = false;
     $('timeline').replaceChildren(...events.map((e) => {
       const offset = Number.isNaN(first) ? '' : ` (+${((Date.parse(e.ts) - first) / 1000).toFixed(1)} s)`;
-      const kind = e.type === 'STEP_ATTEMPT_FAILED' || e.type === 'VALIDATION_FAILED' ? 'failure'
-        : TERMINAL.has(e.type) ? 'terminal' : '';
-      return el('li', { class: kind, dataset: { type: e.type } },
+      const failure = e.type === 'STEP_ATTEMPT_FAILED' || e.type === 'VALIDATION_FAILED';
+      const kind = failure ? 'failure' : TERMINAL.has(e.type) ? 'terminal' : '';
+      const late = failure && ended;
+      if (TERMINAL.has(e.type)) ended = true;
+      if (e.type === 'RETRIED') ended = false;
+      return el('li', { class: late ? `${kind} late` : kind, dataset: { type: e.type } },
         el('span', { class: 'ev-type', text: e.type }),
         el('span', { class: 'ev-time', text: `${fmtTime(e.ts)}${offset}` }),
-        el('span', { class: 'ev-detail', text: describePayload(e.payload) }));
+        el('span', { class: 'ev-detail', text: describePayload(e.payload) }),
+        late ? el('span', { class: 'ev-note', text: 'reported after the order closed: this attempt had already been given up (a timed-out attempt reports late)' }) : null);
     }));
   }
 
@@ -788,7 +812,8 @@ function dashboardPage() {
       integer: true,
       empty: 'No closed orders yet',
     });
-    const skipped = et.without_start ? ` · ${et.without_start} closed before RECEIVED, not counted` : '';
+    // The words of `cli.py stats`.
+    const skipped = et.without_start ? ` · ${et.without_start} never got past RECEIVE, not counted` : '';
     $('durations-caption').textContent = et.count
       ? `${et.count} closed orders · p50 ${fmtSeconds(p.p50)} · p95 ${fmtSeconds(p.p95)} · p99 ${fmtSeconds(p.p99)} · mean ${fmtSeconds(et.mean_s)} · max ${fmtSeconds(et.max_s)}${skipped}`
       : `No closed orders yet${skipped}`;

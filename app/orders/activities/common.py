@@ -15,9 +15,11 @@ from decimal import Decimal
 from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import (
+    DateTime,
     Insert,
     Select,
     Update,
+    func,
     insert,
     literal,
     select,
@@ -71,21 +73,27 @@ def event_row(order_id: str, type_: EventType | str, **payload: Any) -> dict[str
     return {"order_id": order_id, "type": str(type_), "payload_json": payload}
 
 
-def with_events(write: Insert | Update, *events: tuple[EventType, dict[str, Any]]) -> Select[Any]:
+def with_events(
+    write: Insert | Update, *events: tuple[EventType, dict[str, Any]], at: datetime | None = None
+) -> Select[Any]:
     """One statement: `write` on an order row, plus the events for the row it wrote.
+
+    The events are stamped `at` (the time the write records, e.g. its `closed_at`), else
+    with the statement's clock.
 
     Selects the order id when `write` wrote the row, nothing when it did not (then no event
     is recorded either). A statement's data-modifying CTEs commit together or not at all,
     so the step's state change and its events need no transaction around them: one round
     trip to PostgreSQL instead of four (these writes are the hottest path of an order)."""
     written = write.returning(Order.id).cte("written")
+    stamp = literal(at, DateTime) if at is not None else func.clock_timestamp()
     rows = [
-        select(written.c.id, literal(str(type_)), literal(payload, JsonType))
+        select(written.c.id, literal(str(type_)), literal(payload, JsonType), stamp)
         for type_, payload in events
     ]
     recorded = (
         insert(Event)
-        .from_select(["order_id", "type", "payload_json"], union_all(*rows))
+        .from_select(["order_id", "type", "payload_json", "ts"], union_all(*rows))
         .cte("recorded")
     )
     return select(written.c.id).add_cte(recorded)

@@ -284,7 +284,8 @@ async def _record_end(
         locked.updated_at = locked.closed_at = now
         if settled:
             locked.settled_at = now
-    await s.execute(insert(Event), [_terminal_event(inp)])
+    # Stamped as closed_at says.
+    await s.execute(insert(Event), [{**_terminal_event(inp), "ts": now}])
     return inp.state, True
 
 

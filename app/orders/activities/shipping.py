@@ -143,6 +143,7 @@ class ShippingActivities(ActivityBase):
                         },
                     ),
                     (EventType.COMPLETED, {"state": OrderState.COMPLETED}),
+                    at=now,  # as closed_at says
                 )
             )
         observe_end(OrderState.COMPLETED, None, order.created_at)
