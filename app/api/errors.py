@@ -141,10 +141,22 @@ async def _on_temporal_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+# SQLSTATE classes that mean the database cannot serve us (not a bug of ours): connection
+# exceptions, refused credentials, no such database, too many connections, shutdown.
+_DATABASE_DOWN_CLASSES = ("08", "28", "3D", "53", "57")
+
+
+def _database_down(exc: DBAPIError) -> bool:
+    if exc.connection_invalidated or isinstance(exc, InterfaceError):
+        return True
+    orig = exc.orig
+    cause = orig.__cause__ if orig is not None else None
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(cause, "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate[:2] in _DATABASE_DOWN_CLASSES
+
+
 async def _on_database_error(request: Request, exc: Exception) -> JSONResponse:
-    if isinstance(exc, DBAPIError) and not (
-        exc.connection_invalidated or isinstance(exc, InterfaceError)
-    ):
+    if isinstance(exc, DBAPIError) and not _database_down(exc):
         raise exc
     logger.warning(
         "database unavailable",

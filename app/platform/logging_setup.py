@@ -3,7 +3,10 @@
 Context fields (order_id, workflow_id, step, attempt, ...) come from `extra=`; the Temporal
 SDK's workflow/activity loggers add their own `temporal_workflow`/`temporal_activity` dicts,
 from which the workflow id and attempt are lifted. Values that look like card numbers or
-secrets are masked before anything is written.
+secrets are masked before anything is written: card-like numbers, the password of any
+URL (`scheme://user:password@host`, whatever characters it holds), and fields named like
+secrets. The console format escapes control characters (a request path may hold them), so
+a line can neither fake another line nor drive the terminal.
 """
 
 from __future__ import annotations
@@ -22,15 +25,45 @@ _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)
     "color_message",  # uvicorn's copy of the message with ANSI colours
 }
 _CARD_RE = re.compile(r"\b(?:\d[ -]?){13,19}\b")
+# The credentials of a URL: `scheme://user:`, then everything up to the last `@` of the
+# same run of non-space characters (a password may hold @, : and %, encoded or not).
+# Bounded repeats: caller text (a request path) must not make the search quadratic.
+_URL_USER_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,31}://[^\s:/@'\"]{0,256}:")
+_SPACES_RE = re.compile(r"(\s+)")
+# What the console format escapes: C0/C1 controls, DEL, and line/paragraph separators.
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 # Workflow ids that name an order: order-{order_id} and its shipping children
 # shipping-{order_id}-{attempt} (app/workflows.py).
 _ORDER_WORKFLOW_RE = re.compile(r"^(?:order-(.+)|shipping-(.+)-\d+)$")
 _SECRET_KEYS = ("password", "secret", "token", "api_key", "apikey", "authorization", "card")
 
 
+def mask_text(text: str) -> str:
+    """`text` without card-like numbers or URL passwords."""
+    return _CARD_RE.sub("[REDACTED]", _mask_url_passwords(text))
+
+
+def _mask_url_passwords(text: str) -> str:
+    if "://" not in text:
+        return text
+    parts = _SPACES_RE.split(text)
+    for n, part in enumerate(parts):
+        user = _URL_USER_RE.search(part) if "://" in part else None
+        at = part.rfind("@") if user else -1
+        if user and at >= user.end():
+            parts[n] = f"{part[: user.end()]}[REDACTED]{part[at:]}"
+    return "".join(parts)
+
+
+def escape_controls(text: str) -> str:
+    """Control characters as visible escapes (\\x1b, \\u2028); tabs and newlines of
+    tracebacks are kept by the caller that wants them."""
+    return _CONTROL_RE.sub(lambda m: repr(m.group())[1:-1], text)
+
+
 def _mask(value: Any) -> Any:
     if isinstance(value, str):
-        return _CARD_RE.sub("[REDACTED]", value)
+        return mask_text(value)
     if isinstance(value, dict):
         return {
             k: "[REDACTED]" if any(s in str(k).lower() for s in _SECRET_KEYS) else _mask(v)
@@ -90,12 +123,20 @@ class JsonFormatter(logging.Formatter):
 class ConsoleFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
-        message = _mask(record.getMessage().split(" ({'", 1)[0])
-        ctx = " ".join(f"{k}={v}" for k, v in _mask(_context(record)).items())
+        message = _one_line(_mask(record.getMessage().split(" ({'", 1)[0]))
+        ctx = " ".join(
+            f"{_one_line(str(k))}={_one_line(str(v))}" for k, v in _mask(_context(record)).items()
+        )
         line = f"{ts} {record.levelname:<7} {record.name}: {message}" + (f"  {ctx}" if ctx else "")
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            # A traceback keeps its own lines; what it quotes is escaped like the rest.
+            trace = mask_text(self.formatException(record.exc_info))
+            line += "\n" + "\n".join(escape_controls(part) for part in trace.split("\n"))
         return line
+
+
+def _one_line(text: str) -> str:
+    return escape_controls(text.replace("\n", "\\n").replace("\t", "\\t"))
 
 
 def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
-from app.platform.settings import get_settings
+from app.platform.logging_setup import mask_text
+from app.platform.settings import get_settings_or_exit
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -21,7 +23,10 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 def alembic_config(database_url: str | None = None) -> Config:
     cfg = Config(str(MIGRATIONS / "alembic.ini"))
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", database_url or get_settings().database_url_plain)
+    url = database_url or get_settings_or_exit().database_url_plain
+    # Alembic's config interpolates %: a percent-encoded password (%40) would make it
+    # raise with the whole URL in its message. Doubled, it reads back as given.
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
 
 
@@ -59,7 +64,12 @@ def main() -> None:
         description="Apply the database migrations (idempotent) to DATABASE_URL."
     )
     parser.parse_args()
-    upgrade()
+    try:
+        upgrade()
+    except Exception as err:
+        # One line, never a traceback: driver messages may quote the connection string.
+        first = (str(err).strip().splitlines() or [""])[0]
+        sys.exit(f"error: migration failed: {type(err).__name__}: {mask_text(first)[:300]}")
 
 
 if __name__ == "__main__":

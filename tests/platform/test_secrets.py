@@ -1,0 +1,113 @@
+"""Secrets never reach an error or a log line, whatever characters they hold (issue 24):
+a database password full of %, @, : and / (percent-encoded in DATABASE_URL, as it must
+be), refused by PostgreSQL, through the API's and the migration's failure paths."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy.engine import make_url
+
+from app.platform.settings import PROJECT_ROOT
+from tests.helpers import RealStack, eventually
+from tests.ports import free_port
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "p@ss:w%rd/%40x"
+ENCODED = "p%40ss%3Aw%25rd%2F%2540x"
+# Any of these in a line gives the password away, or enough of it.
+FRAGMENTS = (PASSWORD, ENCODED, "p@ss", "w%rd", "p%40ss", "w%25rd", "%2540x", "%40x")
+
+
+def _url(stack: RealStack) -> str:
+    url = make_url(stack.settings.database_url_plain)
+    return f"postgresql+asyncpg://app:{ENCODED}@{url.host}:{url.port}/{url.database}"
+
+
+def _env(stack: RealStack, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "DATABASE_"))}
+    env.update(
+        PYTHONPATH=str(PROJECT_ROOT),
+        DATABASE_URL=_url(stack),
+        TEMPORAL_TARGET=stack.settings.temporal_target,
+        LOG_LEVEL="DEBUG",
+        **extra,
+    )
+    return env
+
+
+def assert_clean(text: str) -> None:
+    leaked = [f for f in FRAGMENTS if f in text]
+    assert not leaked, f"{leaked} in:\n{text}"
+
+
+def test_the_percent_encoded_url_is_what_postgres_is_given() -> None:
+    assert make_url(f"postgresql+asyncpg://app:{ENCODED}@h/app").password == PASSWORD
+
+
+def test_a_failed_migration_says_why_without_the_password(
+    real_stack: RealStack, tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "app.platform.migrate"],
+        env=_env(real_stack),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert_clean(result.stdout + result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "migration failed" in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+async def test_the_api_logs_its_failures_without_the_password(
+    real_stack: RealStack, tmp_path: Path, log_format: str
+) -> None:
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "app.api",
+        env=_env(real_stack, API_PORT=str(port), LOG_FORMAT=log_format),
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    answers = []
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as api:
+
+            async def up() -> bool:
+                try:
+                    return (await api.get("/health/live")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            await eventually(up, timeout=30, interval=0.2)
+            for method, path in [
+                ("GET", "/orders"),
+                ("GET", "/health/ready"),
+                ("GET", "/stats"),
+                ("GET", "/orders/o-1/status"),
+                ("POST", "/orders/o-1/signals/cancel"),
+            ]:
+                answers.append(await api.request(method, path))
+    finally:
+        proc.terminate()
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=20)
+    assert {r.status_code for r in answers} == {503}, [r.text for r in answers]
+    for r in answers:
+        assert_clean(r.text)
+    text = out.decode() + err.decode()
+    assert "database unavailable" in text or "dependency unavailable" in text, text
+    assert_clean(text)
