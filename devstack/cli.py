@@ -41,11 +41,12 @@ from app.cli.render import kv_grid, print_json, say
 from app.orders.faults import FaultProfile, FaultProfileError
 from app.orders.models import order_workflow_id
 from app.platform.settings import Settings
-from devstack import services as stack_services
-from devstack import stack
 from devstack import temporal_cli as temporal_cli  # registers `temporal`
 from devstack.demo import play_demo, print_summary
-from devstack.stack import StackError
+from devstack.stack import addresses, app_processes, lifecycle
+from devstack.stack import compose as compose_stack
+from devstack.stack.config import StackError
+from devstack.stack.processes import tail_log
 
 if TYPE_CHECKING:
     # The service pulls in temporalio and SQLAlchemy (about a second); stack commands and
@@ -64,8 +65,8 @@ TimeoutOpt = Annotated[
 def endpoints(settings: Settings) -> list[tuple[str, str]]:
     """What a person connects to (the start banner, quick-start): the stack's addresses,
     with the operator console the API serves after the API's own."""
-    rows = list(stack_services.endpoints(settings))
-    console = ("Console", f"{stack_services.api_url(settings)}/console")
+    rows = list(app_processes.endpoints(settings))
+    console = ("Console", f"{app_processes.api_url(settings)}/console")
     after = next((i + 1 for i, (name, _) in enumerate(rows) if name.startswith("API")), 0)
     while after < len(rows) and rows[after][0].startswith("API"):
         after += 1
@@ -78,15 +79,15 @@ def _print_endpoints(settings: Settings) -> None:
 
 
 def _start(settings: Settings, timeout: float) -> None:
-    cfg = stack_services.stack_config(settings)
-    if stack_services.is_running(settings):
+    cfg = addresses.stack_config(settings)
+    if lifecycle.is_running(settings):
         say(f"stack already running (run dir {cfg.run_dir})")
         _print_ps(settings)
         _ensure_reconciliation(settings)
         return
     say(f"starting the embedded stack (run dir {cfg.run_dir})")
     started = time.monotonic()
-    stack_services.start_stack(settings, lambda msg: say(f"  {msg}"), timeout=timeout)
+    lifecycle.start_stack(settings, lambda msg: say(f"  {msg}"), timeout=timeout)
     _ensure_reconciliation(settings)
     say(f"stack ready in {time.monotonic() - started:.1f}s", "bold green")
     _print_endpoints(settings)
@@ -101,7 +102,7 @@ def _ensure_reconciliation(settings: Settings) -> None:
     try:
         done = with_service(
             lambda svc: ensure_schedule(svc.client, svc.settings),
-            stack_services.client_settings(settings),
+            addresses.client_settings(settings),
         )
     except Exception as exc:  # the stack runs; say so, and how to add the schedule later
         message, _ = explain_error(exc)
@@ -116,14 +117,14 @@ def _ensure_reconciliation(settings: Settings) -> None:
 
 def _stop(settings: Settings) -> None:
     started = time.monotonic()
-    for message in stack_services.stop_stack(settings):
+    for message in lifecycle.stop_stack(settings):
         say(f"  {message}")
     say(f"stack stopped in {time.monotonic() - started:.1f}s")
 
 
 def _print_ps(settings: Settings) -> None:
     table = Table("service", "state", "pid", "address")
-    for row in stack_services.stack_status(settings):
+    for row in lifecycle.stack_status(settings):
         style = "green" if row.state == "running" else "red"
         table.add_row(
             row.service, Text(row.state, style=style), str(row.pid or "-"), row.address or "-"
@@ -138,7 +139,7 @@ def start(
 ) -> None:
     """Start all services: PostgreSQL, Temporal + Web UI, migrations, both workers, the API."""
     if compose:
-        stack_services.compose(["up", "-d", "--build", "--wait"])
+        compose_stack.compose(["up", "-d", "--build", "--wait"])
         say("compose stack is up", "bold green")
         return
     _start(load_settings(), timeout)
@@ -148,7 +149,7 @@ def start(
 def stop(compose: ComposeOpt = False) -> None:
     """Stop all services (data and workflow histories are kept)."""
     if compose:
-        stack_services.compose(["down"])
+        compose_stack.compose(["down"])
         return
     _stop(load_settings())
 
@@ -160,7 +161,7 @@ def restart(
 ) -> None:
     """Stop, then start all services."""
     if compose:
-        stack_services.compose(["restart"])
+        compose_stack.compose(["restart"])
         return
     settings = load_settings()
     _stop(settings)
@@ -171,11 +172,11 @@ def restart(
 def ps(compose: ComposeOpt = False, as_json: JsonOpt = False) -> None:
     """Show each service: state, pid and address."""
     if compose:
-        stack_services.compose(["ps", *(["--format", "json"] if as_json else [])])
+        compose_stack.compose(["ps", *(["--format", "json"] if as_json else [])])
         return
     settings = load_settings()
     if as_json:
-        print_json([dataclasses.asdict(row) for row in stack_services.stack_status(settings)])
+        print_json([dataclasses.asdict(row) for row in lifecycle.stack_status(settings)])
         return
     _print_ps(settings)
 
@@ -207,13 +208,13 @@ def logs(
 ) -> None:
     """Show a service's log from the embedded stack's run folder (or from compose)."""
     if compose:
-        args = stack_services.compose_logs_args(service.value if service else None, lines, follow)
+        args = compose_stack.compose_logs_args(service.value if service else None, lines, follow)
         with contextlib.suppress(KeyboardInterrupt):
-            stack_services.compose(args)
+            compose_stack.compose(args)
         return
     service = service or LogService.app
-    cfg = stack_services.stack_config(load_settings())
-    names = stack_services.LOG_GROUPS[service.value]
+    cfg = addresses.stack_config(load_settings())
+    names = app_processes.LOG_GROUPS[service.value]
     paths = {name: cfg.log_path(name) for name in names}
     if not any(p.exists() for p in paths.values()):
         raise CliError(
@@ -222,7 +223,7 @@ def logs(
     for name, path in paths.items():
         if len(paths) > 1:
             say(f"==> {name} ({path}) <==", "bold")
-        text = stack.tail_log(cfg, name, lines)
+        text = tail_log(cfg, name, lines)
         if text:
             sys.stdout.write(text + "\n")
     sys.stdout.flush()
@@ -340,8 +341,8 @@ def chaos(
     not closed in time; with --adversarial also the reconciliation's unresolved findings).
     See docs/operations.md, "Chaos runs".
     """
-    from devstack.chaos import ChaosError, run_chaos, summary_lines
-    from devstack.chaos_faults import ChaosOptions
+    from devstack.chaos.faults import ChaosOptions
+    from devstack.chaos.run import ChaosError, run_chaos, summary_lines
 
     opts = ChaosOptions(
         orders=orders,
@@ -431,9 +432,9 @@ def bench(
     Uses the `off` fault profile and approves each order at once. Figures and how to read
     them: docs/performance.md.
     """
-    from devstack.bench import format_report, run_bench_sync
-    from devstack.bench_measure import BenchError
-    from devstack.bench_soak import format_soak, run_soak_sync
+    from devstack.bench.measure import BenchError
+    from devstack.bench.run import format_report, run_bench_sync
+    from devstack.bench.soak import format_soak, run_soak_sync
 
     for name, value in (("--orders", orders), ("--concurrency", concurrency)):
         if value is not None and value < 1:
@@ -453,7 +454,7 @@ def bench(
         names = ", ".join(f"--{name.replace('_', '-')}" for name in given)
         verb = "does" if len(given) == 1 else "do"
         raise typer.BadParameter(f"{names} {verb} not apply to --soak")
-    settings = stack_services.client_settings(load_settings())
+    settings = addresses.client_settings(load_settings())
     progress = None if as_json else (lambda m: err.print(Text(m)))
     try:
         if soak:
@@ -490,8 +491,8 @@ def backup(
 ) -> None:
     """Back up the embedded stack: Temporal's state (online SQLite copy), then the database,
     then the gateway's and carrier's ledgers (their simulators' databases)."""
-    from devstack.backup import BackupError, ledger_summary
-    from devstack.backup import backup as make_backup
+    from devstack.stack.backup import BackupError, ledger_summary
+    from devstack.stack.backup import backup as make_backup
 
     try:
         manifest = make_backup(load_settings(), output)
@@ -517,8 +518,8 @@ def restore(
     ] = False,
 ) -> None:
     """Restore a backup into the (stopped) embedded stack of RUN_DIR; then `cli.py start`."""
-    from devstack.backup import BackupError, start_command
-    from devstack.backup import restore as restore_backup
+    from devstack.stack.backup import BackupError, start_command
+    from devstack.stack.backup import restore as restore_backup
 
     settings = load_settings()
     try:
@@ -527,7 +528,7 @@ def restore(
         raise CliError(str(exc)) from None
     for message in messages:
         say(f"  {message}")
-    taken = stack_services.taken_ports(settings)
+    taken = lifecycle.taken_ports(settings)
     if taken:
         ports = ", ".join(f"{port} ({setting})" for port, setting in taken)
         say(
@@ -548,10 +549,10 @@ def retention(
 ) -> None:
     """Show or set how long Temporal keeps closed workflow histories (the namespace's
     retention; TEMPORAL_NAMESPACE_RETENTION applies it at every `start`)."""
-    from devstack.retention import apply_retention, current_retention
+    from devstack.stack.retention import apply_retention, current_retention
     from devstack.tools import ToolError
 
-    target = stack_services.client_settings(load_settings())
+    target = addresses.client_settings(load_settings())
     try:
         if value is not None:
             say(apply_retention(target, value), "bold green")
@@ -604,7 +605,7 @@ def _with_compose_flag(
     def command(*args: Any, compose: bool = False, **kwargs: Any) -> Any:
         if compose:
             set_target(
-                stack_services.compose_client_settings, "python scripts/cli.py start --compose"
+                compose_stack.compose_client_settings, "python scripts/cli.py start --compose"
             )
         return original(*args, **kwargs)
 
@@ -621,7 +622,7 @@ def main() -> None:
     """`python scripts/cli.py`: the operator CLI pointed at the embedded stack (addresses
     follow its ports; fault injection on, as the dev stack allows), plus its commands;
     `--compose` on an operator command points it at the compose stack instead."""
-    set_target(stack_services.client_settings)
+    set_target(addresses.client_settings)
     add_explainer(_explain_stack_error)
     add_compose_option()
     operator_main()

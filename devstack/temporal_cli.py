@@ -17,8 +17,8 @@ import typer
 
 from app.cli.common import INSPECT, app, load_settings
 from app.platform.settings import Settings
-from devstack import services as stack_services
-from devstack import stack
+from devstack.stack.addresses import client_settings
+from devstack.stack.config import temporal_binary
 
 
 def temporal_env(target: Settings, environ: dict[str, str]) -> dict[str, str]:
@@ -56,8 +56,8 @@ def temporal(
     """The Temporal CLI (from .venv) on this stack: e.g. `temporal workflow signal
     --workflow-id order-order-123 --name approve_order`; `temporal --help` for its commands."""
     argv = [*(args or []), *ctx.args]
-    target = stack_services.client_settings(load_settings())
-    binary = str(stack.temporal_binary())  # a StackError says how to install it
+    target = client_settings(load_settings())
+    binary = str(temporal_binary())  # a StackError says how to install it
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     # Its exit code, output and terminal are the Temporal CLI's own.

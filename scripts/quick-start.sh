@@ -57,7 +57,7 @@ import sys
 import httpx
 
 from app.platform.settings import Settings
-from devstack.services import api_url
+from devstack.stack.app_processes import api_url
 
 url = f"{api_url(Settings())}/health"
 try:

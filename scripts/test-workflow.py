@@ -31,7 +31,7 @@ from app.cli.common import exit_now, open_service, out, report_error
 from app.cli.waiting import is_terminal, wait_for_order
 from app.orders.models import DEMO_ADDRESS
 from app.platform.settings import Settings
-from devstack.services import client_settings
+from devstack.stack.addresses import client_settings
 
 if TYPE_CHECKING:
     from app.service.orders import OrderService

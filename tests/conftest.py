@@ -33,7 +33,8 @@ from app.platform.settings import PROJECT_ROOT, Settings
 from app.platform.temporal import connect_client
 from app.service.orders import OrderService
 from app.worker import build_workers, fault_injector
-from devstack import stack
+from devstack.stack.config import StackConfig, database_url, temporal_target
+from devstack.stack.infra import start_infra, stop_all
 from tests.helpers import CliStack, RealStack, Running, describe, leftover_processes, stack_env
 from tests.ports import free_ports
 
@@ -80,7 +81,7 @@ def _tier(item: pytest.Item) -> str | None:
 def real_stack() -> Iterator[RealStack]:
     run_dir = PROJECT_ROOT / ".run" / f"test-{uuid.uuid4().hex[:8]}"
     pg, grpc, ui, metrics = free_ports(4)
-    cfg = stack.StackConfig(
+    cfg = StackConfig(
         run_dir=run_dir,
         postgres_port=pg,
         temporal_port=grpc,
@@ -88,10 +89,10 @@ def real_stack() -> Iterator[RealStack]:
         temporal_metrics_port=metrics,
         headless=True,
     )
-    stack.start_infra(cfg)
+    start_infra(cfg)
     settings = Settings(
-        database_url=stack.database_url(cfg),  # type: ignore[arg-type]
-        temporal_target=stack.temporal_target(cfg),
+        database_url=database_url(cfg),  # type: ignore[arg-type]
+        temporal_target=temporal_target(cfg),
         order_task_queue=f"orders-{uuid.uuid4().hex[:6]}",
         shipping_task_queue=f"shipping-{uuid.uuid4().hex[:6]}",
         fault_profile="off",
@@ -105,7 +106,7 @@ def real_stack() -> Iterator[RealStack]:
     try:
         yield RealStack(cfg, settings)
     finally:
-        stack.stop_all(cfg)
+        stop_all(cfg)
         shutil.rmtree(run_dir, ignore_errors=True)
 
 

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from devstack.stack import temporal_binary
+from devstack.stack.config import temporal_binary
 from tests.helpers import CliStack, describe
 
 pytestmark = pytest.mark.e2e

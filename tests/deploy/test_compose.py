@@ -28,8 +28,8 @@ import yaml
 
 from app.orders.search import SEARCH_ATTRIBUTES
 from app.platform.settings import PROJECT_ROOT, Settings
-from devstack.services import interpolate
-from devstack.stack import temporal_binary
+from devstack.stack.compose import interpolate
+from devstack.stack.config import temporal_binary
 from tests.helpers import RealStack
 from tests.ports import free_port
 
@@ -447,7 +447,7 @@ def test_api_command_starts_and_answers_its_healthcheck(
 
 
 def test_compose_file_is_the_one_the_cli_drives() -> None:
-    from devstack.services import COMPOSE_FILE as CLI_COMPOSE_FILE
+    from devstack.stack.compose import COMPOSE_FILE as CLI_COMPOSE_FILE
 
     assert Path(CLI_COMPOSE_FILE) == COMPOSE_FILE
 

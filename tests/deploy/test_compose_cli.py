@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from app.platform.settings import PROJECT_ROOT, Settings
-from devstack.services import COMPOSE_FILE, compose_client_settings
-from devstack.stack import StackError
+from devstack.stack.compose import COMPOSE_FILE, compose_client_settings
+from devstack.stack.config import StackError
 from tests.helpers import RealStack
 from tests.ports import free_port
 

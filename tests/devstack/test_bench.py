@@ -1,4 +1,4 @@
-"""Smoke run of the benchmark (devstack/bench.py) on the real stack: a few orders, sane JSON.
+"""Smoke run of the benchmark (devstack/bench/run.py) on the real stack: a few orders, sane JSON.
 
 The session's dev server and PostgreSQL (`real_stack`), plus what the benchmark measures in
 production shape: two worker processes (`python -m app.worker --queue orders|shipping`)
@@ -24,11 +24,13 @@ from temporalio.client import Client
 
 from app.orders.search import ORDER_STATE as STATE
 from app.platform.settings import PROJECT_ROOT, Settings
-from devstack import stack
-from devstack.bench import RESULT_KEYS, format_report, run_bench
-from devstack.bench_baseline import BASELINE_WORKFLOW
-from devstack.bench_measure import discover_processes, percentile
-from devstack.bench_soak import QUARTERS, flatness, run_soak
+from devstack.bench.baseline import BASELINE_WORKFLOW
+from devstack.bench.measure import discover_processes, percentile
+from devstack.bench.run import RESULT_KEYS, format_report, run_bench
+from devstack.bench.soak import QUARTERS, flatness, run_soak
+from devstack.stack.config import StackConfig
+from devstack.stack.infra import stop_all
+from devstack.stack.processes import start_process
 from tests.helpers import RealStack
 from tests.ports import free_port
 
@@ -40,10 +42,10 @@ SERVICES = ("worker-orders", "worker-shipping", "app")
 @dataclass
 class BenchStack:
     settings: Settings
-    cfg: stack.StackConfig
+    cfg: StackConfig
 
 
-def _logged(cfg: stack.StackConfig, name: str, marker: bytes) -> Callable[[], bool]:
+def _logged(cfg: StackConfig, name: str, marker: bytes) -> Callable[[], bool]:
     """Ready check: `marker` appears in the service's log."""
 
     def check() -> bool:
@@ -91,7 +93,7 @@ def bench_stack(real_stack: RealStack) -> Iterator[BenchStack]:
     try:
         for queue in ("orders", "shipping"):
             name = f"worker-{queue}"
-            stack.start_process(
+            start_process(
                 cfg,
                 name,
                 [py, "-m", "app.worker", "--queue", queue],
@@ -101,7 +103,7 @@ def bench_stack(real_stack: RealStack) -> Iterator[BenchStack]:
                 cwd=PROJECT_ROOT,
             )
         url = f"http://{settings.api_host}:{settings.api_port}/health"
-        stack.start_process(
+        start_process(
             cfg,
             "app",
             [py, "-m", "app.api"],
@@ -112,7 +114,7 @@ def bench_stack(real_stack: RealStack) -> Iterator[BenchStack]:
         )
         yield BenchStack(settings, cfg)
     finally:
-        stack.stop_all(cfg, list(SERVICES))
+        stop_all(cfg, list(SERVICES))
 
 
 def test_discovers_the_stack_processes(bench_stack: BenchStack) -> None:

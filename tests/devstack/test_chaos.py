@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 
 from app.platform.settings import PROJECT_ROOT
-from devstack.chaos_adversarial import KINDS
-from devstack.chaos_checks import VIOLATIONS
+from devstack.chaos.adversarial import KINDS
+from devstack.chaos.checks import VIOLATIONS
 from tests.helpers import CliStack, describe, leftover_processes, stack_env
 
 pytestmark = pytest.mark.e2e

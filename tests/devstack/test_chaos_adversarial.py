@@ -1,4 +1,4 @@
-"""The adversarial chaos mix (devstack/chaos_adversarial.py), without a stack: drawn from
+"""The adversarial chaos mix (devstack/chaos/adversarial.py), without a stack: drawn from
 the seed, every kind present, ids legal for clients and colliding where they should."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from app.orders.identity import RETRY_MARK
 from app.orders.validation import order_id_problem, payment_id_problem
 from app.service.errors import OrderConflict
 from app.service.inputs import parse_line_items
-from devstack.chaos import _count, _names_payment
-from devstack.chaos_adversarial import KINDS, counts, plain_orders, plan_orders
+from devstack.chaos.adversarial import KINDS, counts, plain_orders, plan_orders
+from devstack.chaos.run import _count, _names_payment
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,4 @@
-"""The chaos run's invariant checker and fault plan (devstack/chaos_*.py), without a stack.
+"""The chaos run's invariant checker and fault plan (devstack/chaos/), without a stack.
 
 A checker that never complains proves nothing: each violation kind is shown to be caught
 on facts built to break it, and a healthy order of each ending passes.
@@ -13,7 +13,7 @@ import pytest
 
 from app.orders.identity import first_reference, retry_of, retry_reference
 from app.orders.providers.api import charge_key, dispatch_key, refund_key
-from devstack.chaos_checks import (
+from devstack.chaos.checks import (
     COMPENSATION_KINDS,
     VIOLATIONS,
     OrderFacts,
@@ -22,7 +22,7 @@ from devstack.chaos_checks import (
     deferred_checks,
     key_problem,
 )
-from devstack.chaos_faults import ChaosOptions, plan_faults
+from devstack.chaos.faults import ChaosOptions, plan_faults
 
 pytestmark = pytest.mark.unit
 

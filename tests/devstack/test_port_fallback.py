@@ -23,17 +23,16 @@ from pydantic import create_model
 from sqlalchemy.engine import make_url
 
 from app.platform.settings import Settings
-from devstack import services, stack
-from devstack.processes import remove_pid, write_pid
-from devstack.services import (
+from devstack.stack import infra, lifecycle, postgres, processes, temporal_server
+from devstack.stack.addresses import (
     client_settings,
     move_postgres_if_taken,
     port_file,
     stack_config,
-    start_stack,
-    taken_ports,
 )
-from devstack.stack import POSTGRES, TEMPORAL, ServiceStatus, StackError
+from devstack.stack.config import POSTGRES, TEMPORAL, ServiceStatus, StackConfig, StackError
+from devstack.stack.lifecycle import start_stack, taken_ports
+from devstack.stack.processes import port_in_use, process_status, remove_pid, write_pid
 from tests.helpers import RealStack, stack_env
 from tests.ports import free_port
 
@@ -69,7 +68,7 @@ def test_a_taken_default_port_moves_postgres_for_one_start_only(
     message = move_postgres_if_taken(settings, cfg)
     assert message is not None and f"port {taken_default} is in use" in message
     assert cfg.postgres_port != taken_default
-    assert stack.port_in_use(cfg.host, cfg.postgres_port) is None
+    assert port_in_use(cfg.host, cfg.postgres_port) is None
     # Nothing is kept: with nothing running, the next command (or start) is on the default.
     assert not port_file(cfg).exists() and not (tmp_path / "postgres.port").exists()
     assert stack_config(settings).postgres_port == taken_default
@@ -137,7 +136,7 @@ def test_the_moved_port_counts_only_while_the_stack_runs(tmp_path: Path) -> None
     me = psutil.Process()
     write_pid(cfg, "worker-orders", me.pid, me.cmdline())
     try:
-        assert stack.process_status(cfg, "worker-orders").running
+        assert process_status(cfg, "worker-orders").running
         assert stack_config(settings).postgres_port == default + 1
         assert f":{default + 1}/" in client_settings(settings).database_url_plain
     finally:
@@ -155,33 +154,33 @@ def test_a_failed_start_stops_what_it_started_and_forgets_the_port(
     stopped: list[str] = []
     kept_while_running: list[str] = []
 
-    def status(cfg: stack.StackConfig, name: str) -> ServiceStatus:
+    def status(cfg: StackConfig, name: str) -> ServiceStatus:
         return ServiceStatus(
             name, os.getpid() if name in running else None, name in running, cfg.log_path(name)
         )
 
     def start(name: str) -> Any:
-        def run(cfg: stack.StackConfig, timeout: float = 60.0) -> str:
+        def run(cfg: StackConfig, timeout: float = 60.0) -> str:
             running.add(name)
             return f"{name}: started on {cfg.postgres_port}"
 
         return run
 
-    def migrate(cfg: stack.StackConfig) -> str:
+    def migrate(cfg: StackConfig) -> str:
         kept_while_running.append(port_file(cfg).read_text().strip())
         raise StackError("database migrations failed: boom")
 
-    def stop_all(cfg: stack.StackConfig, names: list[str], timeout: float = 10.0) -> list[str]:
+    def stop_all(cfg: StackConfig, names: list[str], timeout: float = 10.0) -> list[str]:
         stopped.extend(names)
         running.difference_update(names)
         return []
 
-    monkeypatch.setattr(stack, "process_status", status)
-    monkeypatch.setattr(stack, "start_postgres", start(POSTGRES))
-    monkeypatch.setattr(stack, "start_temporal", start(TEMPORAL))
-    monkeypatch.setattr(stack, "stop_all", stop_all)
-    monkeypatch.setattr(services, "_check_ports", lambda cfg, svcs: None)
-    monkeypatch.setattr(services, "_migrate", migrate)
+    monkeypatch.setattr(processes, "process_status", status)
+    monkeypatch.setattr(postgres, "start_postgres", start(POSTGRES))
+    monkeypatch.setattr(temporal_server, "start_temporal", start(TEMPORAL))
+    monkeypatch.setattr(infra, "stop_all", stop_all)
+    monkeypatch.setattr(lifecycle, "_check_ports", lambda cfg, svcs: None)
+    monkeypatch.setattr(lifecycle, "_migrate", migrate)
     (tmp_path / "postgres.port").write_text("5433\n")  # left by an earlier version: gone
     reports: list[str] = []
     with pytest.raises(StackError, match="boom"):

@@ -24,23 +24,18 @@ from temporalio.api.workflowservice.v1 import (
 from temporalio.client import Client
 
 from app.platform.settings import PROJECT_ROOT, Settings
-from devstack.stack import (
+from devstack.stack.config import (
     POSTGRES,
     TEMPORAL,
     StackConfig,
     StackError,
-    all_statuses,
     database_url,
-    process_status,
-    start_infra,
-    start_postgres,
-    start_process,
-    start_temporal,
-    stop_all,
-    stop_process,
-    tail_log,
     temporal_target,
 )
+from devstack.stack.infra import start_infra, stop_all, stop_process
+from devstack.stack.postgres import start_postgres
+from devstack.stack.processes import all_statuses, process_status, start_process, tail_log
+from devstack.stack.temporal_server import start_temporal
 from tests.ports import free_ports
 
 pytestmark = pytest.mark.integration

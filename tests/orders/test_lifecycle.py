@@ -12,7 +12,7 @@ from temporalio.client import WorkflowFailureError
 from app.orders.models import SIGNAL_APPROVE, ApproveRequest, order_workflow_id
 from app.platform.tables import Event, Order
 from app.service.errors import OrderConflict
-from devstack.chaos_checks import STATE_EVENT
+from devstack.chaos.checks import STATE_EVENT
 from tests.helpers import (
     ADDRESS,
     HAPPY_PATH_EVENTS,

@@ -23,8 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.platform.settings import CARRIER_DB, GATEWAY_DB, Settings
-from devstack.bench import check_api, code_version, connect_temporal, machine_info
-from devstack.bench_measure import (
+from devstack.bench.measure import (
     BenchError,
     PhaseResult,
     Progress,
@@ -36,8 +35,9 @@ from devstack.bench_measure import (
     rounded,
     worker_pids,
 )
-from devstack.bench_phases import OrdersPhase
-from devstack.services import stack_config
+from devstack.bench.phases import OrdersPhase
+from devstack.bench.run import check_api, code_version, connect_temporal, machine_info
+from devstack.stack.addresses import stack_config
 from devstack.sync import run_sync
 
 QUARTERS = 4

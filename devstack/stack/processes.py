@@ -21,7 +21,7 @@ from typing import Any
 
 import psutil
 
-from devstack.stack_config import (
+from devstack.stack.config import (
     _LOG_ROTATE_BYTES,
     _NAME_RE,
     INFRA_SERVICES,

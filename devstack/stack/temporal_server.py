@@ -11,7 +11,14 @@ from datetime import timedelta
 import psutil
 
 from app.orders.search import SEARCH_ATTRIBUTES
-from devstack.processes import (
+from devstack.stack.config import (
+    TEMPORAL,
+    StackConfig,
+    temporal_binary,
+    temporal_target,
+    temporal_ui_url,
+)
+from devstack.stack.processes import (
     child_env,
     cmdline,
     find_process,
@@ -23,13 +30,6 @@ from devstack.processes import (
     stop_locked,
     wait_ready,
     wait_until,
-)
-from devstack.stack_config import (
-    TEMPORAL,
-    StackConfig,
-    temporal_binary,
-    temporal_target,
-    temporal_ui_url,
 )
 from devstack.sync import run_sync
 

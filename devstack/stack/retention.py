@@ -1,7 +1,7 @@
 """How long the Temporal namespace keeps closed workflow histories (`cli.py retention`,
 TEMPORAL_NAMESPACE_RETENTION at `cli.py start`), through the `temporal` CLI.
 
-Callers pass the settings that point at the stack (devstack.services.client_settings).
+Callers pass the settings that point at the stack (devstack.stack.addresses.client_settings).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 import re
 
 from app.platform.settings import Settings
-from devstack import stack
+from devstack.stack.config import temporal_binary
 from devstack.tools import ToolError, run_tool
 
 _RETENTION_RE = re.compile(r"^\s*(\d+)\s*([dhm])\s*$")
@@ -32,7 +32,7 @@ def retention_hours(value: str) -> int:
 
 def _temporal_cli(target: Settings, *args: str) -> str:
     argv = [
-        str(stack.temporal_binary()),
+        str(temporal_binary()),
         *args,
         "--address",
         target.temporal_target,

@@ -19,7 +19,7 @@ from temporalio.client import Client
 
 from app.orders.models import DEMO_ADDRESS
 from app.platform.settings import Settings
-from devstack.bench_measure import (
+from devstack.bench.measure import (
     ApproveVia,
     BenchError,
     CpuMeter,
@@ -220,7 +220,7 @@ class BaselineWorkers:
             argv = [
                 sys.executable,
                 "-m",
-                "devstack.bench_baseline",
+                "devstack.bench.baseline",
                 "--queue",
                 queue,
                 "--task-queue",
@@ -244,7 +244,7 @@ class BaselineWorkers:
 
     async def start(self, timeout: float = 60.0) -> None:
         """Start both workers and wait until each says its pollers run."""
-        from devstack.bench_baseline import READY_MARKER
+        from devstack.bench.baseline import READY_MARKER
 
         self._spawn()
         deadline = time.monotonic() + timeout
@@ -293,7 +293,7 @@ class BaselinePhase:
         self.features = features
 
     async def one(self, i: int) -> tuple[float, float]:
-        from devstack.bench_baseline import (
+        from devstack.bench.baseline import (
             BASELINE_SIGNAL,
             BASELINE_WORKFLOW,
             BaselineInput,

@@ -78,13 +78,13 @@ def discover_processes(settings: Settings) -> dict[str, list[int]]:
     """Pids of the stack's processes by service name, from the run folder's pid files
     (`cli.py start`); workers not found there are looked up by command line
     (`app.worker` with this stack's TEMPORAL_TARGET in its environment)."""
-    from devstack import services as stack_services
-    from devstack import stack
+    from devstack.stack.addresses import stack_config
+    from devstack.stack.processes import all_statuses
 
     found: dict[str, list[int]] = {}
     with contextlib.suppress(Exception):
-        cfg = stack_services.stack_config(settings)
-        for status in stack.all_statuses(cfg):
+        cfg = stack_config(settings)
+        for status in all_statuses(cfg):
             if status.running and status.pid is not None:
                 found[status.name] = [status.pid]
     if not any(name.startswith("worker") for name in found):

@@ -16,14 +16,14 @@ What happens, in one process that talks to the running stack like any client:
    reported apart (`settling`), not judged early: the reconciliation judges what never
    lands.
 4. Invariants, per order, from PostgreSQL, Temporal and the gateway's and carrier's own
-   ledgers (devstack/chaos_checks.py): terminal, charged at most once per run, refunded
+   ledgers (devstack/chaos/checks.py): terminal, charged at most once per run, refunded
    when it did not ship, database state equal to the workflow's outcome and to the
    ledgers, one carrier booking at most, an event row for the state it is in, and keys,
    charges and bookings of its own.
 
 With `adversarial`, the orders mix in colliding ids and payments, free orders, cancels at
 random moments and while orders close, and retries of FAILED orders
-(devstack/chaos_adversarial.py); the reconciliation runs at the end and its report is part
+(devstack/chaos/adversarial.py); the reconciliation runs at the end and its report is part
 of the verdict.
 
 The fault plan and order timing come from the seed; the outcome of each external call
@@ -66,8 +66,7 @@ from app.platform.tables import Event, Order, Payment
 from app.platform.temporal import connect_client, runtime_with_core_logs
 from app.service.errors import InvalidInput, OrderConflict, OrderNotFound
 from app.service.orders import OrderService
-from devstack import services as stack_services
-from devstack.chaos_adversarial import (
+from devstack.chaos.adversarial import (
     CANCEL_WITHIN_S,
     KINDS,
     RETRY_CANCEL_SHARE,
@@ -75,7 +74,7 @@ from devstack.chaos_adversarial import (
     plain_orders,
     plan_orders,
 )
-from devstack.chaos_checks import (
+from devstack.chaos.checks import (
     TERMINAL,
     VIOLATIONS,
     OrderFacts,
@@ -83,7 +82,7 @@ from devstack.chaos_checks import (
     check_order,
     deferred_checks,
 )
-from devstack.chaos_faults import (
+from devstack.chaos.faults import (
     ChaosOptions,
     PlannedFault,
     execute_fault,
@@ -91,7 +90,8 @@ from devstack.chaos_faults import (
     plan_faults,
     stopped_services,
 )
-from devstack.chaos_ledgers import carrier_ledger, gateway_ledger, ledger_keys
+from devstack.chaos.ledgers import carrier_ledger, gateway_ledger, ledger_keys
+from devstack.stack.addresses import client_settings, stack_config
 
 # A start or approval that fails (Temporal or PostgreSQL restarting) is retried this long:
 # longer than any planned outage, so a lost order means something really broke.
@@ -161,10 +161,10 @@ class _Run:
         self, settings: Settings, opts: ChaosOptions, progress: Callable[[str], None]
     ) -> None:
         self.settings = settings  # as `cli.py start` sees them: restarts use these
-        self.client_settings = stack_services.client_settings(settings)
+        self.client_settings = client_settings(settings)
         self.opts = opts
         self.progress = progress
-        self.cfg = stack_services.stack_config(settings)
+        self.cfg = stack_config(settings)
         self.deadline_s = (
             opts.order_deadline_s or self.client_settings.order_deadline_s or ORDER_DEADLINE_S
         )

@@ -1,4 +1,4 @@
-"""Bare-Temporal baseline for the benchmark (`devstack/bench.py`): the order's shape, no business.
+"""Bare-Temporal baseline for the benchmark (`devstack/bench/run.py`): the order's shape, no business.
 
 `BaselineOrderWorkflow` has the same Temporal shape as `OrderWorkflow` on the happy path:
 two activities (receive, validate), a wait for the `approve_order` signal, one activity
@@ -16,8 +16,8 @@ difference to the bare shape is what those features cost the dev server.
 
 Run one worker process per task queue, like the order system:
 
-    python -m devstack.bench_baseline --queue orders   --task-queue bench-base-orders
-    python -m devstack.bench_baseline --queue shipping --task-queue bench-base-shipping
+    python -m devstack.bench.baseline --queue orders   --task-queue bench-base-orders
+    python -m devstack.bench.baseline --queue shipping --task-queue bench-base-shipping
 
 The worker prints `baseline worker running` once its pollers run; it stops on SIGTERM/SIGINT.
 Worker options are the order workers' (`app/platform/worker_tuning.py`: MAX_CONCURRENT_ACTIVITIES,

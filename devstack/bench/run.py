@@ -12,7 +12,7 @@ default the embedded one started by `cli.py start`:
    the workflow's close event, seen by a long poll on its history (`handle.result()`),
    which costs one request per order instead of a stream of status polls.
 2. **baseline**: the same number of workflows of the same shape on bare Temporal
-   (`devstack/bench_baseline.py`: no API, no database, no-op activities), started by a Temporal
+   (`devstack/bench/baseline.py`: no API, no database, no-op activities), started by a Temporal
    client at the same concurrency on the same dev server, with two worker processes (one
    per task queue) that this function starts and stops.
    Orders and baseline are measured in alternating chunks, baseline-orders-orders-baseline
@@ -49,7 +49,7 @@ import psutil
 from temporalio.client import Client
 
 from app.platform.settings import Settings
-from devstack.bench_measure import (
+from devstack.bench.measure import (
     ApproveVia,
     BaselineShape,
     BenchError,
@@ -66,7 +66,7 @@ from devstack.bench_measure import (
     rounded,
     worker_pids,
 )
-from devstack.bench_phases import BaselinePhase, BaselineWorkers, OrdersPhase, status_load
+from devstack.bench.phases import BaselinePhase, BaselineWorkers, OrdersPhase, status_load
 from devstack.sync import run_sync
 
 RESULT_KEYS = (
@@ -126,7 +126,7 @@ async def run_bench(
     RSS is reported); default from the run folder's pid files or the command lines.
     `baseline=False` skips phase 2 (baseline_per_s and ratio are then None);
     `baseline_shape="features"` gives the baseline the order's search attributes and
-    deadline timer (devstack/bench_baseline.py): what is left is our code's cost;
+    deadline timer (devstack/bench/baseline.py): what is left is our code's cost;
     `status_seconds=0` skips phase 3 (status_rps is then None).
     """
     if orders < 1 or concurrency < 1:

@@ -47,9 +47,11 @@ from pathlib import Path
 from typing import Any
 
 from app.platform.settings import CARRIER_DB, GATEWAY_DB, Settings
-from devstack import services as stack_services
-from devstack import stack
-from devstack.stack import POSTGRES, StackConfig
+from devstack.stack.addresses import move_postgres_if_taken, stack_config
+from devstack.stack.app_processes import ALL_SERVICES
+from devstack.stack.config import POSTGRES, StackConfig, postgres_bin_dir
+from devstack.stack.postgres import start_postgres, stop_postgres
+from devstack.stack.processes import process_status
 from devstack.tools import ToolError, run_tool
 
 MANIFEST = "manifest.json"
@@ -161,7 +163,7 @@ def _dump_database(cfg: StackConfig, database: str, target: Path, count: Counter
                 snapshot = await conn.fetchval("select pg_export_snapshot()")
                 rows = await count(conn)
                 proc = await asyncio.create_subprocess_exec(
-                    str(stack.postgres_bin_dir() / "pg_dump"),
+                    str(postgres_bin_dir() / "pg_dump"),
                     *_pg_conn_args(cfg, database),
                     f"--snapshot={snapshot}",
                     "--format=custom",
@@ -235,10 +237,10 @@ def default_output(cfg: StackConfig) -> Path:
 def backup(settings: Settings, output: Path | None = None) -> dict[str, Any]:
     """Copy the embedded stack's Temporal state, then dump its database, then the providers'
     ledgers; the manifest."""
-    cfg = stack_services.stack_config(settings)
+    cfg = stack_config(settings)
     if not cfg.temporal_db.is_file():
         raise BackupError(f"no Temporal state at {cfg.temporal_db}; has the stack been started?")
-    if not stack.process_status(cfg, POSTGRES).running:
+    if not process_status(cfg, POSTGRES).running:
         raise BackupError(
             "PostgreSQL is not running (pg_dump needs it); start the stack first: "
             "python scripts/cli.py start"
@@ -319,7 +321,7 @@ def _backup_ledgers(manifest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 def _pg_restore(cfg: StackConfig, database: str, dump: Path) -> None:
     run_tool(
         [
-            str(stack.postgres_bin_dir() / "pg_restore"),
+            str(postgres_bin_dir() / "pg_restore"),
             *_pg_conn_args(cfg, database),
             "--clean",
             "--if-exists",
@@ -353,15 +355,11 @@ def _refuse_data(cfg: StackConfig, ledgers: Mapping[str, Any]) -> None:
 
 def restore(settings: Settings, folder: Path, *, force: bool = False) -> list[str]:
     """Load a backup into the embedded stack of `settings` (which must be stopped)."""
-    cfg = stack_services.stack_config(settings)
+    cfg = stack_config(settings)
     folder = folder.expanduser().resolve()
     manifest = read_manifest(folder)
     ledgers = _backup_ledgers(manifest)
-    busy = [
-        n
-        for n in stack_services.ALL_SERVICES
-        if n != POSTGRES and stack.process_status(cfg, n).running
-    ]
+    busy = [n for n in ALL_SERVICES if n != POSTGRES and process_status(cfg, n).running]
     if busy:
         raise BackupError(
             f"stop the stack first ({', '.join(busy)} running): restore replaces Temporal's "
@@ -374,13 +372,13 @@ def restore(settings: Settings, folder: Path, *, force: bool = False) -> list[st
             "to replace this stack's state (the old files are kept beside it)"
         )
     messages: list[str] = []
-    started_pg = not stack.process_status(cfg, POSTGRES).running
+    started_pg = not process_status(cfg, POSTGRES).running
     if started_pg:
         # Only for the restore: a port it moves to is not kept (the start picks its own).
-        moved = stack_services.move_postgres_if_taken(settings, cfg)
+        moved = move_postgres_if_taken(settings, cfg)
         if moved:
             messages.append(moved)
-        messages.append(stack.start_postgres(cfg))
+        messages.append(start_postgres(cfg))
     try:
         if not force:
             _refuse_data(cfg, ledgers)
@@ -410,7 +408,7 @@ def restore(settings: Settings, folder: Path, *, force: bool = False) -> list[st
             )
     finally:
         if started_pg:
-            messages.append(stack.stop_postgres(cfg))
+            messages.append(stop_postgres(cfg))
     messages.append(_put_temporal_db(cfg, folder / TEMPORAL_FILE, replace=has_temporal))
     return messages
 

@@ -16,11 +16,20 @@ from typing import Any
 import psutil
 
 from app.platform.settings import Settings
-from devstack import services as stack_services
-from devstack import stack
-from devstack.stack import POSTGRES, TEMPORAL, StackConfig, StackError
+from devstack.stack.addresses import stack_config
+from devstack.stack.app_processes import (
+    ALL_SERVICES,
+    WORKER_ORDERS,
+    WORKER_SHIPPING,
+    app_services,
+    start_app_service,
+)
+from devstack.stack.config import POSTGRES, TEMPORAL, StackConfig, StackError
+from devstack.stack.postgres import start_postgres, stop_postgres
+from devstack.stack.processes import port_in_use, process_status
+from devstack.stack.temporal_server import start_temporal, stop_temporal
 
-WORKERS = (stack_services.WORKER_ORDERS, stack_services.WORKER_SHIPPING)
+WORKERS = (WORKER_ORDERS, WORKER_SHIPPING)
 
 
 @dataclass
@@ -48,7 +57,7 @@ class ChaosOptions:
     settle_wait_s: float = 120.0
     # Mix in colliding ids and payment ids, free orders, cancels at random moments and
     # while closing, retries of FAILED orders; reconcile at the end
-    # (devstack/chaos_adversarial.py).
+    # (devstack/chaos/adversarial.py).
     adversarial: bool = False
 
 
@@ -88,7 +97,7 @@ def plan_faults(opts: ChaosOptions, rng: random.Random) -> list[PlannedFault]:
 def _wait_stopped(cfg: StackConfig, name: str, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     # process_status also reaps a child of ours (a worker this run restarted earlier).
-    while stack.process_status(cfg, name).running:
+    while process_status(cfg, name).running:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
@@ -102,7 +111,7 @@ def _ports_of(settings: Settings, cfg: StackConfig, name: str) -> list[int]:
         ports = [cfg.temporal_port, cfg.metrics_port]
         ports += [] if cfg.headless else [cfg.temporal_ui_port]
         return ports + ([cfg.temporal_http_port] if cfg.temporal_http_port else [])
-    return [svc.port for svc in stack_services.app_services(settings) if svc.name == name]
+    return [svc.port for svc in app_services(settings) if svc.name == name]
 
 
 def _wait_ports_free(cfg: StackConfig, ports: list[int], timeout: float) -> None:
@@ -110,20 +119,20 @@ def _wait_ports_free(cfg: StackConfig, ports: list[int], timeout: float) -> None
     before its last thread exits and its listening sockets close; restarting in that
     moment fails with "port in use". Wait it out."""
     deadline = time.monotonic() + timeout
-    while any(stack.port_in_use(cfg.host, port) for port in ports):
+    while any(port_in_use(cfg.host, port) for port in ports):
         if time.monotonic() > deadline:
             return  # the start that follows reports who holds it
         time.sleep(0.1)
 
 
 def stopped_services(cfg: StackConfig) -> list[str]:
-    return [n for n in stack_services.ALL_SERVICES if not stack.process_status(cfg, n).running]
+    return [n for n in ALL_SERVICES if not process_status(cfg, n).running]
 
 
 def _crash(cfg: StackConfig, name: str) -> int | None:
     """SIGKILL a service's whole process group (a postmaster and its backends die together,
     as in a machine crash), then wait until it is gone."""
-    pid = stack.process_status(cfg, name).pid
+    pid = process_status(cfg, name).pid
     if pid is None:
         return None
     try:
@@ -150,8 +159,8 @@ def _crash(cfg: StackConfig, name: str) -> int | None:
 _SERVER_CONTROL: dict[
     str, tuple[Callable[[StackConfig], str], Callable[[StackConfig, float], str]]
 ] = {
-    TEMPORAL: (stack.stop_temporal, stack.start_temporal),
-    POSTGRES: (stack.stop_postgres, stack.start_postgres),
+    TEMPORAL: (stop_temporal, start_temporal),
+    POSTGRES: (stop_postgres, start_postgres),
 }
 
 
@@ -163,12 +172,12 @@ def execute_fault(
     Restarts stop Temporal and PostgreSQL the supervisor's way (SIGTERM, `pg_ctl -m fast`);
     with `hard` they are SIGKILLed instead, so recovery from a crash is what is tested.
     """
-    cfg = stack_services.stack_config(settings)
+    cfg = stack_config(settings)
     record: dict[str, Any] = {"kind": fault.kind, "target": fault.target, "ok": True}
     began = time.monotonic()
     try:
         if fault.kind == "kill_worker":
-            status = stack.process_status(cfg, fault.target)
+            status = process_status(cfg, fault.target)
             if status.pid is None:
                 record["note"] = "was not running"
             else:
@@ -177,11 +186,11 @@ def execute_fault(
                 if not _wait_stopped(cfg, fault.target, 10.0):
                     raise StackError(f"{fault.target} (pid {status.pid}) survived SIGKILL")
             _wait_ports_free(cfg, _ports_of(settings, cfg, fault.target), 15.0)
-            stack_services.start_app_service(settings, fault.target, timeout)
-            record["new_pid"] = stack.process_status(cfg, fault.target).pid
+            start_app_service(settings, fault.target, timeout)
+            record["new_pid"] = process_status(cfg, fault.target).pid
         elif fault.kind in ("restart_temporal", "restart_postgres"):
             stop, start = _SERVER_CONTROL[fault.target]
-            record["pid"] = stack.process_status(cfg, fault.target).pid
+            record["pid"] = process_status(cfg, fault.target).pid
             record["mode"] = "SIGKILL" if hard else "stop"
             if hard:
                 _crash(cfg, fault.target)
@@ -189,7 +198,7 @@ def execute_fault(
                 stop(cfg)
             _wait_ports_free(cfg, _ports_of(settings, cfg, fault.target), 15.0)
             start(cfg, timeout)
-            record["new_pid"] = stack.process_status(cfg, fault.target).pid
+            record["new_pid"] = process_status(cfg, fault.target).pid
         else:
             raise StackError(f"unknown fault {fault.kind!r}")
     except (StackError, OSError) as err:
@@ -205,17 +214,17 @@ def execute_fault(
 
 def heal(settings: Settings, timeout: float = 90.0) -> list[str]:
     """Start whatever is not running (after a failed restart or an unexpected exit)."""
-    cfg = stack_services.stack_config(settings)
+    cfg = stack_config(settings)
     messages = []
     for name in stopped_services(cfg):
         _wait_ports_free(cfg, _ports_of(settings, cfg, name), 15.0)
         try:
             if name == POSTGRES:
-                messages.append(stack.start_postgres(cfg, timeout))
+                messages.append(start_postgres(cfg, timeout))
             elif name == TEMPORAL:
-                messages.append(stack.start_temporal(cfg, timeout))
+                messages.append(start_temporal(cfg, timeout))
             else:
-                messages.append(stack_services.start_app_service(settings, name, timeout))
+                messages.append(start_app_service(settings, name, timeout))
         except StackError as err:
             messages.append(f"{name}: could not start: {err}")
     return messages
