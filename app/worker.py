@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import AsyncExitStack
 from datetime import timedelta
+from typing import Any
 
 from prometheus_client import REGISTRY, start_http_server
 from prometheus_client.metrics_core import Metric
@@ -21,19 +22,28 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio import workflow
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
 from temporalio.runtime import PrometheusConfig, Runtime
-from temporalio.worker import Worker
+from temporalio.worker import (
+    ExecuteWorkflowInput,
+    Interceptor,
+    Worker,
+    WorkflowInboundInterceptor,
+    WorkflowInterceptorClassInput,
+)
 
 from app.orders.activities import OrderActivities, ShippingActivities
-from app.orders.faults import FaultInjector, OrderIntake
+from app.orders.faults import FaultInjector, FaultProfile, OrderIntake
+from app.orders.models import ERR_INVALID_ORDER, OrderInput
 from app.orders.providers.wiring import Simulators, open_simulators
 from app.orders.reconciliation.activities import ReconciliationActivities
 from app.orders.reconciliation.workflow import ReconciliationWorkflow
 from app.orders.workflows import OrderWorkflow, ShippingWorkflow
 from app.platform.db import engine_from_settings, session_factory
 from app.platform.logging_setup import configure_logging
-from app.platform.settings import Settings, get_settings_or_exit
+from app.platform.settings import Settings, get_settings_or_exit, require_production_ready
 from app.platform.temporal import connect_with_retry, runtime_with_core_logs
 from app.platform.worker_tuning import worker_tuning
 
@@ -56,8 +66,67 @@ async def wait_for_database(engine: AsyncEngine, timeout: float = 60.0) -> None:
             await asyncio.sleep(1.0)
 
 
+class _ServerFaultsOnly(FaultInjector):
+    """The worker's own FAULT_PROFILE for every call: a profile named by an order or a
+    reconciliation run is a test knob, applied only where ALLOW_FAULT_INJECTION is on."""
+
+    def profile(self, spec: str | None) -> FaultProfile:
+        return self.default
+
+
 def fault_injector(settings: Settings) -> FaultInjector:
-    return FaultInjector(settings.fault_profile, settings.fault_seed)
+    kind = FaultInjector if settings.allow_fault_injection else _ServerFaultsOnly
+    return kind(settings.fault_profile, settings.fault_seed)
+
+
+def refused_knob(args: Sequence[Any], settings: Settings) -> str | None:
+    """The per-order test knob a workflow input carries that this worker does not allow
+    (None: none). Timings equal to the worker's own REVIEW_TIMEOUT_S / ORDER_DEADLINE_S
+    are its configuration, not a knob (the API and CLI copy theirs into each input)."""
+    if settings.allow_fault_injection:
+        return None
+    for arg in args:
+        if getattr(arg, "fault_profile", None) is not None:
+            return "fault_profile"
+        if isinstance(arg, OrderInput):
+            if arg.review_timeout_s != settings.review_timeout_s:
+                return "review_timeout_s"
+            if arg.deadline_s != settings.order_deadline_s:
+                return "deadline_s"
+    return None
+
+
+class TestKnobGuard(Interceptor):
+    """Workers refuse a run whose input carries a test knob they do not allow, before the
+    workflow does anything: such an input can only come from a client that went round
+    the API's and CLI's refusals (a direct Temporal start). The run fails with
+    InvalidOrder, naming the knob; no provider is called."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def workflow_interceptor_class(
+        self, input: WorkflowInterceptorClassInput
+    ) -> type[WorkflowInboundInterceptor] | None:
+        settings = self.settings
+
+        class _Refuse(WorkflowInboundInterceptor):
+            async def execute_workflow(self, input: ExecuteWorkflowInput) -> Any:
+                knob = refused_knob(input.args, settings)
+                if knob is not None:
+                    workflow.logger.warning(
+                        "input refused: a test knob this worker does not allow",
+                        extra={"knob": knob},
+                    )
+                    raise ApplicationError(
+                        f"{knob} is refused: fault injection and timing overrides are "
+                        "disabled on this worker (ALLOW_FAULT_INJECTION=false)",
+                        type=ERR_INVALID_ORDER,
+                        non_retryable=True,
+                    )
+                return await super().execute_workflow(input)
+
+        return _Refuse
 
 
 def build_workers(
@@ -67,7 +136,10 @@ def build_workers(
     queue: str,
     providers: Simulators,
 ) -> list[Worker]:
+    # The production guard, for every worker built (settings copies are never validated).
+    require_production_ready(settings)
     sessions = session_factory(engine)
+    guard = [] if settings.allow_fault_injection else [TestKnobGuard(settings)]
     intake = OrderIntake(fault_injector(settings))
     workers: list[Worker] = []
     tuning = worker_tuning(settings)
@@ -94,6 +166,7 @@ def build_workers(
                     audit.reconcile,
                 ],
                 graceful_shutdown_timeout=drain,
+                interceptors=guard,
                 **tuning,
             )
         )
@@ -106,6 +179,7 @@ def build_workers(
                 workflows=[ShippingWorkflow],
                 activities=[ship.prepare_package, ship.dispatch_carrier],
                 graceful_shutdown_timeout=drain,
+                interceptors=guard,
                 **tuning,
             )
         )

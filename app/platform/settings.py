@@ -9,7 +9,9 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+
+from app.platform.api_keys import ApiKeyConfigError, parse_api_keys
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # The embedded stack's database password (the guide's): refused when DEPLOYMENT=production.
@@ -23,7 +25,11 @@ class Settings(BaseSettings):
     # The project's .env, then one in the working directory (which wins), so the CLI reads
     # the same settings from any folder.
     model_config = SettingsConfigDict(
-        env_file=(PROJECT_ROOT / ".env", ".env"), env_file_encoding="utf-8", extra="ignore"
+        env_file=(PROJECT_ROOT / ".env", ".env"),
+        env_file_encoding="utf-8",
+        extra="ignore",
+        # A validation error never quotes what it was given: secrets are settings too.
+        hide_input_in_errors=True,
     )
 
     # embedded: the one-machine dev stack (defaults that just work); production: refuses
@@ -69,6 +75,10 @@ class Settings(BaseSettings):
     # TLS to PostgreSQL: disable, require (encrypt), verify-full (encrypt + check CA/host).
     database_sslmode: str = "disable"
     database_ssl_ca: Path | None = None
+    # Production refuses DATABASE_SSLMODE=disable unless this says plainly that the
+    # database link is private (e.g. compose's own network): the password and every order
+    # would cross it in clear.
+    allow_plaintext_database: bool = False
 
     # OpenTelemetry tracing (off by default); spans to OTLP/HTTP when an endpoint is set.
     otel_enabled: bool = False
@@ -88,6 +98,12 @@ class Settings(BaseSettings):
     api_port: int = 8000
     # "name:key:role1+role2,name2:key2:role"; roles: viewer, operator, reviewer, admin
     api_keys: SecretStr = SecretStr("")
+    # Host names the API answers to (the Host header, without port), comma-separated; a
+    # request naming another host is refused (403), so a web page on a name that resolves
+    # to this machine cannot read or drive the API (DNS rebinding). Empty: loopback names
+    # (localhost, 127.0.0.1, ::1) and API_HOST. `*`: any host (behind a proxy that checks
+    # it; refused without API_KEYS). The health probes answer whatever the Host.
+    api_allowed_hosts: str = ""
     temporal_ui_url: str = "http://127.0.0.1:8233"
 
     # Embedded stack
@@ -119,19 +135,20 @@ class Settings(BaseSettings):
     def _upper(cls, v: str) -> str:
         return v.upper()
 
+    @field_validator("database_url")
+    @classmethod
+    def _parsable_url(cls, v: SecretStr) -> SecretStr:
+        # Checked here, in every deployment: SQLAlchemy's own parse errors quote the part
+        # of the URL they choke on, which may be the password.
+        if parse_database_url(v.get_secret_value()) is None:
+            raise ValueError(BAD_DATABASE_URL)
+        return v
+
     @model_validator(mode="after")
     def _production_is_locked_down(self) -> Settings:
-        if self.deployment != "production":
-            return self
-        problems = []
-        if make_url(self.database_url_plain).password in (None, "", DEFAULT_DB_PASSWORD):
-            problems.append("DATABASE_URL has the default database password")
-        if not self.api_keys.get_secret_value().strip():
-            problems.append("API_KEYS is empty (every caller would hold every role)")
-        if self.allow_fault_injection:
-            problems.append("ALLOW_FAULT_INJECTION is on")
+        problems = production_problems(self)
         if problems:
-            raise ValueError("DEPLOYMENT=production refuses this: " + "; ".join(problems))
+            raise ValueError(refusal(problems))
         return self
 
     @property
@@ -148,8 +165,85 @@ class Settings(BaseSettings):
 
     def _sibling(self, database: str) -> str:
         """The app's database URL with another database name."""
-        url = make_url(self.database_url_plain).set(database=database)
-        return url.render_as_string(hide_password=False)
+        url = parse_database_url(self.database_url_plain)
+        if url is None:
+            raise ValueError(BAD_DATABASE_URL)
+        return url.set(database=database).render_as_string(hide_password=False)
+
+
+BAD_DATABASE_URL = (
+    "DATABASE_URL is not a database URL (driver://user:password@host:port/database; "
+    "percent-encode @, :, / and % in the password)"
+)
+
+
+def parse_database_url(url: str) -> URL | None:
+    """The URL, or None when it cannot be parsed (the error itself is never shown)."""
+    try:
+        return make_url(url)
+    except Exception:
+        return None
+
+
+# The fault profiles production accepts: none at all.
+_NO_FAULTS = "off"
+_TLS_MODES = ("require", "verify-full")
+
+
+def production_problems(settings: Settings) -> list[str]:
+    """What DEPLOYMENT=production refuses in these settings, one phrase per setting.
+
+    Judged on parsed values, as the processes will use them (API_KEYS="," is no key),
+    and the one guard every process runs: at settings load, in the API's lifespan (so
+    `uvicorn --factory` too), in every worker built, and in the CLI. Empty outside
+    production."""
+    if settings.deployment != "production":
+        return []
+    problems = []
+    url = parse_database_url(settings.database_url_plain)
+    if url is None:
+        problems.append(BAD_DATABASE_URL)
+    elif url.password in (None, "", DEFAULT_DB_PASSWORD):
+        problems.append("DATABASE_URL has the default database password")
+    try:
+        keys = parse_api_keys(settings.api_keys.get_secret_value())
+    except ApiKeyConfigError as err:
+        problems.append(f"API_KEYS is invalid ({err})")
+    else:
+        if not keys:
+            problems.append("API_KEYS holds no key (every caller would hold every role)")
+    if settings.allow_fault_injection:
+        problems.append("ALLOW_FAULT_INJECTION is on")
+    if settings.fault_profile.strip().lower() != _NO_FAULTS:
+        problems.append(
+            "FAULT_PROFILE is not off (the guide's random faults are for the dev stack)"
+        )
+    origins = [o.strip() for o in settings.codec_cors_origins.split(",")]
+    if any(o in ("*", "null") or "*" in o for o in origins):
+        problems.append(
+            "CODEC_CORS_ORIGINS allows any origin (* or null) to call /codec with credentials"
+        )
+    if settings.database_sslmode not in _TLS_MODES and not settings.allow_plaintext_database:
+        problems.append(
+            f"DATABASE_SSLMODE is {settings.database_sslmode} (set require or verify-full, or "
+            "ALLOW_PLAINTEXT_DATABASE=true to say plainly that the database link is private)"
+        )
+    return problems
+
+
+def refusal(problems: list[str]) -> str:
+    return "DEPLOYMENT=production refuses this: " + "; ".join(problems)
+
+
+class ProductionRefused(RuntimeError):
+    """Settings a production process must not run with (the message is one line)."""
+
+
+def require_production_ready(settings: Settings) -> None:
+    """The production guard, for settings that may not have been validated (copies)."""
+    problems = production_problems(settings)
+    if problems:
+        raise ProductionRefused(refusal(problems))
 
 
 @lru_cache
@@ -160,8 +254,10 @@ def get_settings() -> Settings:
 def settings_problem(err: ValidationError) -> str:
     """One line for a settings error: the setting named, then what is wrong."""
     first = err.errors()[0]
-    name = str(first["loc"][0]).upper() if first["loc"] else "settings"
-    return f"invalid setting {name}: {first['msg']}".replace("Value error, ", "")
+    message = str(first["msg"]).replace("Value error, ", "")
+    if not first["loc"]:  # the production guard: its message names the settings
+        return f"invalid settings: {message}"
+    return f"invalid setting {str(first['loc'][0]).upper()}: {message}"
 
 
 def get_settings_or_exit() -> Settings:
