@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
@@ -60,6 +61,15 @@ async def _refused(handle: object, update: Any, arg: Any) -> ApplicationError:
     cause = info.value.cause
     assert isinstance(cause, ApplicationError)
     return cause
+
+
+async def _wait_event(handle: WorkflowHandle[Any, Any], kind: EventType.ValueType) -> None:
+    for _ in range(250):
+        async for event in handle.fetch_history_events():
+            if event.event_type == kind:
+                return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no {EventType.Name(kind)} in {handle.id}")
 
 
 @asynccontextmanager
@@ -175,6 +185,46 @@ async def test_update_during_dispatch_refused_once_carrier_has_it(
         result = await handle.result()
     assert result.state == "COMPLETED" and shop.refunds == 0
     assert shop.dispatched_address != NEW_ADDRESS
+
+
+async def test_cancel_marked_as_the_carrier_refuses_is_accepted(env: WorkflowEnvironment) -> None:
+    """The row is marked cancelled and the carrier refuses the parcel (OrderCancelled)
+    before the cancel's handler hears back: the order waits for the handler to accept it."""
+    async with _held_in(env, "DISPATCH") as (shop, handle):
+        shop.hold("MARK_CANCEL")
+        cancel = asyncio.create_task(handle.execute_update(OrderWorkflow.cancel, CancelRequest()))
+        await shop.entered["MARK_CANCEL"].wait()
+        shop.release("DISPATCH")
+        child = env.client.get_workflow_handle(f"shipping-{handle.id.removeprefix('order-')}-1")
+        with pytest.raises(WorkflowFailureError):
+            await child.result()
+        shop.release("MARK_CANCEL")
+        assert (await cancel).cancel_requested
+        result = await handle.result()
+    assert (result.state, result.reason) == ("CANCELLED", "customer_request")
+    assert shop.refunds == 1 and shop.dispatched_address is None
+
+
+async def test_cancel_refused_when_the_order_ends_while_its_gate_runs(
+    env: WorkflowEnvironment,
+) -> None:
+    """The first decision to end stands: a Temporal-level cancel decided while the cancel
+    update waited on MarkCancelRequested, so the update is refused as closed."""
+    async with _held_in(env, "DISPATCH") as (shop, handle):
+        shop.hold("MARK_CANCEL")
+        cancel = asyncio.create_task(_refused(handle, OrderWorkflow.cancel, CancelRequest()))
+        await shop.entered["MARK_CANCEL"].wait()
+        await handle.cancel()
+        # The run has decided once it asks the shipping child to cancel.
+        await _wait_event(
+            handle, EventType.EVENT_TYPE_REQUEST_CANCEL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED
+        )
+        shop.release("MARK_CANCEL")
+        assert (await cancel).type == ERR_ORDER_CLOSED
+        shop.release("DISPATCH")
+        result = await handle.result()
+    assert (result.state, result.reason) == ("CANCELLED", "workflow_cancelled")
+    assert shop.refunds == 1 and shop.dispatched_address is None
 
 
 async def test_address_update_before_dispatch_is_shipped(env: WorkflowEnvironment) -> None:
