@@ -1,5 +1,6 @@
 """What a workflow learns from a failed activity or child: the innermost message, the
-application error type, the stop that ends an order early, and a gate's refusal."""
+application error type, how many attempts ran, the reason it ends an order with, the stop
+that ends an order early, and a gate's refusal."""
 
 from __future__ import annotations
 
@@ -11,16 +12,19 @@ from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
     ChildWorkflowError,
+    RetryState,
     TimeoutError,
 )
 
 with workflow.unsafe.imports_passed_through():
     from app.orders.models import (
+        ERR_INVALID_ORDER,
+        ERR_PAYMENT_CONFLICT,
         OrderState,
         shown_message,
     )
 
-from app.orders.workflows.policies import GATE_RETRY, GATE_TIMEOUT
+from app.orders.workflows.policies import GATE_RETRY, GATE_TIMEOUT, STEP_RETRY
 
 InputT = TypeVar("InputT")
 
@@ -54,6 +58,23 @@ def application_type(err: BaseException) -> str | None:
             return cause.type
         cause = cause.cause if isinstance(cause, ActivityError | ChildWorkflowError) else None
     return None
+
+
+def attempts_used(err: ActivityError) -> int:
+    """The attempts a failed step counts: all of them when its retries were used up,
+    otherwise at least one (a refusal fails at once, and its attempt recorded itself with
+    its number before the workflow heard of it)."""
+    exhausted = err.retry_state in (RetryState.MAXIMUM_ATTEMPTS_REACHED, RetryState.TIMEOUT)
+    return STEP_RETRY.maximum_attempts if exhausted else 1
+
+
+# A business refusal ends the order with its own reason; any other failure with the step's.
+_REFUSAL_REASONS = {ERR_INVALID_ORDER: "invalid_order", ERR_PAYMENT_CONFLICT: "payment_id_in_use"}
+
+
+def stop_reason(step: str, err: BaseException) -> str:
+    """The reason an order ends with when its `step` failed with `err`."""
+    return _REFUSAL_REASONS.get(application_type(err) or "", f"{step.lower()}_failed")
 
 
 async def gate(method: Callable[[Any, InputT], Awaitable[None]], arg: InputT) -> None:

@@ -1,4 +1,4 @@
-"""The guide's activity timeouts and retry policies, and the workflows' other limits."""
+"""The activities' timeouts and retry policies, and the workflows' other limits."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ with workflow.unsafe.imports_passed_through():
     pass
 
 
-# The guide's activity timeouts (start-to-close) and retry policy.
+# The steps' activity timeouts (start-to-close) and retry policy, as the product specifies.
 RECEIVE_TIMEOUT = timedelta(seconds=3)
 VALIDATE_TIMEOUT = timedelta(seconds=3)
 CHARGE_TIMEOUT = timedelta(seconds=4)

@@ -1,7 +1,10 @@
 """ShippingWorkflow (child, shipping-tq): PreparePackage, then DispatchCarrier; tells the
-parent `dispatch_failed` when it cannot dispatch."""
+parent `dispatch_failed` when it cannot dispatch, and fails with the same reason. An order
+starts one per shipping attempt with `start_shipping`."""
 
 from __future__ import annotations
+
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.exceptions import (
@@ -18,8 +21,10 @@ with workflow.unsafe.imports_passed_through():
         SHIPPING_WORKFLOW,
         SIGNAL_DISPATCH_FAILED,
         ActivityContext,
+        Address,
         DispatchFailure,
         DispatchInput,
+        OrderInput,
         PrepareInput,
         ShippingInput,
         ShippingResult,
@@ -73,3 +78,25 @@ class ShippingWorkflow:
             attempt=inp.attempt,
             dispatched_address=out.address,
         )
+
+
+async def start_shipping(
+    order: OrderInput, address: Address, attempt: int, deadline: datetime
+) -> ShippingResult:
+    """Ship an order (its attempt `attempt`) to `address` through a child ShippingWorkflow."""
+    remaining = (deadline - workflow.now()).total_seconds()
+    return await workflow.execute_child_workflow(
+        ShippingWorkflow.run,
+        ShippingInput(
+            order_id=order.order_id,
+            address=address,
+            attempt=attempt,
+            fault_profile=order.fault_profile,
+            carrier_order=order.carrier_order,
+            retry=order.retry,
+        ),
+        id=f"shipping-{order.order_id}-{attempt}",
+        task_queue=order.shipping_task_queue,
+        # Backstop only; the parent's deadline is what ends an order.
+        execution_timeout=timedelta(seconds=max(remaining, 1.0) + 30),
+    )
