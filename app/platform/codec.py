@@ -4,6 +4,11 @@ Workflow inputs hold addresses and payment ids; with a key configured, Temporal 
 encrypted, and only holders of the key (workers, API, the codec endpoint for the UI) read
 them. New payloads use the active key; old payloads name the key they were sealed with,
 so a retired key stays usable for decoding until its histories expire.
+
+Failures are sealed too (`SealedFailures`): their message and stack trace travel in the
+failure's encoded attributes, through the same codec, and Temporal's database keeps only
+"Encoded failure" (a refusal names payment ids and orders). `open_failure` unseals a
+failure read raw from Temporal (describe, history) before it is shown.
 """
 
 from __future__ import annotations
@@ -15,7 +20,12 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
-from temporalio.converter import PayloadCodec
+from temporalio.api.failure.v1 import Failure
+from temporalio.converter import (
+    DataConverter,
+    DefaultFailureConverterWithEncodedAttributes,
+    PayloadCodec,
+)
 
 ENCODING = b"binary/encrypted"
 _NONCE_BYTES = 12
@@ -86,3 +96,32 @@ class EncryptionCodec(PayloadCodec):
             decoded.ParseFromString(plain)
             out.append(decoded)
         return out
+
+
+# The failure converter of an encrypted data converter: message and stack trace go into
+# the encoded attributes, which the payload codec seals.
+SealedFailures = DefaultFailureConverterWithEncodedAttributes
+
+
+async def open_failure(converter: DataConverter, failure: Failure) -> None:
+    """Unseal a failure read raw from Temporal, in place (its causes too): payloads
+    decoded, message and stack trace back from the encoded attributes. A failure that was
+    never sealed is left as it is; one this process cannot open keeps "Encoded failure"."""
+    if converter.payload_codec is not None:
+        try:
+            await converter.payload_codec.decode_failure(failure)
+        except Exception:
+            return
+    node: Failure | None = failure
+    while node is not None:
+        if node.HasField("encoded_attributes"):
+            try:
+                [attrs] = converter.payload_converter.from_payloads([node.encoded_attributes])
+            except Exception:
+                attrs = None
+            if isinstance(attrs, dict):
+                if isinstance(attrs.get("message"), str):
+                    node.message = attrs["message"]
+                if isinstance(attrs.get("stack_trace"), str):
+                    node.stack_trace = attrs["stack_trace"]
+        node = node.cause if node.HasField("cause") else None

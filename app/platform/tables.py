@@ -85,6 +85,17 @@ class PaymentClaim(Base):
     __table_args__ = (Index("ix_payment_claims_order", "order_id"),)
 
 
+class IdempotencyKey(Base):
+    """The start request an Idempotency-Key was first sent with (migration 0005)."""
+
+    __tablename__ = "idempotency_keys"
+
+    key: Mapped[str] = mapped_column(String, primary_key=True)
+    order_id: Mapped[str] = mapped_column(String, nullable=False)
+    fingerprint: Mapped[str] = mapped_column(String, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
+
+
 class Event(Base):
     __tablename__ = "events"
 

@@ -18,7 +18,7 @@ from temporalio.runtime import (
 )
 from temporalio.service import TLSConfig
 
-from app.platform.codec import EncryptionCodec, load_keys
+from app.platform.codec import EncryptionCodec, SealedFailures, load_keys
 from app.platform.settings import Settings
 from app.platform.tracing import setup_tracing
 
@@ -26,13 +26,19 @@ log = logging.getLogger("app.temporal")
 
 
 def data_converter(settings: Settings) -> DataConverter:
-    """Default JSON conversion, encrypted when payload keys are configured."""
+    """Default JSON conversion, encrypted (payloads and failure messages) when payload
+    keys are configured."""
     spec = settings.payload_keys.get_secret_value()
     if not spec and settings.payload_key_file is None:
         return DataConverter.default
     keys = load_keys(spec, settings.payload_key_file)
     active = settings.payload_active_key or next(iter(keys))
-    return dataclasses.replace(DataConverter.default, payload_codec=EncryptionCodec(keys, active))
+    return dataclasses.replace(
+        DataConverter.default,
+        payload_codec=EncryptionCodec(keys, active),
+        # Failure messages sealed as well: they name orders and payment ids.
+        failure_converter_class=SealedFailures,
+    )
 
 
 def runtime_with_core_logs(metrics: PrometheusConfig | None = None) -> Runtime:

@@ -3,8 +3,10 @@
 Pages are newest first, ordered by (created_at, id) so the order is total and stable. A
 cursor names the last row of a page; the next page starts strictly after it, so rows
 written meanwhile neither repeat nor shift a page the way an offset does. A query's cursor
-wraps Temporal's page token with a tag of the query: the server answers a token it did not
-issue with an internal error (retried for seconds), so a foreign one is refused here.
+wraps Temporal's page token with a MAC of the query and the token, keyed by the
+deployment's secrets (API_KEYS, PAYLOAD_KEYS): the server answers a token it did not issue
+with an internal error, retried for seconds, so a foreign or made-up one is refused here,
+and a caller cannot make one (a plain hash of the query could be computed by anyone).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,9 +27,12 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from app.orders.models import ORDER_WORKFLOW, OrderState, PaymentStatus, Step
 from app.orders.search import ORDER_STATE, ORDER_STEP
+from app.orders.validation import order_id_problem
+from app.platform.settings import Settings, get_settings
 from app.platform.tables import Order, Payment
 from app.service.errors import InvalidInput, Unavailable
 from app.service.status import iso
+from app.service.visibility import confined_query
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,11 @@ def _naive_utc(at: datetime) -> datetime:
     return at.astimezone(UTC).replace(tzinfo=None) if at.tzinfo else at
 
 
+# Paging is bounded: an offset page skips at most MAX_OFFSET rows (a cursor goes anywhere),
+# and the total is counted up to MAX_COUNTED, whatever the table's size.
+MAX_OFFSET = 10_000
+MAX_COUNTED = 10_000
+
 BAD_CURSOR = "cursor is not one this API handed out (take next_cursor of the last page)"
 BAD_QUERY_CURSOR = (
     "cursor is not one this API handed out for this query (take next_cursor of its last page)"
@@ -98,30 +109,55 @@ def encode_cursor(created_at: datetime, order_id: str) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The row a cursor names. A made-up one is refused here: whatever it holds goes into
+    a statement (a NUL or a time zone there would be the database's error, a 500)."""
     try:
         created, order_id = json.loads(_from_cursor(cursor))
-        return datetime.fromisoformat(created), str(order_id)
-    except (binascii.Error, ValueError, TypeError):
+        at = datetime.fromisoformat(created)
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
         raise InvalidInput(BAD_CURSOR, field="cursor") from None
+    if at.tzinfo is not None or not isinstance(order_id, str) or order_id_problem(order_id):
+        raise InvalidInput(BAD_CURSOR, field="cursor")
+    return at, order_id
 
 
-def encode_query_cursor(query: str, token: bytes) -> str:
-    return f"q{_query_tag(query)}{_to_cursor(token)}"
+_MAC_CHARS = 32
 
 
-def decode_query_cursor(query: str, cursor: str) -> bytes:
-    """Temporal's page token, if `cursor` is a page of this very query."""
-    tag = _query_tag(query)
-    if not cursor.startswith(f"q{tag}") or len(cursor) == len(tag) + 1:
+def query_cursor_key(settings: Settings) -> bytes:
+    """The MAC key of query cursors: the same in every API and CLI process of a
+    deployment (they share these secrets), unguessable where the secrets are set."""
+    parts = [
+        b"order-query-cursor",
+        settings.api_keys.get_secret_value().encode(),
+        settings.payload_keys.get_secret_value().encode(),
+    ]
+    return hashlib.sha256(b"\0".join(parts)).digest()
+
+
+def _mac(key: bytes, query: str, token: bytes) -> str:
+    signed = hmac.new(key, query.encode() + b"\0" + token, hashlib.sha256)
+    return signed.hexdigest()[:_MAC_CHARS]
+
+
+def encode_query_cursor(query: str, token: bytes, key: bytes | None = None) -> str:
+    key = key if key is not None else query_cursor_key(get_settings())
+    return f"q{_mac(key, query, token)}{_to_cursor(token)}"
+
+
+def decode_query_cursor(query: str, cursor: str, key: bytes | None = None) -> bytes:
+    """Temporal's page token, if `cursor` is a page of this very query that this
+    deployment handed out."""
+    key = key if key is not None else query_cursor_key(get_settings())
+    if not cursor.startswith("q") or len(cursor) <= _MAC_CHARS + 1:
         raise InvalidInput(BAD_QUERY_CURSOR, field="cursor")
     try:
-        return _from_cursor(cursor[len(tag) + 1 :])
+        token = _from_cursor(cursor[_MAC_CHARS + 1 :])
     except (binascii.Error, ValueError):
         raise InvalidInput(BAD_QUERY_CURSOR, field="cursor") from None
-
-
-def _query_tag(query: str) -> str:
-    return hashlib.sha256(query.encode()).hexdigest()[:16]
+    if not hmac.compare_digest(cursor[1 : _MAC_CHARS + 1], _mac(key, query, token)):
+        raise InvalidInput(BAD_QUERY_CURSOR, field="cursor")
+    return token
 
 
 async def order_page(
@@ -131,8 +167,13 @@ async def order_page(
     offset: int = 0,
     cursor: str | None = None,
 ) -> dict[str, Any]:
+    if not 0 <= offset <= MAX_OFFSET:
+        raise InvalidInput(
+            f"offset must be from 0 to {MAX_OFFSET} (page further with cursor)", field="offset"
+        )
     q = filters.apply(select(Order))
-    total = (await s.execute(filters.apply(select(func.count()).select_from(Order)))).scalar_one()
+    counted = filters.apply(select(Order.id)).limit(MAX_COUNTED + 1).subquery()
+    total = (await s.execute(select(func.count()).select_from(counted))).scalar_one()
     if cursor is not None:
         if offset:
             raise InvalidInput("give either cursor or offset, not both", field="offset")
@@ -149,7 +190,8 @@ async def order_page(
     page, more = rows[:limit], len(rows) > limit
     return {
         "items": [_summary(o) for o in page],
-        "total": total,
+        "total": min(total, MAX_COUNTED),
+        "total_capped": total > MAX_COUNTED,
         "limit": limit,
         "offset": offset,
         "next_cursor": encode_cursor(page[-1].created_at, page[-1].id) if more else None,
@@ -170,22 +212,25 @@ def _summary(o: Order) -> dict[str, Any]:
 
 
 async def search_orders(
-    client: Client, query: str, limit: int, cursor: str | None = None
+    client: Client, query: str, limit: int, cursor: str | None = None, key: bytes | None = None
 ) -> dict[str, Any]:
     """Orders whose workflow matches a visibility query, e.g. "OrderState='FAILED'"
     (the search attributes of app/orders/search.py), newest first."""
-    token = decode_query_cursor(query, cursor) if cursor is not None else None
-    pages = client.list_workflows(
-        f"WorkflowType='{ORDER_WORKFLOW}' AND ({query})",
-        page_size=limit,
-        next_page_token=token,
-    )
+    # Parsed against the allow-list and rebuilt: only ever this app's orders.
+    confined = confined_query(ORDER_WORKFLOW, query)
+    token = decode_query_cursor(query, cursor, key) if cursor is not None else None
+    pages = client.list_workflows(confined, page_size=limit, next_page_token=token)
     try:
         await pages.fetch_next_page()
     except RPCError as err:
         if err.status == RPCStatusCode.INVALID_ARGUMENT:
+            # Our words: the server's parser message quotes the confined query.
             raise InvalidInput(
-                f"query is not a valid visibility query: {err.message}", field="query"
+                "query is not one Temporal accepts for these search attributes (compare "
+                "each with a value of its type: text for OrderState, OrderStep, CustomerId "
+                "and ExecutionStatus, a whole number for OrderAmountCents, an ISO 8601 "
+                "time for StartTime and CloseTime)",
+                field="query",
             ) from None
         raise Unavailable(f"Temporal is unavailable: {err.message}") from None
     next_token = pages.next_page_token
@@ -194,7 +239,7 @@ async def search_orders(
         "total": None,
         "limit": limit,
         "offset": 0,
-        "next_cursor": encode_query_cursor(query, next_token) if next_token else None,
+        "next_cursor": encode_query_cursor(query, next_token, key) if next_token else None,
     }
 
 

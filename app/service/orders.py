@@ -58,6 +58,7 @@ from app.orders.models import (
     order_workflow_id,
 )
 from app.orders.search import start_attributes
+from app.platform.codec import open_failure
 from app.platform.settings import Settings
 from app.platform.tables import Event, Order, Payment
 from app.service.errors import (
@@ -71,6 +72,7 @@ from app.service.idempotency import (
     IDEMPOTENCY_MEMO,
     IdempotentRequest,
     StartAnswer,
+    bind_key,
     request_fingerprint,
 )
 from app.service.inputs import (
@@ -80,7 +82,7 @@ from app.service.inputs import (
     validate_address,
     validate_order_id,
 )
-from app.service.listing import OrderFilter, order_page, search_orders
+from app.service.listing import OrderFilter, order_page, query_cursor_key, search_orders
 from app.service.retry import (
     first_input,
     order_to_retry,
@@ -91,6 +93,7 @@ from app.service.retry import (
 from app.service.status import (
     attempt_history,
     event_detail,
+    event_failures,
     iso,
     merge_errors,
     shown_failure,
@@ -153,6 +156,9 @@ class OrderService:
             if idempotency_key is not None
             else None
         )
+        if keyed is not None:
+            # A key names one request: another order or body with it is a 422.
+            await bind_key(self.sessions, keyed, order_id)
         try:
             await self._refuse_known_order(order_id)
             claimed = await self._claim_payment_id(inp)
@@ -449,6 +455,7 @@ class OrderService:
         merged = {**live.attempts, **attempts}
         pending = []
         for act in desc.raw_description.pending_activities:
+            await open_failure(self.client.data_converter, act.last_failure)
             merged[step_of(act.activity_type.name)] = max(
                 merged.get(step_of(act.activity_type.name), 0), act.attempt
             )
@@ -504,7 +511,9 @@ class OrderService:
         self, query: str, limit: int = 20, cursor: str | None = None
     ) -> dict[str, Any]:
         """A page of orders whose workflow matches a Temporal visibility query."""
-        return await search_orders(self.client, query, limit, cursor)
+        return await search_orders(
+            self.client, query, limit, cursor, query_cursor_key(self.settings)
+        )
 
     async def events(self, order_id: str) -> list[dict[str, Any]]:
         validate_order_id(order_id)
@@ -542,6 +551,8 @@ class OrderService:
                 raise OrderNotFound(f"workflow {workflow_id} not found") from None
             raise Unavailable(f"Temporal is unavailable: {err.message}") from None
         raw = d.raw_description
+        for a in raw.pending_activities:
+            await open_failure(self.client.data_converter, a.last_failure)
         return {
             "workflow_id": d.id,
             "run_id": d.run_id,
@@ -574,6 +585,8 @@ class OrderService:
         out: list[dict[str, Any]] = []
         try:
             async for event in handle.fetch_history_events():
+                for failure in event_failures(event):
+                    await open_failure(self.client.data_converter, failure)
                 out.append(
                     {
                         "event_id": event.event_id,

@@ -1,7 +1,10 @@
 """Order statistics for the dashboard (`GET /stats`), computed from PostgreSQL.
 
 Everything is aggregated in SQL, so the cost does not grow with what the API process holds
-in memory, only with the size of the tables.
+in memory, only with the size of the tables. That cost is paid once per change, not per
+call: `StatsCache` (the API's `/stats`) answers from the last figures while the tables'
+version (the newest event and the newest order, two index reads) is unchanged, computes
+at most once a second while they change, and lets concurrent callers share one run.
 
 Definitions (also in docs/console.md):
 
@@ -17,6 +20,8 @@ Definitions (also in docs/console.md):
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -199,6 +204,48 @@ async def order_stats(sessions: async_sessionmaker[AsyncSession]) -> dict[str, A
         "execution_time": _execution_time(rows.summary, rows.buckets),
         "steps": _steps(rows.steps, rows.kinds),
     }
+
+
+# What every change the statistics see writes: an event (state changes, attempts,
+# payments and refunds come with theirs) or a new order row (recorded as it starts).
+_VERSION = text(
+    "SELECT (SELECT max(id) FROM events) AS event, (SELECT max(created_at) FROM orders) AS made"
+)
+# While the tables change, the figures are recomputed at most this often.
+STATS_MIN_AGE_S = 1.0
+
+
+class StatsCache:
+    """`order_stats` for one database, computed once per change of its tables."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
+        self._figures: tuple[float, Any, dict[str, Any]] | None = None
+        self._running: asyncio.Future[tuple[Any, dict[str, Any]]] | None = None
+
+    async def get(self) -> dict[str, Any]:
+        async with self.sessions() as s:
+            version = tuple((await s.execute(_VERSION)).one())
+        kept = self._figures
+        if kept is not None and (
+            kept[1] == version or time.monotonic() - kept[0] < STATS_MIN_AGE_S
+        ):
+            return kept[2]
+        if self._running is None:
+            self._running = asyncio.ensure_future(self._compute(version))
+            self._running.add_done_callback(self._done)
+        # Shielded: a caller going away must not cancel the run the others wait for.
+        _, figures = await asyncio.shield(self._running)
+        return figures
+
+    async def _compute(self, version: Any) -> tuple[Any, dict[str, Any]]:
+        return version, await order_stats(self.sessions)
+
+    def _done(self, done: asyncio.Future[tuple[Any, dict[str, Any]]]) -> None:
+        self._running = None
+        if not done.cancelled() and done.exception() is None:
+            version, figures = done.result()
+            self._figures = (time.monotonic(), version, figures)
 
 
 _Row = Row[*tuple[Any, ...]]  # a result row, whatever its columns

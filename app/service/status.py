@@ -169,6 +169,18 @@ def shown_failure(failure: Any) -> str | None:
     return shown_message(None, None)
 
 
+_FAILURE_EVENTS = (
+    "activity_task_failed_event_attributes",
+    "activity_task_timed_out_event_attributes",
+    "workflow_execution_failed_event_attributes",
+)
+
+
+def event_failures(event: Any) -> list[Any]:
+    """The failures a history event carries (sealed when payload keys are set)."""
+    return [getattr(event, attr).failure for attr in _FAILURE_EVENTS if event.HasField(attr)]
+
+
 def event_detail(event: Any) -> str | None:
     """Short, payload-free description: payloads may hold addresses (kept out of summaries)."""
     for attr, fmt in (
