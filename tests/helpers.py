@@ -264,7 +264,7 @@ async def serving(settings: Settings, **headers: str) -> AsyncIterator[httpx.Asy
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://api", headers=headers
+            transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1", headers=headers
         ) as client,
     ):
         yield client

@@ -1,9 +1,10 @@
 """Request and response bodies of the REST API (what /openapi.json documents).
 
 Requests forbid unknown fields, so a misspelt field is a 422 instead of being silently
-dropped. Length limits and patterns mirror app/validation.py; the service re-checks the
-rules that a schema cannot express (blank or non-printable text), so the API and the CLI
-refuse the same input.
+dropped. Length limits and patterns mirror app/orders/validation.py, and free text says
+in the schema what the server checks (app/api/text.py), so what the schema allows the
+server accepts; the service re-checks the same rules, so the API and the CLI refuse the
+same input.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import re
 from typing import Annotated, Any
 
 from pydantic import (
-    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -21,6 +21,7 @@ from pydantic import (
     JsonValue,
 )
 
+from app.api.text import Text
 from app.orders.models import OrderState, PaymentStatus, Step
 from app.orders.validation import MAX_FIELD_LEN, PAYMENT_ID_RE, ZIP_RE
 from app.service.inputs import (
@@ -30,18 +31,27 @@ from app.service.inputs import (
     MAX_UNIT_PRICE_CENTS,
     SKU_RE,
 )
+from app.service.listing import MAX_COUNTED, MAX_OFFSET
 from app.service.views import EXAMPLE_ADDRESS, EXAMPLE_RUN
 
 MAX_TEXT_LEN = 200
 
-
-def _printable(value: str) -> str:
-    if not value.isprintable():
-        raise ValueError("must not contain control characters")
-    return value
-
-
-PrintableText = Annotated[str, AfterValidator(_printable)]
+Street = Annotated[str, Text(MAX_FIELD_LEN["street"], min_length=1, non_blank=True)]
+City = Annotated[str, Text(MAX_FIELD_LEN["city"], min_length=1, non_blank=True)]
+Region = Annotated[str, Text(MAX_FIELD_LEN["state"], min_length=1, non_blank=True)]
+Reason = Annotated[str, Text(MAX_TEXT_LEN, min_length=1)]
+ReviewerName = Annotated[
+    str,
+    Text(
+        100,
+        min_length=1,
+        description="A name to keep with the approval, as a note (`reviewer named: ...`). "
+        "The approver is always the caller: the API key's name, or `anonymous` while the "
+        "API runs without keys",
+    ),
+]
+Note = Annotated[str, Text(500)]
+ReasonFilter = Annotated[str, Text(MAX_TEXT_LEN)]
 
 
 class _Request(BaseModel):
@@ -54,9 +64,9 @@ class _Request(BaseModel):
 class AddressIn(_Request):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_ADDRESS]})
 
-    street: str = Field(min_length=1, max_length=MAX_FIELD_LEN["street"])
-    city: str = Field(min_length=1, max_length=MAX_FIELD_LEN["city"])
-    state: str = Field(min_length=1, max_length=MAX_FIELD_LEN["state"])
+    street: Street
+    city: City
+    state: Region
     zip: str = Field(pattern=ZIP_RE.pattern, max_length=MAX_FIELD_LEN["zip"])
     country: str = Field(
         pattern=r"^[A-Z]{2}$",
@@ -151,7 +161,7 @@ class CancelRequestIn(_Request):
         extra="forbid", json_schema_extra={"examples": [{"reason": "customer_request"}]}
     )
 
-    reason: PrintableText = Field(default="customer_request", min_length=1, max_length=MAX_TEXT_LEN)
+    reason: Reason = "customer_request"
 
 
 class ApproveRequestIn(_Request):
@@ -160,13 +170,8 @@ class ApproveRequestIn(_Request):
         json_schema_extra={"examples": [{"reviewer": "alice", "note": "checked by phone"}]},
     )
 
-    reviewer: PrintableText | None = Field(
-        default=None,
-        min_length=1,
-        max_length=100,
-        description="Who approves; defaults to the API key's name (or anonymous)",
-    )
-    note: PrintableText | None = Field(default=None, max_length=500)
+    reviewer: ReviewerName | None = None
+    note: Note | None = None
 
 
 # --- responses -----------------------------------------------------------------------------
@@ -206,8 +211,11 @@ class OrderSummary(BaseModel):
 class OrderList(BaseModel):
     items: list[OrderSummary]
     total: int | None = Field(
-        description="Orders matching the filters (null for a visibility query: Temporal "
-        "does not count them)"
+        description=f"Orders matching the filters, counted up to {MAX_COUNTED} (then "
+        "total_capped is true); null for a visibility query: Temporal does not count them"
+    )
+    total_capped: bool = Field(
+        default=False, description=f"More than {MAX_COUNTED} orders match: total is a floor"
     )
     limit: int
     offset: int
@@ -244,8 +252,8 @@ class OrderListQuery(BaseModel):
     created_before: IsoDatetime | None = Field(
         default=None, description="Created strictly before (ISO 8601 with offset)"
     )
-    reason: str | None = Field(
-        default=None, max_length=MAX_TEXT_LEN, description="Only orders closed for this reason"
+    reason: ReasonFilter | None = Field(
+        default=None, description="Only orders closed for this reason"
     )
     query: str | None = Field(
         default=None,
@@ -256,7 +264,12 @@ class OrderListQuery(BaseModel):
         "takes the place of the other filters",
     )
     limit: int = Field(default=20, ge=1, le=100)
-    offset: int = Field(default=0, ge=0, le=1_000_000)
+    offset: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_OFFSET,
+        description=f"Rows to skip, up to {MAX_OFFSET}; page further with cursor",
+    )
     cursor: str | None = Field(
         default=None, max_length=2000, description="next_cursor of the previous page"
     )

@@ -511,7 +511,7 @@ async def test_unexpected_error_is_a_bare_500(running: Running) -> None:
 
     app.add_api_route("/orders/{order_id}/boom", boom)
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://api"
+        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
     ) as client:
         r = await client.get("/orders/o-1/boom")
     assert_error(r, 500, "internal_error")
@@ -521,7 +521,7 @@ async def test_unexpected_error_is_a_bare_500(running: Running) -> None:
 async def test_service_unavailable_before_startup(running: Running) -> None:
     app = create_app(running.settings)
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://api"
+        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
     ) as client:
         assert_error(await client.get("/orders"), 503, "unavailable")
         assert (await client.get("/health")).status_code == 503

@@ -28,7 +28,7 @@ KEYS = SecretStr(f"dashboard:{VIEW_KEY}:viewer,ops-bot:{OPS_KEY}:operator")
 async def api() -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(Settings(api_keys=KEYS))
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://api"
+        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
     ) as client:
         yield client
 

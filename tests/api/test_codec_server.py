@@ -65,7 +65,7 @@ def keyed(base: Settings, **update: Any) -> Settings:
 async def api() -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(keyed(Settings()))
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://api"
+        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
     ) as client:
         yield client
 
@@ -100,7 +100,7 @@ async def test_decode_leaves_plain_payloads_alone_and_reads_old_keys(
 ) -> None:
     old_app = create_app(keyed(Settings(), payload_active_key="k1"))
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=old_app), base_url="http://api"
+        transport=httpx.ASGITransport(app=old_app), base_url="http://127.0.0.1"
     ) as old_api:
         sealed_with_old = await encode(old_api, [plain_payload("old")])
     assert sealed_with_old[0]["metadata"]["encryption-key-id"] == b64(b"k1")
@@ -147,7 +147,7 @@ async def test_bad_payloads(api: httpx.AsyncClient) -> None:
         "/codec/decode", json={"payloads": [{"data": "***not base64***"}]}, headers=headers
     )
     assert r.status_code == 422, r.text
-    assert r.json()["error"]["field"] == "payloads[0]"
+    assert r.json()["error"]["field"] == "payloads[0].data"
     r = await api.post("/codec/decode", json={"nope": []}, headers=headers)
     assert r.status_code == 422, r.text
 
@@ -155,7 +155,7 @@ async def test_bad_payloads(api: httpx.AsyncClient) -> None:
 async def test_without_keys_the_codec_is_the_identity() -> None:
     app = create_app(keyed(Settings(), payload_keys=SecretStr(""), payload_active_key=""))
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://api"
+        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
     ) as api:
         sent = [plain_payload(ADDRESS)]
         assert await encode(api, sent) == sent
@@ -226,7 +226,7 @@ async def test_decodes_a_real_encrypted_history(running: Running) -> None:
 
     app = create_app(settings)
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://api"
+        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
     ) as api:
         r = await api.post(
             "/codec/decode",

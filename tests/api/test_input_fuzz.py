@@ -58,7 +58,7 @@ async def api(running: Running) -> AsyncIterator[httpx.AsyncClient]:
         app.router.lifespan_context(app),
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app),
-            base_url="http://api",
+            base_url="http://127.0.0.1",
             headers={"X-API-Key": ADMIN_KEY, "content-type": "application/json"},
         ) as client,
     ):

@@ -103,7 +103,7 @@ async def test_probes_up_open_and_documented(real_stack: RealStack) -> None:
 async def test_ready_is_503_before_the_app_connects(real_stack: RealStack) -> None:
     app = create_app(real_stack.settings)  # lifespan not started: no client, no engine
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://api"
+        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
     ) as api:
         checks = checks_of(await api.get("/health/ready"), 503)
         assert {c["status"] for c in checks.values()} == {"down"}
@@ -129,8 +129,10 @@ def private_postgres() -> Iterator[stack.StackConfig]:
 
 
 async def test_ready_follows_postgres_going_down(
-    real_stack: RealStack, private_postgres: stack.StackConfig
+    real_stack: RealStack, private_postgres: stack.StackConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Each probe runs its checks (they are shared for a second: tests/api/test_hostile.py).
+    monkeypatch.setattr(health, "PROBE_CACHE_S", 0.0)
     url = stack.database_url(private_postgres)
     async with serving(with_database(real_stack.settings, url)) as api:
         checks = checks_of(await api.get("/health/ready"), 200)
@@ -171,6 +173,7 @@ async def scratch_url(real_stack: RealStack) -> AsyncIterator[str]:
 async def test_ready_needs_migrations_at_head(
     real_stack: RealStack, scratch_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(health, "PROBE_CACHE_S", 0.0)
     async with serving(with_database(real_stack.settings, scratch_url)) as api:
         r = await api.get("/health/ready")
         checks = checks_of(r, 503)

@@ -24,7 +24,7 @@ CODEC_CORS_ORIGINS (default: the origin of TEMPORAL_UI_URL).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from cryptography.exceptions import InvalidTag
@@ -53,16 +53,25 @@ ALLOWED_HEADERS = ["Authorization", "Content-Type", "X-API-Key", "X-Namespace"]
 router = APIRouter(prefix=PREFIX, tags=["codec"])
 
 
+# Base64 as proto3 JSON writes bytes (standard or URL-safe alphabet, padding optional):
+# checked here, so the schema says what is accepted (the protobuf parser itself skips
+# characters outside the alphabet and refuses some lengths).
+BASE64 = Annotated[
+    str,
+    Field(pattern=r"^(?:[A-Za-z0-9+/_-]{4})*(?:[A-Za-z0-9+/_-]{2}(?:==)?|[A-Za-z0-9+/_-]{3}=?)?$"),
+]
+
+
 class PayloadJson(BaseModel):
-    """One `temporal.api.common.v1.Payload` in proto3 JSON (bytes as base64)."""
+    """One `temporal.api.common.v1.Payload` in proto3 JSON (bytes as base64): what the
+    Web UI and the CLI send. Other fields are refused (422)."""
 
-    # Fields newer than ours (proto3 JSON) go to the protobuf parser, which decides.
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
 
-    metadata: dict[str, str] = Field(
+    metadata: dict[str, BASE64] = Field(
         default_factory=dict, description="Metadata values, base64", examples=[{}]
     )
-    data: str = Field(default="", description="Payload bytes, base64")
+    data: BASE64 = Field(default="", description="Payload bytes, base64")
 
 
 class PayloadsJson(BaseModel):
@@ -193,8 +202,9 @@ class CodecCorsMiddleware:
             allow_origins=list(origins),
             allow_methods=["POST"],
             allow_headers=ALLOWED_HEADERS,
-            # The UI's "include cross-origin credentials" option sends cookies along.
-            allow_credentials=True,
+            # The UI's "include cross-origin credentials" option sends cookies along; never
+            # for any origin (`*`, which production refuses), or every site could use them.
+            allow_credentials="*" not in origins,
             max_age=600,
         )
 

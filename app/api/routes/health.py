@@ -2,6 +2,10 @@
 
 Kubernetes-style probes beside it: /health/live (the process serves; checks nothing) and
 /health/ready (Temporal and PostgreSQL answer and the database's schema is this build's).
+
+Anyone may call the probes, so they must stay cheap: an answer is kept PROBE_CACHE_S and
+concurrent probes share one round of checks, so a flood of probes costs at most one
+database connection and one Alembic read per second.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ router = APIRouter(tags=["health"])
 
 # A probe must answer quickly even when a dependency hangs.
 CHECK_TIMEOUT_S = 2.0
+# How long one round of checks answers the probes.
+PROBE_CACHE_S = 1.0
 
 
 class CheckFailed(Exception):
@@ -162,11 +168,50 @@ async def ready(request: Request, response: Response) -> ReadyResponse:
     return ReadyResponse(status=_verdict(results, response), checks=ReadyChecks(**results))
 
 
-async def _check(request: Request, migrations: bool) -> dict[str, DependencyHealth]:
+Results = dict[str, DependencyHealth]
+
+
+class _ProbeCache:
+    """The latest round of checks per probe kind, and the round in flight."""
+
+    def __init__(self) -> None:
+        self.answers: dict[tuple[object, ...], tuple[float, Results]] = {}
+        self.rounds: dict[tuple[object, ...], asyncio.Future[Results]] = {}
+
+
+async def _check(request: Request, migrations: bool) -> Results:
+    """Each dependency's health: from a round of checks at most PROBE_CACHE_S old, or a
+    new round (shared by the probes that arrive meanwhile)."""
+    state = request.app.state
+    cache: _ProbeCache | None = getattr(state, "probe_cache", None)
+    if cache is None:
+        cache = state.probe_cache = _ProbeCache()
+    client: Client | None = getattr(state, "temporal", None)
+    engine: AsyncEngine | None = getattr(state, "engine", None)
+    key = (migrations, id(client), id(engine))
+    answer = cache.answers.get(key)
+    if answer is not None and answer[0] > time.monotonic():
+        return answer[1]
+    round_ = cache.rounds.get(key)
+    if round_ is None:
+        round_ = asyncio.ensure_future(_check_now(client, engine, migrations))
+        cache.rounds[key] = round_
+        round_.add_done_callback(lambda done: _keep(cache, key, done))
+    # Shielded: a probe that gives up must not cancel the round the others wait for.
+    return await asyncio.shield(round_)
+
+
+def _keep(cache: _ProbeCache, key: tuple[object, ...], done: asyncio.Future[Results]) -> None:
+    cache.rounds.pop(key, None)
+    if not done.cancelled() and done.exception() is None:
+        cache.answers[key] = (time.monotonic() + PROBE_CACHE_S, done.result())
+
+
+async def _check_now(
+    client: Client | None, engine: AsyncEngine | None, migrations: bool
+) -> Results:
     """Each dependency's health, checked at the same time (a probe answers within one
     check's timeout)."""
-    client: Client | None = getattr(request.app.state, "temporal", None)
-    engine: AsyncEngine | None = getattr(request.app.state, "engine", None)
     checks: dict[str, Callable[[], Awaitable[object]]] = {
         "temporal": lambda: _temporal(client) if client else _not_connected(),
         "database": lambda: _database(engine) if engine else _not_connected(),

@@ -6,7 +6,7 @@ Temporal Updates (via OrderService), so the answer says whether the order accept
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 
@@ -34,6 +34,28 @@ _READ = error_responses(401, 403, 404, 422, 500, 503)
 _COMMAND = error_responses(401, 403, 404, 409, 413, 422, 500, 503)
 
 
+def _ref(path: str, method: str) -> str:
+    """An OpenAPI operationRef to one of this router's operations."""
+    return f"#/paths/{path.replace('~', '~0').replace('/', '~1')}/{method}"
+
+
+# What a started order leads to (OpenAPI links: clients and the schema fuzzer follow them
+# from a start, or a retry, to the order's other operations).
+_SAME_ORDER = {"order_id": "$request.path.order_id"}
+ORDER_LINKS: dict[str, Any] = {
+    name: {"operationRef": _ref(f"/orders/{{order_id}}/{path}", method), "parameters": _SAME_ORDER}
+    for name, path, method in (
+        ("GetStatus", "status", "get"),
+        ("Approve", "signals/approve", "post"),
+        ("Cancel", "signals/cancel", "post"),
+        ("UpdateAddress", "signals/update-address", "post"),
+        ("Retry", "retry", "post"),
+        ("GetEvents", "events", "get"),
+        ("GetHistory", "history", "get"),
+    )
+}
+
+
 def _locate(request: Request, response: Response, order_id: str) -> None:
     """Point the answer of a start at the order's status."""
     location = request.app.url_path_for("order_status", order_id=order_id)
@@ -54,11 +76,13 @@ def _locate(request: Request, response: Response, order_id: str) -> None:
                     "schema": {"type": "string"},
                 }
             },
+            "links": ORDER_LINKS,
         },
         200: {
             "description": "A repeat of an earlier request with the same Idempotency-Key and "
             "body: its answer again (same run)",
             "model": StartOrderResponse,
+            "links": ORDER_LINKS,
         },
         **error_responses(401, 403, 409, 413, 422, 500, 503),
     },
@@ -173,10 +197,24 @@ async def approve_order(
     principal: Reviewer,
     body: ApproveRequestIn | None = None,
 ) -> OrderView:
-    """Approval kept if it arrives before the review step; 409 once the review is over."""
-    reviewer = (body.reviewer if body else None) or principal.name
-    note = body.note if body else None
-    return await service.approve(order_id, reviewer=reviewer, note=note)
+    """Approval kept if it arrives before the review step; 409 once the review is over.
+
+    The approver (`approved_by`, and `by` in the APPROVED event) is the caller: the API
+    key's name, or `anonymous` while the API runs without keys. A `reviewer` named in the
+    body never replaces it: it is kept in the note beside it (`reviewer named: ...`)."""
+    return await service.approve(
+        order_id, reviewer=principal.name, note=approval_note(body) if body else None
+    )
+
+
+def approval_note(body: ApproveRequestIn) -> str | None:
+    """The body's note, with the reviewer it names (a claim, not the approver) in front."""
+    parts: list[str] = []
+    if body.reviewer is not None:
+        parts.append(f"reviewer named: {body.reviewer}")
+    if body.note is not None:
+        parts.append(body.note)
+    return "; ".join(parts) if parts else None
 
 
 @router.post(
@@ -184,7 +222,7 @@ async def approve_order(
     status_code=status.HTTP_201_CREATED,
     summary="Retry a failed order",
     response_model=StartOrderResponse,
-    responses=_COMMAND,
+    responses={201: {"description": "A new run started", "links": ORDER_LINKS}, **_COMMAND},
 )
 async def retry_order(
     order_id: OrderId, service: Service, _caller: Operator, request: Request, response: Response
