@@ -37,7 +37,8 @@ def _printable(value: str) -> str:
 def _non_blank(value: str) -> str:
     _printable(value)
     if not value.strip():
-        raise ValueError("must not be blank")
+        # The service's own words for it (app/orders/validation.py), which the console shows.
+        raise ValueError("is required")
     return value
 
 

@@ -227,8 +227,8 @@ async def search_orders(
             # Our words: the server's parser message quotes the confined query.
             raise InvalidInput(
                 "query is not one Temporal accepts for these search attributes (compare "
-                "each with a value of its type: text for OrderState, OrderStep, CustomerId "
-                "and ExecutionStatus, a whole number for OrderAmountCents, an ISO 8601 "
+                "each with a value of its type: text for OrderState, OrderStep, CustomerId, "
+                "WorkflowId and ExecutionStatus, a whole number for OrderAmountCents, an ISO 8601 "
                 "time for StartTime and CloseTime)",
                 field="query",
             ) from None

@@ -1,7 +1,7 @@
 """Visibility queries a caller may send (`GET /orders?query=`, `cli.py list --query`).
 
 The query is parsed here against an allow-list before Temporal sees it: the order's
-search attributes (plus the start and close times and the execution status), the usual
+search attributes (plus the workflow id, start and close times and execution status), the usual
 comparison operators, AND/OR/NOT and parentheses. What Temporal then gets is not the
 caller's text but the query rebuilt from the parsed tokens, inside parentheses behind
 `WorkflowType='OrderWorkflow' AND`: quotes, backslashes and unbalanced parentheses
@@ -35,6 +35,8 @@ ATTRIBUTES: dict[str, Kind] = {
     "CustomerId": "keyword",
     "OrderAmountCents": "int",
     "ExecutionStatus": "keyword",
+    # Confined by the wrapper's WorkflowType like the rest: an order's own workflow id.
+    "WorkflowId": "keyword",
     "StartTime": "datetime",
     "CloseTime": "datetime",
 }

@@ -45,6 +45,10 @@ def confined(query: str) -> str:
         ("CustomerId IS NOT NULL", "CustomerId IS NOT NULL"),
         ("StartTime > '2026-01-01T00:00:00Z'", "StartTime > '2026-01-01T00:00:00Z'"),
         ("ExecutionStatus='Running'", "ExecutionStatus = 'Running'"),
+        (
+            "WorkflowId='order-1' AND OrderState='FAILED'",
+            "WorkflowId = 'order-1' AND OrderState = 'FAILED'",
+        ),
         ("((OrderState='FAILED'))", "((OrderState = 'FAILED'))"),
     ],
 )
@@ -68,7 +72,7 @@ BREAK_OUTS = [
     "OrderState=`x`",
     # Other attributes, functions, clauses.
     "WorkflowType='ShippingWorkflow'",
-    "WorkflowId='shipping-1-1'",
+    "RunId='x'",
     "orderstate='FAILED'",
     "OrderState='x' ORDER BY StartTime",
     "OrderState LIKE 'F%'",
