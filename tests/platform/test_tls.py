@@ -33,7 +33,8 @@ from temporalio.service import TLSConfig
 from app.platform.db import engine_from_settings, ssl_context
 from app.platform.settings import PROJECT_ROOT, Settings
 from app.platform.temporal import connect_client, tls_config
-from devstack import stack, stack_config
+from devstack import stack
+from devstack.stack import config as stack_config
 from devstack.stack import postgres
 from tests.helpers import RealStack
 from tests.ports import free_port
