@@ -29,7 +29,7 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from app.orders.activities.common import event_row
+from app.orders.activities.common import event_row, now_utc
 from app.orders.activities.compensation import mark_refunded, record_lost_charge_refunded
 from app.orders.faults import CallInfo
 from app.orders.identity import first_reference, retry_reference
@@ -94,10 +94,6 @@ MAX_REPORTED_SETTLING = 100
 HEARTBEAT_S = 5.0
 
 
-def now_utc() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
 def _cents(amount: Decimal | None) -> int | None:
     return None if amount is None else int((amount * 100).to_integral_value())
 
@@ -110,7 +106,8 @@ def _iso(naive_utc: datetime) -> str:
     return _aware(naive_utc).isoformat()
 
 
-def _order_facts(row: Order) -> OrderFacts:
+def _order_facts(row: Any) -> OrderFacts:
+    """An order as the audit reads it, from its row or a select of its columns."""
     return OrderFacts(
         order_id=row.id,
         state=row.state,
@@ -562,20 +559,7 @@ async def _orders(
         q = q.where(Order.created_at >= since)
     if order_ids is not None:
         q = q.where(Order.id == _any(order_ids))
-    return {
-        r.id: OrderFacts(
-            order_id=r.id,
-            state=r.state,
-            step=r.step,
-            payment_id=r.payment_id,
-            amount_cents=_cents(r.amount),
-            tracking_number=r.tracking_number,
-            created_at=r.created_at,
-            updated_at=r.updated_at,
-            settled_at=r.settled_at,
-        )
-        for r in await s.execute(q)
-    }
+    return {r.id: _order_facts(r) for r in await s.execute(q)}
 
 
 async def _payments(
