@@ -36,7 +36,7 @@ from temporalio.worker import (
 
 from app.orders.activities import OrderActivities, ShippingActivities
 from app.orders.faults import FaultInjector, FaultProfile, OrderIntake
-from app.orders.models import ERR_INVALID_ORDER, OrderInput
+from app.orders.messages import ERR_INVALID_ORDER, OrderInput
 from app.orders.providers.wiring import Simulators, open_simulators
 from app.orders.reconciliation.activities import ReconciliationActivities
 from app.orders.reconciliation.workflow import ReconciliationWorkflow

@@ -39,7 +39,7 @@ from app.cli.common import (
 from app.cli.main import main as operator_main
 from app.cli.render import kv_grid, print_json, say
 from app.orders.faults import FaultProfile, FaultProfileError
-from app.orders.models import order_workflow_id
+from app.orders.messages import order_workflow_id
 from app.platform.settings import Settings
 from devstack import temporal_cli as temporal_cli  # registers `temporal`
 from devstack.demo import play_demo, print_summary

@@ -18,7 +18,7 @@ from rich.text import Text
 from app.cli.common import STEPS, out
 from app.cli.render import errors_table, fmt_attempts, state_text
 from app.cli.waiting import is_terminal, wait_for_order
-from app.orders.models import DEMO_ADDRESS, ORDER_DEADLINE_S
+from app.orders.messages import DEMO_ADDRESS, ORDER_DEADLINE_S
 
 if TYPE_CHECKING:
     from app.service.orders import OrderService

@@ -29,7 +29,7 @@ from rich.text import Text
 
 from app.cli.common import exit_now, open_service, out, report_error
 from app.cli.waiting import is_terminal, wait_for_order
-from app.orders.models import DEMO_ADDRESS
+from app.orders.messages import DEMO_ADDRESS
 from app.platform.settings import Settings
 from devstack.stack.addresses import client_settings
 

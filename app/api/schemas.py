@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from app.api.text import Text
-from app.orders.models import OrderState, PaymentStatus, Step
+from app.orders.messages import OrderState, PaymentStatus, Step
 from app.orders.validation import MAX_FIELD_LEN, PAYMENT_ID_RE, ZIP_RE
 from app.service.inputs import (
     MAX_ITEMS,

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
 
-from app.orders.models import Step
+from app.orders.messages import Step
 from app.platform.settings import Settings, settings_problem
 
 if TYPE_CHECKING:

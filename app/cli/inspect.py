@@ -14,7 +14,7 @@ from rich.table import Table
 
 from app.cli.common import INSPECT, JsonOpt, app, db_failure, out, target_settings, with_service
 from app.cli.render import fmt_time, kv_grid, print_json, say, state_text
-from app.orders.models import OrderState, PaymentStatus, Step
+from app.orders.messages import OrderState, PaymentStatus, Step
 
 if TYPE_CHECKING:
     # The service pulls in temporalio and SQLAlchemy (about a second); stack commands and

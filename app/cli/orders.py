@@ -13,7 +13,7 @@ from rich.text import Text
 from app.cli.common import ORDERS, CliError, JsonOpt, app, out, target_settings, with_service
 from app.cli.render import fmt_address, print_json, render_status, say, state_text, status_dict
 from app.cli.waiting import is_terminal, wait_for_order
-from app.orders.models import DEMO_ADDRESS, REVIEW_TIMEOUT_S, TERMINAL_STATES
+from app.orders.messages import DEMO_ADDRESS, REVIEW_TIMEOUT_S, TERMINAL_STATES
 
 if TYPE_CHECKING:
     # The service pulls in temporalio and SQLAlchemy (about a second); stack commands and
@@ -28,7 +28,7 @@ T = TypeVar("T")
 FaultProfileOpt = Annotated[
     str | None,
     typer.Option(
-        help="Failure simulation for this run: off (none), seed (the guide's: 1/3 fail, "
+        help="Failure simulation for this run: off (none), seed (the default: 1/3 fail, "
         "1/3 hang) or fail=R,hang=R,lost=R,delay=S. Default: the stack's FAULT_PROFILE.",
         metavar="PROFILE",
     ),

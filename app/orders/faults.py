@@ -1,6 +1,6 @@
 """Failure simulation for the external services, and the order intake and validation stubs.
 
-Every external call runs `flaky_call()`, which behaves as the guide says: under the `seed`
+Every external call runs `flaky_call()`, which behaves as the failure profile says: under the `seed`
 profile about 1/3 of calls raise, 1/3 hang for 300 s (the activity's start-to-close timeout
 fires first), 1/3 succeed. Those faults strike *before* the call takes effect. A profile
 can add `lost`: the call takes effect at the provider, then its answer is lost (it raises
@@ -170,7 +170,7 @@ class Faults:
 
 
 class OrderIntake:
-    """The order intake and validation services of the guide: no effect of their own."""
+    """The order intake and validation services: no effect of their own."""
 
     def __init__(self, faults: FaultInjector) -> None:
         self.receive = Faults(faults, "receive")

@@ -3,7 +3,7 @@ retried). The API's input bounds are another thing: app/service/inputs.py."""
 
 from __future__ import annotations
 
-from app.orders.models import ValidateInput, order_amount_cents
+from app.orders.messages import ValidateInput, order_amount_cents
 from app.orders.validation import address_problems
 
 # Business rules checked by ValidateOrder.

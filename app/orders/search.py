@@ -22,7 +22,7 @@ from temporalio.common import (
     TypedSearchAttributes,
 )
 
-from app.orders.models import OrderInput, OrderState, Step, order_amount_cents
+from app.orders.messages import OrderInput, OrderState, Step, order_amount_cents
 
 ORDER_STATE = SearchAttributeKey.for_keyword("OrderState")
 ORDER_STEP = SearchAttributeKey.for_keyword("OrderStep")

@@ -14,7 +14,7 @@ from sqlalchemy.engine import URL, make_url
 from app.platform.api_keys import ApiKeyConfigError, parse_api_keys
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-# The embedded stack's database password (the guide's): refused when DEPLOYMENT=production.
+# The embedded stack's well-known database password: refused when DEPLOYMENT=production.
 DEFAULT_DB_PASSWORD = "app"
 # The provider simulators' databases (created by the embedded stack and by compose).
 GATEWAY_DB = "gateway"
@@ -55,8 +55,8 @@ class Settings(BaseSettings):
     # json (one object per line) or console (readable, for a terminal)
     log_format: str = "json"
 
-    # Order rules (DESIGN.md), configurable so tests and demos can shorten them; None =
-    # the guide's 30 s and 60 s (app/orders/models.py, their one home).
+    # Order rules, configurable so tests and demos can shorten them; None = the
+    # standard 30 s review and 60 s deadline (app/orders/messages.py, their one home).
     review_timeout_s: float | None = None
     order_deadline_s: float | None = None
 
@@ -215,9 +215,7 @@ def production_problems(settings: Settings) -> list[str]:
     if settings.allow_fault_injection:
         problems.append("ALLOW_FAULT_INJECTION is on")
     if settings.fault_profile.strip().lower() != _NO_FAULTS:
-        problems.append(
-            "FAULT_PROFILE is not off (the guide's random faults are for the dev stack)"
-        )
+        problems.append("FAULT_PROFILE is not off (random faults are for the dev stack)")
     origins = [o.strip() for o in settings.codec_cors_origins.split(",")]
     if any(o in ("*", "null") or "*" in o for o in origins):
         problems.append(

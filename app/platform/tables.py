@@ -1,4 +1,4 @@
-"""The order system's tables (the guide's orders, payments, events) as SQLAlchemy models.
+"""The order system's tables (orders, payments, events) as SQLAlchemy models.
 
 Tables are created by the Alembic migrations (app/platform/migrations); these mirror them.
 """
@@ -40,7 +40,7 @@ class Order(Base):
     address_json: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
     created_at: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
-    # Added beyond the guide's schema: what status and the dispatch gate need.
+    # Beyond the core columns above: what status and the dispatch gate need.
     step: Mapped[str | None] = mapped_column(String)
     workflow_id: Mapped[str | None] = mapped_column(String)
     run_id: Mapped[str | None] = mapped_column(String)

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.orders.models import OrderInput, OrderState, Step
+from app.orders.messages import OrderInput, OrderState, Step
 from app.platform.tables import IdempotencyKey
 from app.service.errors import InvalidInput
 

@@ -8,7 +8,7 @@ import re
 from typing import Any, TypedDict, Unpack
 
 from app.orders.faults import FaultProfile, FaultProfileError
-from app.orders.models import (
+from app.orders.messages import (
     DEFAULT_ITEMS,
     Address,
     LineItem,

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client, WorkflowExecution
 from temporalio.service import RPCError, RPCStatusCode
 
-from app.orders.models import ORDER_WORKFLOW, OrderState, PaymentStatus, Step
+from app.orders.messages import ORDER_WORKFLOW, OrderState, PaymentStatus, Step
 from app.orders.search import ORDER_STATE, ORDER_STEP
 from app.orders.validation import order_id_problem
 from app.platform.settings import Settings, get_settings

@@ -33,7 +33,7 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from app.orders.claims import claim_payment_id, release_payment_id
-from app.orders.models import (
+from app.orders.messages import (
     ERR_INVALID_ORDER,
     ERR_ORDER_CANCELLED,
     ERR_ORDER_CLOSED,

@@ -23,7 +23,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from app.orders.identity import retry_reference
-from app.orders.models import (
+from app.orders.messages import (
     Address,
     EventType,
     LineItem,

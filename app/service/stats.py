@@ -32,7 +32,7 @@ from sqlalchemy import Float, Row, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.orders.models import TERMINAL_STATES, EventType, OrderState, Step
+from app.orders.messages import TERMINAL_STATES, EventType, OrderState, Step
 
 # Upper bounds (seconds) of the execution-time buckets; the last bucket is open-ended.
 # Chosen around the business timers: review waits 30 s, an order must end within 60 s.

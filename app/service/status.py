@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.orders.models import (
+from app.orders.messages import (
     TERMINAL_STATES,
     EventType,
     Step,
@@ -157,7 +157,7 @@ def merge_errors(
 
 
 def shown_failure(failure: Any) -> str | None:
-    """A Temporal failure as clients may see it (models.shown_message): None for none."""
+    """A Temporal failure as clients may see it (messages.shown_message): None for none."""
     if failure is None or not failure.ByteSize():
         return None
     if failure.HasField("timeout_failure_info"):

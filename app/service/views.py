@@ -2,7 +2,7 @@
 
 The API documents it (response model of GET /orders/{id} and the update endpoints), the CLI
 prints its JSON form, the console reads it from the API. The workflow's `OrderStatus` query
-result (app/orders/models.py) is a Temporal message, part of the workflow's compatibility
+result (app/orders/messages.py) is a Temporal message, part of the workflow's compatibility
 contract; it becomes this view in one place, `OrderView.from_workflow`, with what only the
 service knows (run, pending activities, the database's attempts).
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from app.orders.models import OrderStatus
+from app.orders.messages import OrderStatus
 
 # The order and run the API's examples show.
 EXAMPLE_RUN: dict[str, JsonValue] = {
@@ -54,7 +54,7 @@ class PendingActivityView(BaseModel):
 
 
 class OrderView(BaseModel):
-    """The order's live view (DESIGN.md "Status"): from the workflow while it runs, from
+    """The order's live view (docs/architecture.md, "Status"): from the workflow while it runs, from
     the database once it has closed (`source` says which)."""
 
     model_config = ConfigDict(

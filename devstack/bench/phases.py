@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 from temporalio.client import Client
 
-from app.orders.models import DEMO_ADDRESS
+from app.orders.messages import DEMO_ADDRESS
 from app.platform.settings import Settings
 from devstack.bench.measure import (
     ApproveVia,
@@ -51,7 +51,7 @@ class OrdersPhase:
         return f"bench-{self.run_id}-{i:05d}"
 
     async def one(self, i: int) -> tuple[float, float]:
-        from app.orders.models import SIGNAL_APPROVE, ApproveRequest, order_workflow_id
+        from app.orders.messages import SIGNAL_APPROVE, ApproveRequest, order_workflow_id
 
         order_id = self.order_id(i)
         body: dict[str, Any] = {"payment_id": f"pay-{order_id}", "address": DEMO_ADDRESS}

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.orders.identity import first_reference, retry_of
-from app.orders.models import EventType, OrderState
+from app.orders.messages import EventType, OrderState
 
 TERMINAL = frozenset({"COMPLETED", "CANCELLED", "FAILED"})
 # The event row each orders.state must have (activities write them in the same

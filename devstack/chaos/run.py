@@ -52,7 +52,7 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from app.orders.models import (
+from app.orders.messages import (
     DEMO_ADDRESS,
     ORDER_DEADLINE_S,
     SIGNAL_APPROVE,

@@ -26,7 +26,7 @@ from sqlalchemy import event
 from temporalio.client import Client, WorkflowFailureError
 
 from app.api.app import StartupRefused, create_app
-from app.orders.models import ORDER_WORKFLOW, OrderInput
+from app.orders.messages import ORDER_WORKFLOW, OrderInput
 from app.platform.settings import ProductionRefused, Settings
 from app.platform.temporal import connect_client
 from app.service.inputs import order_input

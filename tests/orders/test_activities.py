@@ -18,7 +18,7 @@ from temporalio.testing import ActivityEnvironment
 
 from app.orders.activities import OrderActivities, ShippingActivities
 from app.orders.faults import FaultInjector, OrderIntake, SimulatedLostResponse
-from app.orders.models import (
+from app.orders.messages import (
     DEFAULT_ITEMS,
     ActivityContext,
     Address,

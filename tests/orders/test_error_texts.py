@@ -7,7 +7,7 @@ import pytest
 from temporalio.api.failure.v1 import ApplicationFailureInfo, Failure, TimeoutFailureInfo
 from temporalio.exceptions import ActivityError, ApplicationError, RetryState
 
-from app.orders.models import ERR_INVALID_ORDER, UNEXPECTED_ERROR_TEXT, shown_message
+from app.orders.messages import ERR_INVALID_ORDER, UNEXPECTED_ERROR_TEXT, shown_message
 from app.orders.workflows.failures import failure_message
 from app.service.status import shown_failure
 

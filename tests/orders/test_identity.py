@@ -11,7 +11,7 @@ import uuid
 import pytest
 from temporalio.client import WorkflowFailureError
 
-from app.orders.models import ORDER_WORKFLOW, OrderInput
+from app.orders.messages import ORDER_WORKFLOW, OrderInput
 from app.orders.providers.gateway import read_ledger
 from app.service.errors import OrderConflict
 from app.service.inputs import order_input

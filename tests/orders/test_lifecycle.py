@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select
 from temporalio.client import WorkflowFailureError
 
-from app.orders.models import SIGNAL_APPROVE, ApproveRequest, order_workflow_id
+from app.orders.messages import SIGNAL_APPROVE, ApproveRequest, order_workflow_id
 from app.platform.tables import Event, Order
 from app.service.errors import OrderConflict
 from devstack.chaos.checks import STATE_EVENT

@@ -24,7 +24,7 @@ from temporalio.client import ScheduleHandle, ScheduleOverlapPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from app.orders.faults import CallInfo
-from app.orders.models import ORDER_WORKFLOW, EventType, order_workflow_id
+from app.orders.messages import ORDER_WORKFLOW, EventType, order_workflow_id
 from app.orders.providers.api import ChargeRequest, RefundRequest, charge_key, refund_key
 from app.orders.reconciliation.messages import SCHEDULE_ID
 from app.platform.tables import Event, Order, Payment, ReconciliationRun

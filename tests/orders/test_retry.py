@@ -16,7 +16,7 @@ import pytest
 from temporalio.client import WorkflowFailureError
 from temporalio.service import RPCError, RPCStatusCode
 
-from app.orders.models import ORDER_WORKFLOW, EventType
+from app.orders.messages import ORDER_WORKFLOW, EventType
 from app.orders.providers.api import charge_key
 from app.orders.providers.carrier import read_ledger as carrier_ledger
 from app.orders.providers.gateway import read_ledger

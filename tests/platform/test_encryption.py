@@ -11,7 +11,7 @@ import pytest
 from pydantic import SecretStr
 from temporalio.client import Client
 
-from app.orders.models import SIGNAL_APPROVE
+from app.orders.messages import SIGNAL_APPROVE
 from app.platform.temporal import connect_client
 from app.service.orders import OrderService
 from app.worker import build_workers

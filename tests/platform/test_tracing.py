@@ -9,7 +9,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from app.orders.models import SIGNAL_APPROVE
+from app.orders.messages import SIGNAL_APPROVE
 from app.platform.temporal import connect_client
 from app.platform.tracing import setup_tracing
 from app.service.orders import OrderService

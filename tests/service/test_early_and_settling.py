@@ -10,7 +10,7 @@ from temporalio.testing import ActivityEnvironment
 
 from app.orders.activities import OrderActivities
 from app.orders.faults import FaultInjector, OrderIntake
-from app.orders.models import ActivityContext, CloseInput, RefundInput
+from app.orders.messages import ActivityContext, CloseInput, RefundInput
 from app.service.errors import OrderConflict
 from app.service.listing import OrderFilter
 from app.service.orders import OrderService

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.orders.models import OrderState, PaymentStatus, Step
+from app.orders.messages import OrderState, PaymentStatus, Step
 from app.platform.tables import Order, Payment
 from app.service.errors import InvalidInput
 from app.service.listing import OrderFilter, encode_cursor, order_page

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from temporalio.client import WorkflowFailureError, WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
-from app.orders.models import order_workflow_id
+from app.orders.messages import order_workflow_id
 from app.platform.tables import Event
 from app.service.errors import OrderConflict, Unavailable
 from app.service.orders import OrderService

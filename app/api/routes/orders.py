@@ -22,7 +22,7 @@ from app.api.schemas import (
     StartOrderResponse,
     UpdateAddressRequest,
 )
-from app.orders.models import order_workflow_id
+from app.orders.messages import order_workflow_id
 from app.service.errors import InvalidInput
 from app.service.inputs import refuse_test_knobs
 from app.service.listing import OrderFilter

@@ -30,7 +30,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from app.orders.faults import CallInfo
-from app.orders.models import (
+from app.orders.messages import (
     ERR_ORDER_CANCELLED,
     ERR_ORDER_DISPATCHED,
     TERMINAL_STATES,

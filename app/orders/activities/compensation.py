@@ -30,7 +30,7 @@ from app.orders.activities.common import (
     refusals_are_final,
 )
 from app.orders.faults import CallInfo
-from app.orders.models import (
+from app.orders.messages import (
     TERMINAL_STATES,
     CloseInput,
     CloseOutcome,

@@ -39,7 +39,7 @@ from app.orders.activities.compensation import CompensationActivities
 from app.orders.claims import claim_payment_id
 from app.orders.faults import OrderIntake
 from app.orders.identity import first_reference, retry_reference
-from app.orders.models import (
+from app.orders.messages import (
     ERR_INVALID_ORDER,
     ERR_ORDER_CLOSED,
     ERR_PAYMENT_CONFLICT,

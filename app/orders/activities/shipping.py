@@ -23,7 +23,7 @@ from app.orders.activities.common import (
     step_activity,
     with_events,
 )
-from app.orders.models import (
+from app.orders.messages import (
     ERR_ORDER_CANCELLED,
     TERMINAL_STATES,
     Address,

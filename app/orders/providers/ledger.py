@@ -95,7 +95,7 @@ class Provider:
         self.engine = engine
         self.name = name
         self.schema = schema
-        # One fault draw per (order, service, attempt), as for the guide's other services.
+        # One fault draw per (order, service, attempt), as for the other external services.
         self.faults = {service: Faults(injector, service) for service in services}
 
     async def install(self) -> None:

@@ -33,7 +33,7 @@ from app.orders.activities.common import event_row, now_utc
 from app.orders.activities.compensation import mark_refunded, record_lost_charge_refunded
 from app.orders.faults import CallInfo
 from app.orders.identity import first_reference, retry_reference
-from app.orders.models import (
+from app.orders.messages import (
     ORDER_WORKFLOW,
     TERMINAL_STATES,
     EventType,

@@ -25,7 +25,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from app.orders.identity import first_reference, retry_of, retry_reference
-from app.orders.models import TERMINAL_STATES, OrderState, PaymentStatus
+from app.orders.messages import TERMINAL_STATES, OrderState, PaymentStatus
 from app.orders.providers.api import BookingRecord, SettledCharge, refund_key
 
 

@@ -12,7 +12,7 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from app.orders.activities import OrderActivities
-    from app.orders.models import (
+    from app.orders.messages import (
         ActivityContext,
         Address,
         AddressChange,

@@ -17,7 +17,7 @@ from temporalio.exceptions import (
 )
 
 with workflow.unsafe.imports_passed_through():
-    from app.orders.models import (
+    from app.orders.messages import (
         ERR_INVALID_ORDER,
         ERR_PAYMENT_CONFLICT,
         OrderState,

@@ -10,7 +10,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from app.orders.models import (
+    from app.orders.messages import (
         ERR_ORDER_CLOSED,
         ERR_ORDER_DISPATCHED,
         TERMINAL_STATES,

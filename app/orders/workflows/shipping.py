@@ -15,7 +15,7 @@ from temporalio.exceptions import (
 
 with workflow.unsafe.imports_passed_through():
     from app.orders.activities import ShippingActivities
-    from app.orders.models import (
+    from app.orders.messages import (
         ERR_DISPATCH_FAILED,
         ERR_ORDER_CANCELLED,
         SHIPPING_WORKFLOW,

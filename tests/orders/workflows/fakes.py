@@ -18,7 +18,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
-from app.orders.models import (
+from app.orders.messages import (
     ERR_INVALID_ORDER,
     ERR_ORDER_CANCELLED,
     ERR_ORDER_DISPATCHED,

@@ -21,7 +21,7 @@ from typing import Any
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from app.orders.models import (
+from app.orders.messages import (
     SIGNAL_APPROVE,
     SIGNAL_CANCEL,
     AddressChange,

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from app.orders.models import (
+from app.orders.messages import (
     ERR_ORDER_CLOSED,
     ERR_ORDER_DISPATCHED,
     ApproveRequest,

@@ -14,7 +14,7 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.testing import WorkflowEnvironment
 
-from app.orders.models import (
+from app.orders.messages import (
     ERR_ORDER_CLOSED,
     ERR_ORDER_DISPATCHED,
     ERR_REVIEW_OVER,

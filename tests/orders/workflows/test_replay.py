@@ -15,7 +15,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
-from app.orders.models import OrderInput, OrderResult
+from app.orders.messages import OrderInput, OrderResult
 from app.orders.workflows import OrderWorkflow, ShippingWorkflow
 from tests.orders.workflows.record_histories import SCENARIOS
 
