@@ -1,4 +1,11 @@
-"""The one way this service connects to Temporal (same options for API, workers and CLI)."""
+"""The one way this service connects to Temporal (same options for API, workers and CLI).
+
+Where to connect follows Temporal's environment configuration (the SDK's envconfig: a
+profile of a `temporal.toml`, TEMPORAL_PROFILE, TEMPORAL_CONFIG_FILE, and TEMPORAL_ADDRESS,
+TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TEMPORAL_TLS_* in the environment), so a Temporal
+Cloud or cluster profile works as it does for the `temporal` CLI. This service's own
+TEMPORAL_TARGET and TLS file settings, when set, win over the profile.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ import logging
 
 from temporalio.client import Client
 from temporalio.converter import DataConverter
+from temporalio.envconfig import ClientConfigProfile
 from temporalio.runtime import (
     LogForwardingConfig,
     LoggingConfig,
@@ -74,15 +82,47 @@ def tls_config(settings: Settings) -> TLSConfig | bool:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class ConnectOptions:
+    target: str
+    namespace: str
+    api_key: str | None
+    tls: TLSConfig | bool
+
+
+def connect_options(settings: Settings) -> ConnectOptions:
+    """Settings merged with the envconfig profile: what is set here explicitly wins, the
+    profile fills the rest. An API key (Temporal Cloud) turns TLS on."""
+    try:
+        profile = ClientConfigProfile.load()
+    except Exception as err:  # the SDK raises its own errors for a bad temporal.toml
+        raise RuntimeError(f"Temporal client configuration is not usable: {err}") from None
+    explicit = settings.model_fields_set
+    target = settings.temporal_target
+    if "temporal_target" not in explicit and profile.address:
+        target = profile.address
+    namespace = settings.temporal_namespace
+    if "temporal_namespace" not in explicit and profile.namespace:
+        namespace = profile.namespace
+    tls: TLSConfig | bool = tls_config(settings)
+    if tls is False and profile.tls is not None:
+        tls = profile.tls.to_connect_tls_config()
+    elif tls is False and profile.api_key:
+        tls = True
+    return ConnectOptions(target, namespace, profile.api_key or None, tls)
+
+
 async def connect_client(
     settings: Settings, *, runtime: Runtime | None = None, service: str = "client"
 ) -> Client:
+    options = connect_options(settings)
     return await Client.connect(
-        settings.temporal_target,
-        namespace=settings.temporal_namespace,
+        options.target,
+        namespace=options.namespace,
+        api_key=options.api_key,
         runtime=runtime,
         data_converter=data_converter(settings),
-        tls=tls_config(settings),
+        tls=options.tls,
         # Workers built from this client inherit the interceptors.
         interceptors=setup_tracing(settings, service),
     )
@@ -106,12 +146,16 @@ async def connect_with_retry(
         except Exception as err:
             if loop.time() + delay > give_up:
                 raise RuntimeError(
-                    f"Temporal not reachable at {settings.temporal_target} after "
+                    f"Temporal not reachable at {connect_options(settings).target} after "
                     f"{timeout:.0f}s: {err}"
                 ) from None
             log.warning(
                 "Temporal not reachable yet, retrying",
-                extra={"target": settings.temporal_target, "error": str(err), "service": service},
+                extra={
+                    "target": connect_options(settings).target,
+                    "error": str(err),
+                    "service": service,
+                },
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
