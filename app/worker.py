@@ -34,9 +34,14 @@ from temporalio.worker import (
     WorkflowInterceptorClassInput,
 )
 
-from app.orders.activities import OrderActivities, ShippingActivities
-from app.orders.faults import FaultInjector, FaultProfile, OrderIntake
+from app.orders.activities import (
+    ActivityDependencies,
+    orders_queue_activities,
+    shipping_queue_activities,
+)
+from app.orders.faults import FaultInjector, FaultProfile
 from app.orders.messages import ERR_INVALID_ORDER, OrderInput
+from app.orders.providers.intake import OrderIntake
 from app.orders.providers.wiring import Simulators, open_simulators
 from app.orders.reconciliation.activities import ReconciliationActivities
 from app.orders.reconciliation.workflow import ReconciliationWorkflow
@@ -141,11 +146,11 @@ def build_workers(
     sessions = session_factory(engine)
     guard = [] if settings.allow_fault_injection else [TestKnobGuard(settings)]
     intake = OrderIntake(fault_injector(settings))
+    deps = ActivityDependencies(sessions, intake, providers.gateway, providers.carrier)
     workers: list[Worker] = []
     tuning = worker_tuning(settings)
     drain = timedelta(seconds=10)
     if queue in ("orders", "all"):
-        acts = OrderActivities(sessions, intake, providers.gateway, providers.carrier)
         # The scheduled reconciliation runs beside the orders (docs/architecture.md).
         audit = ReconciliationActivities(
             sessions, providers.gateway, providers.carrier, client, settings
@@ -155,29 +160,19 @@ def build_workers(
                 client,
                 task_queue=settings.order_task_queue,
                 workflows=[OrderWorkflow, ReconciliationWorkflow],
-                activities=[
-                    acts.receive_order,
-                    acts.validate_order,
-                    acts.charge_payment,
-                    acts.apply_address_change,
-                    acts.mark_cancel_requested,
-                    acts.close_order,
-                    acts.refund_payment,
-                    audit.reconcile,
-                ],
+                activities=[*orders_queue_activities(deps), audit.reconcile],
                 graceful_shutdown_timeout=drain,
                 interceptors=guard,
                 **tuning,
             )
         )
     if queue in ("shipping", "all"):
-        ship = ShippingActivities(sessions, providers.carrier)
         workers.append(
             Worker(
                 client,
                 task_queue=settings.shipping_task_queue,
                 workflows=[ShippingWorkflow],
-                activities=[ship.prepare_package, ship.dispatch_carrier],
+                activities=shipping_queue_activities(deps),
                 graceful_shutdown_timeout=drain,
                 interceptors=guard,
                 **tuning,

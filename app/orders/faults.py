@@ -1,10 +1,11 @@
-"""Failure simulation for the external services, and the order intake and validation stubs.
+"""Failure simulation for the external services (their stubs and simulators live in
+app/orders/providers/).
 
 Every external call runs `flaky_call()`, which behaves as the failure profile says: under the `seed`
 profile about 1/3 of calls raise, 1/3 hang for 300 s (the activity's start-to-close timeout
 fires first), 1/3 succeed. Those faults strike *before* the call takes effect. A profile
 can add `lost`: the call takes effect at the provider, then its answer is lost (it raises
-or hangs). Only the payment gateway and the carrier (app/providers) have effects to lose.
+or hangs). Only the payment gateway and the carrier have effects to lose.
 Draws can be made reproducible with a seed.
 """
 
@@ -167,17 +168,3 @@ class Faults:
         roll = self.injector.draw(f"{call.order_id}:{self.service}:{call.attempt}")
         profile = self.injector.profile(call.fault_profile)
         return Draw(profile, roll, attempt_number(call.attempt))
-
-
-class OrderIntake:
-    """The order intake and validation services: no effect of their own."""
-
-    def __init__(self, faults: FaultInjector) -> None:
-        self.receive = Faults(faults, "receive")
-        self.validate = Faults(faults, "validate")
-
-    async def receive_order(self, call: CallInfo) -> None:
-        await self.receive.draw(call).before()
-
-    async def validate_order(self, call: CallInfo) -> None:
-        await self.validate.draw(call).before()

@@ -16,8 +16,13 @@ from sqlalchemy import select, update
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from app.orders.activities import OrderActivities, ShippingActivities
-from app.orders.faults import FaultInjector, OrderIntake, SimulatedLostResponse
+from app.orders.activities import (
+    CompensationActivities,
+    IntakeActivities,
+    PaymentActivities,
+    ShippingActivities,
+)
+from app.orders.faults import FaultInjector, SimulatedLostResponse
 from app.orders.messages import (
     DEFAULT_ITEMS,
     ActivityContext,
@@ -35,6 +40,7 @@ from app.orders.messages import (
 from app.orders.providers.api import charge_key
 from app.orders.providers.carrier import read_ledger as carrier_ledger
 from app.orders.providers.gateway import read_ledger as gateway_ledger
+from app.orders.providers.intake import OrderIntake
 from app.platform.tables import Order, Payment
 from tests.helpers import ADDRESS, HAPPY_PATH_EVENTS, Running, order_events, payments
 
@@ -45,10 +51,19 @@ ITEMS = list(DEFAULT_ITEMS)
 
 
 @pytest.fixture
-def orders(running: Running) -> OrderActivities:
-    intake = OrderIntake(FaultInjector("off"))
-    return OrderActivities(
-        running.sessions, intake, running.providers.gateway, running.providers.carrier
+def intake(running: Running) -> IntakeActivities:
+    return IntakeActivities(running.sessions, OrderIntake(FaultInjector("off")))
+
+
+@pytest.fixture
+def payment(running: Running) -> PaymentActivities:
+    return PaymentActivities(running.sessions, running.providers.gateway)
+
+
+@pytest.fixture
+def compensation(running: Running) -> CompensationActivities:
+    return CompensationActivities(
+        running.sessions, running.providers.gateway, running.providers.carrier
     )
 
 
@@ -87,16 +102,19 @@ async def _refused(env: ActivityEnvironment, fn: Any, arg: Any) -> ApplicationEr
 
 
 async def test_every_step_recorded_once_when_each_attempt_runs_twice(
-    running: Running, orders: OrderActivities, shipping: ShippingActivities
+    running: Running,
+    intake: IntakeActivities,
+    payment: PaymentActivities,
+    shipping: ShippingActivities,
 ) -> None:
     env = ActivityEnvironment()
     order_id = f"acts-{uuid.uuid4().hex[:10]}"
     ctx = ActivityContext(order_id=order_id, fault_profile="off")
     steps: list[tuple[Any, Any]] = [
-        (orders.receive_order, _receive(order_id)),
-        (orders.validate_order, ValidateInput(ctx=ctx, address=SHIP_TO, items=ITEMS)),
+        (intake.receive_order, _receive(order_id)),
+        (intake.validate_order, ValidateInput(ctx=ctx, address=SHIP_TO, items=ITEMS)),
         (
-            orders.charge_payment,
+            payment.charge_payment,
             ChargeInput(
                 ctx=ctx,
                 payment_id=f"pmt-{order_id}",
@@ -124,22 +142,22 @@ async def test_every_step_recorded_once_when_each_attempt_runs_twice(
 
 
 async def test_order_id_of_another_run_is_refused(
-    running: Running, orders: OrderActivities
+    running: Running, intake: IntakeActivities
 ) -> None:
     env = ActivityEnvironment()
     order_id = f"acts-{uuid.uuid4().hex[:10]}"
-    await env.run(orders.receive_order, _receive(order_id, run_id="run-1"))
-    err = await _refused(env, orders.receive_order, _receive(order_id, run_id="run-2"))
+    await env.run(intake.receive_order, _receive(order_id, run_id="run-1"))
+    err = await _refused(env, intake.receive_order, _receive(order_id, run_id="run-2"))
     assert "another workflow run" in str(err)
     assert (await _row(running, order_id)).run_id == "run-1"
     assert await order_events(running, order_id) == ["RECEIVED", "STEP_ATTEMPT_FAILED"]
 
 
-async def test_validating_an_unknown_order_is_retryable(orders: OrderActivities) -> None:
+async def test_validating_an_unknown_order_is_retryable(intake: IntakeActivities) -> None:
     ctx = ActivityContext(order_id=f"acts-{uuid.uuid4().hex[:10]}", fault_profile="off")
     with pytest.raises(ApplicationError) as err:
         await ActivityEnvironment().run(
-            orders.validate_order, ValidateInput(ctx=ctx, address=SHIP_TO, items=ITEMS)
+            intake.validate_order, ValidateInput(ctx=ctx, address=SHIP_TO, items=ITEMS)
         )
     assert err.value.type == "OrderNotFound" and not err.value.non_retryable
 
@@ -176,10 +194,10 @@ def _charge(order_id: str, profile: str, payment_id: str | None = None) -> Charg
     )
 
 
-async def _received(orders: OrderActivities, items: list[LineItem] | None = None) -> str:
+async def _received(intake: IntakeActivities, items: list[LineItem] | None = None) -> str:
     """A new order, received (its row and RECEIVED event written)."""
     order_id = f"acts-{uuid.uuid4().hex[:10]}"
-    await ActivityEnvironment().run(orders.receive_order, _receive(order_id, items=items))
+    await ActivityEnvironment().run(intake.receive_order, _receive(order_id, items=items))
     return order_id
 
 
@@ -204,13 +222,16 @@ def _close(order_id: str, step: str = "PAY") -> CloseInput:
 
 
 async def _close_and_refund(
-    orders: OrderActivities, order_id: str, step: str = "PAY", free: bool = False
+    compensation: CompensationActivities,
+    order_id: str,
+    step: str = "PAY",
+    free: bool = False,
 ) -> None:
     """Close the order (its refund deferred, as the workflow does), then refund it."""
-    closed = await ActivityEnvironment().run(orders.close_order, _close(order_id, step=step))
+    closed = await ActivityEnvironment().run(compensation.close_order, _close(order_id, step=step))
     assert closed.refund_pending  # stopped while charging or shipping: the gateway is asked
     refund = _refund(order_id, "off")
-    outcome = await ActivityEnvironment().run(orders.refund_payment, refund)
+    outcome = await ActivityEnvironment().run(compensation.refund_payment, refund)
     assert outcome.refunded != free and outcome.payment_status == (
         "not_due" if free else "refunded"
     )
@@ -218,27 +239,32 @@ async def _close_and_refund(
 
 @pytest.mark.parametrize("attempts", [2, 3])
 async def test_lost_answers_charge_refund_and_dispatch_once_per_key(
-    running: Running, orders: OrderActivities, shipping: ShippingActivities, attempts: int
+    running: Running,
+    intake: IntakeActivities,
+    payment: PaymentActivities,
+    compensation: CompensationActivities,
+    shipping: ShippingActivities,
+    attempts: int,
 ) -> None:
-    order_id = await _received(orders)
+    order_id = await _received(intake)
     lost = f"lost_first={attempts - 1}"  # every attempt but the last takes effect, then fails
 
-    await _answered_after_lost(attempts, orders.charge_payment, _charge(order_id, lost))
+    await _answered_after_lost(attempts, payment.charge_payment, _charge(order_id, lost))
     charges = await _gateway(running, order_id)
     assert len(charges) == 1 and charges[0]["idempotency_key"] == charge_key(
         order_id, f"pmt-{order_id}"
     )
     assert [p.status for p in await payments(running, order_id)] == ["charged"]
 
-    closed = await ActivityEnvironment().run(orders.close_order, _close(order_id))
+    closed = await ActivityEnvironment().run(compensation.close_order, _close(order_id))
     assert closed.refund_pending
     refund = _refund(order_id, lost)
-    assert (await _answered_after_lost(attempts, orders.refund_payment, refund)).refunded
+    assert (await _answered_after_lost(attempts, compensation.refund_payment, refund)).refunded
     (charge,) = await _gateway(running, order_id)
     assert len(charge["refunds"]) == 1 and charge["refunded_cents"] == charge["amount_cents"]
     assert [p.status for p in await payments(running, order_id)] == ["refunded"]
 
-    shipped = await _received(orders)
+    shipped = await _received(intake)
     ctx = ActivityContext(order_id=shipped, fault_profile=lost)
     dispatch = DispatchInput(ctx=ctx, shipping_attempt=1)
     outcome = await _answered_after_lost(attempts, shipping.dispatch_carrier, dispatch)
@@ -248,68 +274,74 @@ async def test_lost_answers_charge_refund_and_dispatch_once_per_key(
 
 
 async def test_charge_whose_answer_never_came_is_found_and_refunded(
-    running: Running, orders: OrderActivities
+    running: Running,
+    intake: IntakeActivities,
+    payment: PaymentActivities,
+    compensation: CompensationActivities,
 ) -> None:
-    order_id = await _received(orders)
+    order_id = await _received(intake)
     # PAY fails three times: the gateway charged, we never heard.
-    await _answers_lost(3, orders.charge_payment, _charge(order_id, "lost_first=3"))
+    await _answers_lost(3, payment.charge_payment, _charge(order_id, "lost_first=3"))
     assert await payments(running, order_id) == []
 
-    await _close_and_refund(orders, order_id)
+    await _close_and_refund(compensation, order_id)
     (charge,) = await _gateway(running, order_id)
     assert charge["refunded_cents"] == charge["amount_cents"]
-    (payment,) = await payments(running, order_id)
-    assert (payment.status, payment.gateway_ref) == ("refunded", charge["charge_id"])
+    (recorded,) = await payments(running, order_id)
+    assert (recorded.status, recorded.gateway_ref) == ("refunded", charge["charge_id"])
     events = await order_events(running, order_id)
     assert events[-2:] == ["PAYMENT_CHARGED", "PAYMENT_REFUNDED"]
 
     # A straggling attempt of the charge gets the first charge back (no money moves) and
     # records nothing: the order is closed and its compensation is done.
-    err = await _refused(_attempt(4), orders.charge_payment, _charge(order_id, "off"))
+    err = await _refused(_attempt(4), payment.charge_payment, _charge(order_id, "off"))
     assert err.type == "OrderClosed"
     assert len(await _gateway(running, order_id)) == 1
     assert [p.status for p in await payments(running, order_id)] == ["refunded"]
 
 
 async def test_voided_payment_refuses_a_late_charge(
-    running: Running, orders: OrderActivities
+    running: Running,
+    intake: IntakeActivities,
+    payment: PaymentActivities,
+    compensation: CompensationActivities,
 ) -> None:
-    order_id = await _received(orders)
-    await ActivityEnvironment().run(orders.close_order, _close(order_id))
+    order_id = await _received(intake)
+    await ActivityEnvironment().run(compensation.close_order, _close(order_id))
     refund = _refund(order_id, "off")
-    outcome = await ActivityEnvironment().run(orders.refund_payment, refund)
+    outcome = await ActivityEnvironment().run(compensation.refund_payment, refund)
     assert not outcome.refunded and outcome.payment_status == "none"
-    err = await _refused(ActivityEnvironment(), orders.charge_payment, _charge(order_id, "off"))
+    err = await _refused(ActivityEnvironment(), payment.charge_payment, _charge(order_id, "off"))
     assert err.type == "PaymentVoided"
     assert await _gateway(running, order_id) == []
 
 
 async def test_a_charge_refunded_since_never_counts_as_this_runs_payment(
-    running: Running, orders: OrderActivities
+    running: Running, intake: IntakeActivities, payment: PaymentActivities
 ) -> None:
     """The gateway replays a charge that was refunded since (same key): it holds no money,
     so the order must not go on to ship as paid."""
-    order_id = await _received(orders)
-    await ActivityEnvironment().run(orders.charge_payment, _charge(order_id, "off"))
+    order_id = await _received(intake)
+    await ActivityEnvironment().run(payment.charge_payment, _charge(order_id, "off"))
     async with running.sessions() as s, s.begin():
         await s.execute(
             update(Payment).where(Payment.order_id == order_id).values(status="refunded")
         )
-    err = await _refused(ActivityEnvironment(), orders.charge_payment, _charge(order_id, "off"))
+    err = await _refused(ActivityEnvironment(), payment.charge_payment, _charge(order_id, "off"))
     assert err.type == "PaymentIdInUse"
     assert [p.status for p in await payments(running, order_id)] == ["refunded"]
 
 
 async def test_payment_key_reused_with_other_parameters_is_refused(
-    running: Running, orders: OrderActivities
+    running: Running, intake: IntakeActivities, payment: PaymentActivities
 ) -> None:
-    first, second = await _received(orders), await _received(orders)
-    await ActivityEnvironment().run(orders.charge_payment, _charge(first, "off"))
+    first, second = await _received(intake), await _received(intake)
+    await ActivityEnvironment().run(payment.charge_payment, _charge(first, "off"))
     # Another order under the same payment id, and the same order with another amount.
     other_order = _charge(second, "off", payment_id=f"pmt-{first}")
     other_amount = dataclasses.replace(_charge(first, "off"), amount_cents=1)
     for request in (other_order, other_amount):
-        err = await _refused(ActivityEnvironment(), orders.charge_payment, request)
+        err = await _refused(ActivityEnvironment(), payment.charge_payment, request)
         assert err.type == "PaymentIdInUse"
     assert len(await _gateway(running, first)) == 1 and await _gateway(running, second) == []
     assert [p.status for p in await payments(running, first)] == ["charged"]
@@ -317,22 +349,27 @@ async def test_payment_key_reused_with_other_parameters_is_refused(
 
 @pytest.mark.parametrize("free", [False, True])
 async def test_booking_whose_answer_never_came_is_cancelled_when_the_order_closes(
-    running: Running, orders: OrderActivities, shipping: ShippingActivities, free: bool
+    running: Running,
+    intake: IntakeActivities,
+    payment: PaymentActivities,
+    compensation: CompensationActivities,
+    shipping: ShippingActivities,
+    free: bool,
 ) -> None:
     """Paid or free (nothing to refund), an order closed while shipping cancels its
     bookings: a parcel booked for it would ship a cancelled order."""
     items = [LineItem(sku="FREE-1", qty=1, unit_price_cents=0)] if free else None
-    order_id = await _received(orders, items)
+    order_id = await _received(intake, items)
     charge = _charge(order_id, "off")
     if free:
         charge = dataclasses.replace(charge, amount_cents=0)
-    await ActivityEnvironment().run(orders.charge_payment, charge)
+    await ActivityEnvironment().run(payment.charge_payment, charge)
     ctx = ActivityContext(order_id=order_id, fault_profile="lost_first=3")
     # DISPATCH fails three times: the carrier booked, we never heard.
     await _answers_lost(3, shipping.dispatch_carrier, DispatchInput(ctx=ctx, shipping_attempt=1))
     assert (await _row(running, order_id)).tracking_number is None
 
-    await _close_and_refund(orders, order_id, step="SHIP", free=free)
+    await _close_and_refund(compensation, order_id, step="SHIP", free=free)
     (booking,) = (await carrier_ledger(running.providers.carrier.engine, [order_id]))[order_id]
     assert booking["cancelled"]
     # A later shipping attempt books nothing: the order is closed, and the carrier agrees.

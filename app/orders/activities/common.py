@@ -1,6 +1,6 @@
 """What every activity shares: attempt accounting (`step_activity`), one-statement writes
-with their events, the order row lock, and turning a provider's refusal into a final
-failure."""
+with their events, the order row lock, the payment id's owner, and turning a provider's
+refusal into a final failure."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 from sqlalchemy import (
     DateTime,
@@ -31,12 +31,9 @@ from temporalio.exceptions import ApplicationError
 
 from app.orders.faults import CallInfo
 from app.orders.messages import (
-    ERR_ORDER_CANCELLED,
-    ERR_ORDER_DISPATCHED,
-    TERMINAL_STATES,
+    ERR_PAYMENT_CONFLICT,
     ActivityContext,
     EventType,
-    OrderState,
     Step,
     shown_message,
 )
@@ -47,7 +44,7 @@ from app.orders.providers.api import (
 )
 from app.platform import metrics
 from app.platform.db import timed_transaction
-from app.platform.tables import Event, JsonType, Order
+from app.platform.tables import Event, JsonType, Order, PaymentClaim
 
 log = logging.getLogger("app.orders.activities")
 
@@ -71,6 +68,13 @@ def money(amount_cents: int) -> Decimal:
 
 def event_row(order_id: str, type_: EventType | str, **payload: Any) -> dict[str, Any]:
     return {"order_id": order_id, "type": str(type_), "payload_json": payload}
+
+
+async def record_event(
+    s: AsyncSession, order_id: str, type_: EventType | str, **payload: Any
+) -> None:
+    """One event of the order, in the session's transaction."""
+    await s.execute(insert(Event).values(**event_row(order_id, type_, **payload)))
 
 
 def with_events(
@@ -110,8 +114,8 @@ def step_activity(step: Step) -> Callable[[Callable[P, Awaitable[R]]], Callable[
         @functools.wraps(fn)
         async def run(*args: P.args, **kwargs: P.kwargs) -> R:
             info = activity.info()
-            self = args[0]
-            assert isinstance(self, ActivityBase)
+            activities = args[0]
+            assert isinstance(activities, UsesOrderDatabase)
             order_id = getattr(getattr(args[1], "ctx", None), "order_id", "?")
             name = info.activity_type
             where = {"workflow_id": info.workflow_id, "activity": name, "step": step}
@@ -139,7 +143,9 @@ def step_activity(step: Step) -> Callable[[Callable[P, Awaitable[R]]], Callable[
                     },
                 )
                 await asyncio.shield(
-                    self._record_attempt_failure(order_id, step, info.attempt, kind, err)
+                    record_attempt_failure(
+                        activities.sessions, order_id, step, info.attempt, kind, err
+                    )
                 )
                 raise
             metrics.STEP_DURATION.labels(step=step).observe(time.perf_counter() - started)
@@ -159,34 +165,37 @@ def _failure_kind(err: BaseException) -> str:
     return type(err).__name__
 
 
-class ActivityBase:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
-        self.sessions = sessions
+@runtime_checkable
+class UsesOrderDatabase(Protocol):
+    """An activities class `step_activity` can record failed attempts for."""
 
-    async def _record_attempt_failure(
-        self, order_id: str, step: str, attempt: int, kind: str, err: BaseException
-    ) -> None:
-        # What clients are shown (status errors): our text or a fixed one for its kind;
-        # a driver's or SQL text stays in the log line step_activity wrote.
-        message = shown_message(
-            kind, err.message if isinstance(err, ApplicationError) else str(err)
-        )
-        try:
-            async with timed_transaction(self.sessions, "record_attempt_failure") as s:
-                await s.execute(
-                    insert(Event).values(
-                        **event_row(
-                            order_id,
-                            EventType.STEP_ATTEMPT_FAILED,
-                            step=step,
-                            attempt=attempt,
-                            kind=kind,
-                            message=message,
-                        )
-                    )
-                )
-        except Exception:  # the database may be the thing that failed
-            log.warning("could not record attempt failure", extra={"order_id": order_id})
+    sessions: async_sessionmaker[AsyncSession]
+
+
+async def record_attempt_failure(
+    sessions: async_sessionmaker[AsyncSession],
+    order_id: str,
+    step: str,
+    attempt: int,
+    kind: str,
+    err: BaseException,
+) -> None:
+    # What clients are shown (status errors): our text or a fixed one for its kind;
+    # a driver's or SQL text stays in the log line step_activity wrote.
+    message = shown_message(kind, err.message if isinstance(err, ApplicationError) else str(err))
+    try:
+        async with timed_transaction(sessions, "record_attempt_failure") as s:
+            await record_event(
+                s,
+                order_id,
+                EventType.STEP_ATTEMPT_FAILED,
+                step=step,
+                attempt=attempt,
+                kind=kind,
+                message=message,
+            )
+    except Exception:  # the database may be the thing that failed
+        log.warning("could not record attempt failure", extra={"order_id": order_id})
 
 
 async def lock_order(session: AsyncSession, order_id: str) -> Order:
@@ -202,6 +211,19 @@ async def lock_order(session: AsyncSession, order_id: str) -> Order:
 async def require_order(session: AsyncSession, order_id: str) -> None:
     if (await session.execute(select(Order.id).where(Order.id == order_id))).first() is None:
         raise ApplicationError(f"order {order_id} not found in database", type="OrderNotFound")
+
+
+async def refuse_unless_payment_owner(s: AsyncSession, payment_id: str, order_id: str) -> None:
+    """Refuse for good unless the payment id is claimed by this order."""
+    owner = (
+        await s.execute(select(PaymentClaim.order_id).where(PaymentClaim.payment_id == payment_id))
+    ).scalar_one_or_none()
+    if owner != order_id:
+        raise ApplicationError(
+            f"payment id {payment_id} is not this order's",
+            type=ERR_PAYMENT_CONFLICT,
+            non_retryable=True,
+        )
 
 
 @contextmanager
@@ -230,17 +252,4 @@ def observe_end(state: str, reason: str | None, created_at: datetime | None) -> 
     if created_at is not None:
         metrics.ORDER_DURATION.labels(outcome=state).observe(
             max((now_utc() - created_at).total_seconds(), 0.0)
-        )
-
-
-def refuse_if_closed_or_dispatched(order: Order) -> None:
-    if order.state == OrderState.COMPLETED or order.tracking_number is not None:
-        raise ApplicationError(
-            "order was already dispatched", type=ERR_ORDER_DISPATCHED, non_retryable=True
-        )
-    if order.state in TERMINAL_STATES or order.cancel_requested:
-        raise ApplicationError(
-            "order is already closed or being cancelled",
-            type=ERR_ORDER_CANCELLED,
-            non_retryable=True,
         )

@@ -20,13 +20,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 
 from app.orders.activities.common import (
-    ActivityBase,
     call_info,
     event_row,
     money,
     naive_utc,
     now_utc,
     observe_end,
+    record_event,
     refusals_are_final,
 )
 from app.orders.faults import CallInfo
@@ -55,7 +55,7 @@ from app.platform.tables import Event, Order, Payment
 log = logging.getLogger("app.orders.activities")
 
 
-class CompensationActivities(ActivityBase):
+class CompensationActivities:
     """Closing an order and undoing its charge (and its bookings), once, whatever retries."""
 
     def __init__(
@@ -64,7 +64,7 @@ class CompensationActivities(ActivityBase):
         gateway: PaymentGateway,
         carrier: Carrier,
     ) -> None:
-        super().__init__(sessions)
+        self.sessions = sessions
         self.gateway = gateway
         # An order that closes unshipped cancels its bookings.
         self.carrier = carrier
@@ -213,15 +213,12 @@ class CompensationActivities(ActivityBase):
         with refusals_are_final():
             cancelled = await self.carrier.cancel(CancelShipmentsRequest(ref), call)
         async with timed_transaction(self.sessions, "cancel_shipments") as s:
-            await s.execute(
-                insert(Event).values(
-                    **event_row(
-                        order_id,
-                        EventType.SHIPMENTS_CANCELLED,
-                        carrier_order=ref,
-                        bookings=[b.tracking_number for b in cancelled],
-                    )
-                )
+            await record_event(
+                s,
+                order_id,
+                EventType.SHIPMENTS_CANCELLED,
+                carrier_order=ref,
+                bookings=[b.tracking_number for b in cancelled],
             )
         if cancelled:
             log.warning(
@@ -344,11 +341,7 @@ async def mark_refunded(s: AsyncSession, order_id: str, payment_id: str) -> bool
         )
     ).scalar_one_or_none() is not None
     if done:
-        await s.execute(
-            insert(Event).values(
-                **event_row(order_id, EventType.PAYMENT_REFUNDED, payment_id=payment_id)
-            )
-        )
+        await record_event(s, order_id, EventType.PAYMENT_REFUNDED, payment_id=payment_id)
     return done
 
 

@@ -3,26 +3,24 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from sqlalchemy import (
-    insert,
-    update,
-)
+from sqlalchemy import Select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from app.orders.activities.common import (
-    ActivityBase,
     call_info,
-    event_row,
     lock_order,
     now_utc,
     observe_end,
+    record_event,
     refusals_are_final,
     step_activity,
     with_events,
 )
+from app.orders.faults import CallInfo
 from app.orders.messages import (
     ERR_ORDER_CANCELLED,
     TERMINAL_STATES,
@@ -36,6 +34,7 @@ from app.orders.messages import (
     StepOutcome,
 )
 from app.orders.providers.api import (
+    Booking,
     Carrier,
     DispatchRequest,
     PrepareRequest,
@@ -43,16 +42,16 @@ from app.orders.providers.api import (
     prepare_key,
 )
 from app.platform.db import timed_statements, timed_transaction
-from app.platform.tables import Event, Order
+from app.platform.tables import Order
 
 log = logging.getLogger("app.orders.activities")
 
 
-class ShippingActivities(ActivityBase):
-    """Activities of the shipping queue."""
+class ShippingActivities:
+    """Activities of the shipping queue: the parcel packed, then handed to the carrier."""
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], carrier: Carrier) -> None:
-        super().__init__(sessions)
+        self.sessions = sessions
         self.carrier = carrier
 
     @activity.defn(name="PreparePackage")
@@ -63,19 +62,14 @@ class ShippingActivities(ActivityBase):
         key = prepare_key(order_id, inp.ctx.retry, inp.shipping_attempt)
         request = PrepareRequest(key, ref, inp.shipping_attempt)
         with refusals_are_final():
-            await self.carrier.prepare(
-                request, call_info(inp.ctx, f"{inp.shipping_attempt}.{info.attempt}")
-            )
+            await self.carrier.prepare(request, _shipping_call(inp, info.attempt))
         async with timed_statements(self.sessions, "prepare_package") as s:
-            await s.execute(
-                insert(Event).values(
-                    **event_row(
-                        order_id,
-                        EventType.PACKAGE_PREPARED,
-                        shipping_attempt=inp.shipping_attempt,
-                        attempt=info.attempt,
-                    )
-                )
+            await record_event(
+                s,
+                order_id,
+                EventType.PACKAGE_PREPARED,
+                shipping_attempt=inp.shipping_attempt,
+                attempt=info.attempt,
             )
         return StepOutcome(attempt=info.attempt)
 
@@ -85,9 +79,8 @@ class ShippingActivities(ActivityBase):
         """Hand the parcel to the carrier, holding the order row so a concurrent cancel or
         address change is decided before or after dispatch, never during."""
         info = activity.info()
-        order_id = inp.ctx.order_id
         async with timed_transaction(self.sessions, "dispatch_carrier") as s:
-            order = await lock_order(s, order_id)
+            order = await lock_order(s, inp.ctx.order_id)
             if order.tracking_number is not None:  # an earlier attempt already dispatched
                 return DispatchOutcome(
                     attempt=info.attempt,
@@ -100,51 +93,60 @@ class ShippingActivities(ActivityBase):
                     type=ERR_ORDER_CANCELLED,
                     non_retryable=True,
                 )
-            address = Address(**(order.address_json or {}))
-            retry = inp.ctx.retry
-            request = DispatchRequest(
-                key=dispatch_key(order_id, retry, inp.shipping_attempt),
-                order_id=inp.ctx.shipment_ref,
-                address=address.as_dict(),
-                supersedes=tuple(
-                    dispatch_key(order_id, retry, n) for n in range(1, inp.shipping_attempt)
-                ),
-            )
-            with refusals_are_final():
-                booking = await self.carrier.dispatch(
-                    request, call_info(inp.ctx, f"{inp.shipping_attempt}.{info.attempt}")
-                )
-            tracking = booking.tracking_number
+            booking = await self._book(inp, Address(**(order.address_json or {})), info.attempt)
             # An earlier attempt's booking (its answer was lost) went to its own address.
             address = Address(**booking.address)
-            now = now_utc()
-            completed = (
-                update(Order)
-                .where(Order.id == order_id)
-                .values(
-                    tracking_number=tracking,
-                    state=OrderState.COMPLETED,
-                    step=Step.SHIP,
-                    updated_at=now,
-                    closed_at=now,
-                    settled_at=now,
-                )
-            )
-            await s.execute(
-                with_events(
-                    completed,
-                    (
-                        EventType.DISPATCHED,
-                        {
-                            "tracking_number": tracking,
-                            "shipping_attempt": inp.shipping_attempt,
-                            "attempt": info.attempt,
-                            "address": address.as_dict(),
-                        },
-                    ),
-                    (EventType.COMPLETED, {"state": OrderState.COMPLETED}),
-                    at=now,  # as closed_at says
-                )
-            )
+            await s.execute(_completed(inp, booking.tracking_number, address, info.attempt))
         observe_end(OrderState.COMPLETED, None, order.created_at)
-        return DispatchOutcome(attempt=info.attempt, tracking_number=tracking, address=address)
+        return DispatchOutcome(
+            attempt=info.attempt, tracking_number=booking.tracking_number, address=address
+        )
+
+    async def _book(self, inp: DispatchInput, address: Address, attempt: int) -> Booking:
+        """The carrier's booking under this shipping attempt's key, or the one an earlier
+        shipping attempt of this run made."""
+        order_id, retry = inp.ctx.order_id, inp.ctx.retry
+        request = DispatchRequest(
+            key=dispatch_key(order_id, retry, inp.shipping_attempt),
+            order_id=inp.ctx.shipment_ref,
+            address=address.as_dict(),
+            supersedes=tuple(
+                dispatch_key(order_id, retry, n) for n in range(1, inp.shipping_attempt)
+            ),
+        )
+        with refusals_are_final():
+            return await self.carrier.dispatch(request, _shipping_call(inp, attempt))
+
+
+def _shipping_call(inp: PrepareInput | DispatchInput, attempt: int) -> CallInfo:
+    """A shipping call, named by its shipping attempt and its activity attempt."""
+    return call_info(inp.ctx, f"{inp.shipping_attempt}.{attempt}")
+
+
+def _completed(inp: DispatchInput, tracking: str, address: Address, attempt: int) -> Select[Any]:
+    """One statement: the order dispatched and closed COMPLETED, with both events."""
+    now = now_utc()
+    completed = (
+        update(Order)
+        .where(Order.id == inp.ctx.order_id)
+        .values(
+            tracking_number=tracking,
+            state=OrderState.COMPLETED,
+            step=Step.SHIP,
+            updated_at=now,
+            closed_at=now,
+            settled_at=now,
+        )
+    )
+    dispatched = {
+        "tracking_number": tracking,
+        "shipping_attempt": inp.shipping_attempt,
+        "attempt": attempt,
+        "address": address.as_dict(),
+    }
+    return with_events(
+        completed,
+        (EventType.DISPATCHED, dispatched),
+        (EventType.COMPLETED, {"state": OrderState.COMPLETED}),
+        at=now,  # as closed_at says
+    )

@@ -11,7 +11,12 @@ from typing import Any, TypeVar
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from app.orders.activities import OrderActivities
+    from app.orders.activities import (
+        ChangeActivities,
+        CompensationActivities,
+        IntakeActivities,
+        PaymentActivities,
+    )
     from app.orders.messages import (
         ActivityContext,
         Address,
@@ -85,12 +90,12 @@ async def receive(order: OrderInput, address: Address, deadline: datetime) -> in
         started_at_iso=info.start_time.isoformat(),
         retry_of_run_id=order.retry_of_run_id,
     )
-    return await _step(OrderActivities.receive_order, receive, RECEIVE_TIMEOUT)
+    return await _step(IntakeActivities.receive_order, receive, RECEIVE_TIMEOUT)
 
 
 async def validate(order: OrderInput, address: Address) -> int:
     validate = ValidateInput(ctx=context(order), address=address, items=order.items)
-    return await _step(OrderActivities.validate_order, validate, VALIDATE_TIMEOUT)
+    return await _step(IntakeActivities.validate_order, validate, VALIDATE_TIMEOUT)
 
 
 async def charge(order: OrderInput, review: Review) -> int:
@@ -105,14 +110,14 @@ async def charge(order: OrderInput, review: Review) -> int:
     )
     # A charge in flight must finish before the workflow decides whether to refund.
     wait = workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
-    return await _step(OrderActivities.charge_payment, charge, CHARGE_TIMEOUT, wait)
+    return await _step(PaymentActivities.charge_payment, charge, CHARGE_TIMEOUT, wait)
 
 
 async def mark_cancel_requested(order: OrderInput, req: CancelRequest) -> None:
     mark = CancelMarkInput(
         ctx=context(order, with_faults=False), reason=req.reason, requested_by=req.requested_by
     )
-    await gate(OrderActivities.mark_cancel_requested, mark)
+    await gate(ChangeActivities.mark_cancel_requested, mark)
 
 
 async def apply_address_change(order: OrderInput, change: AddressChange) -> None:
@@ -121,7 +126,7 @@ async def apply_address_change(order: OrderInput, change: AddressChange) -> None
         address=change.address,
         requested_by=change.requested_by,
     )
-    await gate(OrderActivities.apply_address_change, apply)
+    await gate(ChangeActivities.apply_address_change, apply)
 
 
 async def close(
@@ -151,7 +156,7 @@ async def close(
         deadline_iso=deadline.isoformat(),
     )
     return await workflow.execute_activity_method(
-        OrderActivities.close_order,
+        CompensationActivities.close_order,
         close,
         start_to_close_timeout=CLOSE_TIMEOUT,
         retry_policy=CLOSE_RETRY,
@@ -161,7 +166,7 @@ async def close(
 async def refund(order: OrderInput) -> CloseOutcome:
     """Refund a closed order's charge, retrying until the gateway takes it, however long."""
     return await workflow.execute_activity_method(
-        OrderActivities.refund_payment,
+        CompensationActivities.refund_payment,
         RefundInput(ctx=context(order), payment_id=order.payment_id),
         start_to_close_timeout=CLOSE_TIMEOUT,
         retry_policy=CLOSE_RETRY,
