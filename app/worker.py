@@ -1,4 +1,5 @@
-"""Worker entry point: `python -m app.worker --queue orders|shipping|all`.
+"""The worker process: `run_worker(settings, queue, metrics_port)`, and its command line
+`python -m app.worker --queue orders|shipping|all [--metrics-port N]`.
 
 Waits for Temporal and PostgreSQL, serves the queue(s), and drains gracefully on SIGTERM.
 """
@@ -14,7 +15,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import AsyncExitStack
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from prometheus_client import REGISTRY, start_http_server
 from prometheus_client.metrics_core import Metric
@@ -54,7 +55,10 @@ from app.platform.worker_tuning import worker_tuning
 
 log = logging.getLogger("app.worker")
 
-QUEUES = ("orders", "shipping", "all")
+# Which task queue(s) a worker serves: the orders queue (with the reconciliation), the
+# shipping queue, or both in one process.
+Queue = Literal["orders", "shipping", "all"]
+QUEUES: tuple[Queue, ...] = ("orders", "shipping", "all")
 
 
 async def wait_for_database(engine: AsyncEngine, timeout: float = 60.0) -> None:
@@ -138,7 +142,7 @@ def build_workers(
     client: Client,
     settings: Settings,
     engine: AsyncEngine,
-    queue: str,
+    queue: Queue,
     providers: Simulators,
 ) -> list[Worker]:
     # The production guard, for every worker built (settings copies are never validated).
@@ -213,7 +217,9 @@ def _serve_metrics(port: int, host: str) -> Runtime:
     return runtime
 
 
-async def run(queue: str, settings: Settings, metrics_port: int) -> None:
+async def serve(settings: Settings, queue: Queue, metrics_port: int) -> None:
+    """Serve `queue` until SIGTERM or SIGINT, then finish the tasks in flight.
+    `metrics_port`: the Prometheus endpoint (0: none)."""
     runtime = (
         _serve_metrics(metrics_port, settings.metrics_host)
         if metrics_port
@@ -250,7 +256,15 @@ async def run(queue: str, settings: Settings, metrics_port: int) -> None:
     log.info("worker stopped")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def run_worker(settings: Settings, queue: Queue = "all", metrics_port: int | None = None) -> None:
+    """The worker process: its logging set up, then `queue` served until a signal stops it.
+    `metrics_port`: None takes WORKER_METRICS_PORT, 0 serves no metrics."""
+    configure_logging(f"worker-{queue}", settings.log_level, settings.log_format)
+    port = settings.worker_metrics_port if metrics_port is None else metrics_port
+    asyncio.run(serve(settings, queue, port))
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Run a Temporal worker for the order service.")
     parser.add_argument("--queue", choices=QUEUES, default="all", help="which task queue(s)")
     parser.add_argument(
@@ -260,11 +274,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="Prometheus /metrics port: app + Temporal SDK metrics (0 = off; default "
         "WORKER_METRICS_PORT)",
     )
-    args = parser.parse_args(argv)
-    settings = get_settings_or_exit()
-    configure_logging(f"worker-{args.queue}", settings.log_level, settings.log_format)
-    port = settings.worker_metrics_port if args.metrics_port is None else args.metrics_port
-    asyncio.run(run(args.queue, settings, port))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m app.worker`: the flags read, the settings loaded (a bad one exits with
+    one line), then run_worker."""
+    args = _parser().parse_args(argv)
+    run_worker(get_settings_or_exit(), args.queue, args.metrics_port)
 
 
 if __name__ == "__main__":

@@ -155,83 +155,17 @@ def audit_order(
     then)."""
     charges, bookings = list(charges), list(bookings)
     if order is None:
-        return [
-            *(
-                Finding(
-                    Kind.UNKNOWN_ORDER,
-                    order_id,
-                    c.payment_id,
-                    f"the gateway has charge {c.charge_id} of {c.amount_cents} cents "
-                    f"({c.kept_cents} kept) for order {order_id}, which we have no row for",
-                )
-                for c in charges
-                if c.kept_cents > 0  # refunded in full: nothing kept, nothing to do
-            ),
-            *(
-                Finding(
-                    Kind.UNKNOWN_ORDER,
-                    order_id,
-                    b.carrier_order,
-                    f"the carrier has live booking {b.tracking_number} under {b.carrier_order}, "
-                    "for an order we have no row for",
-                )
-                for b in bookings
-                if not b.cancelled
-            ),
-        ]
-    found: list[Finding] = []
+        return _unknown_order(order_id, charges, bookings)
     by_payment: dict[str, list[SettledCharge]] = defaultdict(list)
     for c in charges:
         by_payment[c.payment_id].append(c)
-    for payment_id, group in by_payment.items():
-        found += _audit_charges(order, payment_id, group, payments.get(payment_id))
-    amount = order.amount_cents or 0
-    if (
-        in_window
-        and order.state == OrderState.COMPLETED
-        and amount > 0
-        and order.payment_id not in by_payment
-    ):
-        found.append(
-            Finding(
-                Kind.COMPLETED_UNPAID,
-                order.order_id,
-                order.payment_id or order.order_id,
-                f"order completed ({amount} cents) but the gateway has no charge under its "
-                f"payment {order.payment_id}",
-            )
-        )
-    if in_window:
-        for row in payments.values():
-            if (
-                row.order_id == order.order_id
-                and row.status in RECORDED
-                and row.payment_id not in by_payment
-            ):
-                found.append(
-                    Finding(
-                        Kind.PAYMENT_MISMATCH,
-                        order.order_id,
-                        row.payment_id,
-                        f"we recorded payment {row.payment_id} as {row.status}; the gateway "
-                        "has no charge under it",
-                    )
-                )
     by_ref: dict[str, list[BookingRecord]] = defaultdict(list)
     for b in bookings:
         by_ref[b.carrier_order].append(b)
-    for ref, booked in by_ref.items():
-        found += _audit_bookings(order, ref, booked)
-    if in_window and order.state == OrderState.COMPLETED and order.carrier_order not in by_ref:
-        found.append(
-            Finding(
-                Kind.BOOKING_MISMATCH,
-                order.order_id,
-                order.carrier_order,
-                f"order completed with tracking number {order.tracking_number} but the "
-                f"carrier has no booking under {order.carrier_order}",
-            )
-        )
+    found = [
+        *_audit_money(order, by_payment, payments, in_window),
+        *_audit_parcel(order, by_ref, in_window),
+    ]
     if in_window and not found and order.state in TERMINAL_STATES and order.settled_at is None:
         # Nothing is left at either provider (the exports cover its window): only the
         # record of it is missing. With other findings, those say why it is not settled.
@@ -246,6 +180,99 @@ def audit_order(
             )
         )
     return _unique(found)
+
+
+def _unknown_order(
+    order_id: str, charges: list[SettledCharge], bookings: list[BookingRecord]
+) -> list[Finding]:
+    """What the providers keep for an order we have no row for."""
+    return [
+        *(
+            Finding(
+                Kind.UNKNOWN_ORDER,
+                order_id,
+                c.payment_id,
+                f"the gateway has charge {c.charge_id} of {c.amount_cents} cents "
+                f"({c.kept_cents} kept) for order {order_id}, which we have no row for",
+            )
+            for c in charges
+            if c.kept_cents > 0  # refunded in full: nothing kept, nothing to do
+        ),
+        *(
+            Finding(
+                Kind.UNKNOWN_ORDER,
+                order_id,
+                b.carrier_order,
+                f"the carrier has live booking {b.tracking_number} under {b.carrier_order}, "
+                "for an order we have no row for",
+            )
+            for b in bookings
+            if not b.cancelled
+        ),
+    ]
+
+
+def _audit_money(
+    order: OrderFacts,
+    by_payment: dict[str, list[SettledCharge]],
+    payments: dict[str, PaymentFacts],
+    in_window: bool,
+) -> list[Finding]:
+    """The gateway's charges of the order, payment id by payment id, and (inside the
+    window) what we record that the gateway does not have."""
+    found: list[Finding] = []
+    for payment_id, group in by_payment.items():
+        found += _audit_charges(order, payment_id, group, payments.get(payment_id))
+    if not in_window:
+        return found
+    amount = order.amount_cents or 0
+    if order.state == OrderState.COMPLETED and amount > 0 and order.payment_id not in by_payment:
+        found.append(
+            Finding(
+                Kind.COMPLETED_UNPAID,
+                order.order_id,
+                order.payment_id or order.order_id,
+                f"order completed ({amount} cents) but the gateway has no charge under its "
+                f"payment {order.payment_id}",
+            )
+        )
+    for row in payments.values():
+        if (
+            row.order_id == order.order_id
+            and row.status in RECORDED
+            and row.payment_id not in by_payment
+        ):
+            found.append(
+                Finding(
+                    Kind.PAYMENT_MISMATCH,
+                    order.order_id,
+                    row.payment_id,
+                    f"we recorded payment {row.payment_id} as {row.status}; the gateway "
+                    "has no charge under it",
+                )
+            )
+    return found
+
+
+def _audit_parcel(
+    order: OrderFacts, by_ref: dict[str, list[BookingRecord]], in_window: bool
+) -> list[Finding]:
+    """The carrier's bookings of the order, carrier order by carrier order, and (inside
+    the window) a completed order's booking the carrier does not have."""
+    found: list[Finding] = []
+    for ref, booked in by_ref.items():
+        found += _audit_bookings(order, ref, booked)
+    if in_window and order.state == OrderState.COMPLETED and order.carrier_order not in by_ref:
+        found.append(
+            Finding(
+                Kind.BOOKING_MISMATCH,
+                order.order_id,
+                order.carrier_order,
+                f"order completed with tracking number {order.tracking_number} but the "
+                f"carrier has no booking under {order.carrier_order}",
+            )
+        )
+    return found
 
 
 def _superseded(order: OrderFacts, reference: str, current: str | None) -> bool:
@@ -304,68 +331,78 @@ def _ended_run(
     order: OrderFacts, charge: SettledCharge, own: PaymentFacts | None, foreign: bool
 ) -> list[Finding]:
     """A run that ended without a sale: its charge must be refunded in full, and recorded."""
-    oid, pid = order.order_id, charge.payment_id
-    key = refund_key(oid, pid)
-    ours_refunded = key in charge.refund_keys
+    if charge.kept_cents <= 0:
+        return _refunded_after_end(order, charge, own, foreign)
+    pid = charge.payment_id
     why = "the order is " + order.state if pid == order.payment_id else "a retry replaced it"
-    if charge.kept_cents > 0:
-        if own is not None and own.status == PaymentStatus.CHARGED:
-            if own.amount_cents == charge.amount_cents == charge.kept_cents:
-                return [
-                    Finding(
-                        Kind.CHARGED_NOT_REFUNDED,
-                        oid,
-                        pid,
-                        f"payment {pid} is charged {charge.kept_cents} cents and not refunded, "
-                        f"but {why}",
-                        Heal.REFUND,
-                        charge.kept_cents,
-                    )
-                ]
-            return [
-                Finding(
-                    Kind.AMOUNT_MISMATCH,
-                    oid,
-                    pid,
-                    f"payment {pid} is kept at the gateway ({charge.kept_cents} of "
-                    f"{charge.amount_cents} cents) and {why}, but we recorded "
-                    f"{own.amount_cents} cents",
-                )
-            ]
-        if own is not None:
-            return [
-                Finding(
-                    Kind.PAYMENT_MISMATCH,
-                    oid,
-                    pid,
-                    f"we recorded payment {pid} as {own.status}, but the gateway keeps "
-                    f"{charge.kept_cents} cents of it ({why})",
-                )
-            ]
-        amount = order.amount_cents or 0
-        if amount > 0 and amount == charge.amount_cents == charge.kept_cents:
-            return [
-                Finding(
-                    Kind.CHARGED_NOT_REFUNDED,
-                    oid,
-                    pid,
-                    f"the gateway charged payment {pid} {charge.kept_cents} cents, which we "
-                    f"never recorded, and {why}",
-                    Heal.CANCEL_OR_REFUND,
-                    amount,
-                )
-            ]
-        return [
-            Finding(
-                Kind.AMOUNT_MISMATCH,
-                oid,
-                pid,
-                f"the gateway keeps {charge.kept_cents} of {charge.amount_cents} cents under "
-                f"payment {pid}, which we never recorded ({why}), and the order's amount is "
-                f"{amount} cents",
-            )
-        ]
-    # Refunded in full at the gateway: our row must say so.
+    if own is not None:
+        return [_kept_and_recorded(order, charge, own, why)]
+    return [_kept_unrecorded(order, charge, why)]
+
+
+def _kept_and_recorded(
+    order: OrderFacts, charge: SettledCharge, own: PaymentFacts, why: str
+) -> Finding:
+    """Money still kept for an ended run, under a payment row of ours."""
+    oid, pid = order.order_id, charge.payment_id
+    if own.status != PaymentStatus.CHARGED:
+        return Finding(
+            Kind.PAYMENT_MISMATCH,
+            oid,
+            pid,
+            f"we recorded payment {pid} as {own.status}, but the gateway keeps "
+            f"{charge.kept_cents} cents of it ({why})",
+        )
+    if own.amount_cents == charge.amount_cents == charge.kept_cents:
+        return Finding(
+            Kind.CHARGED_NOT_REFUNDED,
+            oid,
+            pid,
+            f"payment {pid} is charged {charge.kept_cents} cents and not refunded, but {why}",
+            Heal.REFUND,
+            charge.kept_cents,
+        )
+    return Finding(
+        Kind.AMOUNT_MISMATCH,
+        oid,
+        pid,
+        f"payment {pid} is kept at the gateway ({charge.kept_cents} of "
+        f"{charge.amount_cents} cents) and {why}, but we recorded {own.amount_cents} cents",
+    )
+
+
+def _kept_unrecorded(order: OrderFacts, charge: SettledCharge, why: str) -> Finding:
+    """Money still kept for an ended run, which no payment row of the order records (its
+    answer was lost)."""
+    oid, pid = order.order_id, charge.payment_id
+    amount = order.amount_cents or 0
+    if amount > 0 and amount == charge.amount_cents == charge.kept_cents:
+        return Finding(
+            Kind.CHARGED_NOT_REFUNDED,
+            oid,
+            pid,
+            f"the gateway charged payment {pid} {charge.kept_cents} cents, which we "
+            f"never recorded, and {why}",
+            Heal.CANCEL_OR_REFUND,
+            amount,
+        )
+    return Finding(
+        Kind.AMOUNT_MISMATCH,
+        oid,
+        pid,
+        f"the gateway keeps {charge.kept_cents} of {charge.amount_cents} cents under "
+        f"payment {pid}, which we never recorded ({why}), and the order's amount is "
+        f"{amount} cents",
+    )
+
+
+def _refunded_after_end(
+    order: OrderFacts, charge: SettledCharge, own: PaymentFacts | None, foreign: bool
+) -> list[Finding]:
+    """An ended run's charge, refunded in full at the gateway: our row must say so. Safe
+    to heal only when it was refunded under the order's own key, for the whole amount."""
+    oid, pid = order.order_id, charge.payment_id
+    ours_refunded = refund_key(oid, pid) in charge.refund_keys
     if own is not None and own.status == PaymentStatus.CHARGED:
         safe = ours_refunded and own.amount_cents == charge.amount_cents
         return [
