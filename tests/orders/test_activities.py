@@ -50,26 +50,29 @@ SHIP_TO = Address(**ADDRESS)
 ITEMS = list(DEFAULT_ITEMS)
 
 
-@pytest.fixture
-def intake(running: Running) -> IntakeActivities:
-    return IntakeActivities(running.sessions, OrderIntake(FaultInjector("off")))
+@dataclasses.dataclass(frozen=True)
+class Activities:
+    """The activities a test drives, each as a worker builds it."""
+
+    intake: IntakeActivities
+    payment: PaymentActivities
+    compensation: CompensationActivities
+    shipping: ShippingActivities
 
 
 @pytest.fixture
-def payment(running: Running) -> PaymentActivities:
-    return PaymentActivities(running.sessions, running.providers.gateway)
-
-
-@pytest.fixture
-def compensation(running: Running) -> CompensationActivities:
-    return CompensationActivities(
-        running.sessions, running.providers.gateway, running.providers.carrier
+def acts(running: Running) -> Activities:
+    sessions, gateway, carrier = (
+        running.sessions,
+        running.providers.gateway,
+        running.providers.carrier,
     )
-
-
-@pytest.fixture
-def shipping(running: Running) -> ShippingActivities:
-    return ShippingActivities(running.sessions, running.providers.carrier)
+    return Activities(
+        IntakeActivities(sessions, OrderIntake(FaultInjector("off"))),
+        PaymentActivities(sessions, gateway),
+        CompensationActivities(sessions, gateway, carrier),
+        ShippingActivities(sessions, carrier),
+    )
 
 
 def _receive(
@@ -102,19 +105,16 @@ async def _refused(env: ActivityEnvironment, fn: Any, arg: Any) -> ApplicationEr
 
 
 async def test_every_step_recorded_once_when_each_attempt_runs_twice(
-    running: Running,
-    intake: IntakeActivities,
-    payment: PaymentActivities,
-    shipping: ShippingActivities,
+    running: Running, acts: Activities
 ) -> None:
     env = ActivityEnvironment()
     order_id = f"acts-{uuid.uuid4().hex[:10]}"
     ctx = ActivityContext(order_id=order_id, fault_profile="off")
     steps: list[tuple[Any, Any]] = [
-        (intake.receive_order, _receive(order_id)),
-        (intake.validate_order, ValidateInput(ctx=ctx, address=SHIP_TO, items=ITEMS)),
+        (acts.intake.receive_order, _receive(order_id)),
+        (acts.intake.validate_order, ValidateInput(ctx=ctx, address=SHIP_TO, items=ITEMS)),
         (
-            payment.charge_payment,
+            acts.payment.charge_payment,
             ChargeInput(
                 ctx=ctx,
                 payment_id=f"pmt-{order_id}",
@@ -123,13 +123,13 @@ async def test_every_step_recorded_once_when_each_attempt_runs_twice(
                 approved_at_iso=datetime.now(UTC).isoformat(),
             ),
         ),
-        (shipping.prepare_package, PrepareInput(ctx=ctx, shipping_attempt=1)),
-        (shipping.dispatch_carrier, DispatchInput(ctx=ctx, shipping_attempt=1)),
+        (acts.shipping.prepare_package, PrepareInput(ctx=ctx, shipping_attempt=1)),
+        (acts.shipping.dispatch_carrier, DispatchInput(ctx=ctx, shipping_attempt=1)),
     ]
     outcomes = []
     for fn, arg in steps:
         outcomes.append(await env.run(fn, arg))
-        if fn != shipping.prepare_package:  # preparing twice is two packing slips
+        if fn != acts.shipping.prepare_package:  # preparing twice is two packing slips
             assert await env.run(fn, arg) == outcomes[-1]
 
     assert await order_events(running, order_id) == HAPPY_PATH_EVENTS
@@ -141,23 +141,21 @@ async def test_every_step_recorded_once_when_each_attempt_runs_twice(
     assert len(payments) == 1 and payments[0][0].status == "charged"
 
 
-async def test_order_id_of_another_run_is_refused(
-    running: Running, intake: IntakeActivities
-) -> None:
+async def test_order_id_of_another_run_is_refused(running: Running, acts: Activities) -> None:
     env = ActivityEnvironment()
     order_id = f"acts-{uuid.uuid4().hex[:10]}"
-    await env.run(intake.receive_order, _receive(order_id, run_id="run-1"))
-    err = await _refused(env, intake.receive_order, _receive(order_id, run_id="run-2"))
+    await env.run(acts.intake.receive_order, _receive(order_id, run_id="run-1"))
+    err = await _refused(env, acts.intake.receive_order, _receive(order_id, run_id="run-2"))
     assert "another workflow run" in str(err)
     assert (await _row(running, order_id)).run_id == "run-1"
     assert await order_events(running, order_id) == ["RECEIVED", "STEP_ATTEMPT_FAILED"]
 
 
-async def test_validating_an_unknown_order_is_retryable(intake: IntakeActivities) -> None:
+async def test_validating_an_unknown_order_is_retryable(acts: Activities) -> None:
     ctx = ActivityContext(order_id=f"acts-{uuid.uuid4().hex[:10]}", fault_profile="off")
     with pytest.raises(ApplicationError) as err:
         await ActivityEnvironment().run(
-            intake.validate_order, ValidateInput(ctx=ctx, address=SHIP_TO, items=ITEMS)
+            acts.intake.validate_order, ValidateInput(ctx=ctx, address=SHIP_TO, items=ITEMS)
         )
     assert err.value.type == "OrderNotFound" and not err.value.non_retryable
 
@@ -239,52 +237,44 @@ async def _close_and_refund(
 
 @pytest.mark.parametrize("attempts", [2, 3])
 async def test_lost_answers_charge_refund_and_dispatch_once_per_key(
-    running: Running,
-    intake: IntakeActivities,
-    payment: PaymentActivities,
-    compensation: CompensationActivities,
-    shipping: ShippingActivities,
-    attempts: int,
+    running: Running, acts: Activities, attempts: int
 ) -> None:
-    order_id = await _received(intake)
+    order_id = await _received(acts.intake)
     lost = f"lost_first={attempts - 1}"  # every attempt but the last takes effect, then fails
 
-    await _answered_after_lost(attempts, payment.charge_payment, _charge(order_id, lost))
+    await _answered_after_lost(attempts, acts.payment.charge_payment, _charge(order_id, lost))
     charges = await _gateway(running, order_id)
     assert len(charges) == 1 and charges[0]["idempotency_key"] == charge_key(
         order_id, f"pmt-{order_id}"
     )
     assert [p.status for p in await payments(running, order_id)] == ["charged"]
 
-    closed = await ActivityEnvironment().run(compensation.close_order, _close(order_id))
+    closed = await ActivityEnvironment().run(acts.compensation.close_order, _close(order_id))
     assert closed.refund_pending
     refund = _refund(order_id, lost)
-    assert (await _answered_after_lost(attempts, compensation.refund_payment, refund)).refunded
+    assert (await _answered_after_lost(attempts, acts.compensation.refund_payment, refund)).refunded
     (charge,) = await _gateway(running, order_id)
     assert len(charge["refunds"]) == 1 and charge["refunded_cents"] == charge["amount_cents"]
     assert [p.status for p in await payments(running, order_id)] == ["refunded"]
 
-    shipped = await _received(intake)
+    shipped = await _received(acts.intake)
     ctx = ActivityContext(order_id=shipped, fault_profile=lost)
     dispatch = DispatchInput(ctx=ctx, shipping_attempt=1)
-    outcome = await _answered_after_lost(attempts, shipping.dispatch_carrier, dispatch)
+    outcome = await _answered_after_lost(attempts, acts.shipping.dispatch_carrier, dispatch)
     (booking,) = (await carrier_ledger(running.providers.carrier.engine, [shipped]))[shipped]
     assert booking["tracking_number"] == outcome.tracking_number
     assert (await _row(running, shipped)).tracking_number == outcome.tracking_number
 
 
 async def test_charge_whose_answer_never_came_is_found_and_refunded(
-    running: Running,
-    intake: IntakeActivities,
-    payment: PaymentActivities,
-    compensation: CompensationActivities,
+    running: Running, acts: Activities
 ) -> None:
-    order_id = await _received(intake)
+    order_id = await _received(acts.intake)
     # PAY fails three times: the gateway charged, we never heard.
-    await _answers_lost(3, payment.charge_payment, _charge(order_id, "lost_first=3"))
+    await _answers_lost(3, acts.payment.charge_payment, _charge(order_id, "lost_first=3"))
     assert await payments(running, order_id) == []
 
-    await _close_and_refund(compensation, order_id)
+    await _close_and_refund(acts.compensation, order_id)
     (charge,) = await _gateway(running, order_id)
     assert charge["refunded_cents"] == charge["amount_cents"]
     (recorded,) = await payments(running, order_id)
@@ -294,54 +284,53 @@ async def test_charge_whose_answer_never_came_is_found_and_refunded(
 
     # A straggling attempt of the charge gets the first charge back (no money moves) and
     # records nothing: the order is closed and its compensation is done.
-    err = await _refused(_attempt(4), payment.charge_payment, _charge(order_id, "off"))
+    err = await _refused(_attempt(4), acts.payment.charge_payment, _charge(order_id, "off"))
     assert err.type == "OrderClosed"
     assert len(await _gateway(running, order_id)) == 1
     assert [p.status for p in await payments(running, order_id)] == ["refunded"]
 
 
-async def test_voided_payment_refuses_a_late_charge(
-    running: Running,
-    intake: IntakeActivities,
-    payment: PaymentActivities,
-    compensation: CompensationActivities,
-) -> None:
-    order_id = await _received(intake)
-    await ActivityEnvironment().run(compensation.close_order, _close(order_id))
+async def test_voided_payment_refuses_a_late_charge(running: Running, acts: Activities) -> None:
+    order_id = await _received(acts.intake)
+    await ActivityEnvironment().run(acts.compensation.close_order, _close(order_id))
     refund = _refund(order_id, "off")
-    outcome = await ActivityEnvironment().run(compensation.refund_payment, refund)
+    outcome = await ActivityEnvironment().run(acts.compensation.refund_payment, refund)
     assert not outcome.refunded and outcome.payment_status == "none"
-    err = await _refused(ActivityEnvironment(), payment.charge_payment, _charge(order_id, "off"))
+    err = await _refused(
+        ActivityEnvironment(), acts.payment.charge_payment, _charge(order_id, "off")
+    )
     assert err.type == "PaymentVoided"
     assert await _gateway(running, order_id) == []
 
 
 async def test_a_charge_refunded_since_never_counts_as_this_runs_payment(
-    running: Running, intake: IntakeActivities, payment: PaymentActivities
+    running: Running, acts: Activities
 ) -> None:
     """The gateway replays a charge that was refunded since (same key): it holds no money,
     so the order must not go on to ship as paid."""
-    order_id = await _received(intake)
-    await ActivityEnvironment().run(payment.charge_payment, _charge(order_id, "off"))
+    order_id = await _received(acts.intake)
+    await ActivityEnvironment().run(acts.payment.charge_payment, _charge(order_id, "off"))
     async with running.sessions() as s, s.begin():
         await s.execute(
             update(Payment).where(Payment.order_id == order_id).values(status="refunded")
         )
-    err = await _refused(ActivityEnvironment(), payment.charge_payment, _charge(order_id, "off"))
+    err = await _refused(
+        ActivityEnvironment(), acts.payment.charge_payment, _charge(order_id, "off")
+    )
     assert err.type == "PaymentIdInUse"
     assert [p.status for p in await payments(running, order_id)] == ["refunded"]
 
 
 async def test_payment_key_reused_with_other_parameters_is_refused(
-    running: Running, intake: IntakeActivities, payment: PaymentActivities
+    running: Running, acts: Activities
 ) -> None:
-    first, second = await _received(intake), await _received(intake)
-    await ActivityEnvironment().run(payment.charge_payment, _charge(first, "off"))
+    first, second = await _received(acts.intake), await _received(acts.intake)
+    await ActivityEnvironment().run(acts.payment.charge_payment, _charge(first, "off"))
     # Another order under the same payment id, and the same order with another amount.
     other_order = _charge(second, "off", payment_id=f"pmt-{first}")
     other_amount = dataclasses.replace(_charge(first, "off"), amount_cents=1)
     for request in (other_order, other_amount):
-        err = await _refused(ActivityEnvironment(), payment.charge_payment, request)
+        err = await _refused(ActivityEnvironment(), acts.payment.charge_payment, request)
         assert err.type == "PaymentIdInUse"
     assert len(await _gateway(running, first)) == 1 and await _gateway(running, second) == []
     assert [p.status for p in await payments(running, first)] == ["charged"]
@@ -349,30 +338,27 @@ async def test_payment_key_reused_with_other_parameters_is_refused(
 
 @pytest.mark.parametrize("free", [False, True])
 async def test_booking_whose_answer_never_came_is_cancelled_when_the_order_closes(
-    running: Running,
-    intake: IntakeActivities,
-    payment: PaymentActivities,
-    compensation: CompensationActivities,
-    shipping: ShippingActivities,
-    free: bool,
+    running: Running, acts: Activities, free: bool
 ) -> None:
     """Paid or free (nothing to refund), an order closed while shipping cancels its
     bookings: a parcel booked for it would ship a cancelled order."""
     items = [LineItem(sku="FREE-1", qty=1, unit_price_cents=0)] if free else None
-    order_id = await _received(intake, items)
+    order_id = await _received(acts.intake, items)
     charge = _charge(order_id, "off")
     if free:
         charge = dataclasses.replace(charge, amount_cents=0)
-    await ActivityEnvironment().run(payment.charge_payment, charge)
+    await ActivityEnvironment().run(acts.payment.charge_payment, charge)
     ctx = ActivityContext(order_id=order_id, fault_profile="lost_first=3")
     # DISPATCH fails three times: the carrier booked, we never heard.
-    await _answers_lost(3, shipping.dispatch_carrier, DispatchInput(ctx=ctx, shipping_attempt=1))
+    await _answers_lost(
+        3, acts.shipping.dispatch_carrier, DispatchInput(ctx=ctx, shipping_attempt=1)
+    )
     assert (await _row(running, order_id)).tracking_number is None
 
-    await _close_and_refund(compensation, order_id, step="SHIP", free=free)
+    await _close_and_refund(acts.compensation, order_id, step="SHIP", free=free)
     (booking,) = (await carrier_ledger(running.providers.carrier.engine, [order_id]))[order_id]
     assert booking["cancelled"]
     # A later shipping attempt books nothing: the order is closed, and the carrier agrees.
     later = DispatchInput(ctx=dataclasses.replace(ctx, fault_profile="off"), shipping_attempt=2)
-    await _refused(ActivityEnvironment(), shipping.dispatch_carrier, later)
+    await _refused(ActivityEnvironment(), acts.shipping.dispatch_carrier, later)
     assert len((await carrier_ledger(running.providers.carrier.engine, [order_id]))[order_id]) == 1

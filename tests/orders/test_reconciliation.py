@@ -142,6 +142,28 @@ async def seed_booking(running: Running, carrier_order: str, *, cancelled: bool 
     return tracking
 
 
+async def seed_charged(
+    running: Running, order_id: str, state: str, *, payment_status: str | None = None
+) -> str:
+    """Our row of the order (and its payment row, with `payment_status`), and a charge the
+    gateway keeps for it."""
+    payment_id = await seed_order(running, order_id, state, payment_status=payment_status)
+    await seed_charge(running, order_id, payment_id)
+    return payment_id
+
+
+async def seed_booked(running: Running, order_id: str, state: str) -> None:
+    """Our row of the order, and a live booking the carrier holds for it."""
+    await seed_order(running, order_id, state)
+    await seed_booking(running, order_id)
+
+
+async def seed_shipped(running: Running, order_id: str, **row: Any) -> str:
+    """Our row of a COMPLETED order, its parcel booked at the carrier."""
+    tracking = await seed_booking(running, order_id)
+    return await seed_order(running, order_id, "COMPLETED", tracking=tracking, **row)
+
+
 async def gateway_charges(running: Running, order_id: str) -> list[dict[str, Any]]:
     async with running.providers.gateway.engine.connect() as conn:
         rows = await conn.execute(
@@ -222,11 +244,11 @@ async def seed_every_kind(running: Running) -> Seeded:
     }
     refs: dict[str, str] = {}
     # Cancelled, our row charged, the gateway keeps it: refunded under the order's key.
-    refs["refund"] = await seed_order(running, ids["refund"], "CANCELLED", payment_status="charged")
-    await seed_charge(running, ids["refund"], refs["refund"])
+    refs["refund"] = await seed_charged(
+        running, ids["refund"], "CANCELLED", payment_status="charged"
+    )
     # Failed while charging, the answer lost: the gateway's charge only (cancel_or_refund).
-    refs["lost"] = await seed_order(running, ids["lost"], "FAILED")
-    await seed_charge(running, ids["lost"], refs["lost"])
+    refs["lost"] = await seed_charged(running, ids["lost"], "FAILED")
     # Retried: run 1 (FAILED) kept its charge; run 2 completed with its own.
     first = f"pmt.{ids['retried']}"
     second = f"{first}#r2"
@@ -248,44 +270,19 @@ async def seed_every_kind(running: Running) -> Seeded:
     await seed_charge(running, ids["retried"], second, retry=2)
     refs["retried"] = first
     # Completed with no charge at the gateway.
-    refs["unpaid"] = await seed_order(
-        running,
-        ids["unpaid"],
-        "COMPLETED",
-        payment_status="charged",
-        tracking=await seed_booking(running, ids["unpaid"]),
-    )
+    refs["unpaid"] = await seed_shipped(running, ids["unpaid"], payment_status="charged")
     # Two charges under one payment.
-    refs["double"] = await seed_order(
-        running,
-        ids["double"],
-        "COMPLETED",
-        payment_status="charged",
-        tracking=await seed_booking(running, ids["double"]),
-    )
+    refs["double"] = await seed_shipped(running, ids["double"], payment_status="charged")
     await seed_charge(running, ids["double"], refs["double"])
     await seed_charge(running, ids["double"], refs["double"])
     # The gateway charged another amount than the order's.
-    refs["amount"] = await seed_order(
-        running,
-        ids["amount"],
-        "COMPLETED",
-        payment_status="charged",
-        tracking=await seed_booking(running, ids["amount"]),
-    )
+    refs["amount"] = await seed_shipped(running, ids["amount"], payment_status="charged")
     await seed_charge(running, ids["amount"], refs["amount"], 2999)
     # Cancelled, but the carrier holds a live booking (its answer was lost).
     refs["booking"] = ids["booking"]
-    await seed_order(running, ids["booking"], "CANCELLED")
-    await seed_booking(running, ids["booking"])
+    await seed_booked(running, ids["booking"], "CANCELLED")
     # Completed and charged at the gateway, but our row says refunded: for a person.
-    refs["mismatch"] = await seed_order(
-        running,
-        ids["mismatch"],
-        "COMPLETED",
-        payment_status="refunded",
-        tracking=await seed_booking(running, ids["mismatch"]),
-    )
+    refs["mismatch"] = await seed_shipped(running, ids["mismatch"], payment_status="refunded")
     await seed_charge(running, ids["mismatch"], refs["mismatch"])
     # Failed; its compensation's refund landed at the gateway, our row still says charged
     # (the run was cut off in between): the refund is asked again, replayed, recorded.
@@ -316,21 +313,9 @@ async def seed_every_kind(running: Running) -> Seeded:
     )
     await seed_charge(running, ids["stuck"], refs["stuck"])
     # A free order that shipped: nothing was due, nothing charged; no finding.
-    await seed_order(
-        running,
-        ids["free"],
-        "COMPLETED",
-        amount_cents=0,
-        tracking=await seed_booking(running, ids["free"]),
-    )
+    await seed_shipped(running, ids["free"], amount_cents=0)
     # A completed, charged, booked order: no finding.
-    await seed_order(
-        running,
-        ids["clean"],
-        "COMPLETED",
-        payment_status="charged",
-        tracking=await seed_booking(running, ids["clean"]),
-    )
+    await seed_shipped(running, ids["clean"], payment_status="charged")
     await seed_charge(running, ids["clean"], f"pmt.{ids['clean']}")
     # Failed before paying, its workflow cut off before it recorded the settlement:
     # nothing at either provider, only the record is missing.
@@ -449,8 +434,7 @@ async def test_every_kind_is_found_and_the_safe_ones_healed_once(running: Runnin
 
 async def test_report_only_heals_nothing(running: Running) -> None:
     oid = new_id("dry")
-    pid = await seed_order(running, oid, "CANCELLED", payment_status="charged")
-    await seed_charge(running, oid, pid)
+    pid = await seed_charged(running, oid, "CANCELLED", payment_status="charged")
     report = await reconcile(running, [oid], heal=False)
     assert kinds_by_order(report) == {oid: {("charged_not_refunded", False)}}
     assert [c["refunds"] for c in await gateway_charges(running, oid)] == [0]
@@ -463,14 +447,11 @@ async def test_report_only_heals_nothing(running: Running) -> None:
 async def test_two_runs_at_once_heal_each_finding_once(running: Running) -> None:
     ids = [new_id("race") for _ in range(3)]
     for oid in ids:
-        pid = await seed_order(running, oid, "FAILED", payment_status="charged")
-        await seed_charge(running, oid, pid)
+        await seed_charged(running, oid, "FAILED", payment_status="charged")
     lost = new_id("race-lost")
-    await seed_order(running, lost, "CANCELLED")
-    await seed_charge(running, lost, f"pmt.{lost}")
+    await seed_charged(running, lost, "CANCELLED")
     booked = new_id("race-booked")
-    await seed_order(running, booked, "CANCELLED")
-    await seed_booking(running, booked)
+    await seed_booked(running, booked, "CANCELLED")
     scope = [*ids, lost, booked]
 
     a, b = await asyncio.gather(reconcile(running, scope), reconcile(running, scope))
@@ -493,8 +474,7 @@ async def test_a_heal_and_the_orders_compensation_move_the_money_once(running: R
     gateway = running.providers.gateway
     # The heal first, then a straggling compensation (a recorded charge: refund).
     oid = new_id("comp")
-    pid = await seed_order(running, oid, "CANCELLED", payment_status="charged")
-    await seed_charge(running, oid, pid)
+    pid = await seed_charged(running, oid, "CANCELLED", payment_status="charged")
     assert (await reconcile(running, [oid]))["healed"] == 1
     late = await gateway.refund(
         RefundRequest(refund_key(oid, pid), pid, oid, AMOUNT), CallInfo(oid, 7, OFF)
@@ -506,8 +486,7 @@ async def test_a_heal_and_the_orders_compensation_move_the_money_once(running: R
     # The compensation first (a lost charge: cancel_or_refund), cut off before it recorded
     # anything; the heal replays it and records it.
     lost = new_id("comp-lost")
-    lost_pid = await seed_order(running, lost, "FAILED")
-    await seed_charge(running, lost, lost_pid)
+    lost_pid = await seed_charged(running, lost, "FAILED")
     first = await gateway.cancel_or_refund(
         RefundRequest(refund_key(lost, lost_pid), lost_pid, lost, AMOUNT),
         CallInfo(lost, 1, OFF),
@@ -526,14 +505,11 @@ async def test_a_heal_whose_answers_are_lost_moves_the_money_once(running: Runni
     """The gateway and carrier act on the heal's first two calls and lose their answers:
     the third call, under the same key, gets the first's answer back."""
     refund = new_id("lost-answer")
-    pid = await seed_order(running, refund, "FAILED", payment_status="charged")
-    await seed_charge(running, refund, pid)
+    await seed_charged(running, refund, "FAILED", payment_status="charged")
     lost = new_id("lost-answer-void")
-    await seed_order(running, lost, "CANCELLED")
-    await seed_charge(running, lost, f"pmt.{lost}")
+    await seed_charged(running, lost, "CANCELLED")
     booked = new_id("lost-answer-booked")
-    await seed_order(running, booked, "FAILED")
-    await seed_booking(running, booked)
+    await seed_booked(running, booked, "FAILED")
     report = await reconcile(running, [refund, lost, booked], fault_profile="lost_first=2")
     assert report["healed"] == 3, report["findings"]
     for oid in (refund, lost):
@@ -542,8 +518,7 @@ async def test_a_heal_whose_answers_are_lost_moves_the_money_once(running: Runni
     assert await live_bookings(running, booked) == []
     # A provider that never answers: the heal gives up, the finding stays for the next run.
     stuck = new_id("no-answer")
-    stuck_pid = await seed_order(running, stuck, "FAILED", payment_status="charged")
-    await seed_charge(running, stuck, stuck_pid)
+    stuck_pid = await seed_charged(running, stuck, "FAILED", payment_status="charged")
     failing = await reconcile(running, [stuck], fault_profile="fail=1")
     [finding] = failing["findings"]
     assert (finding["healed"], failing["unresolved"]) == (False, 1)
@@ -554,8 +529,7 @@ async def test_a_heal_whose_answers_are_lost_moves_the_money_once(running: Runni
 
 async def test_a_running_order_is_settling_not_a_finding(running: Running) -> None:
     oid = new_id("settling")
-    pid = await seed_order(running, oid, "CANCELLED", payment_status="charged")
-    await seed_charge(running, oid, pid)
+    pid = await seed_charged(running, oid, "CANCELLED", payment_status="charged")
     # Its workflow runs (on a queue nobody serves: nothing happens): still compensating.
     inp = order_input(running.settings, oid, pid, ADDRESS)
     handle = await running.client.start_workflow(
@@ -591,8 +565,7 @@ async def test_schedule_is_created_once_kept_and_triggered(running: Running) -> 
     handle = client.get_schedule_handle(SCHEDULE_ID)
     # One seeded finding the scheduled (unscoped) run must heal.
     oid = new_id("scheduled")
-    pid = await seed_order(running, oid, "CANCELLED", payment_status="charged")
-    await seed_charge(running, oid, pid)
+    pid = await seed_charged(running, oid, "CANCELLED", payment_status="charged")
     slow = settings.model_copy(update={"reconcile_interval_s": 3600.0})
     await _delete(handle)  # another test's, if any
     try:
@@ -656,8 +629,7 @@ async def _at_least(check: Any, n: int) -> Any:
 async def test_the_window_is_bounded(running: Running) -> None:
     """An order older than the lookback is not read (a run stays cheap at any history)."""
     old = new_id("old")
-    pid = await seed_order(running, old, "CANCELLED", payment_status="charged")
-    await seed_charge(running, old, pid)
+    await seed_charged(running, old, "CANCELLED", payment_status="charged")
     three_days_ago = naive(datetime.now(UTC)) - timedelta(days=3)
     async with running.sessions() as s, s.begin():
         await s.execute(

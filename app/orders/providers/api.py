@@ -38,43 +38,40 @@ def dispatch_key(order_id: str, retry: int, shipping_attempt: int) -> str:
 
 
 class ProviderRefusal(Exception):
-    """A provider said no. Never retryable: the same request gets the same answer."""
+    """A provider said no. Never retryable: the same request gets the same answer.
+
+    `code` names the refusal where it fails an activity (its error type); each kind of
+    refusal states its own: `class Refused(ProviderRefusal, code="Refused")`."""
 
     code = "ProviderRefused"
 
+    def __init_subclass__(cls, *, code: str, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.code = code
 
-class IdempotencyConflict(ProviderRefusal):
+
+class IdempotencyConflict(ProviderRefusal, code="IdempotencyConflict"):
     """The key was used before with other parameters."""
 
-    code = "IdempotencyConflict"
 
-
-class ChargeNotFound(ProviderRefusal):
+class ChargeNotFound(ProviderRefusal, code="ChargeNotFound"):
     """A refund of a charge the gateway does not have (for this payment and order)."""
 
-    code = "ChargeNotFound"
+
+class RefundExceedsCharge(ProviderRefusal, code="RefundExceedsCharge"):
+    """A refund of more than what is left of the charge."""
 
 
-class RefundExceedsCharge(ProviderRefusal):
-    code = "RefundExceedsCharge"
-
-
-class PaymentVoided(ProviderRefusal):
+class PaymentVoided(ProviderRefusal, code="PaymentVoided"):
     """The payment was voided (the order closed without a charge); no charge is taken."""
 
-    code = "PaymentVoided"
 
-
-class ShipmentCancelled(ProviderRefusal):
+class ShipmentCancelled(ProviderRefusal, code="ShipmentCancelled"):
     """The order's shipments were cancelled (the order closed unshipped); nothing is booked."""
 
-    code = "ShipmentCancelled"
 
-
-class KeyClosed(ProviderRefusal):
+class KeyClosed(ProviderRefusal, code="DispatchSuperseded"):
     """A dispatch key superseded by a later shipping attempt; it books nothing any more."""
-
-    code = "DispatchSuperseded"
 
 
 @dataclass(frozen=True)

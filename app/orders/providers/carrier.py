@@ -107,15 +107,11 @@ class CarrierSimulator(ledger.Provider):
 
     async def dispatch(self, req: DispatchRequest, call: CallInfo) -> Booking:
         async def book(conn: AsyncConnection) -> dict[str, Any]:
-            closed = await conn.execute(
-                text("SELECT 1 FROM closed_keys WHERE key = :k"), {"k": req.key}
-            )
-            if closed.first() is not None:
+            if await ledger.found(conn, "SELECT 1 FROM closed_keys WHERE key = :k", {"k": req.key}):
                 raise KeyClosed(f"dispatch key {req.key!r} was superseded; nothing booked")
-            cancelled = await conn.execute(
-                text("SELECT 1 FROM cancelled_orders WHERE order_id = :o"), {"o": req.order_id}
-            )
-            if cancelled.first() is not None:
+            if await ledger.found(
+                conn, "SELECT 1 FROM cancelled_orders WHERE order_id = :o", {"o": req.order_id}
+            ):
                 raise ShipmentCancelled(f"shipments of order {req.order_id} were cancelled")
             earlier = (
                 await conn.execute(
@@ -183,10 +179,7 @@ class CarrierSimulator(ledger.Provider):
     ) -> list[BookingRecord]:
         """The merchant's export of bookings made since `since`, read from the carrier's
         own ledger."""
-        only = "" if carrier_orders is None else " AND order_id = ANY(:refs)"
-        params: dict[str, Any] = {"since": since}
-        if carrier_orders is not None:
-            params["refs"] = list(carrier_orders)
+        only, params = ledger.export_filter(since, "order_id", carrier_orders)
         async with self.engine.connect() as conn:
             rows = (
                 await conn.execute(
@@ -214,7 +207,4 @@ async def read_ledger(
         "WHERE order_id = ANY(:ids) ORDER BY created_at",
         ids,
     )
-    out: dict[str, list[dict[str, Any]]] = {oid: [] for oid in ids}
-    for booking in bookings:
-        out.setdefault(booking["order_id"], []).append(booking)
-    return out
+    return ledger.rows_by_order(ids, bookings)

@@ -144,10 +144,7 @@ class GatewaySimulator(ledger.Provider):
     ) -> Settlement:
         """The merchant's settlement export, read from the gateway's own ledger: charges
         made since `since` with their refunds, and payments voided since then."""
-        only = "" if order_ids is None else " AND c.order_id = ANY(:ids)"
-        params: dict[str, Any] = {"since": since}
-        if order_ids is not None:
-            params["ids"] = list(order_ids)
+        only, params = ledger.export_filter(since, "c.order_id", order_ids)
         async with self.engine.connect() as conn:
             charges = (
                 await conn.execute(
@@ -207,11 +204,11 @@ async def _refund_charge(conn: AsyncConnection, req: RefundRequest) -> Refund:
 
 
 async def _voided(conn: AsyncConnection, payment_id: str, order_id: str) -> bool:
-    row = await conn.execute(
-        text("SELECT 1 FROM voided_payments WHERE payment_id = :p AND order_id = :o"),
+    return await ledger.found(
+        conn,
+        "SELECT 1 FROM voided_payments WHERE payment_id = :p AND order_id = :o",
         {"p": payment_id, "o": order_id},
     )
-    return row.first() is not None
 
 
 async def _charge_of(
@@ -250,8 +247,6 @@ async def read_ledger(
     by_charge: dict[str, list[dict[str, Any]]] = {}
     for refund in refunds:
         by_charge.setdefault(refund["charge_id"], []).append(refund)
-    out: dict[str, list[dict[str, Any]]] = {oid: [] for oid in ids}
     for charge in charges:
         charge["refunds"] = by_charge.get(charge["charge_id"], [])
-        out.setdefault(charge["order_id"], []).append(charge)
-    return out
+    return ledger.rows_by_order(ids, charges)

@@ -8,7 +8,8 @@ same parameters) gets the stored answer; other parameters under the key are refu
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
@@ -128,8 +129,35 @@ class Provider:
         return response
 
 
+async def found(conn: AsyncConnection, sql: str, params: dict[str, Any]) -> bool:
+    """Whether the query finds a row."""
+    return (await conn.execute(text(sql), params)).first() is not None
+
+
+def export_filter(
+    since: datetime, column: str, only: Sequence[str] | None
+) -> tuple[str, dict[str, Any]]:
+    """An export's rows made since `since`, only those whose `column` is one of `only`
+    when given: the condition to add after `created_at >= :since`, and its parameters."""
+    params: dict[str, Any] = {"since": since}
+    if only is None:
+        return "", params
+    params["only"] = list(only)
+    return f" AND {column} = ANY(:only)", params
+
+
 async def audit_rows(engine: AsyncEngine, sql: str, order_ids: list[str]) -> list[dict[str, Any]]:
     """Rows of a ledger query over `:ids` (the auditors' read: chaos, tests)."""
     async with engine.connect() as conn:
         rows = (await conn.execute(text(sql), {"ids": order_ids})).all()
     return [dict(r._mapping) for r in rows]
+
+
+def rows_by_order(
+    order_ids: list[str], rows: list[dict[str, Any]]
+) -> dict[str, list[dict[str, Any]]]:
+    """Order id -> its rows, in their order (an empty list for an order with none)."""
+    out: dict[str, list[dict[str, Any]]] = {oid: [] for oid in order_ids}
+    for row in rows:
+        out.setdefault(row["order_id"], []).append(row)
+    return out

@@ -29,7 +29,7 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from app.orders.activities.common import event_row, now_utc
+from app.orders.activities.common import now_utc, record_event
 from app.orders.activities.compensation import mark_refunded, record_lost_charge_refunded
 from app.orders.faults import CallInfo
 from app.orders.identity import first_reference, retry_reference
@@ -61,7 +61,6 @@ from app.orders.reconciliation.audit import (
 from app.orders.reconciliation.messages import RECONCILE_ACTIVITY, ReconcileInput
 from app.platform.settings import Settings
 from app.platform.tables import (
-    Event,
     Order,
     Payment,
     ReconciliationFinding,
@@ -384,16 +383,13 @@ class Run:
                 cancelled = await self._call(
                     oid, lambda call: self.acts.carrier.cancel(CancelShipmentsRequest(ref), call)
                 )
-                await s.execute(
-                    insert(Event).values(
-                        **event_row(
-                            oid,
-                            EventType.SHIPMENTS_CANCELLED,
-                            carrier_order=ref,
-                            bookings=[b.tracking_number for b in cancelled],
-                            by="reconciliation",
-                        )
-                    )
+                await record_event(
+                    s,
+                    oid,
+                    EventType.SHIPMENTS_CANCELLED,
+                    carrier_order=ref,
+                    bookings=[b.tracking_number for b in cancelled],
+                    by="reconciliation",
                 )
             else:
                 request = RefundRequest(refund_key(oid, ref), ref, oid, finding.amount_cents)
