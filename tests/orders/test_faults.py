@@ -105,7 +105,7 @@ async def _after(profile: FaultProfile, roll: float, attempt: int = 1) -> str:
 
 async def test_lost_band_lies_above_fail_and_hang() -> None:
     profile = FaultProfile.parse("fail=0.2,hang=0.2,lost=0.2")
-    # Before the effect: the guide's faults; after it: the lost band, half raise, half hang.
+    # Before the effect: fail and hang; after it: the lost band, half raise, half hang.
     assert [await _outcome(profile, r) for r in (0.1, 0.3, 0.45, 0.7)] == [
         "fail",
         "hang",

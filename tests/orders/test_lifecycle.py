@@ -189,7 +189,7 @@ async def test_every_state_change_has_its_event(running: Running) -> None:
         assert wf_status["state"] == order.state, order.id
 
 
-async def test_signals_by_their_guide_names(running: Running) -> None:
+async def test_approve_order_as_a_plain_temporal_signal(running: Running) -> None:
     """approve_order as a plain Temporal signal (what `temporal workflow signal` sends)."""
     order_id = new_id()
     await running.service.start_order(order_id, f"pmt-{order_id}", ADDRESS)

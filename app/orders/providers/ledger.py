@@ -112,7 +112,7 @@ class Provider:
         resource: str,
         effect: Effect,
     ) -> dict[str, Any]:
-        """The guide's faults strike before the effect; a lost answer after its commit.
+        """The profile's fail and hang strike before the effect; a lost answer after its commit.
 
         The key and the resource it acts on (a payment, an order) are locked until commit,
         so a concurrent repeat waits and then replays the stored answer."""
