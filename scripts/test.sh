@@ -20,6 +20,21 @@ echo "==> installing the project and its test tools"
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[dev]'
 
+# checkov scans the Kubernetes manifests (tests/deploy/test_k8s.py). It gets a venv of its
+# own, .venv/checkov: it pins packaging below what pytest uses here and brings some 80
+# packages the project does not need. Pinned: a new release brings new checks, taken on
+# deliberately (deploy/k8s/checkov.yaml).
+CHECKOV_VERSION=3.3.30
+installed_checkov() {
+    .venv/checkov/bin/python -c 'import importlib.metadata as m; print(m.version("checkov"))' 2>/dev/null
+}
+if [ "$(installed_checkov)" != "$CHECKOV_VERSION" ]; then
+    echo "==> installing checkov $CHECKOV_VERSION into .venv/checkov"
+    "$PYTHON" -m venv .venv/checkov
+    .venv/checkov/bin/python -m pip install --quiet --upgrade pip
+    .venv/checkov/bin/python -m pip install --quiet "checkov==$CHECKOV_VERSION"
+fi
+
 # The console's browser tests drive Debian's Chromium through Playwright (never
 # `playwright install`: it downloads a browser this machine cannot fetch).
 if [ ! -x /usr/bin/chromium ]; then
