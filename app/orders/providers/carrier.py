@@ -180,18 +180,14 @@ class CarrierSimulator(ledger.Provider):
         """The merchant's export of bookings made since `since`, read from the carrier's
         own ledger."""
         only, params = ledger.export_filter(since, "order_id", carrier_orders)
-        async with self.engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    text(
-                        "SELECT tracking_number, order_id AS carrier_order, "
-                        "idempotency_key AS key, cancelled_at IS NOT NULL AS cancelled, "
-                        f"created_at FROM bookings WHERE created_at >= :since{only} "
-                        "ORDER BY created_at, tracking_number"
-                    ),
-                    params,
-                )
-            ).all()
+        rows = await ledger.read(
+            self.engine,
+            "SELECT tracking_number, order_id AS carrier_order, "
+            "idempotency_key AS key, cancelled_at IS NOT NULL AS cancelled, "
+            f"created_at FROM bookings WHERE created_at >= :since{only} "
+            "ORDER BY created_at, tracking_number",
+            params,
+        )
         return [BookingRecord(**r._mapping) for r in rows]
 
 

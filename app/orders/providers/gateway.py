@@ -145,30 +145,23 @@ class GatewaySimulator(ledger.Provider):
         """The merchant's settlement export, read from the gateway's own ledger: charges
         made since `since` with their refunds, and payments voided since then."""
         only, params = ledger.export_filter(since, "c.order_id", order_ids)
-        async with self.engine.connect() as conn:
-            charges = (
-                await conn.execute(
-                    text(
-                        "SELECT c.charge_id, c.payment_id, c.order_id, c.amount_cents, "
-                        "c.refunded_cents, c.idempotency_key AS key, c.created_at, "
-                        "coalesce(array_agg(r.idempotency_key ORDER BY r.created_at) "
-                        "FILTER (WHERE r.refund_id IS NOT NULL), '{}') AS refund_keys "
-                        "FROM charges c LEFT JOIN refunds r USING (charge_id) "
-                        f"WHERE c.created_at >= :since{only} "
-                        "GROUP BY c.charge_id ORDER BY c.created_at, c.charge_id"
-                    ),
-                    params,
-                )
-            ).all()
-            voids = (
-                await conn.execute(
-                    text(
-                        "SELECT payment_id, order_id, created_at FROM voided_payments c "
-                        f"WHERE c.created_at >= :since{only} ORDER BY created_at"
-                    ),
-                    params,
-                )
-            ).all()
+        charges = await ledger.read(
+            self.engine,
+            "SELECT c.charge_id, c.payment_id, c.order_id, c.amount_cents, "
+            "c.refunded_cents, c.idempotency_key AS key, c.created_at, "
+            "coalesce(array_agg(r.idempotency_key ORDER BY r.created_at) "
+            "FILTER (WHERE r.refund_id IS NOT NULL), '{}') AS refund_keys "
+            "FROM charges c LEFT JOIN refunds r USING (charge_id) "
+            f"WHERE c.created_at >= :since{only} "
+            "GROUP BY c.charge_id ORDER BY c.created_at, c.charge_id",
+            params,
+        )
+        voids = await ledger.read(
+            self.engine,
+            "SELECT payment_id, order_id, created_at FROM voided_payments c "
+            f"WHERE c.created_at >= :since{only} ORDER BY created_at",
+            params,
+        )
         return Settlement(
             charges=[
                 SettledCharge(**{**r._mapping, "refund_keys": tuple(r.refund_keys)})

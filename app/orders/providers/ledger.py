@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.orders.faults import CallInfo, FaultInjector, Faults
@@ -146,11 +146,15 @@ def export_filter(
     return f" AND {column} = ANY(:only)", params
 
 
+async def read(engine: AsyncEngine, sql: str, params: dict[str, Any]) -> Sequence[Row[Any]]:
+    """The rows of one query (the merchant's exports, the auditors' reads)."""
+    async with engine.connect() as conn:
+        return (await conn.execute(text(sql), params)).all()
+
+
 async def audit_rows(engine: AsyncEngine, sql: str, order_ids: list[str]) -> list[dict[str, Any]]:
     """Rows of a ledger query over `:ids` (the auditors' read: chaos, tests)."""
-    async with engine.connect() as conn:
-        rows = (await conn.execute(text(sql), {"ids": order_ids})).all()
-    return [dict(r._mapping) for r in rows]
+    return [dict(r._mapping) for r in await read(engine, sql, {"ids": order_ids})]
 
 
 def rows_by_order(
