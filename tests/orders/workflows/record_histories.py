@@ -61,6 +61,15 @@ async def _in_step(handle: Handle, step: str) -> None:
     raise RuntimeError(f"order never reached {step}")
 
 
+async def _approved_until(client: Client, shop: FakeShop, oq: str, sq: str, step: str) -> Handle:
+    """An order started and approved, held in `step` (released by the caller)."""
+    shop.hold(step)
+    handle = await start_order(client, oq, sq)
+    await handle.signal(SIGNAL_APPROVE)
+    await shop.entered[step].wait()
+    return handle
+
+
 async def _happy(client: Client, shop: FakeShop, oq: str, sq: str) -> Handle:
     handle = await start_order(client, oq, sq)
     await handle.signal(SIGNAL_APPROVE, ApproveRequest(reviewer="alice"))
@@ -72,10 +81,7 @@ async def _review_timeout(client: Client, shop: FakeShop, oq: str, sq: str) -> H
 
 
 async def _cancel_after_payment(client: Client, shop: FakeShop, oq: str, sq: str) -> Handle:
-    shop.hold("PREPARE")
-    handle = await start_order(client, oq, sq)
-    await handle.signal(SIGNAL_APPROVE)
-    await shop.entered["PREPARE"].wait()
+    handle = await _approved_until(client, shop, oq, sq, "PREPARE")
     await handle.execute_update(OrderWorkflow.cancel, CancelRequest())
     shop.release("PREPARE")
     return await _finished(handle)
@@ -120,10 +126,7 @@ async def _cancel_in_review(client: Client, shop: FakeShop, oq: str, sq: str) ->
 
 async def _cancel_during_pay(client: Client, shop: FakeShop, oq: str, sq: str) -> Handle:
     """The charge in flight is waited for (WAIT_CANCELLATION_COMPLETED), then refunded."""
-    shop.hold("PAY")
-    handle = await start_order(client, oq, sq)
-    await handle.signal(SIGNAL_APPROVE)
-    await shop.entered["PAY"].wait()
+    handle = await _approved_until(client, shop, oq, sq, "PAY")
     await handle.execute_update(OrderWorkflow.cancel, CancelRequest(reason="customer_request"))
     shop.release("PAY")
     return await _finished(handle)
@@ -131,10 +134,7 @@ async def _cancel_during_pay(client: Client, shop: FakeShop, oq: str, sq: str) -
 
 async def _cancel_refused_dispatched(client: Client, shop: FakeShop, oq: str, sq: str) -> Handle:
     """The carrier has the parcel: MarkCancelRequested refuses and the order completes."""
-    shop.hold("DISPATCH")
-    handle = await start_order(client, oq, sq)
-    await handle.signal(SIGNAL_APPROVE)
-    await shop.entered["DISPATCH"].wait()
+    handle = await _approved_until(client, shop, oq, sq, "DISPATCH")
     shop.dispatched_address = shop.address
     with contextlib.suppress(Exception):
         await handle.execute_update(OrderWorkflow.cancel, CancelRequest())
@@ -146,11 +146,8 @@ async def _cancel_refused_dispatched(client: Client, shop: FakeShop, oq: str, sq
 async def _cancel_meets_dispatch(client: Client, shop: FakeShop, oq: str, sq: str) -> Handle:
     """The row is marked cancelled and the carrier refuses (OrderCancelled) before the
     cancel's handler hears back: the parent waits for the handler to accept it."""
-    shop.hold("DISPATCH")
     shop.hold("MARK_CANCEL")
-    handle = await start_order(client, oq, sq)
-    await handle.signal(SIGNAL_APPROVE)
-    await shop.entered["DISPATCH"].wait()
+    handle = await _approved_until(client, shop, oq, sq, "DISPATCH")
     cancel = asyncio.create_task(handle.execute_update(OrderWorkflow.cancel, CancelRequest()))
     await shop.entered["MARK_CANCEL"].wait()
     shop.release("DISPATCH")
@@ -193,10 +190,7 @@ async def _shipping_failed(client: Client, shop: FakeShop, oq: str, sq: str) -> 
 
 async def _workflow_cancelled(client: Client, shop: FakeShop, oq: str, sq: str) -> Handle:
     """A Temporal-level cancel while the package is prepared: compensated like a cancel."""
-    shop.hold("PREPARE")
-    handle = await start_order(client, oq, sq)
-    await handle.signal(SIGNAL_APPROVE)
-    await shop.entered["PREPARE"].wait()
+    handle = await _approved_until(client, shop, oq, sq, "PREPARE")
     await handle.cancel()
     await _finished(handle)  # the held activity is cut off, as a hung one would be
     shop.release("PREPARE")
