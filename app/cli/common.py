@@ -1,4 +1,6 @@
-"""What every CLI command shares: the Typer app, consoles, settings, the service, errors."""
+"""What every CLI command shares: consoles, the context the commands run in (which
+settings, which stack, how errors are told), the service, errors, and how a CLI is built
+from groups of commands and run."""
 
 from __future__ import annotations
 
@@ -6,9 +8,10 @@ import asyncio
 import contextlib
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Generic, NoReturn, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
 
 
 T = TypeVar("T")
+S = TypeVar("S", bound=Settings)
 
 STEPS = tuple(step.value for step in Step)
 STATE_STYLE = {
@@ -55,15 +59,6 @@ class CliError(Exception):
         self.detail = detail
 
 
-app = typer.Typer(
-    name="cli.py",
-    help="Order fulfillment on Temporal: operate orders, inspect workflows (and, from scripts/cli.py, run the embedded stack).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
-)
-
 STACK = "Stack"
 ORDERS = "Orders"
 INSPECT = "Monitoring & debugging"
@@ -72,11 +67,12 @@ TESTING = "Testing"
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
-def load_settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        raise CliError(settings_problem(exc)) from None
+# Named when the stack a command talks to is not reachable (how to start it).
+START_HINT = "python scripts/cli.py start"
+
+# One line (and optional detail) for an error of a layer the CLI does not know; None for
+# errors it does not explain.
+Explainer = Callable[[BaseException], tuple[str, str] | None]
 
 
 def _first_line(value: object) -> str:
@@ -94,14 +90,16 @@ def _db_address(settings: Settings) -> str:
     return f"{url.host}:{url.port or 5432}"
 
 
-def db_failure(exc: BaseException, settings: Settings) -> CliError | None:
+def db_failure(
+    exc: BaseException, settings: Settings, start_hint: str = START_HINT
+) -> CliError | None:
     """A one-line explanation for database failures; None for anything else."""
     from sqlalchemy import exc as sa_exc
 
     if isinstance(exc, OSError | sa_exc.OperationalError | sa_exc.InterfaceError):
         return CliError(
             f"PostgreSQL is not reachable at {_db_address(settings)} ({_first_line(exc)}); "
-            f"is the stack running? ({_start_hint})"
+            f"is the stack running? ({start_hint})"
         )
     if isinstance(exc, sa_exc.SQLAlchemyError):
         orig = getattr(exc, "orig", None) or exc
@@ -111,7 +109,9 @@ def db_failure(exc: BaseException, settings: Settings) -> CliError | None:
 
 
 @asynccontextmanager
-async def open_service(settings: Settings) -> AsyncIterator[OrderService]:
+async def open_service(
+    settings: Settings, start_hint: str = START_HINT
+) -> AsyncIterator[OrderService]:
     """An OrderService on a fresh Temporal client and a small DB pool (closed on exit)."""
     from app.platform.db import engine_from_settings, session_factory
     from app.platform.temporal import connect_client
@@ -122,13 +122,13 @@ async def open_service(settings: Settings) -> AsyncIterator[OrderService]:
     except RuntimeError as exc:  # the SDK reports connection failures as RuntimeError
         raise CliError(
             f"Temporal is not reachable at {settings.temporal_target}; "
-            f"is the stack running? ({_start_hint})",
+            f"is the stack running? ({start_hint})",
         ) from exc
     engine = engine_from_settings(settings, pool_size=5)
     try:
         yield OrderService(client, session_factory(engine), settings)
     except Exception as exc:
-        failure = db_failure(exc, settings)
+        failure = db_failure(exc, settings, start_hint)
         if failure is not None:
             raise failure from exc
         raise
@@ -137,58 +137,69 @@ async def open_service(settings: Settings) -> AsyncIterator[OrderService]:
             await engine.dispose()
 
 
-# How the launcher points commands at a stack: the operator CLI uses the settings as they
-# are; the dev launcher (devstack/cli.py) follows the embedded stack's ports.
-def _as_configured(settings: Settings) -> Settings:
+def as_configured(settings: Settings) -> Settings:
     return settings
 
 
-_target: Callable[[Settings], Settings] = _as_configured
-# How to start the stack the target points at (named when it is not reachable).
-_start_hint = "python scripts/cli.py start"
-# Extra one-line explanations for errors of other layers (the dev stack's).
-_explainers: list[Callable[[BaseException], tuple[str, str] | None]] = []
+@dataclass(frozen=True)
+class CliContext(Generic[S]):
+    """What the commands are pointed at, given by the entry point that runs them (Typer's
+    `ctx.obj`): the operator CLI reads `Settings` and uses them as they are; the dev
+    launcher (devstack/cli) reads its own settings and follows the embedded stack's ports."""
+
+    settings_type: type[S]
+    # The settings commands talk to the service with, from those read.
+    target: Callable[[S], Settings]
+    start_hint: str = START_HINT
+    explainers: tuple[Explainer, ...] = ()
+
+    def load_settings(self) -> S:
+        try:
+            return self.settings_type()
+        except ValidationError as exc:
+            raise CliError(settings_problem(exc)) from None
+
+    def target_settings(self) -> Settings:
+        return self.target(self.load_settings())
+
+    def with_service(
+        self, call: Callable[[OrderService], Awaitable[T]], settings: Settings | None = None
+    ) -> T:
+        """Run one async operation against the stack the settings point at."""
+        target = settings or self.target_settings()
+
+        async def run() -> T:
+            async with open_service(target, self.start_hint) as svc:
+                return await call(svc)
+
+        return asyncio.run(run())
+
+    def db_failure(self, exc: BaseException, settings: Settings) -> CliError | None:
+        return db_failure(exc, settings, self.start_hint)
+
+    def explain_error(self, exc: BaseException) -> tuple[str, str]:
+        return explain_error(exc, self.explainers)
 
 
-def set_target(target: Callable[[Settings], Settings], start_hint: str | None = None) -> None:
-    global _target, _start_hint
-    _target = target
-    if start_hint is not None:
-        _start_hint = start_hint
+OPERATOR: CliContext[Settings] = CliContext(Settings, as_configured)
 
 
-def add_explainer(explain: Callable[[BaseException], tuple[str, str] | None]) -> None:
-    _explainers.append(explain)
+def cli_context(ctx: typer.Context) -> CliContext[Any]:
+    """The context the entry point runs the commands with (the operator CLI's if none)."""
+    given = ctx.find_object(CliContext)
+    return OPERATOR if given is None else given
 
 
-def target_settings() -> Settings:
-    """The settings commands talk to the service with."""
-    return _target(load_settings())
-
-
-def with_service(
-    call: Callable[[OrderService], Awaitable[T]], settings: Settings | None = None
-) -> T:
-    """Run one async operation against the stack the settings point at."""
-    settings = settings or target_settings()
-
-    async def run() -> T:
-        async with open_service(settings) as svc:
-            return await call(svc)
-
-    return asyncio.run(run())
-
-
-def report_error(exc: BaseException) -> int:
+def report_error(exc: BaseException, explainers: Iterable[Explainer] = ()) -> int:
     """Print an operational error (one line, then any detail lines); the exit code."""
-    message, detail = explain_error(exc)
+    message, detail = explain_error(exc, explainers)
     err.print(Text(f"error: {message}", style="bold red"))
     if detail:
         err.print(Text(detail.rstrip()))
     return 1
 
 
-def explain_error(exc: BaseException) -> tuple[str, str]:
+def explain_error(exc: BaseException, explainers: Iterable[Explainer] = ()) -> tuple[str, str]:
     """(one-line message, detail) for an operational error."""
     from app.service.errors import ServiceError
 
@@ -196,7 +207,7 @@ def explain_error(exc: BaseException) -> tuple[str, str]:
         return exc.message, exc.detail
     if isinstance(exc, ServiceError):
         return exc.shown, ""
-    for explain in _explainers:
+    for explain in explainers:
         explained = explain(exc)
         if explained is not None:
             return explained
@@ -220,18 +231,34 @@ def _flags_without_type(command: Any) -> None:
         _flags_without_type(sub)
 
 
-def run_app() -> int:
+def build_app(groups: Iterable[typer.Typer]) -> typer.Typer:
+    """A CLI of these groups of commands (listed in this order), run with `run_app`."""
+    app = typer.Typer(
+        name="cli.py",
+        help="Order fulfillment on Temporal: operate orders, inspect workflows (and, from scripts/cli.py, run the embedded stack).",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode="rich",
+    )
+    for group in groups:
+        app.add_typer(group)  # no name: its commands join the top level
+    return app
+
+
+def run_app(app: typer.Typer, context: CliContext[Any]) -> int:
+    """Run the CLI in `context` (every command's `ctx.obj`); the exit code."""
     try:
         command = typer.main.get_command(app)
         _flags_without_type(command)
-        command()  # standalone mode: Click turns usage errors into SystemExit(2)
+        command(obj=context)  # standalone mode: Click turns usage errors into SystemExit(2)
     except SystemExit as done:
         return done.code if isinstance(done.code, int) else int(done.code is not None)
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
     except Exception as exc:
-        return report_error(exc)
+        return report_error(exc, context.explainers)
     return 0
 
 

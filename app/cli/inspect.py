@@ -12,7 +12,7 @@ from rich.console import Group
 from rich.panel import Panel
 from rich.table import Table
 
-from app.cli.common import INSPECT, JsonOpt, app, db_failure, out, target_settings, with_service
+from app.cli.common import INSPECT, JsonOpt, cli_context, out
 from app.cli.render import fmt_time, kv_grid, print_json, say, state_text
 from app.orders.messages import OrderState, PaymentStatus, Step
 
@@ -22,8 +22,12 @@ if TYPE_CHECKING:
     pass
 
 
-@app.command("list", rich_help_panel=INSPECT)
+commands = typer.Typer()
+
+
+@commands.command("list", rich_help_panel=INSPECT)
 def list_orders(
+    ctx: typer.Context,
     limit: Annotated[
         int, typer.Option(help="How many orders, newest first.", min=1, max=1000)
     ] = 10,
@@ -99,7 +103,7 @@ def list_orders(
             raise typer.BadParameter(
                 "--cursor is not one that list printed (with --query: for that query)"
             ) from None
-    page = with_service(
+    page = cli_context(ctx).with_service(
         lambda svc: (
             svc.search_orders(query, limit=limit, cursor=cursor)
             if query is not None
@@ -149,11 +153,12 @@ def _aware(option: str, value: str | None) -> datetime | None:
     return at
 
 
-@app.command(rich_help_panel=INSPECT)
-def describe(workflow_id: str, as_json: JsonOpt = False) -> None:
+@commands.command(rich_help_panel=INSPECT)
+def describe(ctx: typer.Context, workflow_id: str, as_json: JsonOpt = False) -> None:
     """Describe a workflow execution (e.g. order-order-123): status, queue, pending work."""
-    settings = target_settings()
-    info = with_service(lambda svc: svc.describe(workflow_id), settings)
+    cli = cli_context(ctx)
+    settings = cli.target_settings()
+    info = cli.with_service(lambda svc: svc.describe(workflow_id), settings)
     ui = (
         f"{settings.temporal_ui_url}/namespaces/{settings.temporal_namespace}"
         f"/workflows/{info['workflow_id']}/{info['run_id']}/history"
@@ -188,10 +193,10 @@ def describe(workflow_id: str, as_json: JsonOpt = False) -> None:
     out.print(Panel(Group(*parts), title=f"workflow {info['workflow_id']}", expand=False))
 
 
-@app.command(rich_help_panel=INSPECT)
-def history(workflow_id: str, as_json: JsonOpt = False) -> None:
+@commands.command(rich_help_panel=INSPECT)
+def history(ctx: typer.Context, workflow_id: str, as_json: JsonOpt = False) -> None:
     """Show a workflow's execution history (e.g. order-order-123)."""
-    events = with_service(lambda svc: svc.history(workflow_id))
+    events = cli_context(ctx).with_service(lambda svc: svc.history(workflow_id))
     if as_json:
         print_json(events)
         return
@@ -201,10 +206,10 @@ def history(workflow_id: str, as_json: JsonOpt = False) -> None:
     out.print(table)
 
 
-@app.command(rich_help_panel=INSPECT)
-def events(order_id: str, as_json: JsonOpt = False) -> None:
+@commands.command(rich_help_panel=INSPECT)
+def events(ctx: typer.Context, order_id: str, as_json: JsonOpt = False) -> None:
     """Show an order's audit trail (the events table)."""
-    rows = with_service(lambda svc: svc.events(order_id))
+    rows = cli_context(ctx).with_service(lambda svc: svc.events(order_id))
     if as_json:
         print_json(rows)
         return
@@ -215,17 +220,18 @@ def events(order_id: str, as_json: JsonOpt = False) -> None:
     out.print(table)
 
 
-@app.command(rich_help_panel=INSPECT)
-def stats(as_json: JsonOpt = False) -> None:
+@commands.command(rich_help_panel=INSPECT)
+def stats(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Order statistics from the database: execution time p50/p95/p99, retries and error
     rate per step, outcomes per state."""
     from app.cli.stats_view import load_stats, render_stats
 
-    settings = target_settings()
+    cli = cli_context(ctx)
+    settings = cli.target_settings()
     try:
         data = asyncio.run(load_stats(settings))
     except Exception as exc:
-        failure = db_failure(exc, settings)
+        failure = cli.db_failure(exc, settings)
         if failure is None:
             raise
         raise failure from exc

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from rich.text import Text
 
-from app.cli.common import ORDERS, CliError, JsonOpt, app, out, target_settings, with_service
+from app.cli.common import ORDERS, CliError, JsonOpt, cli_context, out
 from app.cli.render import fmt_address, print_json, render_status, say, state_text, status_dict
 from app.cli.waiting import is_terminal, wait_for_order
 from app.orders.messages import DEMO_ADDRESS, REVIEW_TIMEOUT_S, TERMINAL_STATES
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+commands = typer.Typer()
+
 FaultProfileOpt = Annotated[
     str | None,
     typer.Option(
@@ -35,8 +37,9 @@ FaultProfileOpt = Annotated[
 ]
 
 
-@app.command("start-workflow", rich_help_panel=ORDERS)
+@commands.command("start-workflow", rich_help_panel=ORDERS)
 def start_workflow(
+    ctx: typer.Context,
     order_id: Annotated[str, typer.Argument(help="Your order id, e.g. order-123.")],
     payment_id: Annotated[str, typer.Argument(help="Payment id (idempotency key), e.g. pmt-123.")],
     street: Annotated[str, typer.Option(help="Shipping street.")] = DEMO_ADDRESS["street"],
@@ -75,8 +78,9 @@ def start_workflow(
             await svc.approve(order_id, _reviewer(None))
         return started
 
-    settings = target_settings()
-    started = with_service(call, settings)
+    cli = cli_context(ctx)
+    settings = cli.target_settings()
+    started = cli.with_service(call, settings)
     say(f"order {order_id} started", "bold green")
     say(f"  workflow {started.workflow_id}  run {started.run_id}")
     say(f"  {_faults_line(fault_profile, settings)}")
@@ -113,18 +117,19 @@ def _reviewer(value: str | None) -> str:
     return "cli"
 
 
-@app.command(rich_help_panel=ORDERS)
-def status(order_id: str, as_json: JsonOpt = False) -> None:
+@commands.command(rich_help_panel=ORDERS)
+def status(ctx: typer.Context, order_id: str, as_json: JsonOpt = False) -> None:
     """Show an order: state, step, address, payment, attempts, recent errors, deadline."""
-    view = status_dict(with_service(lambda svc: svc.status(order_id)))
+    view = status_dict(cli_context(ctx).with_service(lambda svc: svc.status(order_id)))
     if as_json:
         print_json(view)
         return
     out.print(render_status(view))
 
 
-@app.command(rich_help_panel=ORDERS)
+@commands.command(rich_help_panel=ORDERS)
 def cancel(
+    ctx: typer.Context,
     order_id: str,
     reason: Annotated[str, typer.Option(help="Why the order is cancelled.")] = "customer_request",
 ) -> None:
@@ -135,7 +140,7 @@ def cancel(
         # Closing (and any refund) follows the accepted cancel; show how it ended.
         return await wait_for_order(svc, order_id, is_terminal, timeout=10.0)
 
-    view = with_service(call)
+    view = cli_context(ctx).with_service(call)
     say(f"cancel of order {order_id} accepted", "bold green")
     if is_terminal(view):
         out.print(
@@ -147,8 +152,9 @@ def cancel(
         say("  the order is closing; check with: python scripts/cli.py status " + order_id)
 
 
-@app.command("update-address", rich_help_panel=ORDERS)
+@commands.command("update-address", rich_help_panel=ORDERS)
 def update_address(
+    ctx: typer.Context,
     order_id: str,
     street: Annotated[str | None, typer.Option(help="New street.")] = None,
     city: Annotated[str | None, typer.Option(help="New city.")] = None,
@@ -172,13 +178,14 @@ def update_address(
             raise CliError(closed_message(order_id, view))
         return status_dict(await svc.update_address(order_id, address, requested_by="cli"))
 
-    view = with_service(call)
+    view = cli_context(ctx).with_service(call)
     say(f"address of order {order_id} updated", "bold green")
     say(f"  ships to {fmt_address(view.get('address'))}")
 
 
-@app.command(rich_help_panel=ORDERS)
+@commands.command(rich_help_panel=ORDERS)
 def approve(
+    ctx: typer.Context,
     order_id: str,
     reviewer: Annotated[
         str | None, typer.Option(help="Who approves (default: your user name).")
@@ -187,7 +194,9 @@ def approve(
     """Approve an order waiting in manual review, so payment can proceed."""
     who = _reviewer(reviewer)
     view = status_dict(
-        with_service(lambda svc: _closed_said(svc, order_id, svc.approve(order_id, who)))
+        cli_context(ctx).with_service(
+            lambda svc: _closed_said(svc, order_id, svc.approve(order_id, who))
+        )
     )
     say(f"order {order_id} approved by {who}", "bold green")
     out.print(
@@ -200,11 +209,13 @@ def approve(
     say(f"  follow it: python scripts/cli.py status {order_id}")
 
 
-@app.command(rich_help_panel=ORDERS)
-def retry(order_id: str, fault_profile: FaultProfileOpt = None) -> None:
+@commands.command(rich_help_panel=ORDERS)
+def retry(ctx: typer.Context, order_id: str, fault_profile: FaultProfileOpt = None) -> None:
     """Start a FAILED order again (a new run with a payment of its own), under the failed
     run's fault profile unless --fault-profile gives another."""
-    retried = with_service(lambda svc: svc.retry_order(order_id, fault_profile=fault_profile))
+    retried = cli_context(ctx).with_service(
+        lambda svc: svc.retry_order(order_id, fault_profile=fault_profile)
+    )
     say(f"order {order_id} retried", "bold green")
     say(f"  workflow {retried.workflow_id}  run {retried.run_id}")
     if fault_profile is not None:

@@ -11,7 +11,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from app.cli.common import INSPECT, JsonOpt, app, out, with_service
+from app.cli.common import INSPECT, JsonOpt, cli_context, out
 from app.cli.render import fmt_time, print_json, say
 
 if TYPE_CHECKING:
@@ -22,8 +22,12 @@ if TYPE_CHECKING:
 EXIT_UNRESOLVED = 3
 
 
-@app.command(rich_help_panel=INSPECT)
+commands = typer.Typer()
+
+
+@commands.command(rich_help_panel=INSPECT)
 def reconcile(
+    ctx: typer.Context,
     as_json: JsonOpt = False,
     no_heal: Annotated[
         bool, typer.Option("--no-heal", help="Only report: heal nothing (no refund, no cancel).")
@@ -52,7 +56,7 @@ def reconcile(
             svc.client, svc.settings, heal=not no_heal, order_ids=order, lookback_s=lookback
         )
 
-    report = with_service(call)
+    report = cli_context(ctx).with_service(call)
     if as_json:
         print_json(report)
     else:
@@ -61,8 +65,8 @@ def reconcile(
         raise typer.Exit(EXIT_UNRESOLVED)
 
 
-@app.command("reconcile-schedule", rich_help_panel=INSPECT)
-def reconcile_schedule() -> None:
+@commands.command("reconcile-schedule", rich_help_panel=INSPECT)
+def reconcile_schedule(ctx: typer.Context) -> None:
     """Create the reconciliation's Temporal Schedule, or bring it to the settings
     (RECONCILE_INTERVAL_S); idempotent. `cli.py start` and compose's setup job run it."""
 
@@ -72,7 +76,7 @@ def reconcile_schedule() -> None:
 
         return f"schedule {SCHEDULE_ID} {await ensure_schedule(svc.client, svc.settings)}"
 
-    say(with_service(call))
+    say(cli_context(ctx).with_service(call))
 
 
 def render_report(report: dict[str, Any]) -> Group:

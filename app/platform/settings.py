@@ -46,9 +46,6 @@ class Settings(BaseSettings):
     carrier_database_url: SecretStr = SecretStr("")
     temporal_target: str = "127.0.0.1:7233"
     temporal_namespace: str = "default"
-    # How long closed workflow histories are kept (e.g. 7d, 72h); applied by `cli.py start`
-    # with `temporal operator namespace update --retention`. Empty = leave it as it is.
-    temporal_namespace_retention: str = ""
     order_task_queue: str = "orders-tq"
     shipping_task_queue: str = "shipping-tq"
     log_level: str = "INFO"
@@ -106,11 +103,8 @@ class Settings(BaseSettings):
     api_allowed_hosts: str = ""
     temporal_ui_url: str = "http://127.0.0.1:8233"
 
-    # Embedded stack
-    run_dir: Path = Field(default=PROJECT_ROOT / ".run")
-    temporal_port: int = 7233
-    temporal_ui_port: int = 8233
-    postgres_port: int = 5432
+    # The embedded stack's own settings (RUN_DIR, its ports, TEMPORAL_NAMESPACE_RETENTION)
+    # are devstack's: devstack/stack/config.py, StackSettings.
 
     # Reconciliation (app/orders/reconciliation): the Temporal Schedule runs it every
     # RECONCILE_INTERVAL_S seconds over the orders of the last RECONCILE_LOOKBACK_S seconds,

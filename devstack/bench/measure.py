@@ -15,6 +15,7 @@ from typing import Any, Literal
 import psutil
 
 from app.platform.settings import Settings
+from devstack.stack.config import StackSettings
 
 # An order closes within its 60 s deadline; one still open after this is a failure.
 ORDER_TIMEOUT_S = 120.0
@@ -74,7 +75,7 @@ def api_headers(settings: Settings, api_key: str | None) -> dict[str, str]:
 # --- processes: who to watch ---------------------------------------------------------------
 
 
-def discover_processes(settings: Settings) -> dict[str, list[int]]:
+def discover_processes(settings: StackSettings) -> dict[str, list[int]]:
     """Pids of the stack's processes by service name, from the run folder's pid files
     (`cli.py start`); workers not found there are looked up by command line
     (`app.worker` with this stack's TEMPORAL_TARGET in its environment)."""

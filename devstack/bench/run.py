@@ -30,7 +30,7 @@ The result has exactly these keys (see `RESULT_KEYS`) plus others for context:
 orders_per_s, baseline_per_s, ratio, p50_ms, p95_ms, p99_ms, start_p99_ms, status_rps,
 worker_rss_mb.
 
-The command line is `scripts/cli.py bench` (devstack/cli.py).
+The command line is `scripts/cli.py bench` (devstack/cli/testing.py).
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ from devstack.bench.measure import (
     worker_pids,
 )
 from devstack.bench.phases import BaselinePhase, BaselineWorkers, OrdersPhase, status_load
+from devstack.stack.config import StackSettings
 from devstack.sync import run_sync
 
 RESULT_KEYS = (
@@ -100,7 +101,7 @@ def _chunks(total: int, parts: int) -> list[int]:
 
 
 async def run_bench(
-    settings: Settings,
+    settings: StackSettings,
     *,
     orders: int = DEFAULT_ORDERS,
     concurrency: int = DEFAULT_CONCURRENCY,
@@ -359,7 +360,7 @@ async def _server_version(client: Client) -> str | None:
 
 
 def run_bench_sync(
-    settings: Settings,
+    settings: StackSettings,
     *,
     orders: int = DEFAULT_ORDERS,
     concurrency: int = DEFAULT_CONCURRENCY,

@@ -22,7 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.platform.settings import CARRIER_DB, GATEWAY_DB, Settings
+from app.platform.settings import CARRIER_DB, GATEWAY_DB
 from devstack.bench.measure import (
     BenchError,
     PhaseResult,
@@ -38,13 +38,14 @@ from devstack.bench.measure import (
 from devstack.bench.phases import OrdersPhase
 from devstack.bench.run import check_api, code_version, connect_temporal, machine_info
 from devstack.stack.addresses import stack_config
+from devstack.stack.config import StackSettings
 from devstack.sync import run_sync
 
 QUARTERS = 4
 
 
 async def run_soak(
-    settings: Settings,
+    settings: StackSettings,
     *,
     orders: int = 3000,
     concurrency: int = 4,
@@ -132,7 +133,7 @@ def flatness(quarters: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-async def database_sizes(settings: Settings) -> dict[str, float]:
+async def database_sizes(settings: StackSettings) -> dict[str, float]:
     """MB on disk: the app's, the gateway's and the carrier's databases, and the dev
     server's SQLite file (with its write-ahead log)."""
     url = make_url(settings.database_url_plain)
@@ -161,7 +162,7 @@ async def database_sizes(settings: Settings) -> dict[str, float]:
     return sizes
 
 
-def run_soak_sync(settings: Settings, **options: Any) -> dict[str, Any]:
+def run_soak_sync(settings: StackSettings, **options: Any) -> dict[str, Any]:
     result: dict[str, Any] = run_sync(lambda: run_soak(settings, **options))
     return result
 

@@ -15,7 +15,6 @@ from typing import Any
 
 import psutil
 
-from app.platform.settings import Settings
 from devstack.stack.addresses import stack_config
 from devstack.stack.app_processes import (
     ALL_SERVICES,
@@ -24,7 +23,7 @@ from devstack.stack.app_processes import (
     app_services,
     start_app_service,
 )
-from devstack.stack.config import POSTGRES, TEMPORAL, StackConfig, StackError
+from devstack.stack.config import POSTGRES, TEMPORAL, StackConfig, StackError, StackSettings
 from devstack.stack.postgres import start_postgres, stop_postgres
 from devstack.stack.processes import port_in_use, process_status
 from devstack.stack.temporal_server import start_temporal, stop_temporal
@@ -104,7 +103,7 @@ def _wait_stopped(cfg: StackConfig, name: str, timeout: float) -> bool:
     return True
 
 
-def _ports_of(settings: Settings, cfg: StackConfig, name: str) -> list[int]:
+def _ports_of(settings: StackSettings, cfg: StackConfig, name: str) -> list[int]:
     if name == POSTGRES:
         return [cfg.postgres_port]
     if name == TEMPORAL:
@@ -165,7 +164,7 @@ _SERVER_CONTROL: dict[
 
 
 def execute_fault(
-    settings: Settings, fault: PlannedFault, timeout: float = 90.0, *, hard: bool = False
+    settings: StackSettings, fault: PlannedFault, timeout: float = 90.0, *, hard: bool = False
 ) -> dict[str, Any]:
     """Inflict one fault and bring the service back; a record of what happened.
 
@@ -212,7 +211,7 @@ def execute_fault(
     return record
 
 
-def heal(settings: Settings, timeout: float = 90.0) -> list[str]:
+def heal(settings: StackSettings, timeout: float = 90.0) -> list[str]:
     """Start whatever is not running (after a failed restart or an unexpected exit)."""
     cfg = stack_config(settings)
     messages = []

@@ -61,7 +61,6 @@ from app.orders.messages import (
 )
 from app.orders.providers.wiring import ledger_engine
 from app.platform.db import engine_from_settings, session_factory
-from app.platform.settings import Settings
 from app.platform.tables import Event, Order, Payment
 from app.platform.temporal import connect_client, runtime_with_core_logs
 from app.service.errors import InvalidInput, OrderConflict, OrderNotFound
@@ -92,6 +91,7 @@ from devstack.chaos.faults import (
 )
 from devstack.chaos.ledgers import carrier_ledger, gateway_ledger, ledger_keys
 from devstack.stack.addresses import client_settings, stack_config
+from devstack.stack.config import StackSettings
 
 # A start or approval that fails (Temporal or PostgreSQL restarting) is retried this long:
 # longer than any planned outage, so a lost order means something really broke.
@@ -158,7 +158,7 @@ class _Run:
     """State of one chaos run (one event loop, one client, one engine)."""
 
     def __init__(
-        self, settings: Settings, opts: ChaosOptions, progress: Callable[[str], None]
+        self, settings: StackSettings, opts: ChaosOptions, progress: Callable[[str], None]
     ) -> None:
         self.settings = settings  # as `cli.py start` sees them: restarts use these
         self.client_settings = client_settings(settings)
@@ -843,7 +843,7 @@ async def _workflow_outcome(client: Client, workflow_id: str) -> dict[str, Any]:
 
 
 async def run_chaos(
-    settings: Settings, opts: ChaosOptions, progress: Callable[[str], None] = lambda _: None
+    settings: StackSettings, opts: ChaosOptions, progress: Callable[[str], None] = lambda _: None
 ) -> dict[str, Any]:
     """Run the chaos scenario against the embedded stack `settings` describe."""
     return await _Run(settings, opts, progress).run()

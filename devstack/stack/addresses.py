@@ -13,9 +13,8 @@ from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from app.platform.settings import Settings
 from devstack.stack import config, postgres, processes
-from devstack.stack.config import POSTGRES, StackConfig
+from devstack.stack.config import POSTGRES, StackConfig, StackSettings
 
 # When POSTGRES_PORT is not set and its default (5432) is taken, `start` runs PostgreSQL on
 # the next free port. That port belongs to the running stack, never to the run dir: commands
@@ -41,7 +40,7 @@ def running_services(cfg: StackConfig, names: Sequence[str]) -> list[str]:
     return [name for name in names if processes.process_status(cfg, name).running]
 
 
-def stack_config(settings: Settings) -> StackConfig:
+def stack_config(settings: StackSettings) -> StackConfig:
     """The embedded stack of `settings`, on the ports it really uses.
 
     POSTGRES_PORT, when set, is the port. Otherwise a running PostgreSQL of the run dir
@@ -61,8 +60,8 @@ def stack_config(settings: Settings) -> StackConfig:
     return cfg
 
 
-def move_postgres_if_taken(settings: Settings, cfg: StackConfig) -> str | None:
-    """DESIGN: if the default port (5432) is taken, use another, say so plainly, and use it
+def move_postgres_if_taken(settings: StackSettings, cfg: StackConfig) -> str | None:
+    """If the default port (5432) is taken, use another, say so plainly, and use it
     everywhere, for as long as this stack runs. Only `cfg` changes: nothing is kept."""
     if (
         "postgres_port" in settings.model_fields_set
@@ -85,7 +84,7 @@ def move_postgres_if_taken(settings: Settings, cfg: StackConfig) -> str | None:
     return None
 
 
-def remember_postgres_port(settings: Settings, cfg: StackConfig) -> None:
+def remember_postgres_port(settings: StackSettings, cfg: StackConfig) -> None:
     """Once PostgreSQL runs: the port the stack's processes are given, for while it is down."""
     path = port_file(cfg)
     if cfg.postgres_port == settings.postgres_port:
@@ -102,7 +101,7 @@ def forget_port_if_stopped(cfg: StackConfig) -> None:
         port_file(cfg).unlink(missing_ok=True)
 
 
-def _follow_stack_port(url: str, settings: Settings, cfg: StackConfig) -> str | None:
+def _follow_stack_port(url: str, settings: StackSettings, cfg: StackConfig) -> str | None:
     """A URL set by hand (.env's DATABASE_URL) that names the embedded stack's configured
     address, while the stack runs on another port: the same URL on the stack's port."""
     if not url or cfg.postgres_port == settings.postgres_port:
@@ -118,7 +117,7 @@ def _follow_stack_port(url: str, settings: Settings, cfg: StackConfig) -> str | 
     return parsed.set(port=cfg.postgres_port).render_as_string(hide_password=False)
 
 
-def client_settings(settings: Settings) -> Settings:
+def client_settings(settings: StackSettings) -> StackSettings:
     """The settings to talk to the stack with.
 
     Addresses not set explicitly (env or .env) follow the embedded stack's ports, so
@@ -149,7 +148,7 @@ def client_settings(settings: Settings) -> Settings:
     return settings.model_copy(update=update)
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
+def settings_env(settings: StackSettings) -> dict[str, str]:
     """Every setting as an environment variable, so a child sees exactly what we see
     (whatever its working directory and whichever .env it would read)."""
     env: dict[str, str] = {}
@@ -165,7 +164,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def process_env(settings: Settings, cfg: StackConfig) -> dict[str, str]:
+def process_env(settings: StackSettings, cfg: StackConfig) -> dict[str, str]:
     """Environment of the embedded stack's app processes: always the embedded addresses."""
     env = settings_env(client_settings(settings))
     env["DATABASE_URL"] = config.database_url(cfg)

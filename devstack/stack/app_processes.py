@@ -19,7 +19,7 @@ from pathlib import Path
 from app.platform.settings import PROJECT_ROOT, Settings
 from devstack.stack import config, processes
 from devstack.stack.addresses import process_env, stack_config
-from devstack.stack.config import POSTGRES, TEMPORAL, StackConfig, StackError
+from devstack.stack.config import POSTGRES, TEMPORAL, StackConfig, StackError, StackSettings
 
 WORKER_ORDERS = "worker-orders"
 WORKER_SHIPPING = "worker-shipping"
@@ -93,11 +93,12 @@ def _worker(name: str, queue: str, port: int, task_queue: str) -> AppService:
     )
 
 
-def endpoints(settings: Settings) -> list[tuple[str, str]]:
-    """What a person connects to, for the start banner and quick-start."""
+def endpoints(settings: StackSettings) -> list[tuple[str, str]]:
+    """What a person connects to, for the start banner and quick-start (the operator
+    console is served by the API)."""
     cfg = stack_config(settings)
     url = api_url(settings)
-    rows = [("API", url), ("API docs", f"{url}/docs")]
+    rows = [("API", url), ("API docs", f"{url}/docs"), ("Console", f"{url}/console")]
     ui = config.temporal_ui_url(cfg)
     if ui:
         rows.append(("Temporal UI", ui))
@@ -157,7 +158,7 @@ def _ready_check(cfg: StackConfig, svc: AppService) -> Callable[[], bool] | None
     return None
 
 
-def start_app_service(settings: Settings, name: str, timeout: float = 90.0) -> str:
+def start_app_service(settings: StackSettings, name: str, timeout: float = 90.0) -> str:
     """Start one application process exactly as `start` does (no-op while it runs).
 
     One recipe for first start and for restarting a single process (`cli.py chaos` kills

@@ -46,10 +46,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from app.platform.settings import CARRIER_DB, GATEWAY_DB, Settings
+from app.platform.settings import CARRIER_DB, GATEWAY_DB
 from devstack.stack.addresses import move_postgres_if_taken, stack_config
 from devstack.stack.app_processes import ALL_SERVICES
-from devstack.stack.config import POSTGRES, StackConfig, postgres_bin_dir
+from devstack.stack.config import POSTGRES, StackConfig, StackSettings, postgres_bin_dir
 from devstack.stack.postgres import start_postgres, stop_postgres
 from devstack.stack.processes import process_status
 from devstack.tools import ToolError, run_tool
@@ -234,7 +234,7 @@ def default_output(cfg: StackConfig) -> Path:
 # ---------------------------------------------------------------------------------------
 
 
-def backup(settings: Settings, output: Path | None = None) -> dict[str, Any]:
+def backup(settings: StackSettings, output: Path | None = None) -> dict[str, Any]:
     """Copy the embedded stack's Temporal state, then dump its database, then the providers'
     ledgers; the manifest."""
     cfg = stack_config(settings)
@@ -353,7 +353,7 @@ def _refuse_data(cfg: StackConfig, ledgers: Mapping[str, Any]) -> None:
             )
 
 
-def restore(settings: Settings, folder: Path, *, force: bool = False) -> list[str]:
+def restore(settings: StackSettings, folder: Path, *, force: bool = False) -> list[str]:
     """Load a backup into the embedded stack of `settings` (which must be stopped)."""
     cfg = stack_config(settings)
     folder = folder.expanduser().resolve()
@@ -426,7 +426,7 @@ _STACK_VARIABLES = (
 )
 
 
-def start_command(settings: Settings, environ: Mapping[str, str] | None = None) -> str:
+def start_command(settings: StackSettings, environ: Mapping[str, str] | None = None) -> str:
     """`python scripts/cli.py start` for the stack of `settings`, as a shell line that works
     as printed: with RUN_DIR when it is not the default, and the stack's ports that came from
     the environment (a .env is read again by the command itself)."""

@@ -1,4 +1,5 @@
-"""The embedded stack's layout and addresses: `StackConfig` (run folder, ports, database
+"""The embedded stack's settings, layout and addresses: `StackSettings` (the dev launcher's
+settings: the product's plus the stack's own), `StackConfig` (run folder, ports, database
 account), `StackError`, service status, and where the server binaries are."""
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import quote
 
-if TYPE_CHECKING:
-    from app.platform.settings import Settings
+from pydantic import Field
 
+from app.platform.settings import DEFAULT_DB_PASSWORD, PROJECT_ROOT, Settings
 
 POSTGRES = "postgres"
 TEMPORAL = "temporal"
@@ -40,6 +41,23 @@ _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _MAX_SOCKET_PATH = 107
 
 T = TypeVar("T")
+
+DEFAULT_POSTGRES_PORT = 5432
+DEFAULT_TEMPORAL_PORT = 7233
+DEFAULT_TEMPORAL_UI_PORT = 8233
+
+
+class StackSettings(Settings):
+    """The dev launcher's settings: the product's, plus what only the embedded stack needs,
+    read from the same environment variables and .env (model_config is the product's)."""
+
+    run_dir: Path = Field(default=PROJECT_ROOT / ".run")
+    temporal_port: int = DEFAULT_TEMPORAL_PORT
+    temporal_ui_port: int = DEFAULT_TEMPORAL_UI_PORT
+    postgres_port: int = DEFAULT_POSTGRES_PORT
+    # How long closed workflow histories are kept (e.g. 7d, 72h); applied by `cli.py start`
+    # with `temporal operator namespace update --retention`. Empty = leave it as it is.
+    temporal_namespace_retention: str = ""
 
 
 class StackError(Exception):
@@ -67,12 +85,12 @@ DEFAULT_TEMPORAL_DYNAMIC_CONFIG = {
 @dataclass
 class StackConfig:
     run_dir: Path
-    postgres_port: int = 5432
-    temporal_port: int = 7233
-    temporal_ui_port: int = 8233
+    postgres_port: int = DEFAULT_POSTGRES_PORT
+    temporal_port: int = DEFAULT_TEMPORAL_PORT
+    temporal_ui_port: int = DEFAULT_TEMPORAL_UI_PORT
     host: str = "127.0.0.1"
     pg_user: str = "app"
-    pg_password: str = "app"
+    pg_password: str = DEFAULT_DB_PASSWORD
     pg_db: str = "app"
     temporal_namespace: str = "default"
     # None: temporal_port + 2000 (9233 by default).
@@ -96,7 +114,7 @@ class StackConfig:
                 raise StackError(f"{label} {value!r} must be a plain SQL identifier")
 
     @classmethod
-    def from_settings(cls, settings: Settings, **overrides: Any) -> StackConfig:
+    def from_settings(cls, settings: StackSettings, **overrides: Any) -> StackConfig:
         values: dict[str, Any] = {
             "run_dir": settings.run_dir,
             "postgres_port": settings.postgres_port,

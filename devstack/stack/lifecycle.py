@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import app
-from app.platform.settings import Settings
 from devstack.stack import config, infra, postgres, processes, temporal_server
 from devstack.stack.addresses import (
     client_settings,
@@ -30,7 +29,14 @@ from devstack.stack.app_processes import (
     app_services,
     start_app_service,
 )
-from devstack.stack.config import POSTGRES, TEMPORAL, StackConfig, StackError, first_line
+from devstack.stack.config import (
+    POSTGRES,
+    TEMPORAL,
+    StackConfig,
+    StackError,
+    StackSettings,
+    first_line,
+)
 
 # Where earlier versions kept a moved port for good (whatever ran): removed by `start`.
 _LEGACY_PORT_FILE = "postgres.port"
@@ -78,7 +84,7 @@ def _check_ports(cfg: StackConfig, services: list[AppService]) -> None:
             )
 
 
-def taken_ports(settings: Settings) -> list[tuple[int, str]]:
+def taken_ports(settings: StackSettings) -> list[tuple[int, str]]:
     """(port, setting) that `start` would need and another program holds now; PostgreSQL's
     only when POSTGRES_PORT is set (its default moves)."""
     cfg = stack_config(settings)
@@ -102,12 +108,14 @@ def _migrate(cfg: StackConfig) -> str:
     return f"migrations: database schema up to date in {time.monotonic() - started:.1f}s"
 
 
-def is_running(settings: Settings) -> bool:
+def is_running(settings: StackSettings) -> bool:
     cfg = stack_config(settings)
     return all(processes.process_status(cfg, name).running for name in ALL_SERVICES)
 
 
-def start_stack(settings: Settings, report: Callable[[str], None], timeout: float = 90.0) -> None:
+def start_stack(
+    settings: StackSettings, report: Callable[[str], None], timeout: float = 90.0
+) -> None:
     """Start whatever is not running yet: infra, migrations, then the app processes.
 
     A start that fails stops what it had started itself (what ran before stays), so the
@@ -127,7 +135,7 @@ def start_stack(settings: Settings, report: Callable[[str], None], timeout: floa
 
 
 def _start_missing(
-    settings: Settings, cfg: StackConfig, report: Callable[[str], None], timeout: float
+    settings: StackSettings, cfg: StackConfig, report: Callable[[str], None], timeout: float
 ) -> None:
     services = app_services(settings)
     _check_ports(cfg, services)
@@ -168,7 +176,7 @@ def _roll_back(cfg: StackConfig, before: set[str]) -> list[str]:
     return messages
 
 
-def stop_stack(settings: Settings, timeout: float = 15.0) -> list[str]:
+def stop_stack(settings: StackSettings, timeout: float = 15.0) -> list[str]:
     """Stop the app processes together (each drains its in-flight work), then Temporal,
     then PostgreSQL."""
     cfg = stack_config(settings)
@@ -188,7 +196,7 @@ class Row:
     log: str
 
 
-def stack_status(settings: Settings) -> list[Row]:
+def stack_status(settings: StackSettings) -> list[Row]:
     cfg = stack_config(settings)
     addresses = {svc.name: svc.address for svc in app_services(settings)}
     ui = config.temporal_ui_url(cfg)

@@ -13,16 +13,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from app.cli import common
-from app.platform.settings import Settings
+from devstack.stack.config import StackSettings
 
 
-class DefaultPortSettings(Settings):
+class DefaultPortSettings(StackSettings):
     postgres_port: int = int(os.environ["TEST_DEFAULT_POSTGRES_PORT"])
 
 
 if __name__ == "__main__":
-    common.Settings = DefaultPortSettings  # type: ignore[misc]  # what load_settings() builds
     from devstack.cli import main
 
-    main()
+    main(DefaultPortSettings)

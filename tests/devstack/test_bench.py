@@ -23,12 +23,12 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from app.orders.search import ORDER_STATE as STATE
-from app.platform.settings import PROJECT_ROOT, Settings
+from app.platform.settings import PROJECT_ROOT
 from devstack.bench.baseline import BASELINE_WORKFLOW
 from devstack.bench.measure import discover_processes, percentile
 from devstack.bench.run import RESULT_KEYS, format_report, run_bench
 from devstack.bench.soak import QUARTERS, flatness, run_soak
-from devstack.stack.config import StackConfig
+from devstack.stack.config import StackConfig, StackSettings
 from devstack.stack.infra import stop_all
 from devstack.stack.processes import start_process
 from tests.helpers import RealStack
@@ -41,7 +41,7 @@ SERVICES = ("worker-orders", "worker-shipping", "app")
 
 @dataclass
 class BenchStack:
-    settings: Settings
+    settings: StackSettings
     cfg: StackConfig
 
 
@@ -67,15 +67,21 @@ def _healthy(url: str) -> bool:
 @pytest.fixture(scope="module")
 def bench_stack(real_stack: RealStack) -> Iterator[BenchStack]:
     tag = uuid.uuid4().hex[:6]
-    settings = real_stack.settings.model_copy(
-        update={
+    cfg = real_stack.cfg
+    # The session stack's settings, with its run folder and ports (the launcher's view).
+    settings = StackSettings(
+        **{
+            **real_stack.settings.model_dump(),
+            "run_dir": cfg.run_dir,
+            "postgres_port": cfg.postgres_port,
+            "temporal_port": cfg.temporal_port,
+            "temporal_ui_port": cfg.temporal_ui_port,
             "order_task_queue": f"bench-orders-{tag}",
             "shipping_task_queue": f"bench-shipping-{tag}",
             "api_port": free_port(),
             "api_host": "127.0.0.1",
         }
     )
-    cfg = real_stack.cfg
     env = {
         "DATABASE_URL": settings.database_url_plain,
         "TEMPORAL_TARGET": settings.temporal_target,

@@ -22,7 +22,6 @@ import pytest
 from pydantic import create_model
 from sqlalchemy.engine import make_url
 
-from app.platform.settings import Settings
 from devstack.stack import infra, lifecycle, postgres, processes, temporal_server
 from devstack.stack.addresses import (
     client_settings,
@@ -30,7 +29,14 @@ from devstack.stack.addresses import (
     port_file,
     stack_config,
 )
-from devstack.stack.config import POSTGRES, TEMPORAL, ServiceStatus, StackConfig, StackError
+from devstack.stack.config import (
+    POSTGRES,
+    TEMPORAL,
+    ServiceStatus,
+    StackConfig,
+    StackError,
+    StackSettings,
+)
 from devstack.stack.lifecycle import start_stack, taken_ports
 from devstack.stack.processes import port_in_use, process_status, remove_pid, write_pid
 from tests.helpers import RealStack, stack_env
@@ -41,10 +47,12 @@ pytestmark = pytest.mark.integration
 ENV_DATABASE_URL = "postgresql+asyncpg://app:app@127.0.0.1:5432/app"  # .env.example's line
 
 
-def default_port_settings(default: int, **values: Any) -> Settings:
+def default_port_settings(default: int, **values: Any) -> StackSettings:
     """Settings whose POSTGRES_PORT default is `default` (not set by anyone)."""
-    model = create_model("DefaultPortSettings", __base__=Settings, postgres_port=(int, default))
-    settings: Settings = model(**values)
+    model = create_model(
+        "DefaultPortSettings", __base__=StackSettings, postgres_port=(int, default)
+    )
+    settings: StackSettings = model(**values)
     assert "postgres_port" not in settings.model_fields_set
     return settings
 
@@ -95,7 +103,7 @@ def test_explicit_port_is_never_moved(tmp_path: Path) -> None:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         port = squatter.getsockname()[1]
-        settings = Settings(run_dir=tmp_path, postgres_port=port)
+        settings = StackSettings(run_dir=tmp_path, postgres_port=port)
         cfg = stack_config(settings)
         assert move_postgres_if_taken(settings, cfg) is None
     assert cfg.postgres_port == port and not port_file(cfg).exists()
@@ -105,7 +113,7 @@ async def test_commands_find_the_port_the_stack_runs_on(real_stack: RealStack) -
     """The session's PostgreSQL runs on a port of its own; a command whose settings name
     only the default (POSTGRES_PORT unset, .env's DATABASE_URL on 5432) reaches it there."""
     real_port = real_stack.cfg.postgres_port
-    settings = Settings(run_dir=real_stack.cfg.run_dir, database_url=ENV_DATABASE_URL)  # type: ignore[arg-type]
+    settings = StackSettings(run_dir=real_stack.cfg.run_dir, database_url=ENV_DATABASE_URL)  # type: ignore[arg-type]
     assert "postgres_port" not in settings.model_fields_set and real_port != 5432
     assert stack_config(settings).postgres_port == real_port
     client = client_settings(settings)
@@ -119,7 +127,7 @@ async def test_commands_find_the_port_the_stack_runs_on(real_stack: RealStack) -
         await conn.close()
     # A URL that names another server is the operator's choice, and stays.
     elsewhere = "postgresql+asyncpg://app:app@db.internal:5432/app"
-    settings = Settings(run_dir=real_stack.cfg.run_dir, database_url=elsewhere)  # type: ignore[arg-type]
+    settings = StackSettings(run_dir=real_stack.cfg.run_dir, database_url=elsewhere)  # type: ignore[arg-type]
     assert client_settings(settings).database_url_plain == elsewhere
 
 

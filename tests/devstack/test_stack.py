@@ -23,12 +23,13 @@ from temporalio.api.workflowservice.v1 import (
 )
 from temporalio.client import Client
 
-from app.platform.settings import PROJECT_ROOT, Settings
+from app.platform.settings import PROJECT_ROOT
 from devstack.stack.config import (
     POSTGRES,
     TEMPORAL,
     StackConfig,
     StackError,
+    StackSettings,
     database_url,
     temporal_target,
 )
@@ -198,7 +199,7 @@ time.sleep(600)
 
 
 def test_config_from_settings(run_dir: Path) -> None:
-    settings = Settings(run_dir=run_dir, postgres_port=15432, temporal_port=17233)
+    settings = StackSettings(run_dir=run_dir, postgres_port=15432, temporal_port=17233)
     cfg = StackConfig.from_settings(settings, headless=True)
     assert cfg.pgdata == run_dir.resolve() / "pgdata"
     assert cfg.temporal_db == run_dir.resolve() / "temporal" / "temporal.db"

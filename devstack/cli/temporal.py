@@ -15,10 +15,12 @@ from typing import Annotated
 
 import typer
 
-from app.cli.common import INSPECT, app, load_settings
+from app.cli.common import INSPECT
 from app.platform.settings import Settings
-from devstack.stack.addresses import client_settings
+from devstack.cli.context import launcher
 from devstack.stack.config import temporal_binary
+
+commands = typer.Typer()
 
 
 def temporal_env(target: Settings, environ: dict[str, str]) -> dict[str, str]:
@@ -39,7 +41,7 @@ def temporal_env(target: Settings, environ: dict[str, str]) -> dict[str, str]:
     return env
 
 
-@app.command(
+@commands.command(
     "temporal",
     rich_help_panel=INSPECT,
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
@@ -56,7 +58,7 @@ def temporal(
     """The Temporal CLI (from .venv) on this stack: e.g. `temporal workflow signal
     --workflow-id order-order-123 --name approve_order`; `temporal --help` for its commands."""
     argv = [*(args or []), *ctx.args]
-    target = client_settings(load_settings())
+    target = launcher(ctx).target_settings()
     binary = str(temporal_binary())  # a StackError says how to install it
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
