@@ -1,8 +1,9 @@
 """The REST API: `create_app()` builds it, `python -m app.api` serves it under uvicorn.
 
 One Temporal client and one database engine per process, made in the lifespan (never at
-import) and shared by every request through one `OrderService` on `app.state`. Error
-bodies: app/api/errors.py; middleware: app/api/middleware.py.
+import) and shared by every request through one ServiceLayer on `app.state` (the routes
+get its rooms through app/api/deps.py). Error bodies: app/api/errors.py; middleware:
+app/api/middleware.py.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ from app.platform.settings import (
     refusal,
 )
 from app.platform.temporal import connect_with_retry, runtime_with_core_logs
-from app.service.orders import OrderService
+from app.service.layer import ServiceLayer
+from app.service.stats import StatsCache
 
 logger = logging.getLogger("app.api")
 
@@ -76,9 +78,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Room for a burst of concurrent reads without opening and closing overflow connections
     # (each new one pays authentication and starts with no prepared statements).
     engine = engine_from_settings(settings, pool_size=20)
+    sessions = session_factory(engine)
     app.state.temporal = client
     app.state.engine = engine
-    app.state.service = OrderService(client, session_factory(engine), settings)
+    app.state.services = ServiceLayer.build(client, sessions, settings)
+    app.state.stats_cache = StatsCache(sessions)
     logger.info(
         "api ready",
         extra={"temporal": settings.temporal_target, "auth": authenticator.enabled},
@@ -87,10 +91,16 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         # The Temporal client has no close(); dropping the last reference releases it.
-        app.state.service = None
-        app.state.temporal = None
-        app.state.engine = None
+        _disconnect(app)
         await engine.dispose()
+
+
+def _disconnect(app: FastAPI) -> None:
+    """What only a serving app has (app/api/deps.py answers 503 while it is None)."""
+    app.state.services = None
+    app.state.stats_cache = None
+    app.state.temporal = None
+    app.state.engine = None
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -110,9 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Reported when the app starts serving, so importing this module never fails.
         app.state.authenticator = Authenticator([])
         app.state.config_error = err
-    app.state.service = None
-    app.state.temporal = None
-    app.state.engine = None
+    _disconnect(app)
     # Hook for request metrics: each RequestObserver sees every request once it ends.
     app.state.request_observers = [metrics.observe_request]
 

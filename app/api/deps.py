@@ -1,22 +1,30 @@
-"""Dependencies shared by the routers, as `Annotated` aliases.
+"""Dependencies shared by the routers, as `Annotated` aliases: the one reader of `app.state`.
 
-`app.state` is filled by the lifespan in app/api/app.py: `settings`, `authenticator`, and, while
-the app is serving, `service` (the one OrderService of the process).
+app/api/app.py fills it: `settings` and `authenticator` when the app is built; while it
+serves (its lifespan), `temporal`, `engine`, `services` (the process's one ServiceLayer)
+and `stats_cache`, None before and after.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.client import Client
 
 from app.api.auth import Authenticator, Principal, Role
 from app.api.schemas import ErrorResponse
 from app.orders.validation import ORDER_ID_RE
+from app.platform.settings import Settings
 from app.service.errors import Unavailable
+from app.service.inspection import Inspector
+from app.service.layer import ServiceLayer
 from app.service.orders import OrderService
+from app.service.stats import StatsCache
+from app.service.status import StatusReader
 
 # auto_error=False: a missing credential is answered by `caller` below (401 with our error
 # body, and nothing at all when auth is off), not by FastAPI's default 403.
@@ -33,14 +41,60 @@ _api_key_header = APIKeyHeader(
 )
 
 
+T = TypeVar("T")
+NOT_CONNECTED = "the API is not connected to its dependencies yet"
+
+
 # Async on purpose: FastAPI runs plain `def` dependencies in a thread pool (a thread hop
 # per dependency per request), which cost more than these few lines of work.
-async def get_service(request: Request) -> OrderService:
-    service: OrderService | None = getattr(request.app.state, "service", None)
-    if service is None:
+async def app_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+async def services_if_serving(request: Request) -> ServiceLayer | None:
+    layer: ServiceLayer | None = request.app.state.services
+    return layer
+
+
+async def temporal_if_serving(request: Request) -> Client | None:
+    client: Client | None = request.app.state.temporal
+    return client
+
+
+async def engine_if_serving(request: Request) -> AsyncEngine | None:
+    engine: AsyncEngine | None = request.app.state.engine
+    return engine
+
+
+async def get_services(
+    layer: Annotated[ServiceLayer | None, Depends(services_if_serving)],
+) -> ServiceLayer:
+    if layer is None:
         # Only between process start and the end of the lifespan's startup.
-        raise Unavailable("the API is not connected to its dependencies yet")
-    return service
+        raise Unavailable(NOT_CONNECTED)
+    return layer
+
+
+async def get_stats_cache(request: Request) -> StatsCache:
+    cache: StatsCache | None = request.app.state.stats_cache
+    if cache is None:
+        raise Unavailable(NOT_CONNECTED)
+    return cache
+
+
+def kept_on_app(name: str, make: Callable[[], T]) -> Callable[[Request], Awaitable[T]]:
+    """A dependency: the app's one `make()`, made on first use (a cache of the app's own)."""
+
+    async def kept(request: Request) -> T:
+        state = request.app.state
+        value: T | None = getattr(state, name, None)
+        if value is None:
+            value = make()
+            setattr(state, name, value)
+        return value
+
+    return kept
 
 
 async def caller(
@@ -77,7 +131,29 @@ def require(role: Role) -> Callable[[Principal], Awaitable[Principal]]:
     return check
 
 
-Service = Annotated[OrderService, Depends(get_service)]
+AppSettings = Annotated[Settings, Depends(app_settings)]
+Services = Annotated[ServiceLayer, Depends(get_services)]
+ServicesIfServing = Annotated[ServiceLayer | None, Depends(services_if_serving)]
+TemporalIfServing = Annotated[Client | None, Depends(temporal_if_serving)]
+EngineIfServing = Annotated[AsyncEngine | None, Depends(engine_if_serving)]
+Stats = Annotated[StatsCache, Depends(get_stats_cache)]
+
+
+async def _commands(layer: Services) -> OrderService:
+    return layer.orders
+
+
+async def _status_reader(layer: Services) -> StatusReader:
+    return layer.status
+
+
+async def _inspector(layer: Services) -> Inspector:
+    return layer.inspection
+
+
+Commands = Annotated[OrderService, Depends(_commands)]
+StatusReads = Annotated[StatusReader, Depends(_status_reader)]
+Inspection = Annotated[Inspector, Depends(_inspector)]
 Viewer = Annotated[Principal, Depends(require(Role.VIEWER))]
 Operator = Annotated[Principal, Depends(require(Role.OPERATOR))]
 Reviewer = Annotated[Principal, Depends(require(Role.REVIEWER))]

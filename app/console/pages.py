@@ -12,8 +12,9 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from app.orders.validation import ORDER_ID_RE
-from app.platform.settings import Settings, get_settings
+from app.api.deps import AppSettings
+from app.orders.validation import MAX_FIELD_LEN, ORDER_ID_RE
+from app.platform.settings import Settings
 from app.service.stats import STATE_ORDER
 
 # Kept out of /openapi.json: these are pages, not API (and API fuzzers need not crawl them).
@@ -45,23 +46,18 @@ _STATIC_HEADERS = {
 }
 
 _NAV = (("review", "Review queue"), ("orders", "Orders"), ("dashboard", "Dashboard"))
-_ADDRESS_FIELDS = (
-    ("street", "Street", 200),
-    ("city", "City", 100),
-    ("state", "State / region", 100),
-    ("zip", "ZIP / postal code", 10),
-    ("country", "Country (ISO code, e.g. US)", 2),
-)
+_ADDRESS_LABELS = {
+    "street": "Street",
+    "city": "City",
+    "state": "State / region",
+    "zip": "ZIP / postal code",
+    "country": "Country (ISO code, e.g. US)",
+}
 
 
 @cache
 def _asset(name: str) -> str:
     return resources.files("app.console").joinpath(name).read_text(encoding="utf-8")
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings | None = getattr(request.app.state, "settings", None)
-    return settings if settings is not None else get_settings()
 
 
 def _script_json(value: Any) -> str:
@@ -76,7 +72,8 @@ def _script_json(value: Any) -> str:
 
 def _address_form() -> str:
     rows = []
-    for name, label, max_len in _ADDRESS_FIELDS:
+    for name, label in _ADDRESS_LABELS.items():
+        max_len = MAX_FIELD_LEN[name]
         rows.append(
             f'<div class="field"><label for="addr-{name}">{label}</label>'
             f'<input id="addr-{name}" name="{name}" maxlength="{max_len * 2}" '
@@ -91,8 +88,9 @@ def _state_options() -> str:
     return "".join(f'<option value="{s.value}">{s.value}</option>' for s in STATE_ORDER)
 
 
-def _render(request: Request, page: str, title: str, body: str, **extra: Any) -> HTMLResponse:
-    settings = _settings(request)
+def _render(
+    request: Request, settings: Settings, page: str, title: str, body: str, **extra: Any
+) -> HTMLResponse:
     base = str(request.scope.get("root_path", "")).rstrip("/")
     config = {
         "page": page,
@@ -126,27 +124,27 @@ async def console_home(request: Request) -> RedirectResponse:
 
 
 @router.get("/review")
-async def review_page(request: Request) -> HTMLResponse:
-    return _render(request, "review", "Review queue", _asset("review.html"))
+async def review_page(request: Request, settings: AppSettings) -> HTMLResponse:
+    return _render(request, settings, "review", "Review queue", _asset("review.html"))
 
 
 @router.get("/orders")
-async def orders_page(request: Request) -> HTMLResponse:
-    return _render(request, "orders", "Orders", _asset("orders.html"))
+async def orders_page(request: Request, settings: AppSettings) -> HTMLResponse:
+    return _render(request, settings, "orders", "Orders", _asset("orders.html"))
 
 
 @router.get("/orders/{order_id}")
-async def order_page(request: Request, order_id: str) -> HTMLResponse:
+async def order_page(request: Request, settings: AppSettings, order_id: str) -> HTMLResponse:
     if not ORDER_ID_RE.fullmatch(order_id):
         raise HTTPException(404, "no such order page: invalid order id")
     body = _asset("order.html").replace("$address_fields", _address_form())
     # The id is escaped for the title; the page script reads it from the JSON config.
-    return _render(request, "order", f"Order {order_id}", body, orderId=order_id)
+    return _render(request, settings, "order", f"Order {order_id}", body, orderId=order_id)
 
 
 @router.get("/dashboard")
-async def dashboard_page(request: Request) -> HTMLResponse:
-    return _render(request, "dashboard", "Dashboard", _asset("dashboard.html"))
+async def dashboard_page(request: Request, settings: AppSettings) -> HTMLResponse:
+    return _render(request, settings, "dashboard", "Dashboard", _asset("dashboard.html"))
 
 
 @router.get("/static/{name}")

@@ -115,6 +115,9 @@ _KIND_TEXTS = {
 }
 UNEXPECTED_ERROR_TEXT = "unexpected error (details are in the worker logs)"
 MAX_SHOWN_MESSAGE = 500
+# An order's status shows its most recent errors, this many at most (the workflow keeps
+# no more, and the view merges them with the database's).
+MAX_ERRORS_SHOWN = 20
 
 
 def shown_message(kind: str | None, message: str | None) -> str:
@@ -142,7 +145,8 @@ def order_workflow_id(order_id: str) -> str:
     return f"order-{order_id}"
 
 
-# The guide's example address: what the demo, the CLI's defaults, chaos and bench ship to.
+# The example address: what the API's examples, the demo, the CLI's defaults, chaos and
+# bench ship to.
 DEMO_ADDRESS = {
     "street": "123 Main St",
     "city": "Test City",
@@ -178,8 +182,8 @@ class LineItem:
 
 
 DEFAULT_ITEMS = [LineItem(sku="SKU-DEMO-1", qty=1, unit_price_cents=1999)]
-# The guide's limits: the review waits 30 s, the whole order finishes within 60 s. The one
-# home of both (REVIEW_TIMEOUT_S / ORDER_DEADLINE_S in the settings only override them).
+# The product's limits: the review waits 30 s, the whole order finishes within 60 s. The
+# one home of both (REVIEW_TIMEOUT_S / ORDER_DEADLINE_S in the settings only override them).
 REVIEW_TIMEOUT_S = 30.0
 ORDER_DEADLINE_S = 60.0
 

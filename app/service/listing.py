@@ -232,7 +232,7 @@ async def search_orders(
                 "time for StartTime and CloseTime)",
                 field="query",
             ) from None
-        raise Unavailable(f"Temporal is unavailable: {err.message}") from None
+        raise Unavailable.temporal(err.message) from None
     next_token = pages.next_page_token
     return {
         "items": [_execution_summary(w) for w in pages.current_page or []],

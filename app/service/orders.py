@@ -1,4 +1,4 @@
-"""Order operations shared by the REST API and the CLI (one implementation, two front ends).
+"""Order commands shared by the REST API and the CLI (one implementation, two front ends).
 
 Errors are `ServiceError` subclasses carrying an HTTP-like status, so the API maps them to
 responses and the CLI to one-line messages, and neither shows a traceback.
@@ -6,25 +6,18 @@ responses and the CLI to one-line messages, and neither shows a traceback.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
-import time
-from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Unpack
 
-from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from temporalio.api.enums.v1 import EventType, PendingActivityState
 from temporalio.client import (
     Client,
-    WorkflowExecutionStatus,
     WorkflowHandle,
-    WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
@@ -41,7 +34,6 @@ from app.orders.messages import (
     ERR_REVIEW_OVER,
     ORDER_DEADLINE_S,
     ORDER_WORKFLOW,
-    QUERY_STATUS,
     TERMINAL_STATES,
     UPDATE_ADDRESS,
     UPDATE_APPROVE,
@@ -53,14 +45,12 @@ from app.orders.messages import (
     OrderState,
     OrderStatus,
     Step,
-    is_settled,
     order_amount_cents,
     order_workflow_id,
 )
 from app.orders.search import start_attributes
-from app.platform.codec import open_failure
 from app.platform.settings import Settings
-from app.platform.tables import Event, Order, Payment
+from app.platform.tables import Order
 from app.service.errors import (
     InvalidInput,
     OrderConflict,
@@ -82,7 +72,7 @@ from app.service.inputs import (
     validate_address,
     validate_order_id,
 )
-from app.service.listing import OrderFilter, order_page, query_cursor_key, search_orders
+from app.service.inspection import Inspector
 from app.service.retry import (
     first_input,
     order_to_retry,
@@ -90,19 +80,10 @@ from app.service.retry import (
     retried_event,
     retry_input,
 )
-from app.service.status import (
-    attempt_history,
-    event_detail,
-    event_failures,
-    iso,
-    merge_errors,
-    shown_failure,
-    status_from_db,
-    step_of,
-)
+from app.service.status import StatusReader
 from app.service.views import OrderView
 
-# Closed workflows are answered from the database; a running one from its query.
+# The status of a refused update (the workflow's ApplicationError type): 409 or 422.
 _REFUSAL_STATUS = {
     ERR_ORDER_DISPATCHED: 409,
     ERR_ORDER_CLOSED: 409,
@@ -112,28 +93,47 @@ _REFUSAL_STATUS = {
 }
 
 
-log = logging.getLogger("app.service")
+def _refusal(order_id: str, cause: BaseException | None) -> ServiceError:
+    """The order's answer to a request it refused: its ApplicationError's type says 409 or
+    422 (an address change's details name the field)."""
+    if not isinstance(cause, ApplicationError):
+        return OrderConflict(f"order {order_id} refused the request")
+    status = _REFUSAL_STATUS.get(cause.type or "", 409)
+    details = cause.details[0] if cause.details else None
+    if status == 422 and isinstance(details, dict) and details:
+        name = next(iter(details))
+        return InvalidInput(f"address.{name} {details[name]}", field=f"address.{name}")
+    return OrderConflict(cause.message, reason=cause.type)
 
-CLOSED_CACHE_SIZE = 10_000
-CLOSED_CACHE_TTL_S = 300.0
+
+def _payment_id_taken(payment_id: str) -> OrderConflict:
+    return OrderConflict(
+        f"payment id {payment_id} already belongs to another order",
+        field="payment_id",
+        reason="payment_id_in_use",
+    )
+
+
+log = logging.getLogger("app.service")
 
 
 class OrderService:
+    """The order commands: start, approve, cancel, change the address, retry.
+
+    A retry drops the order's cached status view from `reader`, the status reads of the
+    same process (app/service/layer.py builds them together)."""
+
     def __init__(
         self,
         client: Client,
         sessions: async_sessionmaker[AsyncSession],
         settings: Settings,
+        reader: StatusReader | None = None,
     ) -> None:
         self.client = client
         self.sessions = sessions
         self.settings = settings
-        # order id -> (expires at, status view) for closed orders; see _remember_closed.
-        self._closed_views: OrderedDict[str, tuple[float, OrderView]] = OrderedDict()
-        # order id -> the status lookup in flight for it; see status().
-        self._status_lookups: dict[str, asyncio.Future[OrderView]] = {}
-
-    # --- commands --------------------------------------------------------------------------
+        self.reader = reader or StatusReader(client, sessions)
 
     async def start_order(
         self,
@@ -230,11 +230,7 @@ class OrderService:
         async with self.sessions() as s, s.begin():
             claim = await claim_payment_id(s, inp.payment_id, inp.order_id)
         if claim.owner != inp.order_id:
-            raise OrderConflict(
-                f"payment id {inp.payment_id} already belongs to another order",
-                field="payment_id",
-                reason="payment_id_in_use",
-            )
+            raise _payment_id_taken(inp.payment_id)
         return claim.new
 
     async def _start_run(
@@ -264,7 +260,7 @@ class OrderService:
                 conflict, order_id=inp.order_id, workflow_id=workflow_id, run_id=err.run_id
             ) from None
         except RPCError as err:
-            raise Unavailable(f"Temporal is unavailable: {err.message}") from None
+            raise Unavailable.temporal(err.message) from None
 
     async def _replay_start(
         self, order_id: str, keyed: IdempotentRequest, conflict: OrderConflict
@@ -278,7 +274,7 @@ class OrderService:
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
                 raise conflict from None
-            raise Unavailable(f"Temporal is unavailable: {err.message}") from None
+            raise Unavailable.temporal(err.message) from None
         if not isinstance(sent, dict) or sent.get("key") != keyed.key:
             raise conflict
         if sent.get("fingerprint") != keyed.fingerprint:
@@ -319,33 +315,31 @@ class OrderService:
         handle = self.client.get_workflow_handle(order_workflow_id(order_id))
         try:
             view = await handle.execute_update(update, arg, result_type=OrderStatus)
-            return OrderView.from_workflow(view, source="update")
         except WorkflowUpdateFailedError as err:
-            cause = err.cause
-            if isinstance(cause, ApplicationError):
-                status = _REFUSAL_STATUS.get(cause.type or "", 409)
-                details = cause.details[0] if cause.details else None
-                if status == 422 and isinstance(details, dict) and details:
-                    name = next(iter(details))
-                    raise InvalidInput(
-                        f"address.{name} {details[name]}", field=f"address.{name}"
-                    ) from None
-                raise OrderConflict(cause.message, reason=cause.type) from None
-            raise OrderConflict(f"order {order_id} refused the request") from None
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                if await self._db_order(order_id) is not None:
-                    raise OrderConflict(f"order {order_id} is already closed") from None
-                raise OrderNotFound(f"order {order_id} not found") from None
-            if err.status == RPCStatusCode.FAILED_PRECONDITION or "completed" in err.message:
-                raise OrderConflict(f"order {order_id} is already closed") from None
-            if await self._closed_in_db(order_id):  # it closed while the request was in flight
-                raise OrderConflict(f"order {order_id} is already closed") from None
-            raise Unavailable(f"Temporal is unavailable: {err.message}") from None
-        except WorkflowUpdateRPCTimeoutOrCancelledError:
+            raise _refusal(order_id, err.cause) from None
+        except (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError) as err:
+            raise await self._undelivered(order_id, err) from None
+        return OrderView.from_workflow(view, source="update")
+
+    async def _undelivered(
+        self, order_id: str, err: RPCError | WorkflowUpdateRPCTimeoutOrCancelledError
+    ) -> ServiceError:
+        """Why a request did not reach the order: it has closed (409), never existed
+        (404), or Temporal did not answer (503)."""
+        closed = OrderConflict(f"order {order_id} is already closed")
+        if isinstance(err, WorkflowUpdateRPCTimeoutOrCancelledError):
             if await self._closed_in_db(order_id):
-                raise OrderConflict(f"order {order_id} is already closed") from None
-            raise Unavailable("Temporal did not answer the request in time") from None
+                return closed
+            return Unavailable("Temporal did not answer the request in time")
+        if err.status == RPCStatusCode.NOT_FOUND:
+            if await self._db_order(order_id) is not None:
+                return closed
+            return OrderNotFound(f"order {order_id} not found")
+        if err.status == RPCStatusCode.FAILED_PRECONDITION or "completed" in err.message:
+            return closed
+        if await self._closed_in_db(order_id):  # it closed while the request was in flight
+            return closed
+        return Unavailable.temporal(err.message)
 
     async def retry_order(self, order_id: str, fault_profile: str | None = None) -> StartAnswer:
         """Start a FAILED order again: a new run, a payment of its own (app/service/retry.py).
@@ -366,11 +360,7 @@ class OrderService:
                 inp = dataclasses.replace(inp, fault_profile=fault_profile)
             # The retry's own reference, which no client id can take (app/orders/identity.py).
             if (await claim_payment_id(s, inp.payment_id, order_id)).owner != order_id:
-                raise OrderConflict(
-                    f"payment id {inp.payment_id} already belongs to another order",
-                    field="payment_id",
-                    reason="payment_id_in_use",
-                )
+                raise _payment_id_taken(inp.payment_id)
             handle = await self._start_run(
                 inp,
                 # Temporal's own check behind ours: never beside a running or a completed run.
@@ -384,219 +374,39 @@ class OrderService:
             reopen(order, handle.result_run_id, inp.payment_id)
             # Counted by the next retry, and where the status view of this run begins.
             s.add(retried_event(order_id, failed_run, handle.result_run_id, inp.payment_id))
-        self._closed_views.pop(order_id, None)
+        self.reader.forget(order_id)
         return StartAnswer(order_id, workflow_id, handle.result_run_id)
 
     async def _closed_in_db(self, order_id: str) -> bool:
         order = await self._db_order(order_id)
         return order is not None and order.state in TERMINAL_STATES
 
-    # --- reads -----------------------------------------------------------------------------
-
     async def _db_order(self, order_id: str) -> Order | None:
         async with self.sessions() as s:
             return await s.get(Order, order_id)
 
+    # --- reads, for callers that still ask the commands for them ----------------------------
+    # The CLI (app/cli), devstack's chaos and demo, scripts/test-workflow.py and the tests'
+    # `Running.service` read through an OrderService; new code asks StatusReader and
+    # Inspector (app/service/layer.py), as the API does.
+
     async def status(self, order_id: str) -> OrderView:
-        """The order's live view: from the workflow while it runs, from the DB once closed."""
-        validate_order_id(order_id)
-        cached = self._closed_views.get(order_id)
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1]
-        # Concurrent reads of one order share one lookup. Without this, readers that get
-        # ahead of a slow first read all miss the cache for the same order at once.
-        lookup = self._status_lookups.get(order_id)
-        if lookup is None:
-            lookup = asyncio.ensure_future(self._lookup_status(order_id))
-            self._status_lookups[order_id] = lookup
-            lookup.add_done_callback(lambda done: self._lookup_done(order_id, done))
-        # Shielded: one caller going away must not cancel the others' lookup.
-        return await asyncio.shield(lookup)
+        return await self.reader.status(order_id)
 
-    def _lookup_done(self, order_id: str, done: asyncio.Future[OrderView]) -> None:
-        self._status_lookups.pop(order_id, None)
-        if not done.cancelled():
-            done.exception()  # retrieved here, so a failure nobody awaited is not logged
+    def _inspector(self) -> Inspector:
+        return Inspector(self.client, self.sessions, self.settings)
 
-    async def _lookup_status(self, order_id: str) -> OrderView:
-        # Two queries: the order with its payment, then its attempt events.
-        async with self.sessions() as s:
-            row = (
-                await s.execute(
-                    select(Order, Payment)
-                    .outerjoin(
-                        Payment,
-                        (Payment.payment_id == Order.payment_id) & (Payment.order_id == Order.id),
-                    )
-                    .where(Order.id == order_id)
-                )
-            ).first()
-            order, payment = (row[0], row[1]) if row is not None else (None, None)
-            errors, attempts = await attempt_history(s, order_id)
-        if order is not None and order.state in TERMINAL_STATES:
-            view = status_from_db(order, payment, errors, attempts)
-            self._remember_closed(order_id, view)
-            return view
-        handle = self.client.get_workflow_handle(order_workflow_id(order_id))
-        try:
-            live: OrderStatus = await handle.query(QUERY_STATUS, result_type=OrderStatus)
-            desc = await handle.describe()
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                if order is not None:
-                    return status_from_db(order, payment, errors, attempts)
-                raise OrderNotFound(f"order {order_id} not found") from None
-            if order is not None:
-                return status_from_db(order, payment, errors, attempts)
-            raise Unavailable(f"Temporal is unavailable: {err.message}") from None
-        except WorkflowQueryFailedError as err:
-            raise Unavailable(f"status query failed: {err}") from None
-        # Attempts recorded per attempt in the DB are the most precise; pending ones too.
-        merged = {**live.attempts, **attempts}
-        pending = []
-        for act in desc.raw_description.pending_activities:
-            await open_failure(self.client.data_converter, act.last_failure)
-            merged[step_of(act.activity_type.name)] = max(
-                merged.get(step_of(act.activity_type.name), 0), act.attempt
-            )
-            pending.append(
-                {
-                    "activity": act.activity_type.name,
-                    "attempt": act.attempt,
-                    "last_failure": shown_failure(act.last_failure),
-                }
-            )
-        payment_status = payment.status if payment else live.payment_status
-        return OrderView.from_workflow(
-            live,
-            run_id=desc.run_id,
-            workflow_status=desc.status.name if desc.status else None,
-            attempts=merged,
-            pending_activities=pending,
-            errors=merge_errors([dataclasses.asdict(e) for e in live.errors], errors),
-            payment_status=payment_status,
-            source="workflow",
-            # A run still going is compensating at most (the row records the settlement).
-            settled=desc.status != WorkflowExecutionStatus.RUNNING
-            and is_settled({"state": live.state, "payment_status": payment_status}),
-        )
+    async def list_orders(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return await self._inspector().list_orders(*args, **kwargs)
 
-    def _remember_closed(self, order_id: str, view: OrderView) -> None:
-        """Closed orders no longer change, so their view is cached (status reads of finished
-        orders are the API's hottest path).
-
-        Attempts and errors are final at the close (see attempt_history); only a refund
-        may still be on its way, so an unsettled view is cached briefly until it lands. A
-        FAILED order may be retried (a new run), from this process or another one: its
-        view is cached briefly too."""
-        final = view.settled and view.state != OrderState.FAILED
-        expires = time.monotonic() + (CLOSED_CACHE_TTL_S if final else 1.0)
-        self._closed_views[order_id] = (expires, view)
-        self._closed_views.move_to_end(order_id)
-        while len(self._closed_views) > CLOSED_CACHE_SIZE:
-            self._closed_views.popitem(last=False)
-
-    async def list_orders(
-        self,
-        filters: OrderFilter | None = None,
-        limit: int = 20,
-        offset: int = 0,
-        cursor: str | None = None,
-    ) -> dict[str, Any]:
-        """A page of orders from the database, newest first (see app/service/listing.py)."""
-        async with self.sessions() as s:
-            return await order_page(s, filters or OrderFilter(), limit, offset, cursor)
-
-    async def search_orders(
-        self, query: str, limit: int = 20, cursor: str | None = None
-    ) -> dict[str, Any]:
-        """A page of orders whose workflow matches a Temporal visibility query."""
-        return await search_orders(
-            self.client, query, limit, cursor, query_cursor_key(self.settings)
-        )
+    async def search_orders(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return await self._inspector().search_orders(*args, **kwargs)
 
     async def events(self, order_id: str) -> list[dict[str, Any]]:
-        validate_order_id(order_id)
-        async with self.sessions() as s:
-            rows = list(
-                (
-                    await s.execute(
-                        select(Event).where(Event.order_id == order_id).order_by(Event.id)
-                    )
-                ).scalars()
-            )
-            unknown = not rows and await s.get(Order, order_id) is None
-        if unknown and not await self._workflow_exists(order_id):
-            raise OrderNotFound(f"order {order_id} not found")
-        return [
-            {"id": e.id, "type": e.type, "payload": e.payload_json, "ts": iso(e.ts)} for e in rows
-        ]
-
-    async def _workflow_exists(self, order_id: str) -> bool:
-        """Just started, before ReceiveOrder wrote its row: known to Temporal only."""
-        try:
-            await self.client.get_workflow_handle(order_workflow_id(order_id)).describe()
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                return False
-            raise Unavailable(f"Temporal is unavailable: {err.message}") from None
-        return True
+        return await self._inspector().events(order_id)
 
     async def describe(self, workflow_id: str) -> dict[str, Any]:
-        handle = self.client.get_workflow_handle(workflow_id)
-        try:
-            d = await handle.describe()
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                raise OrderNotFound(f"workflow {workflow_id} not found") from None
-            raise Unavailable(f"Temporal is unavailable: {err.message}") from None
-        raw = d.raw_description
-        for a in raw.pending_activities:
-            await open_failure(self.client.data_converter, a.last_failure)
-        return {
-            "workflow_id": d.id,
-            "run_id": d.run_id,
-            "type": d.workflow_type,
-            "status": d.status.name if d.status else None,
-            "task_queue": d.task_queue,
-            "start_time": iso(d.start_time),
-            "close_time": iso(d.close_time),
-            "history_length": d.history_length,
-            "pending_activities": [
-                {
-                    "activity": a.activity_type.name,
-                    # The enum's name (SCHEDULED, STARTED...), not its number.
-                    "state": PendingActivityState.Name(a.state).removeprefix(
-                        "PENDING_ACTIVITY_STATE_"
-                    ),
-                    "attempt": a.attempt,
-                    "last_failure": shown_failure(a.last_failure),
-                }
-                for a in raw.pending_activities
-            ],
-            "pending_children": [
-                {"workflow_id": c.workflow_id, "run_id": c.run_id} for c in raw.pending_children
-            ],
-        }
+        return await self._inspector().describe(workflow_id)
 
     async def history(self, workflow_id: str) -> list[dict[str, Any]]:
-        """A readable summary of the workflow's event history."""
-        handle = self.client.get_workflow_handle(workflow_id)
-        out: list[dict[str, Any]] = []
-        try:
-            async for event in handle.fetch_history_events():
-                for failure in event_failures(event):
-                    await open_failure(self.client.data_converter, failure)
-                out.append(
-                    {
-                        "event_id": event.event_id,
-                        "time": iso(event.event_time.ToDatetime(tzinfo=UTC)),
-                        "type": EventType.Name(event.event_type).removeprefix("EVENT_TYPE_"),
-                        "detail": event_detail(event),
-                    }
-                )
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                raise OrderNotFound(f"workflow {workflow_id} not found") from None
-            raise Unavailable(f"Temporal is unavailable: {err.message}") from None
-        return out
+        return await self._inspector().history(workflow_id)

@@ -50,9 +50,8 @@ SCHEDULE_CATCHUP = timedelta(minutes=1)
 DEFAULT_FINDINGS_LIMIT = 200
 
 
-class ReconciliationFailed(ServiceError):
-    status = 502
-    code = "reconciliation_failed"
+class ReconciliationFailed(ServiceError, status=502, code="reconciliation_failed"):
+    """A reconciliation run failed (the message names its error type)."""
 
 
 async def reconcile_now(
@@ -94,7 +93,7 @@ async def reconcile_now(
         kind = getattr(cause, "type", None) or type(cause).__name__
         raise ReconciliationFailed(f"reconciliation run {workflow_id} failed: {kind}") from err
     except RPCError as err:
-        raise Unavailable(f"Temporal is unavailable: {err.message}") from None
+        raise Unavailable.temporal(err.message) from None
     return report
 
 

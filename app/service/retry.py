@@ -119,7 +119,7 @@ async def first_input(
             return inp, run_id
     except RPCError as err:
         if err.status != RPCStatusCode.NOT_FOUND:
-            raise Unavailable(f"Temporal is unavailable: {err.message}") from None
+            raise Unavailable.temporal(err.message) from None
     raise OrderConflict(
         f"the failed run of {workflow_id} is past retention: start a new order",
         reason="past_retention",

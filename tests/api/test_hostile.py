@@ -30,6 +30,7 @@ from app.orders.messages import ORDER_WORKFLOW, OrderInput
 from app.platform.settings import ProductionRefused, Settings
 from app.platform.temporal import connect_client
 from app.service.inputs import order_input
+from app.service.layer import ServiceLayer
 from app.service.orders import OrderService
 from app.worker import build_workers
 from tests.helpers import ADDRESS, Running, eventually, order_events, serving, wait_for_step
@@ -398,16 +399,16 @@ async def test_failure_messages_are_sealed_when_payload_keys_are_set(running: Ru
         }
     )
     client = await connect_client(settings)
-    service = OrderService(client, running.sessions, settings)
+    services = ServiceLayer.build(client, running.sessions, settings)
     order_id = f"seal-{suffix}"
     too_many = [{"sku": "SKU-1", "qty": 500, "unit_price_cents": 1}]
     async with AsyncExitStack() as stack:
         for w in build_workers(client, settings, running.engine, "all", running.providers):
             await stack.enter_async_context(w)
-        await service.start_order(order_id, f"pmt-{order_id}", ADDRESS, items=too_many)
+        await services.orders.start_order(order_id, f"pmt-{order_id}", ADDRESS, items=too_many)
         with pytest.raises(WorkflowFailureError):
             await client.get_workflow_handle(f"order-{order_id}").result()
-        history = await service.history(f"order-{order_id}")
+        history = await services.inspection.history(f"order-{order_id}")
     # Read without the key, Temporal's copy holds no message of ours.
     plain = await Client.connect(settings.temporal_target)
     raw = await plain.get_workflow_handle(f"order-{order_id}").fetch_history()

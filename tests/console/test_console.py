@@ -297,7 +297,7 @@ async def test_retry_a_failed_order(running: Running, api_server: ApiServer, pag
     await running.service.start_order(order_id, f"pmt-{order_id}", ADDRESS, fault_profile="fail=1")
 
     async def failed() -> bool | None:
-        view = await running.service.status(order_id)
+        view = await running.service.reader.status(order_id)
         return (view.state == "FAILED" and view.settled) or None
 
     await eventually(failed, timeout=30, what="the order failed and settled")

@@ -16,6 +16,7 @@ from app.orders.messages import order_workflow_id
 from app.platform.tables import Event
 from app.service.errors import OrderConflict, Unavailable
 from app.service.orders import OrderService
+from app.service.status import StatusReader
 from tests.helpers import ADDRESS, Running, eventually, wait_for_step
 
 pytestmark = pytest.mark.integration
@@ -31,17 +32,17 @@ async def completed_order(running: Running) -> str:
     return order_id
 
 
-def _fresh_service(running: Running) -> OrderService:
-    """A service with an empty cache, as a newly started API has."""
-    return OrderService(running.client, running.sessions, running.settings)
+def _fresh_reader(running: Running) -> StatusReader:
+    """A status reader with an empty cache, as a newly started API has."""
+    return StatusReader(running.client, running.sessions)
 
 
 async def test_concurrent_reads_of_one_order_share_one_lookup(
     running: Running, completed_order: str
 ) -> None:
-    service = _fresh_service(running)
+    reader = _fresh_reader(running)
     lookups = 0
-    lookup = service._lookup_status
+    lookup = reader._lookup
 
     async def counted(order_id: str) -> dict[str, Any]:
         nonlocal lookups
@@ -49,8 +50,8 @@ async def test_concurrent_reads_of_one_order_share_one_lookup(
         await asyncio.sleep(0.05)  # a slow first read, as under load
         return await lookup(order_id)
 
-    service._lookup_status = counted  # type: ignore[method-assign]
-    views = await asyncio.gather(*(service.status(completed_order) for _ in range(16)))
+    reader._lookup = counted  # type: ignore[method-assign]
+    views = await asyncio.gather(*(reader.status(completed_order) for _ in range(16)))
     assert lookups == 1
     assert all(v is views[0] for v in views)
     assert views[0].state == "COMPLETED" and views[0].source == "database"
@@ -59,25 +60,25 @@ async def test_concurrent_reads_of_one_order_share_one_lookup(
 async def test_completed_order_is_answered_from_cache_at_once(
     running: Running, completed_order: str
 ) -> None:
-    service = _fresh_service(running)
-    first = await service.status(completed_order)
+    reader = _fresh_reader(running)
+    first = await reader.status(completed_order)
     assert first.state == "COMPLETED" and first.settled
 
     async def no_database(order_id: str) -> dict[str, Any]:
         raise AssertionError(f"looked up {order_id} again")
 
-    service._lookup_status = no_database  # type: ignore[method-assign]
-    assert await service.status(completed_order) == first
+    reader._lookup = no_database  # type: ignore[method-assign]
+    assert await reader.status(completed_order) == first
 
 
 async def test_a_failed_lookup_reaches_every_waiting_reader(running: Running) -> None:
-    service = _fresh_service(running)
+    reader = _fresh_reader(running)
     missing = f"reads-missing-{uuid.uuid4().hex[:8]}"
     results = await asyncio.gather(
-        *(service.status(missing) for _ in range(4)), return_exceptions=True
+        *(reader.status(missing) for _ in range(4)), return_exceptions=True
     )
     assert all(type(r).__name__ == "OrderNotFound" for r in results)
-    assert service._status_lookups == {}
+    assert reader._lookups.running == {}
 
 
 class _ClosingWorkflow:
@@ -132,7 +133,7 @@ async def test_a_closed_orders_status_is_final_at_its_close(running: Running) ->
     handle = running.client.get_workflow_handle(order_workflow_id(order_id))
     with pytest.raises(WorkflowFailureError):
         await handle.result()
-    at_close = await _fresh_service(running).status(order_id)
+    at_close = await _fresh_reader(running).status(order_id)
     assert (at_close.state, at_close.attempts) == ("FAILED", {"RECEIVE": 3})
     assert any(e.step == "RECEIVE" and e.attempt == 3 for e in at_close.errors)
 
@@ -146,5 +147,5 @@ async def test_a_closed_orders_status_is_final_at_its_close(running: Running) ->
             return any((p or {}).get("attempt") == 3 for p in rows.scalars())
 
     await eventually(third_attempt_recorded, timeout=15)
-    later = await _fresh_service(running).status(order_id)
+    later = await _fresh_reader(running).status(order_id)
     assert (later.attempts, later.errors) == (at_close.attempts, at_close.errors)

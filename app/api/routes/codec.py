@@ -23,13 +23,14 @@ CODEC_CORS_ORIGINS (default: the origin of TEMPORAL_UI_URL).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from cryptography.exceptions import InvalidTag
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
+from fastapi.types import DecoratedCallable
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,7 +39,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import PayloadCodec
 
-from app.api.deps import Operator, Viewer, error_responses
+from app.api.deps import AppSettings, Operator, Viewer, error_responses, kept_on_app
 from app.api.errors import error_response
 from app.api.schemas import ErrorResponse
 from app.platform.codec import CodecConfigError
@@ -100,16 +101,23 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _codec(request: Request) -> PayloadCodec | None:
-    """The process's payload codec, built once from its settings (None: no keys)."""
-    state = request.app.state
-    settings: Settings = state.settings
-    cached = getattr(state, "codec_for", None)
-    if cached is None or cached[0] is not settings:
-        cached = (settings, data_converter(settings).payload_codec)
-        state.codec_for = cached
-    codec: PayloadCodec | None = cached[1]
-    return codec
+class _Codecs:
+    """The app's payload codec, built once from its settings (None: no keys)."""
+
+    def __init__(self) -> None:
+        self._built: tuple[Settings, PayloadCodec | None] | None = None
+
+    def of(self, settings: Settings) -> PayloadCodec | None:
+        if self._built is None or self._built[0] is not settings:
+            self._built = (settings, data_converter(settings).payload_codec)
+        return self._built[1]
+
+
+Codecs = Annotated[_Codecs, Depends(kept_on_app("payload_codecs", _Codecs))]
+
+
+def _operation(path: str, summary: str) -> Callable[[DecoratedCallable], DecoratedCallable]:
+    return router.post(path, summary=summary, response_model=PayloadsJson, responses=_RESPONSES)
 
 
 class _InvalidPayload(Exception):
@@ -132,14 +140,17 @@ def _answer(payloads: Sequence[Payload]) -> JSONResponse:
     return JSONResponse({"payloads": [json_format.MessageToDict(p) for p in payloads]})
 
 
-async def _convert(request: Request, body: PayloadsJson, decode: bool) -> JSONResponse:
+async def _convert(
+    body: PayloadsJson, codecs: _Codecs, settings: Settings, *, decode: bool
+) -> JSONResponse:
     try:
         payloads = _parse(body)
     except _InvalidPayload as err:
         return error_response(
             422, "invalid_input", f"{err.field} is not a valid payload", err.field
         )
-    codec = _codec(request)
+    # Built here, after the body is judged: a key that cannot be loaded is a 500 then.
+    codec = codecs.of(settings)
     if codec is None:
         return _answer(payloads)
     try:
@@ -153,29 +164,23 @@ async def _convert(request: Request, body: PayloadsJson, decode: bool) -> JSONRe
     return _answer(out)
 
 
-@router.post(
-    "/decode",
-    summary="Decode payloads (Temporal remote codec)",
-    response_model=PayloadsJson,
-    responses=_RESPONSES,
-)
-async def decode(request: Request, body: PayloadsJson, _caller: Viewer) -> JSONResponse:
+@_operation("/decode", "Decode payloads (Temporal remote codec)")
+async def decode(
+    body: PayloadsJson, _caller: Viewer, settings: AppSettings, codecs: Codecs
+) -> JSONResponse:
     """Decrypt payloads sealed with PAYLOAD_KEYS, for the Temporal Web UI and CLI
     (`--codec-endpoint http://HOST:PORT/codec`). Payloads that are not encrypted come
     back unchanged."""
-    return await _convert(request, body, decode=True)
+    return await _convert(body, codecs, settings, decode=True)
 
 
-@router.post(
-    "/encode",
-    summary="Encode payloads (Temporal remote codec)",
-    response_model=PayloadsJson,
-    responses=_RESPONSES,
-)
-async def encode(request: Request, body: PayloadsJson, _caller: Operator) -> JSONResponse:
+@_operation("/encode", "Encode payloads (Temporal remote codec)")
+async def encode(
+    body: PayloadsJson, _caller: Operator, settings: AppSettings, codecs: Codecs
+) -> JSONResponse:
     """Seal payloads with the active key, as workers and the API do (used by the CLI and
     the UI to send input to workflows)."""
-    return await _convert(request, body, decode=False)
+    return await _convert(body, codecs, settings, decode=False)
 
 
 # --- CORS for the Web UI ---------------------------------------------------------------

@@ -13,18 +13,21 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Annotated
 
-from fastapi import APIRouter, Request, Response, status
+from fastapi import APIRouter, Depends, Response, status
+from fastapi.types import DecoratedCallable
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 
-from app.api.deps import error_responses
+from app.api.deps import EngineIfServing, TemporalIfServing, error_responses, kept_on_app
 from app.api.schemas import EXAMPLE_DEPENDENCIES_UP, DependencyHealth, HealthResponse
 from app.platform.migrate import current_revisions, script_revisions
+from app.service.single_flight import SingleFlight
 
 router = APIRouter(tags=["health"])
 
@@ -87,6 +90,73 @@ async def _migrations(engine: AsyncEngine) -> None:
     raise CheckFailed(UNKNOWN_REVISION)
 
 
+Results = dict[str, DependencyHealth]
+
+
+class ProbeRounds:
+    """The app's latest round of checks per probe kind, and the round in flight."""
+
+    def __init__(self) -> None:
+        self.answers: dict[tuple[object, ...], tuple[float, Results]] = {}
+        self.rounds: SingleFlight[tuple[object, ...], Results] = SingleFlight()
+
+    async def check(
+        self, client: Client | None, engine: AsyncEngine | None, migrations: bool
+    ) -> Results:
+        """Each dependency's health: from a round of checks at most PROBE_CACHE_S old, or
+        a new round (shared by the probes that arrive meanwhile)."""
+        key = (migrations, id(client), id(engine))
+        answer = self.answers.get(key)
+        if answer is not None and answer[0] > time.monotonic():
+            return answer[1]
+
+        async def new_round() -> Results:
+            results = await _check_now(client, engine, migrations)
+            self.answers[key] = (time.monotonic() + PROBE_CACHE_S, results)
+            return results
+
+        return await self.rounds.run(key, new_round)
+
+
+async def _check_now(
+    client: Client | None, engine: AsyncEngine | None, migrations: bool
+) -> Results:
+    """Each dependency's health, checked at the same time (a probe answers within one
+    check's timeout)."""
+    checks: dict[str, Callable[[], Awaitable[object]]] = {
+        "temporal": lambda: _temporal(client) if client else _not_connected(),
+        "database": lambda: _database(engine) if engine else _not_connected(),
+    }
+    if migrations:
+        checks["migrations"] = lambda: _migrations(engine) if engine else _not_connected()
+    results = await asyncio.gather(*(_probe(check) for check in checks.values()))
+    return dict(zip(checks, results, strict=True))
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The checks as a request makes them: the app's rounds, with its Temporal client and
+    database engine (None while the app is not serving)."""
+
+    rounds: ProbeRounds
+    client: Client | None
+    engine: AsyncEngine | None
+
+    async def check(self, *, migrations: bool) -> Results:
+        return await self.rounds.check(self.client, self.engine, migrations)
+
+
+async def _request_probe(
+    rounds: Annotated[ProbeRounds, Depends(kept_on_app("probe_rounds", ProbeRounds))],
+    client: TemporalIfServing,
+    engine: EngineIfServing,
+) -> Probe:
+    return Probe(rounds, client, engine)
+
+
+Probes = Annotated[Probe, Depends(_request_probe)]
+
+
 class LiveResponse(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
 
@@ -127,19 +197,18 @@ class ReadyResponse(BaseModel):
     checks: ReadyChecks
 
 
-def _unhealthy(model: type[BaseModel], description: str) -> dict[int | str, dict[str, Any]]:
-    return {503: {"model": model, "description": description}, **error_responses(500)}
+def _checking(
+    path: str, summary: str, model: type[BaseModel], unhealthy: str
+) -> Callable[[DecoratedCallable], DecoratedCallable]:
+    """A route that checks the dependencies: 503 with `model` when one is down."""
+    responses = {503: {"model": model, "description": unhealthy}, **error_responses(500)}
+    return router.get(path, summary=summary, response_model=model, responses=responses)
 
 
-@router.get(
-    "/health",
-    summary="Dependency health",
-    response_model=HealthResponse,
-    responses=_unhealthy(HealthResponse, "A dependency is down"),
-)
-async def health(request: Request, response: Response) -> HealthResponse:
+@_checking("/health", "Dependency health", HealthResponse, "A dependency is down")
+async def health(probe: Probes, response: Response) -> HealthResponse:
     """200 when Temporal and PostgreSQL both answer, 503 otherwise, with each one's status."""
-    results = await _check(request, migrations=False)
+    results = await probe.check(migrations=False)
     return HealthResponse(status=_verdict(results, response), dependencies=results)
 
 
@@ -155,71 +224,12 @@ async def live() -> LiveResponse:
     return LiveResponse(status="ok")
 
 
-@router.get(
-    "/health/ready",
-    summary="Readiness probe",
-    response_model=ReadyResponse,
-    responses=_unhealthy(ReadyResponse, "A check failed: do not send traffic"),
-)
-async def ready(request: Request, response: Response) -> ReadyResponse:
+@_checking("/health/ready", "Readiness probe", ReadyResponse, "A check failed: do not send traffic")
+async def ready(probe: Probes, response: Response) -> ReadyResponse:
     """200 when Temporal and PostgreSQL answer and the database's migrations are at this
     build's head, 503 otherwise, with each check's status."""
-    results = await _check(request, migrations=True)
+    results = await probe.check(migrations=True)
     return ReadyResponse(status=_verdict(results, response), checks=ReadyChecks(**results))
-
-
-Results = dict[str, DependencyHealth]
-
-
-class _ProbeCache:
-    """The latest round of checks per probe kind, and the round in flight."""
-
-    def __init__(self) -> None:
-        self.answers: dict[tuple[object, ...], tuple[float, Results]] = {}
-        self.rounds: dict[tuple[object, ...], asyncio.Future[Results]] = {}
-
-
-async def _check(request: Request, migrations: bool) -> Results:
-    """Each dependency's health: from a round of checks at most PROBE_CACHE_S old, or a
-    new round (shared by the probes that arrive meanwhile)."""
-    state = request.app.state
-    cache: _ProbeCache | None = getattr(state, "probe_cache", None)
-    if cache is None:
-        cache = state.probe_cache = _ProbeCache()
-    client: Client | None = getattr(state, "temporal", None)
-    engine: AsyncEngine | None = getattr(state, "engine", None)
-    key = (migrations, id(client), id(engine))
-    answer = cache.answers.get(key)
-    if answer is not None and answer[0] > time.monotonic():
-        return answer[1]
-    round_ = cache.rounds.get(key)
-    if round_ is None:
-        round_ = asyncio.ensure_future(_check_now(client, engine, migrations))
-        cache.rounds[key] = round_
-        round_.add_done_callback(lambda done: _keep(cache, key, done))
-    # Shielded: a probe that gives up must not cancel the round the others wait for.
-    return await asyncio.shield(round_)
-
-
-def _keep(cache: _ProbeCache, key: tuple[object, ...], done: asyncio.Future[Results]) -> None:
-    cache.rounds.pop(key, None)
-    if not done.cancelled() and done.exception() is None:
-        cache.answers[key] = (time.monotonic() + PROBE_CACHE_S, done.result())
-
-
-async def _check_now(
-    client: Client | None, engine: AsyncEngine | None, migrations: bool
-) -> Results:
-    """Each dependency's health, checked at the same time (a probe answers within one
-    check's timeout)."""
-    checks: dict[str, Callable[[], Awaitable[object]]] = {
-        "temporal": lambda: _temporal(client) if client else _not_connected(),
-        "database": lambda: _database(engine) if engine else _not_connected(),
-    }
-    if migrations:
-        checks["migrations"] = lambda: _migrations(engine) if engine else _not_connected()
-    results = await asyncio.gather(*(_probe(check) for check in checks.values()))
-    return dict(zip(checks, results, strict=True))
 
 
 def _verdict(results: dict[str, DependencyHealth], response: Response) -> str:

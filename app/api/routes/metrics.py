@@ -20,10 +20,11 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
 
-from app.api.deps import Viewer, error_responses
+from app.api.deps import ServicesIfServing, Viewer, error_responses
 from app.api.middleware import RequestInfo
 from app.orders.reconciliation.audit import KINDS
 from app.platform import metrics
+from app.service.layer import ServiceLayer
 from app.service.reconciliation import latest_run
 
 log = logging.getLogger("app.api")
@@ -61,24 +62,25 @@ def observe_request(info: RequestInfo) -> None:
         **error_responses(401, 403, 500),
     },
 )
-async def prometheus_metrics(request: Request, _caller: Viewer) -> Response:
+async def prometheus_metrics(
+    request: Request, _caller: Viewer, layer: ServicesIfServing
+) -> Response:
     """Request latency by route template, method and status (`orders_api_request_seconds`),
     the latest reconciliation run's unresolved findings by kind, plus the process's other
     metrics, in the Prometheus text format."""
-    await _refresh_reconciliation(request)
+    await _refresh_reconciliation(layer)
     # Same negotiation as the workers' endpoints (prometheus_client's own server).
     encode, content_type = choose_encoder(request.headers.get("accept", ""))
     return Response(encode(REGISTRY), media_type=content_type)
 
 
-async def _refresh_reconciliation(request: Request) -> None:
-    service = getattr(request.app.state, "service", None)
-    if service is None:  # not serving (no database): zeros, no last run
+async def _refresh_reconciliation(layer: ServiceLayer | None) -> None:
+    if layer is None:  # not serving (no database): zeros, no last run
         metrics.RECONCILIATION.update(map(str, KINDS), {}, metrics.RECONCILIATION.finished_at)
         return
     try:
         async with asyncio.timeout(RECONCILIATION_READ_TIMEOUT_S):
-            run = await latest_run(service.sessions)
+            run = await latest_run(layer.sessions)
     except Exception as err:  # the figures stay as last read; the scrape goes on
         log.warning("reconciliation gauges not refreshed", extra={"error": type(err).__name__})
         return

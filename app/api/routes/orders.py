@@ -1,16 +1,28 @@
 """/orders: start, status, cancel, update-address, approve, retry, list, events, history.
 
 Paths and bodies are the deployment guide's. Commands on a running order go through
-Temporal Updates (via OrderService), so the answer says whether the order accepted them.
+Temporal Updates (via OrderService), so the answer says whether the order accepted them;
+reads go to the status reader and the inspector (app/service/layer.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi.types import DecoratedCallable
 
-from app.api.deps import Operator, OrderId, Reviewer, Service, Viewer, error_responses
+from app.api.deps import (
+    Commands,
+    Inspection,
+    Operator,
+    OrderId,
+    Reviewer,
+    StatusReads,
+    Viewer,
+    error_responses,
+)
 from app.api.schemas import (
     ApproveRequestIn,
     CancelRequestIn,
@@ -32,6 +44,17 @@ router = APIRouter(prefix="/orders", tags=["orders"])
 
 _READ = error_responses(401, 403, 404, 422, 500, 503)
 _COMMAND = error_responses(401, 403, 404, 409, 413, 422, 500, 503)
+
+
+def _command(path: str, summary: str) -> Callable[[DecoratedCallable], DecoratedCallable]:
+    """A request to a running order, answered with its status view once it has taken it."""
+    return router.post(path, summary=summary, response_model=OrderView, responses=_COMMAND)
+
+
+def _read(
+    path: str, summary: str, model: type[Any], **extra: Any
+) -> Callable[[DecoratedCallable], DecoratedCallable]:
+    return router.get(path, summary=summary, response_model=model, responses=_READ, **extra)
 
 
 def _ref(path: str, method: str) -> str:
@@ -90,7 +113,7 @@ def _locate(request: Request, response: Response, order_id: str) -> None:
 async def start_order(
     order_id: OrderId,
     body: StartOrderRequest,
-    service: Service,
+    orders: Commands,
     _caller: Operator,
     request: Request,
     response: Response,
@@ -113,12 +136,12 @@ async def start_order(
     # The CLI (an operator's tool) may still shorten timeouts; over HTTP all three are
     # test and demo knobs.
     refuse_test_knobs(
-        service.settings,
+        orders.settings,
         fault_profile=body.fault_profile,
         review_timeout_s=body.review_timeout_s,
         deadline_s=body.deadline_s,
     )
-    started = await service.start_order(
+    started = await orders.start_order(
         order_id,
         body.payment_id,
         body.address.model_dump(),
@@ -136,64 +159,41 @@ async def start_order(
     return StartOrderResponse.model_validate(started.as_dict())
 
 
-@router.get(
-    "/{order_id}/status",
-    name="order_status",
-    summary="Order status",
-    response_model=OrderView,
-    responses=_READ,
-)
-async def order_status(order_id: OrderId, service: Service, _caller: Viewer) -> OrderView:
+@_read("/{order_id}/status", "Order status", OrderView, name="order_status")
+async def order_status(order_id: OrderId, reader: StatusReads, _caller: Viewer) -> OrderView:
     """State, current step, address, payment, attempts per step, recent errors, deadline."""
-    return await service.status(order_id)
+    return await reader.status(order_id)
 
 
-@router.post(
-    "/{order_id}/signals/cancel",
-    summary="Cancel an order",
-    response_model=OrderView,
-    responses=_COMMAND,
-)
+@_command("/{order_id}/signals/cancel", "Cancel an order")
 async def cancel_order(
     order_id: OrderId,
-    service: Service,
+    orders: Commands,
     principal: Operator,
     body: CancelRequestIn | None = None,
 ) -> OrderView:
     """Accepted until the carrier is dispatched (a charged payment is then refunded);
     409 after dispatch or once the order has closed."""
     reason = body.reason if body is not None else "customer_request"
-    return await service.cancel(order_id, reason=reason, requested_by=principal.name)
+    return await orders.cancel(order_id, reason=reason, requested_by=principal.name)
 
 
-@router.post(
-    "/{order_id}/signals/update-address",
-    summary="Change the shipping address",
-    response_model=OrderView,
-    responses=_COMMAND,
-)
+@_command("/{order_id}/signals/update-address", "Change the shipping address")
 async def update_address(
     order_id: OrderId,
     body: UpdateAddressRequest,
-    service: Service,
+    orders: Commands,
     principal: Operator,
 ) -> OrderView:
     """Accepted until dispatch; shipping uses the latest accepted address."""
-    view = await service.update_address(
-        order_id, body.address.model_dump(), requested_by=principal.name
-    )
-    return view
+    address = body.address.model_dump()
+    return await orders.update_address(order_id, address, requested_by=principal.name)
 
 
-@router.post(
-    "/{order_id}/signals/approve",
-    summary="Approve an order (manual review)",
-    response_model=OrderView,
-    responses=_COMMAND,
-)
+@_command("/{order_id}/signals/approve", "Approve an order (manual review)")
 async def approve_order(
     order_id: OrderId,
-    service: Service,
+    orders: Commands,
     principal: Reviewer,
     body: ApproveRequestIn | None = None,
 ) -> OrderView:
@@ -202,7 +202,7 @@ async def approve_order(
     The approver (`approved_by`, and `by` in the APPROVED event) is the caller: the API
     key's name, or `anonymous` while the API runs without keys. A `reviewer` named in the
     body never replaces it: it is kept in the note beside it (`reviewer named: ...`)."""
-    return await service.approve(
+    return await orders.approve(
         order_id, reviewer=principal.name, note=approval_note(body) if body else None
     )
 
@@ -225,26 +225,26 @@ def approval_note(body: ApproveRequestIn) -> str | None:
     responses={201: {"description": "A new run started", "links": ORDER_LINKS}, **_COMMAND},
 )
 async def retry_order(
-    order_id: OrderId, service: Service, _caller: Operator, request: Request, response: Response
+    order_id: OrderId, orders: Commands, _caller: Operator, request: Request, response: Response
 ) -> StartOrderResponse:
     """Start a FAILED order again under the same order id: a new run, which charges a
     payment of its own (`<payment id>#r<N>`; the failed run's charge was refunded when it
     closed). 409 while it runs or closes, and for a completed or cancelled order."""
-    retried = await service.retry_order(order_id)
+    retried = await orders.retry_order(order_id)
     _locate(request, response, order_id)
     return StartOrderResponse.model_validate(retried.as_dict())
 
 
 @router.get("", summary="List orders", response_model=OrderList, responses=_READ)
 async def list_orders(
-    params: Annotated[OrderListQuery, Query()], service: Service, _caller: Viewer
+    params: Annotated[OrderListQuery, Query()], inspector: Inspection, _caller: Viewer
 ) -> OrderList:
     """Newest first, from the database; with `query`, from Temporal's visibility store.
     Page with `cursor` (stable while orders arrive) or `offset`."""
     if params.query is not None:
         if params.model_fields_set - {"query", "limit", "cursor"}:
             raise InvalidInput("query takes the place of the other filters", field="query")
-        page = await service.search_orders(params.query, limit=params.limit, cursor=params.cursor)
+        page = await inspector.search_orders(params.query, limit=params.limit, cursor=params.cursor)
     else:
         filters = OrderFilter(
             state=params.state,
@@ -254,34 +254,24 @@ async def list_orders(
             created_before=params.created_before,
             reason=params.reason,
         )
-        page = await service.list_orders(
+        page = await inspector.list_orders(
             filters, limit=params.limit, offset=params.offset, cursor=params.cursor
         )
     return OrderList.model_validate(page)
 
 
-@router.get(
-    "/{order_id}/events",
-    summary="The order's audit events",
-    response_model=EventList,
-    responses=_READ,
-)
-async def order_events(order_id: OrderId, service: Service, _caller: Viewer) -> EventList:
+@_read("/{order_id}/events", "The order's audit events", EventList)
+async def order_events(order_id: OrderId, inspector: Inspection, _caller: Viewer) -> EventList:
     """Every state change and request, oldest first (the `events` table)."""
-    events = await service.events(order_id)
+    events = await inspector.events(order_id)
     return EventList.model_validate({"order_id": order_id, "events": events})
 
 
-@router.get(
-    "/{order_id}/history",
-    summary="Temporal event history (summary)",
-    response_model=HistoryOut,
-    responses=_READ,
-)
-async def order_history(order_id: OrderId, service: Service, _caller: Viewer) -> HistoryOut:
+@_read("/{order_id}/history", "Temporal event history (summary)", HistoryOut)
+async def order_history(order_id: OrderId, inspector: Inspection, _caller: Viewer) -> HistoryOut:
     """The workflow's Temporal history, one line per event, without payloads."""
     workflow_id = order_workflow_id(order_id)
-    events = await service.history(workflow_id)
+    events = await inspector.history(workflow_id)
     return HistoryOut.model_validate(
         {"order_id": order_id, "workflow_id": workflow_id, "events": events}
     )

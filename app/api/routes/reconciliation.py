@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import Service, Viewer, error_responses
+from app.api.deps import Services, Viewer, error_responses
 from app.service.reconciliation import latest_report
 
 router = APIRouter(tags=["reconciliation"])
@@ -71,10 +71,10 @@ class ReconciliationReport(BaseModel):
     responses=error_responses(401, 403, 422, 500, 503),
 )
 async def reconciliation(
-    params: Annotated[ReconciliationQuery, Query()], service: Service, _caller: Viewer
+    params: Annotated[ReconciliationQuery, Query()], layer: Services, _caller: Viewer
 ) -> ReconciliationReport:
     """What the last reconciliation run found comparing our orders and payments with the
     gateway's and carrier's exports: what it healed, what it left for a person, which
     orders were still settling. Read from PostgreSQL."""
-    report = await latest_report(service.sessions, service.settings, limit=params.limit)
+    report = await latest_report(layer.sessions, layer.settings, limit=params.limit)
     return ReconciliationReport.model_validate(report)

@@ -1,12 +1,11 @@
-"""/stats: order statistics for the console's dashboard (app/stats.py computes them)."""
+"""/stats: order statistics for the console's dashboard (app/service/stats.py computes them)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from app.api.deps import Service, Viewer, error_responses
-from app.service.stats import StatsCache
+from app.api.deps import Stats, Viewer, error_responses
 
 router = APIRouter(tags=["stats"])
 
@@ -69,11 +68,8 @@ class StatsResponse(BaseModel):
     response_model=StatsResponse,
     responses=error_responses(401, 403, 500, 503),
 )
-async def stats(request: Request, service: Service, _caller: Viewer) -> StatsResponse:
+async def stats(cache: Stats, _caller: Viewer) -> StatsResponse:
     """Counts per state, completion rate, execution-time distribution, retries and error
     rate per step, outcomes with reasons. Computed from PostgreSQL when its tables have
     changed, at most once a second (`generated_at` says when)."""
-    cache: StatsCache | None = getattr(request.app.state, "stats_cache", None)
-    if cache is None or cache.sessions is not service.sessions:
-        cache = request.app.state.stats_cache = StatsCache(service.sessions)
     return StatsResponse.model_validate(await cache.get())
