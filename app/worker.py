@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import signal
 import socket
@@ -145,41 +146,42 @@ def build_workers(
     queue: Queue,
     providers: Simulators,
 ) -> list[Worker]:
+    """The Temporal workers of `queue`: each task queue's workflows, and its activities
+    given the order database and the providers."""
     # The production guard, for every worker built (settings copies are never validated).
     require_production_ready(settings)
-    sessions = session_factory(engine)
-    guard = [] if settings.allow_fault_injection else [TestKnobGuard(settings)]
-    intake = OrderIntake(fault_injector(settings))
-    deps = ActivityDependencies(sessions, intake, providers.gateway, providers.carrier)
+    deps = ActivityDependencies(
+        session_factory(engine),
+        OrderIntake(fault_injector(settings)),
+        providers.gateway,
+        providers.carrier,
+    )
+    worker = functools.partial(
+        Worker,
+        client,
+        graceful_shutdown_timeout=timedelta(seconds=10),
+        interceptors=[] if settings.allow_fault_injection else [TestKnobGuard(settings)],
+        **worker_tuning(settings),
+    )
     workers: list[Worker] = []
-    tuning = worker_tuning(settings)
-    drain = timedelta(seconds=10)
     if queue in ("orders", "all"):
         # The scheduled reconciliation runs beside the orders (docs/architecture.md).
         audit = ReconciliationActivities(
-            sessions, providers.gateway, providers.carrier, client, settings
+            deps.sessions, deps.gateway, deps.carrier, client, settings
         )
         workers.append(
-            Worker(
-                client,
+            worker(
                 task_queue=settings.order_task_queue,
                 workflows=[OrderWorkflow, ReconciliationWorkflow],
                 activities=[*orders_queue_activities(deps), audit.reconcile],
-                graceful_shutdown_timeout=drain,
-                interceptors=guard,
-                **tuning,
             )
         )
     if queue in ("shipping", "all"):
         workers.append(
-            Worker(
-                client,
+            worker(
                 task_queue=settings.shipping_task_queue,
                 workflows=[ShippingWorkflow],
                 activities=shipping_queue_activities(deps),
-                graceful_shutdown_timeout=drain,
-                interceptors=guard,
-                **tuning,
             )
         )
     return workers
