@@ -1,7 +1,7 @@
 """Request and response bodies of the REST API (what /openapi.json documents).
 
 Requests forbid unknown fields, so a misspelt field is a 422 instead of being silently
-dropped. Length limits and patterns mirror app/orders/validation.py, and free text says
+dropped. Length limits and patterns come from app/orders/validation.py, and free text says
 in the schema what the server checks (app/api/text.py), so what the schema allows the
 server accepts; the service re-checks the same rules, so the API and the CLI refuse the
 same input.
@@ -22,14 +22,17 @@ from pydantic import (
 )
 
 from app.api.text import Text
-from app.orders.messages import OrderState, PaymentStatus, Step
-from app.orders.validation import MAX_FIELD_LEN, PAYMENT_ID_RE, ZIP_RE
-from app.service.inputs import (
+from app.orders.messages import DEFAULT_CANCEL_REASON, OrderState, PaymentStatus, Step
+from app.orders.validation import (
+    COUNTRY_RE,
+    MAX_FIELD_LEN,
     MAX_ITEMS,
     MAX_OVERRIDE_S,
     MAX_QTY_ACCEPTED,
     MAX_UNIT_PRICE_CENTS,
+    PAYMENT_ID_RE,
     SKU_RE,
+    ZIP_RE,
 )
 from app.service.listing import MAX_COUNTED, MAX_OFFSET
 from app.service.views import EXAMPLE_ADDRESS, EXAMPLE_RUN
@@ -69,7 +72,7 @@ class AddressIn(_Request):
     state: Region
     zip: str = Field(pattern=ZIP_RE.pattern, max_length=MAX_FIELD_LEN["zip"])
     country: str = Field(
-        pattern=r"^[A-Z]{2}$",
+        pattern=COUNTRY_RE.pattern,
         max_length=MAX_FIELD_LEN["country"],
         description="ISO 3166-1 alpha-2 code, in capitals",
     )
@@ -158,10 +161,10 @@ class UpdateAddressRequest(_Request):
 
 class CancelRequestIn(_Request):
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"reason": "customer_request"}]}
+        extra="forbid", json_schema_extra={"examples": [{"reason": DEFAULT_CANCEL_REASON}]}
     )
 
-    reason: Reason = "customer_request"
+    reason: Reason = DEFAULT_CANCEL_REASON
 
 
 class ApproveRequestIn(_Request):

@@ -244,9 +244,13 @@ class ApproveRequest:
     note: str | None = None
 
 
+# Why an order is cancelled when the request does not say.
+DEFAULT_CANCEL_REASON = "customer_request"
+
+
 @dataclass
 class CancelRequest:
-    reason: str = "customer_request"
+    reason: str = DEFAULT_CANCEL_REASON
     requested_by: str = "unknown"
 
 

@@ -1,5 +1,5 @@
 """The business rules ValidateOrder checks (a violation fails the order at once, never
-retried). The API's input bounds are another thing: app/service/inputs.py."""
+retried). What a caller may send at all is another thing: app/orders/validation.py."""
 
 from __future__ import annotations
 

@@ -1,10 +1,9 @@
 """Parsing and bounding what callers send (order id, payment id, address, line items),
-before anything reaches a workflow. The business rules ValidateOrder applies are
-app/orders/rules.py."""
+before anything reaches a workflow, by the input rules of app/orders/validation.py. The
+business rules ValidateOrder applies are app/orders/rules.py."""
 
 from __future__ import annotations
 
-import re
 from typing import Any, TypedDict, Unpack
 
 from app.orders.faults import FaultProfile, FaultProfileError
@@ -14,18 +13,19 @@ from app.orders.messages import (
     LineItem,
     OrderInput,
 )
-from app.orders.validation import address_problems, order_id_problem, payment_id_problem
+from app.orders.validation import (
+    ADDRESS_FIELDS,
+    MAX_ITEMS,
+    MAX_OVERRIDE_S,
+    MAX_QTY_ACCEPTED,
+    MAX_UNIT_PRICE_CENTS,
+    SKU_RE,
+    address_problems,
+    order_id_problem,
+    payment_id_problem,
+)
 from app.platform.settings import Settings
 from app.service.errors import Forbidden, InvalidInput
-
-# Bounds on what one order may ask for (the amount must fit orders.amount NUMERIC(12,2)).
-MAX_ITEMS = 50
-# The input bound: anything above is refused as malformed (422) before it reaches a
-# workflow; between MAX_QTY_PER_LINE and this, ValidateOrder fails the order.
-MAX_QTY_ACCEPTED = 1000
-MAX_UNIT_PRICE_CENTS = 10_000_000
-MAX_OVERRIDE_S = 3600.0
-SKU_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def validate_order_id(order_id: str) -> None:
@@ -75,7 +75,7 @@ def validate_address(address: dict[str, Any], prefix: str = "address") -> Addres
             field=f"{prefix}.{name}",
             problems={f"{prefix}.{k}": v for k, v in problems.items()},
         )
-    return Address(**{k: str(address[k]) for k in ("street", "city", "state", "zip", "country")})
+    return Address(**{k: str(address[k]) for k in ADDRESS_FIELDS})
 
 
 def refuse_test_knobs(settings: Settings, **knobs: object) -> None:

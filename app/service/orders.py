@@ -27,6 +27,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from app.orders.claims import claim_payment_id, release_payment_id
 from app.orders.messages import (
+    DEFAULT_CANCEL_REASON,
     ERR_INVALID_ORDER,
     ERR_ORDER_CANCELLED,
     ERR_ORDER_CLOSED,
@@ -300,7 +301,7 @@ class OrderService:
         return await self._update(order_id, UPDATE_APPROVE, ApproveRequest(reviewer, note))
 
     async def cancel(
-        self, order_id: str, reason: str = "customer_request", requested_by: str = "api"
+        self, order_id: str, reason: str = DEFAULT_CANCEL_REASON, requested_by: str = "api"
     ) -> OrderView:
         return await self._update(order_id, UPDATE_CANCEL, CancelRequest(reason, requested_by))
 

@@ -49,9 +49,8 @@ STATE_ORDER = [
     OrderState.CANCELLED,
     OrderState.FAILED,
 ]
-# Display order of the terminal states.
-_TERMINAL = [OrderState.COMPLETED.value, OrderState.CANCELLED.value, OrderState.FAILED.value]
-assert set(_TERMINAL) == {s.value for s in TERMINAL_STATES}
+# The terminal states, in display order.
+_TERMINAL = [s.value for s in STATE_ORDER if s in TERMINAL_STATES]
 
 # The success event of each step; the SHIP step has two activities, hence two events.
 _SUCCESS_EVENT_STEP = {

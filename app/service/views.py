@@ -14,21 +14,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from app.orders.messages import OrderStatus
+from app.orders.messages import DEMO_ADDRESS, OrderStatus
 
-# The order and run the API's examples show.
+# The order, run and address the API's examples show.
 EXAMPLE_RUN: dict[str, JsonValue] = {
     "order_id": "order-123",
     "workflow_id": "order-order-123",
     "run_id": "0198a7c4-5b1e-7f3a-9d2c-6e4b8a1f0c3d",
 }
-EXAMPLE_ADDRESS: dict[str, JsonValue] = {
-    "street": "123 Main St",
-    "city": "Test City",
-    "state": "TS",
-    "zip": "12345",
-    "country": "US",
-}
+EXAMPLE_ADDRESS: dict[str, JsonValue] = {**DEMO_ADDRESS}
 
 
 class AddressView(BaseModel):

@@ -34,7 +34,7 @@ from app.api.schemas import (
     StartOrderResponse,
     UpdateAddressRequest,
 )
-from app.orders.messages import order_workflow_id
+from app.orders.messages import DEFAULT_CANCEL_REASON, order_workflow_id
 from app.service.errors import InvalidInput
 from app.service.inputs import refuse_test_knobs
 from app.service.listing import OrderFilter
@@ -174,7 +174,7 @@ async def cancel_order(
 ) -> OrderView:
     """Accepted until the carrier is dispatched (a charged payment is then refunded);
     409 after dispatch or once the order has closed."""
-    reason = body.reason if body is not None else "customer_request"
+    reason = body.reason if body is not None else DEFAULT_CANCEL_REASON
     return await orders.cancel(order_id, reason=reason, requested_by=principal.name)
 
 
