@@ -84,6 +84,17 @@ class LineItemIn(_Request):
     unit_price_cents: int = Field(ge=0, le=MAX_UNIT_PRICE_CENTS, examples=[1999])
 
 
+def _override_s(what: str) -> Any:
+    """A test and demo knob: seconds, bounded like the service bounds them."""
+    return Field(
+        default=None,
+        gt=0,
+        le=MAX_OVERRIDE_S,
+        allow_inf_nan=False,
+        description=f"{what} (only with fault injection allowed)",
+    )
+
+
 class StartOrderRequest(_Request):
     model_config = ConfigDict(
         extra="forbid",
@@ -122,20 +133,8 @@ class StartOrderRequest(_Request):
         "delay=1 (only where ALLOW_FAULT_INJECTION is on, else 403)",
         examples=["off"],
     )
-    review_timeout_s: float | None = Field(
-        default=None,
-        gt=0,
-        le=MAX_OVERRIDE_S,
-        allow_inf_nan=False,
-        description="Manual review wait for this order (only with fault injection allowed)",
-    )
-    deadline_s: float | None = Field(
-        default=None,
-        gt=0,
-        le=MAX_OVERRIDE_S,
-        allow_inf_nan=False,
-        description="Time limit for this order (only with fault injection allowed)",
-    )
+    review_timeout_s: float | None = _override_s("Manual review wait for this order")
+    deadline_s: float | None = _override_s("Time limit for this order")
 
 
 class UpdateAddressRequest(_Request):

@@ -20,7 +20,6 @@ Definitions (also in docs/console.md):
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.orders.messages import TERMINAL_STATES, EventType, OrderState, Step
+from app.service.single_flight import SingleFlight
 
 # Upper bounds (seconds) of the execution-time buckets; the last bucket is open-ended.
 # Chosen around the business timers: review waits 30 s, an order must end within 60 s.
@@ -220,7 +220,8 @@ class StatsCache:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self.sessions = sessions
         self._figures: tuple[float, Any, dict[str, Any]] | None = None
-        self._running: asyncio.Future[tuple[Any, dict[str, Any]]] | None = None
+        # One computation at a time: callers arriving meanwhile wait for its figures.
+        self._computing: SingleFlight[None, dict[str, Any]] = SingleFlight()
 
     async def get(self) -> dict[str, Any]:
         async with self.sessions() as s:
@@ -230,21 +231,12 @@ class StatsCache:
             kept[1] == version or time.monotonic() - kept[0] < STATS_MIN_AGE_S
         ):
             return kept[2]
-        if self._running is None:
-            self._running = asyncio.ensure_future(self._compute(version))
-            self._running.add_done_callback(self._done)
-        # Shielded: a caller going away must not cancel the run the others wait for.
-        _, figures = await asyncio.shield(self._running)
+        return await self._computing.run(None, lambda: self._compute(version))
+
+    async def _compute(self, version: Any) -> dict[str, Any]:
+        figures = await order_stats(self.sessions)
+        self._figures = (time.monotonic(), version, figures)
         return figures
-
-    async def _compute(self, version: Any) -> tuple[Any, dict[str, Any]]:
-        return version, await order_stats(self.sessions)
-
-    def _done(self, done: asyncio.Future[tuple[Any, dict[str, Any]]]) -> None:
-        self._running = None
-        if not done.cancelled() and done.exception() is None:
-            version, figures = done.result()
-            self._figures = (time.monotonic(), version, figures)
 
 
 _Row = Row[*tuple[Any, ...]]  # a result row, whatever its columns

@@ -50,6 +50,14 @@ def body(order_id: str, **extra: Any) -> dict[str, Any]:
     return {"payment_id": f"pmt-{order_id}", "address": ADDRESS, **extra}
 
 
+async def started(api: httpx.AsyncClient) -> str:
+    """A new order, started through the API."""
+    order_id = new_id()
+    r = await api.post(f"/orders/{order_id}/start", json=body(order_id))
+    assert r.status_code == 201, r.text
+    return order_id
+
+
 def assert_error(r: httpx.Response, status: int, field: str | None = None) -> dict[str, Any]:
     assert r.status_code == status, r.text
     error: dict[str, Any] = r.json()["error"]
@@ -329,10 +337,7 @@ async def test_workers_run_their_own_timings(running: Running) -> None:
 async def test_the_approver_is_the_caller_and_a_named_reviewer_a_note(
     keyed_api: httpx.AsyncClient, running: Running
 ) -> None:
-    order_id = new_id()
-    assert (
-        await keyed_api.post(f"/orders/{order_id}/start", json=body(order_id))
-    ).status_code == 201
+    order_id = await started(keyed_api)
     await wait_for_step(running, order_id, "MANUAL_REVIEW")
     r = await keyed_api.post(
         f"/orders/{order_id}/signals/approve",
@@ -354,10 +359,7 @@ async def test_the_approver_is_the_caller_and_a_named_reviewer_a_note(
 async def test_open_api_approvals_are_anonymous(
     open_api: httpx.AsyncClient, running: Running
 ) -> None:
-    order_id = new_id()
-    assert (
-        await open_api.post(f"/orders/{order_id}/start", json=body(order_id))
-    ).status_code == 201
+    order_id = await started(open_api)
     r = await open_api.post(f"/orders/{order_id}/signals/approve", json={"reviewer": "ceo"})
     assert r.status_code == 200, r.text
     assert r.json()["approved_by"] == "anonymous"
@@ -475,8 +477,7 @@ async def test_stats_are_computed_once_per_change(
             assert (await api.get("/stats")).status_code == 200
         assert len(runs) == 1
         # A change (a new order's events) is seen, once a second has passed.
-        order_id = new_id()
-        assert (await api.post(f"/orders/{order_id}/start", json=body(order_id))).status_code == 201
+        order_id = await started(api)
         await wait_for_step(running, order_id, "MANUAL_REVIEW")
         await asyncio.sleep(1.1)
         before = len(runs)

@@ -61,6 +61,14 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+async def start_for_review(running: Running, prefix: str) -> str:
+    """A new order with a long review window: a slow browser must not see it time out of
+    the review queue."""
+    order_id = new_id(prefix)
+    await running.service.start_order(order_id, f"pay-{order_id}", ADDRESS, review_timeout_s=600)
+    return order_id
+
+
 @dataclass
 class ApiServer:
     url: str
@@ -178,9 +186,7 @@ async def event_rows(running: Running, order_id: str) -> list[Event]:
 async def test_approve_from_review_queue_until_completed(
     running: Running, api_server: ApiServer, page: Page
 ) -> None:
-    order_id = new_id("con-approve")
-    # A long review window: a slow browser must not see the order time out of the queue.
-    await running.service.start_order(order_id, f"pay-{order_id}", ADDRESS, review_timeout_s=600)
+    order_id = await start_for_review(running, "con-approve")
 
     await login(page, f"{api_server.url}/console/review")
     row = page.locator(f'#review-rows tr[data-order-id="{order_id}"]')
@@ -319,8 +325,7 @@ async def test_retry_a_failed_order(running: Running, api_server: ApiServer, pag
 async def test_invalid_address_shows_field_errors(
     running: Running, api_server: ApiServer, page: Page
 ) -> None:
-    order_id = new_id("con-addr")
-    await running.service.start_order(order_id, f"pay-{order_id}", ADDRESS, review_timeout_s=600)
+    order_id = await start_for_review(running, "con-addr")
     await wait_for_step(running, order_id, "MANUAL_REVIEW")
 
     await login(page, f"{api_server.url}/console/orders/{order_id}")
@@ -487,8 +492,7 @@ async def test_open_api_needs_no_key(
     running: Running, real_stack: RealStack, browser: Browser
 ) -> None:
     """Without API_KEYS (loopback dev setups) the console works without asking for a key."""
-    order_id = new_id("con-open")
-    await running.service.start_order(order_id, f"pay-{order_id}", ADDRESS, review_timeout_s=600)
+    order_id = await start_for_review(running, "con-open")
     await wait_for_step(running, order_id, "MANUAL_REVIEW")
     settings = real_stack.settings.model_copy(update={"api_keys": SecretStr("")})
     with serve(settings) as server:
