@@ -10,16 +10,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Group
 from rich.panel import Panel
-from rich.table import Table
 
 from app.cli.common import INSPECT, JsonOpt, cli_context, out
-from app.cli.render import fmt_time, kv_grid, print_json, say, state_text
+from app.cli.render import fmt_time, kv_grid, print_json, rows_table, say, state_text
 from app.orders.messages import OrderState, PaymentStatus, Step
 
 if TYPE_CHECKING:
     # The service pulls in temporalio and SQLAlchemy (about a second); stack commands and
     # --help do without.
-    pass
+    from app.service.listing import OrderFilter
 
 
 commands = typer.Typer()
@@ -76,11 +75,34 @@ def list_orders(
     as_json: JsonOpt = False,
 ) -> None:
     """List recent orders, newest first: from the database, or from Temporal with --query."""
+    filters = _order_filter(state, step, payment_status, created_after, created_before, reason)
+    _check_page_options(filters, query, cursor)
+    page = cli_context(ctx).with_service(
+        lambda svc: (
+            svc.search_orders(query, limit=limit, cursor=cursor)
+            if query is not None
+            else svc.list_orders(filters, limit=limit, cursor=cursor)
+        )
+    )
+    if as_json:
+        print_json(page)
+        return
+    _print_orders(page)
+
+
+def _order_filter(
+    state: OrderState | None,
+    step: Step | None,
+    payment_status: PaymentStatus | None,
+    created_after: str | None,
+    created_before: str | None,
+    reason: str | None,
+) -> OrderFilter:
     from app.service.errors import InvalidInput
-    from app.service.listing import OrderFilter, decode_cursor, decode_query_cursor
+    from app.service.listing import OrderFilter
 
     try:
-        filters = OrderFilter(
+        return OrderFilter(
             state=state,
             step=step,
             payment_status=payment_status,
@@ -90,6 +112,13 @@ def list_orders(
         )
     except InvalidInput as exc:  # the service's words, in the CLI's option names
         raise typer.BadParameter(str(exc).replace("created_", "--created-")) from None
+
+
+def _check_page_options(filters: OrderFilter, query: str | None, cursor: str | None) -> None:
+    """--query replaces the filters; --cursor must be one `list` printed (for that query)."""
+    from app.service.errors import InvalidInput
+    from app.service.listing import decode_cursor, decode_query_cursor
+
     if query is not None:
         given = [f"--{name.replace('_', '-')}" for name, v in vars(filters).items() if v]
         if given:
@@ -103,19 +132,11 @@ def list_orders(
             raise typer.BadParameter(
                 "--cursor is not one that list printed (with --query: for that query)"
             ) from None
-    page = cli_context(ctx).with_service(
-        lambda svc: (
-            svc.search_orders(query, limit=limit, cursor=cursor)
-            if query is not None
-            else svc.list_orders(filters, limit=limit, cursor=cursor)
-        )
-    )
-    if as_json:
-        print_json(page)
-        return
-    table = Table("order", "workflow", "state", "step", "payment", "reason", "created", "updated")
-    for o in page["items"]:
-        table.add_row(
+
+
+def _print_orders(page: dict[str, Any]) -> None:
+    rows = [
+        (
             o["order_id"],
             o.get("workflow_id") or "-",
             state_text(o["state"]),
@@ -125,7 +146,10 @@ def list_orders(
             fmt_time(o.get("created_at")),
             fmt_time(o.get("updated_at")),
         )
-    out.print(table)
+        for o in page["items"]
+    ]
+    columns = ("order", "workflow", "state", "step", "payment", "reason", "created", "updated")
+    out.print(rows_table(columns, rows))
     total = page["total"]
     say(
         f"{len(page['items'])} of {total} orders"
@@ -178,18 +202,17 @@ def describe(ctx: typer.Context, workflow_id: str, as_json: JsonOpt = False) -> 
         ("Temporal UI", ui),
     ]
     parts: list[Any] = [kv_grid(rows)]
-    if info["pending_activities"]:
-        table = Table("pending activity", "state", "attempt", "last failure")
-        for a in info["pending_activities"]:
-            table.add_row(
-                a["activity"], str(a["state"]), str(a["attempt"]), a["last_failure"] or "-"
-            )
-        parts.append(table)
-    if info["pending_children"]:
-        table = Table("child workflow", "run")
-        for c in info["pending_children"]:
-            table.add_row(c["workflow_id"], c["run_id"])
-        parts.append(table)
+    activities = [
+        (a["activity"], str(a["state"]), str(a["attempt"]), a["last_failure"] or "-")
+        for a in info["pending_activities"]
+    ]
+    if activities:
+        parts.append(
+            rows_table(("pending activity", "state", "attempt", "last failure"), activities)
+        )
+    children = [(c["workflow_id"], c["run_id"]) for c in info["pending_children"]]
+    if children:
+        parts.append(rows_table(("child workflow", "run"), children))
     out.print(Panel(Group(*parts), title=f"workflow {info['workflow_id']}", expand=False))
 
 
@@ -200,24 +223,27 @@ def history(ctx: typer.Context, workflow_id: str, as_json: JsonOpt = False) -> N
     if as_json:
         print_json(events)
         return
-    table = Table("#", "time", "event", "detail", title=f"history of {workflow_id}")
-    for e in events:
-        table.add_row(str(e["event_id"]), fmt_time(e["time"]), e["type"], e["detail"] or "")
-    out.print(table)
+    rows = [(str(e["event_id"]), fmt_time(e["time"]), e["type"], e["detail"] or "") for e in events]
+    out.print(rows_table(("#", "time", "event", "detail"), rows, f"history of {workflow_id}"))
 
 
 @commands.command(rich_help_panel=INSPECT)
 def events(ctx: typer.Context, order_id: str, as_json: JsonOpt = False) -> None:
     """Show an order's audit trail (the events table)."""
-    rows = cli_context(ctx).with_service(lambda svc: svc.events(order_id))
+    trail = cli_context(ctx).with_service(lambda svc: svc.events(order_id))
     if as_json:
-        print_json(rows)
+        print_json(trail)
         return
-    table = Table("#", "time", "event", "payload", title=f"events of order {order_id}")
-    for e in rows:
-        payload = json.dumps(e["payload"], separators=(",", ":")) if e["payload"] else ""
-        table.add_row(str(e["id"]), fmt_time(e["ts"]), e["type"], payload)
-    out.print(table)
+    rows = [
+        (
+            str(e["id"]),
+            fmt_time(e["ts"]),
+            e["type"],
+            json.dumps(e["payload"], separators=(",", ":")) if e["payload"] else "",
+        )
+        for e in trail
+    ]
+    out.print(rows_table(("#", "time", "event", "payload"), rows, f"events of order {order_id}"))
 
 
 @commands.command(rich_help_panel=INSPECT)

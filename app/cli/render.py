@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +64,15 @@ def kv_grid(rows: list[tuple[str, Any]]) -> Table:
     return grid
 
 
+def rows_table(
+    columns: Iterable[str], rows: Iterable[Iterable[str | Text]], title: str | None = None
+) -> Table:
+    table = Table(*columns, title=title)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
 def render_status(view: dict[str, Any]) -> Panel:
     amount = view.get("amount_cents")
     rows: list[tuple[str, Any]] = [
@@ -95,10 +105,13 @@ def render_status(view: dict[str, Any]) -> Panel:
     parts: list[Any] = [kv_grid(rows)]
     pending = view.get("pending_activities") or []
     if pending:
-        table = Table("pending activity", "attempt", "last failure", title="in flight")
-        for act in pending:
-            table.add_row(act["activity"], str(act["attempt"]), act.get("last_failure") or "-")
-        parts.append(table)
+        in_flight = [
+            (act["activity"], str(act["attempt"]), act.get("last_failure") or "-")
+            for act in pending
+        ]
+        parts.append(
+            rows_table(("pending activity", "attempt", "last failure"), in_flight, "in flight")
+        )
     errors = view.get("errors") or []
     if errors:
         parts.append(errors_table(errors))
@@ -106,16 +119,17 @@ def render_status(view: dict[str, Any]) -> Panel:
 
 
 def errors_table(errors: list[dict[str, Any]], limit: int = 10) -> Table:
-    table = Table("step", "attempt", "kind", "message", "at", title="recent errors")
-    for e in errors[:limit]:
-        table.add_row(
+    rows = [
+        (
             str(e.get("step")),
             str(e.get("attempt")),
             str(e.get("kind") or "error"),
             str(e.get("message")),
             fmt_time(e.get("at")),
         )
-    return table
+        for e in errors[:limit]
+    ]
+    return rows_table(("step", "attempt", "kind", "message", "at"), rows, "recent errors")
 
 
 def status_dict(view: OrderView) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from app.cli.render import rows_table
 from app.platform.settings import Settings
 from app.service.stats import order_stats
 
@@ -38,61 +39,13 @@ def _rate(value: float | None) -> str:
 
 
 def render_stats(data: dict[str, Any]) -> Group:
-    orders = data["orders"]
-    summary = Table("total", "open", "closed", "completion rate", title="orders")
-    summary.add_row(
-        str(orders["total"]),
-        str(orders["open"]),
-        str(orders["closed"]),
-        _rate(data["completion_rate"]),
-    )
-
-    outcomes = Table("state", "orders", "reasons", title="outcomes per state")
-    for state, count in orders["by_state"].items():
-        outcome = data["outcomes"].get(state)
-        reasons = (
-            ", ".join(f"{reason} {n}" for reason, n in outcome["reasons"].items())
-            if outcome
-            else "(open)"
-        )
-        outcomes.add_row(Text(state, style=_STATE_STYLE.get(state, "cyan")), str(count), reasons)
-
     execution = data["execution_time"]
-    pct = execution["percentiles"]
-    times = Table(
-        "orders", "p50", "p95", "p99", "mean", "max", title="execution time (RECEIVED to end)"
-    )
-    times.add_row(
-        str(execution["count"]),
-        _seconds(pct.get("p50")),
-        _seconds(pct.get("p95")),
-        _seconds(pct.get("p99")),
-        _seconds(execution["mean_s"]),
-        _seconds(execution["max_s"]),
-    )
-
-    steps = Table(
-        "step",
-        "attempts",
-        "failed",
-        "error rate",
-        "retries",
-        "orders retried",
-        "failures by kind",
-        title="steps",
-    )
-    for step in data["steps"]:
-        steps.add_row(
-            step["step"],
-            str(step["attempts"]),
-            str(step["failed"]),
-            _rate(step["error_rate"]),
-            str(step["retries"]),
-            str(step["orders_retried"]),
-            ", ".join(f"{kind} {n}" for kind, n in step["failures_by_kind"].items()) or "-",
-        )
-
-    parts: list[Any] = [summary, outcomes, times, steps]
+    parts: list[Any] = [
+        _summary_table(data),
+        _outcomes_table(data),
+        _times_table(execution),
+        _steps_table(data["steps"]),
+    ]
     if execution["without_start"]:
         parts.append(
             Text(
@@ -103,3 +56,66 @@ def render_stats(data: dict[str, Any]) -> Group:
     payments = ", ".join(f"{status} {n}" for status, n in data["payments"].items())
     parts.append(Text(f"payments: {payments or 'none'}"))
     return Group(*parts)
+
+
+def _summary_table(data: dict[str, Any]) -> Table:
+    orders = data["orders"]
+    row = (
+        str(orders["total"]),
+        str(orders["open"]),
+        str(orders["closed"]),
+        _rate(data["completion_rate"]),
+    )
+    return rows_table(("total", "open", "closed", "completion rate"), [row], "orders")
+
+
+def _outcomes_table(data: dict[str, Any]) -> Table:
+    rows = []
+    for state, count in data["orders"]["by_state"].items():
+        outcome = data["outcomes"].get(state)
+        reasons = (
+            ", ".join(f"{reason} {n}" for reason, n in outcome["reasons"].items())
+            if outcome
+            else "(open)"
+        )
+        rows.append((Text(state, style=_STATE_STYLE.get(state, "cyan")), str(count), reasons))
+    return rows_table(("state", "orders", "reasons"), rows, "outcomes per state")
+
+
+def _times_table(execution: dict[str, Any]) -> Table:
+    pct = execution["percentiles"]
+    row = (
+        str(execution["count"]),
+        _seconds(pct.get("p50")),
+        _seconds(pct.get("p95")),
+        _seconds(pct.get("p99")),
+        _seconds(execution["mean_s"]),
+        _seconds(execution["max_s"]),
+    )
+    columns = ("orders", "p50", "p95", "p99", "mean", "max")
+    return rows_table(columns, [row], "execution time (RECEIVED to end)")
+
+
+def _steps_table(steps: list[dict[str, Any]]) -> Table:
+    rows = [
+        (
+            step["step"],
+            str(step["attempts"]),
+            str(step["failed"]),
+            _rate(step["error_rate"]),
+            str(step["retries"]),
+            str(step["orders_retried"]),
+            ", ".join(f"{kind} {n}" for kind, n in step["failures_by_kind"].items()) or "-",
+        )
+        for step in steps
+    ]
+    columns = (
+        "step",
+        "attempts",
+        "failed",
+        "error rate",
+        "retries",
+        "orders retried",
+        "failures by kind",
+    )
+    return rows_table(columns, rows, "steps")

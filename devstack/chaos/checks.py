@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.orders.identity import first_reference, retry_of
-from app.orders.messages import EventType, OrderState
+from app.orders.messages import TERMINAL_STATES, EventType, OrderState
 
-TERMINAL = frozenset({"COMPLETED", "CANCELLED", "FAILED"})
 # The event row each orders.state must have (activities write them in the same
 # transaction as the state change).
 STATE_EVENT = {
@@ -168,7 +167,7 @@ def _all_checks(facts: OrderFacts) -> dict[str, list[str]]:
     types = [e["type"] for e in facts.events]
     wf_status = wf.get("status")
 
-    if state not in TERMINAL:
+    if state not in TERMINAL_STATES:
         bad("not_terminal", f"orders.state is {state or 'missing (no row)'}")
     if wf_status in (None, "RUNNING"):
         waiting = "; ".join(wf.get("pending") or []) or "nothing pending"
@@ -184,7 +183,7 @@ def _all_checks(facts: OrderFacts) -> dict[str, list[str]]:
         charges = run_types.count(EventType.PAYMENT_CHARGED)
         if charges > 1:
             bad("double_charges", f"run {run}: {charges} PAYMENT_CHARGED events")
-        ends = [t for t in run_types if t in TERMINAL]
+        ends = [t for t in run_types if t in TERMINAL_STATES]
         if len(ends) > 1:
             bad("conflicting_terminal_events", f"run {run}: terminal events " + ", ".join(ends))
     foreign = [p for p in facts.payments if p["order_id"] != facts.order_id]
@@ -230,7 +229,7 @@ def _all_checks(facts: OrderFacts) -> dict[str, list[str]]:
         bad("missing_events", "tracking number without a DISPATCHED event")
 
     accepted = [c for c in facts.cancels if c.get("outcome") == "accepted"]
-    if accepted and state in TERMINAL and state != "CANCELLED":
+    if accepted and state in TERMINAL_STATES and state != "CANCELLED":
         at = accepted[0].get("at_s")
         bad(
             "accepted_then_failed",

@@ -107,7 +107,8 @@ def chaos(
     See docs/operations.md, "Chaos runs".
     """
     from devstack.chaos.faults import ChaosOptions
-    from devstack.chaos.run import ChaosError, run_chaos, summary_lines
+    from devstack.chaos.report import summary_lines
+    from devstack.chaos.run import ChaosError, run_chaos
 
     opts = ChaosOptions(
         orders=orders,

@@ -13,7 +13,8 @@ from app.orders.validation import order_id_problem, payment_id_problem
 from app.service.errors import OrderConflict
 from app.service.inputs import parse_line_items
 from devstack.chaos.adversarial import KINDS, counts, plain_orders, plan_orders
-from devstack.chaos.run import _count, _names_payment
+from devstack.chaos.report import count
+from devstack.chaos.run import _names_payment
 
 pytestmark = pytest.mark.unit
 
@@ -101,4 +102,4 @@ def test_a_payment_id_refusal_is_told_from_an_order_that_exists() -> None:
 
 
 def test_report_counts_are_numbers_or_lists() -> None:
-    assert [_count(3), _count([1, 2]), _count(None), _count({}), _count("x")] == [3, 2, 0, 0, 1]
+    assert [count(3), count([1, 2]), count(None), count({}), count("x")] == [3, 2, 0, 0, 1]
