@@ -26,6 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio import workflow
 from temporalio.client import Client
+from temporalio.common import WorkerDeploymentVersion
 from temporalio.exceptions import ApplicationError
 from temporalio.runtime import PrometheusConfig, Runtime
 from temporalio.worker import (
@@ -48,6 +49,7 @@ from app.orders.providers.wiring import Simulators, open_simulators
 from app.orders.reconciliation.activities import ReconciliationActivities
 from app.orders.reconciliation.workflow import ReconciliationWorkflow
 from app.orders.workflows import OrderWorkflow, ShippingWorkflow
+from app.platform import versioning
 from app.platform.db import engine_from_settings, session_factory
 from app.platform.logging_setup import configure_logging
 from app.platform.settings import Settings, get_settings_or_exit, require_production_ready
@@ -159,6 +161,7 @@ def build_workers(
     worker = functools.partial(
         Worker,
         client,
+        deployment_config=versioning.deployment_config(settings),
         graceful_shutdown_timeout=timedelta(seconds=10),
         interceptors=[] if settings.allow_fault_injection else [TestKnobGuard(settings)],
         **worker_tuning(settings),
@@ -244,18 +247,50 @@ async def serve(settings: Settings, queue: Queue, metrics_port: int) -> None:
             workers = build_workers(client, settings, engine, queue, providers)
             for w in workers:
                 await stack.enter_async_context(w)
+            version = versioning.deployment_config(settings).version
             log.info(
                 "worker running",
                 extra={
                     "queues": [w.task_queue for w in workers],
                     "fault_profile": settings.fault_profile,
+                    "build_id": version.build_id,
+                    "versioned": settings.worker_versioning,
                 },
             )
+            if settings.worker_versioning:
+                adopting = asyncio.create_task(
+                    _adopt_on_first_start(client, version, {w.task_queue for w in workers})
+                )
+                stack.callback(adopting.cancel)
             await stop.wait()
             log.info("shutting down: finishing in-flight tasks")
     finally:
         await engine.dispose()
     log.info("worker stopped")
+
+
+async def _adopt_on_first_start(
+    client: Client, version: WorkerDeploymentVersion, queues: set[str]
+) -> None:
+    """A fresh install has no current version: the first build to poll becomes it. Later
+    builds wait for a rollout (`cli.py deploy`, `temporal worker deployment`)."""
+    try:
+        current = await versioning.adopt_if_unrouted(
+            client, version.deployment_name, version.build_id, queues
+        )
+    except Exception as err:  # logged, not fatal: the operator can still set it current
+        log.warning("could not check the deployment's current version", extra={"error": str(err)})
+        return
+    log.info(
+        "this build is the current version"
+        if current == version.build_id
+        else "another build is current: this one takes new orders once made current",
+        extra={
+            "deployment": version.deployment_name,
+            "build_id": version.build_id,
+            "current_build_id": current,
+        },
+    )
 
 
 def run_worker(settings: Settings, queue: Queue = "all", metrics_port: int | None = None) -> None:

@@ -97,6 +97,9 @@ def real_stack() -> Iterator[RealStack]:
         shipping_task_queue=f"shipping-{uuid.uuid4().hex[:6]}",
         fault_profile="off",
         allow_fault_injection=True,
+        # Unversioned: tests start workers of their own on this server whenever they need
+        # them; tests/platform/test_worker_versions.py turns versioning on for its own.
+        worker_versioning=False,
         run_dir=run_dir,
         postgres_port=cfg.postgres_port,
         temporal_port=cfg.temporal_port,

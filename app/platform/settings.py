@@ -113,6 +113,15 @@ class Settings(BaseSettings):
     reconcile_lookback_s: float = Field(default=86400.0, ge=60.0, le=90 * 86400.0)
     reconcile_keep_days: int = Field(default=30, ge=1)
 
+    # Worker Versioning (app/platform/versioning.py): each worker build is a version of
+    # the Worker Deployment WORKER_DEPLOYMENT_NAME; orders are pinned to the version that
+    # started them. WORKER_BUILD_ID: this build's id (image builds set it); empty = the
+    # package version and git commit, plus a hash of the code when it differs. False =
+    # unversioned workers, which take any task (changes then need workflow.patched).
+    worker_versioning: bool = True
+    worker_deployment_name: str = Field(default="order-fulfillment", pattern=r"^[A-Za-z0-9_-]+$")
+    worker_build_id: str = Field(default="", pattern=r"^[A-Za-z0-9_.+-]*$", max_length=200)
+
     # Worker tuning
     # Worker /metrics (app + Temporal SDK); 0 = off. Bound to METRICS_HOST.
     worker_metrics_port: int = 0

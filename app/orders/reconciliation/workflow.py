@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, VersioningBehavior
 
 with workflow.unsafe.imports_passed_through():
     from app.orders.reconciliation.messages import (
@@ -28,7 +28,8 @@ RECONCILE_RETRY = RetryPolicy(
 )
 
 
-@workflow.defn(name=RECONCILIATION_WORKFLOW)
+# Auto-upgrade: each scheduled run is short and starts on the current build anyway.
+@workflow.defn(name=RECONCILIATION_WORKFLOW, versioning_behavior=VersioningBehavior.AUTO_UPGRADE)
 class ReconciliationWorkflow:
     @workflow.run
     async def run(self, inp: ReconcileInput | None = None) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from temporalio import workflow
+from temporalio.common import VersioningBehavior
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
@@ -71,7 +72,9 @@ from app.orders.workflows.shipping import start_shipping
 Work = Callable[[], Awaitable[int | None]]
 
 
-@workflow.defn(name=ORDER_WORKFLOW)
+# Pinned: a run lives its whole life (about a minute) on the worker build that
+# started it, so a new build may change this code freely (app/platform/versioning.py).
+@workflow.defn(name=ORDER_WORKFLOW, versioning_behavior=VersioningBehavior.PINNED)
 class OrderWorkflow:
     # The input is taken at construction so an update or query that arrives in the very
     # first activation (start immediately followed by approve) already sees the order.

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from temporalio import workflow
+from temporalio.common import VersioningBehavior
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
@@ -34,7 +35,8 @@ from app.orders.workflows.failures import application_type, failure_message
 from app.orders.workflows.policies import DISPATCH_TIMEOUT, PREPARE_TIMEOUT, STEP_RETRY
 
 
-@workflow.defn(name=SHIPPING_WORKFLOW)
+# Pinned, as its parent: the child runs on the parent's build.
+@workflow.defn(name=SHIPPING_WORKFLOW, versioning_behavior=VersioningBehavior.PINNED)
 class ShippingWorkflow:
     @workflow.run
     async def run(self, inp: ShippingInput) -> ShippingResult:
