@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import sys
 import time
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -21,7 +20,7 @@ from app.cli.render import kv_grid, print_json, say
 from devstack.cli.context import launcher
 from devstack.stack import addresses, app_processes, lifecycle
 from devstack.stack import compose as compose_stack
-from devstack.stack.app_processes import endpoints
+from devstack.stack.app_processes import LogGroup, endpoints
 from devstack.stack.config import StackSettings
 from devstack.stack.processes import tail_log
 
@@ -147,20 +146,11 @@ def ps(ctx: typer.Context, compose: ComposeOpt = False, as_json: JsonOpt = False
     _print_ps(settings)
 
 
-class LogService(StrEnum):
-    app = "app"
-    worker = "worker"
-    worker_orders = "worker-orders"
-    worker_shipping = "worker-shipping"
-    temporal = "temporal"
-    postgres = "postgres"
-
-
 @commands.command(rich_help_panel=INSPECT)
 def logs(
     ctx: typer.Context,
     service: Annotated[
-        LogService | None,
+        LogGroup | None,
         typer.Option(
             help="Whose log (worker = both workers; default app, with --compose every service)."
         ),
@@ -175,18 +165,16 @@ def logs(
 ) -> None:
     """Show a service's log from the embedded stack's run folder (or from compose)."""
     if compose:
-        args = compose_stack.compose_logs_args(service.value if service else None, lines, follow)
+        args = compose_stack.compose_logs_args(service, lines, follow)
         with contextlib.suppress(KeyboardInterrupt):
             compose_stack.compose(args)
         return
-    service = service or LogService.app
+    service = service or "app"
     cfg = addresses.stack_config(launcher(ctx).load_settings())
-    names = app_processes.LOG_GROUPS[service.value]
+    names = app_processes.LOG_GROUPS[service]
     paths = {name: cfg.log_path(name) for name in names}
     if not any(p.exists() for p in paths.values()):
-        raise CliError(
-            f"no log for {service.value} in {cfg.logs_dir} (has the stack been started?)"
-        )
+        raise CliError(f"no log for {service} in {cfg.logs_dir} (has the stack been started?)")
     for name, path in paths.items():
         if len(paths) > 1:
             say(f"==> {name} ({path}) <==", "bold")

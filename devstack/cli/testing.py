@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -14,6 +13,7 @@ from app.cli.common import TESTING, CliError, JsonOpt, err
 from app.cli.render import print_json, say
 from app.orders.faults import FaultProfile, FaultProfileError
 from app.orders.messages import order_workflow_id
+from devstack.bench.measure import ApproveVia, BaselineShape
 from devstack.cli.context import launcher
 from devstack.cli.demo import play_demo, print_summary
 from devstack.stack import addresses
@@ -144,16 +144,6 @@ def chaos(
         raise typer.Exit(3)
 
 
-class BaselineShapeOpt(StrEnum):
-    bare = "bare"
-    features = "features"
-
-
-class ApproveOpt(StrEnum):
-    signal = "signal"
-    api = "api"
-
-
 @commands.command(rich_help_panel=TESTING)
 def bench(
     ctx: typer.Context,
@@ -169,14 +159,14 @@ def bench(
         bool, typer.Option(help="Also run bare-Temporal workflows of the same shape.")
     ] = True,
     baseline_shape: Annotated[
-        BaselineShapeOpt | None,
+        BaselineShape | None,
         typer.Option(
             help="bare (default): the order's Temporal shape, the ratio's baseline; features: "
             "with the order's search attributes and deadline timer too."
         ),
     ] = None,
     approve: Annotated[
-        ApproveOpt | None,
+        ApproveVia | None,
         typer.Option(
             help="How each order is approved: the approve_order signal (default) or the "
             "REST API (an Update)."

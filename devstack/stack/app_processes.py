@@ -15,19 +15,22 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final, Literal
 
 from app.platform.settings import PROJECT_ROOT, Settings
 from devstack.stack import config, processes
 from devstack.stack.addresses import process_env, stack_config
 from devstack.stack.config import POSTGRES, TEMPORAL, StackConfig, StackError, StackSettings
 
-WORKER_ORDERS = "worker-orders"
-WORKER_SHIPPING = "worker-shipping"
-API = "app"
+WORKER_ORDERS: Final = "worker-orders"
+WORKER_SHIPPING: Final = "worker-shipping"
+API: Final = "app"
 APP_SERVICES: tuple[str, ...] = (WORKER_ORDERS, WORKER_SHIPPING, API)
 ALL_SERVICES: tuple[str, ...] = (POSTGRES, TEMPORAL, *APP_SERVICES)
-# `cli.py logs --service X` reads these logs.
-LOG_GROUPS: dict[str, tuple[str, ...]] = {
+# What `cli.py logs --service X` may name (with --compose too): a service, or both workers.
+LogGroup = Literal["app", "worker", "worker-orders", "worker-shipping", "temporal", "postgres"]
+# The logs `cli.py logs --service X` reads.
+LOG_GROUPS: dict[LogGroup, tuple[str, ...]] = {
     "app": (API,),
     "worker": (WORKER_ORDERS, WORKER_SHIPPING),
     WORKER_ORDERS: (WORKER_ORDERS,),

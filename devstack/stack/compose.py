@@ -8,14 +8,18 @@ import re
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
 from app.platform.settings import PROJECT_ROOT, Settings
 from devstack.stack.config import StackError, first_line
 
+if TYPE_CHECKING:
+    from devstack.stack.app_processes import LogGroup
+
 # `cli.py logs --compose --service X` shows these compose services (no X: all of them).
-COMPOSE_LOG_GROUPS: dict[str, tuple[str, ...]] = {
+COMPOSE_LOG_GROUPS: dict[LogGroup, tuple[str, ...]] = {
     "app": ("app",),
     "worker": ("worker-orders", "worker-shipping"),
     "worker-orders": ("worker-orders",),
@@ -77,7 +81,7 @@ def compose(args: Sequence[str], *, capture: bool = False) -> subprocess.Complet
     return result
 
 
-def compose_logs_args(service: str | None, lines: int, follow: bool) -> list[str]:
+def compose_logs_args(service: LogGroup | None, lines: int, follow: bool) -> list[str]:
     """`docker compose` arguments for `cli.py logs --compose`."""
     args = ["logs", "--tail", str(lines)]
     if follow:
