@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -220,30 +221,39 @@ def describe(ctx: typer.Context, workflow_id: str, as_json: JsonOpt = False) -> 
 def history(ctx: typer.Context, workflow_id: str, as_json: JsonOpt = False) -> None:
     """Show a workflow's execution history (e.g. order-order-123)."""
     events = cli_context(ctx).with_service(lambda svc: svc.history(workflow_id))
-    if as_json:
-        print_json(events)
-        return
-    rows = [(str(e["event_id"]), fmt_time(e["time"]), e["type"], e["detail"] or "") for e in events]
-    out.print(rows_table(("#", "time", "event", "detail"), rows, f"history of {workflow_id}"))
+    columns = ("#", "time", "event", "detail")
+    _print_rows(events, as_json, columns, _history_row, f"history of {workflow_id}")
+
+
+def _history_row(e: dict[str, Any]) -> tuple[str, ...]:
+    return str(e["event_id"]), fmt_time(e["time"]), e["type"], e["detail"] or ""
 
 
 @commands.command(rich_help_panel=INSPECT)
 def events(ctx: typer.Context, order_id: str, as_json: JsonOpt = False) -> None:
     """Show an order's audit trail (the events table)."""
     trail = cli_context(ctx).with_service(lambda svc: svc.events(order_id))
+    columns = ("#", "time", "event", "payload")
+    _print_rows(trail, as_json, columns, _event_row, f"events of order {order_id}")
+
+
+def _event_row(e: dict[str, Any]) -> tuple[str, ...]:
+    payload = json.dumps(e["payload"], separators=(",", ":")) if e["payload"] else ""
+    return str(e["id"]), fmt_time(e["ts"]), e["type"], payload
+
+
+def _print_rows(
+    items: list[dict[str, Any]],
+    as_json: bool,
+    columns: tuple[str, ...],
+    row: Callable[[dict[str, Any]], tuple[str, ...]],
+    title: str,
+) -> None:
+    """The items as JSON, or as a table of one row each."""
     if as_json:
-        print_json(trail)
+        print_json(items)
         return
-    rows = [
-        (
-            str(e["id"]),
-            fmt_time(e["ts"]),
-            e["type"],
-            json.dumps(e["payload"], separators=(",", ":")) if e["payload"] else "",
-        )
-        for e in trail
-    ]
-    out.print(rows_table(("#", "time", "event", "payload"), rows, f"events of order {order_id}"))
+    out.print(rows_table(columns, [row(item) for item in items], title))
 
 
 @commands.command(rich_help_panel=INSPECT)

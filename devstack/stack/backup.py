@@ -415,7 +415,7 @@ def restore(settings: StackSettings, folder: Path, *, force: bool = False) -> li
 
 # The settings that say which embedded stack a command is about. A restore into another
 # RUN_DIR (on ports of its own) is started with the same ones.
-_STACK_VARIABLES = (
+STACK_LOCATION = (
     "RUN_DIR",
     "POSTGRES_PORT",
     "TEMPORAL_PORT",
@@ -434,7 +434,7 @@ def start_command(settings: StackSettings, environ: Mapping[str, str] | None = N
     run_dir = Path(settings.run_dir).expanduser().resolve()
     default_run_dir = Path(type(settings).model_fields["run_dir"].default).resolve()
     words: list[str] = []
-    for name in _STACK_VARIABLES:
+    for name in STACK_LOCATION:
         if name == "RUN_DIR":
             if run_dir == default_run_dir:
                 continue

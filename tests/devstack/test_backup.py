@@ -33,6 +33,7 @@ import httpx
 import pytest
 
 from app.platform.settings import PROJECT_ROOT
+from devstack.stack.backup import STACK_LOCATION
 from tests.helpers import (
     ADDRESS,
     CliStack,
@@ -58,17 +59,6 @@ def approve(stack: CliStack, order_id: str) -> None:
 
 
 LAUNCHER = str(Path(__file__).with_name("default_port_cli.py"))
-# The settings that say which stack a command is about: the restore's last line carries
-# those it was given.
-LOCATION = (
-    "RUN_DIR",
-    "POSTGRES_PORT",
-    "TEMPORAL_PORT",
-    "TEMPORAL_UI_PORT",
-    "API_HOST",
-    "API_PORT",
-    "WORKER_METRICS_PORT",
-)
 
 
 @dataclass
@@ -89,8 +79,8 @@ def printed_command(restore_output: str, env: dict[str, str]) -> dict[str, str]:
     words = shlex.split(lines[-1])
     assert words[-3:] == ["python", "scripts/cli.py", "start"], lines[-1]
     assigned = dict(word.split("=", 1) for word in words[:-3])
-    assert assigned == {k: env[k] for k in LOCATION if k in env}, lines[-1]
-    return {**{k: v for k, v in env.items() if k not in LOCATION}, **assigned}
+    assert assigned == {k: env[k] for k in STACK_LOCATION if k in env}, lines[-1]
+    return {**{k: v for k, v in env.items() if k not in STACK_LOCATION}, **assigned}
 
 
 async def ledgers_agree(stack: CliStack, order_ids: list[str]) -> None:

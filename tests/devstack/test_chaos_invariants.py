@@ -140,6 +140,14 @@ REFUNDED_OK = facts(
 )
 NEVER_RECEIVED_OK = facts("FAILED", ev("STEP_ATTEMPT_FAILED", "FAILED"), [], WF_FAILED)
 CANCELLED_OK = facts("CANCELLED", ev("RECEIVED", "VALIDATED", "CANCELLED"), [], WF_CANCELLED)
+# One run, charged twice.
+TWO_CHARGES_IN_ONE_RUN = facts(
+    "COMPLETED",
+    ev("PAYMENT_CHARGED", "PAYMENT_CHARGED", "DISPATCHED", "COMPLETED"),
+    [pay("charged")],
+    WF_COMPLETED,
+    tracking="T",
+)
 
 
 @pytest.mark.parametrize("ok", [COMPLETED_OK, REFUNDED_OK, NEVER_RECEIVED_OK, CANCELLED_OK])
@@ -163,13 +171,7 @@ def test_healthy_orders_pass(ok: OrderFacts) -> None:
             "double_charges",
         ),
         (
-            facts(
-                "COMPLETED",
-                ev("PAYMENT_CHARGED", "PAYMENT_CHARGED", "DISPATCHED", "COMPLETED"),
-                [pay("charged")],
-                WF_COMPLETED,
-                tracking="T",
-            ),
+            TWO_CHARGES_IN_ONE_RUN,
             "double_charges",
         ),
         (
@@ -333,15 +335,25 @@ RETRIED_EVENTS = ev(
     "DISPATCHED",
     "COMPLETED",
 )
-RETRIED_OK = facts(
-    "COMPLETED",
-    RETRIED_EVENTS,
-    [pay("refunded"), pay("charged", payment_id=RETRY_PID)],
-    WF_COMPLETED,
-    tracking="T2",
-    payment_id=RETRY_PID,
-    # The failed run had booked and its booking was cancelled when it closed.
-    carrier=[booking("T1", cancelled=True), booking("T2", ref="o1#r2")],
+
+
+def retried_and_shipped(**ledgers: Any) -> OrderFacts:
+    """Run 1 FAILED (refunded) and was retried; the retry paid with RETRY_PID and shipped
+    as T2. `ledgers`: the gateway's and carrier's rows, when not as our tables say."""
+    return facts(
+        "COMPLETED",
+        RETRIED_EVENTS,
+        [pay("refunded"), pay("charged", payment_id=RETRY_PID)],
+        WF_COMPLETED,
+        tracking="T2",
+        payment_id=RETRY_PID,
+        **ledgers,
+    )
+
+
+# The failed run had booked and its booking was cancelled when it closed.
+RETRIED_OK = retried_and_shipped(
+    carrier=[booking("T1", cancelled=True), booking("T2", ref="o1#r2")]
 )
 FREE_OK = facts(
     "COMPLETED",
@@ -391,13 +403,7 @@ def test_the_new_kinds_are_reported() -> None:
     [
         # Run 1 FAILED and was retried, yet the gateway keeps its charge.
         (
-            facts(
-                "COMPLETED",
-                RETRIED_EVENTS,
-                [pay("refunded"), pay("charged", payment_id=RETRY_PID)],
-                WF_COMPLETED,
-                tracking="T2",
-                payment_id=RETRY_PID,
+            retried_and_shipped(
                 gateway=[charge(False), charge(False, RETRY_PID, 2)],
                 carrier=[booking("T2", ref="o1#r2")],
             ),
@@ -411,16 +417,7 @@ def test_the_new_kinds_are_reported() -> None:
         (facts(*SHIPPED, gateway=[]), "shipped_unpaid"),
         # The retry shipped, but the only kept charge is the failed run's payment.
         (
-            facts(
-                "COMPLETED",
-                RETRIED_EVENTS,
-                [pay("refunded"), pay("charged", payment_id=RETRY_PID)],
-                WF_COMPLETED,
-                tracking="T2",
-                payment_id=RETRY_PID,
-                gateway=[charge(False)],
-                carrier=[booking("T2", ref="o1#r2")],
-            ),
+            retried_and_shipped(gateway=[charge(False)], carrier=[booking("T2", ref="o1#r2")]),
             "shipped_unpaid",
         ),
         # A free order must be not_due, and the gateway must never see it.
@@ -481,25 +478,11 @@ def test_the_new_kinds_are_reported() -> None:
         ),
         # Two charges in one run, told apart from one charge per run of a retried order.
         (
-            facts(
-                "COMPLETED",
-                ev("PAYMENT_CHARGED", "PAYMENT_CHARGED", "DISPATCHED", "COMPLETED"),
-                [pay("charged")],
-                WF_COMPLETED,
-                tracking="T",
-            ),
+            TWO_CHARGES_IN_ONE_RUN,
             "double_charges",
         ),
         (
-            facts(
-                "COMPLETED",
-                RETRIED_EVENTS,
-                [pay("refunded"), pay("charged", payment_id=RETRY_PID)],
-                WF_COMPLETED,
-                tracking="T2",
-                payment_id=RETRY_PID,
-                carrier=[booking("T1"), booking("T2", ref="o1#r2")],
-            ),
+            retried_and_shipped(carrier=[booking("T1"), booking("T2", ref="o1#r2")]),
             "ledger_mismatch",  # run 1's booking kept although run 1 FAILED
         ),
     ],
