@@ -2,7 +2,7 @@
 
 One Temporal client and one database engine per process, made in the lifespan (never at
 import) and shared by every request through one ServiceLayer on `app.state` (the routes
-get its rooms through app/api/deps.py). Error bodies: app/api/errors.py; middleware:
+get its parts through app/api/deps.py). Error bodies: app/api/errors.py; middleware:
 app/api/middleware.py.
 """
 

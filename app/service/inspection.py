@@ -1,6 +1,6 @@
 """Reading what happened to orders, changing nothing: lists and searches of orders, an
 order's audit events (the `events` table), its workflow's description and event history
-(Temporal). The status view has a room of its own: app/service/status.py."""
+(Temporal). The status view has a module of its own: app/service/status.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The service layer as a front end holds it: one of each room, on one Temporal client and
+"""The service layer as a front end holds it: one of each part, on one Temporal client and
 one session factory.
 
 - `orders`: the commands (app/service/orders.py);

@@ -8,7 +8,8 @@
 - `codec`: /codec/decode, /codec/encode (Temporal remote codec for the Web UI and CLI,
   with CORS on /codec only)
 
-The shared `Annotated` dependency aliases (service, caller, order id) are app/api/deps.py.
+The shared `Annotated` dependency aliases (commands, status reads, inspection, settings,
+caller, order id) are app/api/deps.py, the one reader of `app.state`.
 """
 
 from app.api.routes import health, metrics, orders, stats

@@ -1,8 +1,8 @@
 """/orders: start, status, cancel, update-address, approve, retry, list, events, history.
 
-Paths and bodies are the deployment guide's. Commands on a running order go through
-Temporal Updates (via OrderService), so the answer says whether the order accepted them;
-reads go to the status reader and the inspector (app/service/layer.py).
+Commands on a running order go through Temporal Updates (via OrderService), so the answer
+says whether the order accepted them; reads go to the status reader and the inspector
+(app/service/layer.py).
 """
 
 from __future__ import annotations
