@@ -13,7 +13,8 @@ whole process group can be stopped at once). Layout under `run_dir`:
 
 Which module starts what:
 
-    config.py           StackConfig (run folder, ports, database account), StackError, addresses
+    config.py           StackSettings (the launcher's settings: the product's plus RUN_DIR,
+                        the ports, the retention), StackConfig, StackError, addresses
     processes.py        one supervised process: spawn detached, pid files, logs, ports, stop
     postgres.py         starts and stops PostgreSQL (initdb, databases)
     temporal_server.py  starts and stops the Temporal dev server
