@@ -49,6 +49,11 @@ from app.orders.providers.wiring import Simulators, open_simulators
 from app.orders.reconciliation.activities import ReconciliationActivities
 from app.orders.reconciliation.workflow import ReconciliationWorkflow
 from app.orders.workflows import OrderWorkflow, ShippingWorkflow
+from app.orders.workflows.unversioned import (
+    UnversionedOrderWorkflow,
+    UnversionedReconciliationWorkflow,
+    UnversionedShippingWorkflow,
+)
 from app.platform import versioning
 from app.platform.db import engine_from_settings, session_factory
 from app.platform.logging_setup import configure_logging
@@ -166,6 +171,15 @@ def build_workers(
         interceptors=[] if settings.allow_fault_injection else [TestKnobGuard(settings)],
         **worker_tuning(settings),
     )
+    # The server refuses a versioning behavior from an unversioned worker.
+    order_flows, shipping_flows = (
+        ([OrderWorkflow, ReconciliationWorkflow], [ShippingWorkflow])
+        if settings.worker_versioning
+        else (
+            [UnversionedOrderWorkflow, UnversionedReconciliationWorkflow],
+            [UnversionedShippingWorkflow],
+        )
+    )
     workers: list[Worker] = []
     if queue in ("orders", "all"):
         # The scheduled reconciliation runs beside the orders (docs/architecture.md).
@@ -175,7 +189,7 @@ def build_workers(
         workers.append(
             worker(
                 task_queue=settings.order_task_queue,
-                workflows=[OrderWorkflow, ReconciliationWorkflow],
+                workflows=order_flows,
                 activities=[*orders_queue_activities(deps), audit.reconcile],
             )
         )
@@ -183,7 +197,7 @@ def build_workers(
         workers.append(
             worker(
                 task_queue=settings.shipping_task_queue,
-                workflows=[ShippingWorkflow],
+                workflows=shipping_flows,
                 activities=shipping_queue_activities(deps),
             )
         )

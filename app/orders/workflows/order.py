@@ -72,8 +72,7 @@ from app.orders.workflows.shipping import start_shipping
 Work = Callable[[], Awaitable[int | None]]
 
 
-# Pinned: a run lives its whole life (about a minute) on the worker build that
-# started it, so a new build may change this code freely (app/platform/versioning.py).
+# Pinned: a run lives its life on the build that started it (app/platform/versioning.py).
 @workflow.defn(name=ORDER_WORKFLOW, versioning_behavior=VersioningBehavior.PINNED)
 class OrderWorkflow:
     # The input is taken at construction so an update or query that arrives in the very
