@@ -23,6 +23,10 @@ RUN pip install --no-deps . \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin app
 
 USER app
+# The Worker Deployment build id (docs/operations.md, "Deploying a new version"): pass
+# `--build-arg WORKER_BUILD_ID=<tag>`; empty = a hash of the code in the image.
+ARG WORKER_BUILD_ID=""
+ENV WORKER_BUILD_ID=${WORKER_BUILD_ID}
 # The API binds all interfaces inside the container; it then insists on API_KEYS.
 ENV API_HOST=0.0.0.0 \
     API_PORT=8000 \
