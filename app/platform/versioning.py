@@ -13,7 +13,9 @@ import asyncio
 import functools
 import hashlib
 import subprocess
+from collections.abc import Collection
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -98,6 +100,8 @@ class VersionView:
     build_id: str
     status: str  # CURRENT, RAMPING, DRAINING, DRAINED, INACTIVE
     open_orders: int
+    # When it last became current (None: never was): what a rollback goes back to.
+    last_current: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -127,20 +131,39 @@ async def describe(client: Client, deployment: str) -> DeploymentView | None:
     routing = info.routing_config
     builds = [summary.deployment_version.build_id for summary in info.version_summaries]
     counts = await asyncio.gather(*(open_orders(client, deployment, b) for b in builds))
-    statuses = [
-        _status_name(summary.status).removeprefix("WORKER_DEPLOYMENT_VERSION_STATUS_")
-        for summary in info.version_summaries
-    ]
     return DeploymentView(
         name=deployment,
         current=routing.current_deployment_version.build_id or None,
         ramping=routing.ramping_deployment_version.build_id or None,
         ramp_percent=routing.ramping_version_percentage,
         versions=[
-            VersionView(build_id=b, status=s, open_orders=n)
-            for b, s, n in zip(builds, statuses, counts, strict=True)
+            VersionView(
+                build_id=summary.deployment_version.build_id,
+                status=_status_name(summary.status).removeprefix(
+                    "WORKER_DEPLOYMENT_VERSION_STATUS_"
+                ),
+                open_orders=count,
+                last_current=(
+                    summary.last_current_time.ToDatetime(tzinfo=UTC)
+                    if summary.HasField("last_current_time")
+                    else None
+                ),
+            )
+            for summary, count in zip(info.version_summaries, counts, strict=True)
         ],
     )
+
+
+def previous_version(view: DeploymentView) -> str | None:
+    """The version that was current before the current one (None: there was none)."""
+    earlier = [
+        v
+        for v in view.versions
+        if v.last_current is not None and v.build_id not in (view.current, view.ramping)
+    ]
+    if not earlier:
+        return None
+    return max(earlier, key=lambda v: v.last_current or datetime.min.replace(tzinfo=UTC)).build_id
 
 
 def _status_name(value: WorkerDeploymentVersionStatus.ValueType) -> str:
@@ -154,6 +177,29 @@ async def open_orders(client: Client, deployment: str, build: str) -> int:
         f"TemporalWorkerDeploymentVersion='{deployment}:{build}'"
     )
     return (await client.count_workflows(query)).count
+
+
+async def wait_until_drained(
+    client: Client, deployment: str, builds: Collection[str], timeout: float
+) -> dict[str, int]:
+    """Until none of `builds` has an open order, or `timeout`; the last counts. A zero
+    counts once read twice a second apart: an order a version took a moment ago may not
+    be in the visibility store yet."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + timeout
+    zero_seen = False
+    while True:
+        found = await asyncio.gather(*(open_orders(client, deployment, b) for b in builds))
+        counts = dict(zip(builds, found, strict=True))
+        if not any(found):
+            if zero_seen:
+                return counts
+            zero_seen = True
+        else:
+            zero_seen = False
+        if loop.time() > give_up:
+            return counts
+        await asyncio.sleep(1.0)
 
 
 async def polled_queues(client: Client, deployment: str, build: str) -> set[str]:

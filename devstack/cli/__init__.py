@@ -4,6 +4,7 @@ embedded stack, plus the stack's own commands.
     context.py   the context every command runs in: the launcher's settings, the embedded
                  stack as the target, its errors explained, `--compose` on operator commands
     services.py  start, stop, restart, ps, logs
+    deploy.py    deploy: roll the workers to the checkout's build (or back)
     testing.py   demo (demo.py plays it), chaos, bench
     data.py      backup, restore, retention
     temporal.py  `temporal`: the Temporal CLI pointed at the stack
@@ -15,7 +16,7 @@ import typer
 
 from app.cli.common import build_app, exit_now, run_app
 from app.cli.main import COMMAND_GROUPS
-from devstack.cli import data, services, temporal, testing
+from devstack.cli import data, deploy, services, temporal, testing
 from devstack.cli.context import launcher_context, with_compose_flag
 from devstack.stack.app_processes import endpoints
 from devstack.stack.config import StackSettings
@@ -31,6 +32,7 @@ def build_launcher() -> typer.Typer:
             *with_compose_flag(COMMAND_GROUPS),
             temporal.commands,
             services.commands,
+            deploy.commands,
             testing.commands,
             data.commands,
         ]

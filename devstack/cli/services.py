@@ -8,7 +8,7 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.panel import Panel
@@ -18,10 +18,10 @@ from rich.text import Text
 from app.cli.common import INSPECT, STACK, CliContext, CliError, JsonOpt, out
 from app.cli.render import kv_grid, print_json, say
 from devstack.cli.context import launcher
-from devstack.stack import addresses, app_processes, lifecycle
+from devstack.stack import addresses, app_processes, lifecycle, rollout
 from devstack.stack import compose as compose_stack
 from devstack.stack.app_processes import LogGroup, endpoints
-from devstack.stack.config import StackSettings
+from devstack.stack.config import TEMPORAL, StackSettings
 from devstack.stack.processes import tail_log
 
 commands = typer.Typer()
@@ -91,6 +91,47 @@ def _print_ps(settings: StackSettings) -> None:
             row.service, Text(row.state, style=style), str(row.pid or "-"), row.address or "-"
         )
     out.print(table)
+    deployment = rollout.deployment_status(settings)
+    if deployment is not None:
+        _print_deployment(deployment)
+
+
+def _print_deployment(deployment: dict[str, Any]) -> None:
+    """Each version of the Worker Deployment: its routing, open orders, workers here."""
+    table = Table(
+        "build",
+        "status",
+        "open orders",
+        "workers here",
+        title=f"worker deployment {deployment['name']}",
+        title_justify="left",
+    )
+    for version in deployment["versions"]:
+        status = version["status"].lower()
+        if version["build_id"] == deployment["ramping"]:
+            status += f" {deployment['ramp_percent']:g}%"
+        table.add_row(
+            version["build_id"],
+            Text(status, style=VERSION_STYLE.get(version["status"], "")),
+            str(version["open_orders"]),
+            ", ".join(version["workers"]) or "-",
+        )
+    out.print(table)
+    checkout = deployment["checkout_build"]
+    if checkout != deployment["current"]:
+        say(f"the checkout is build {checkout}: `python scripts/cli.py deploy` rolls to it")
+
+
+VERSION_STYLE = {"CURRENT": "green", "RAMPING": "cyan", "DRAINING": "yellow"}
+
+
+def _ps_json(settings: StackSettings) -> list[dict[str, Any]]:
+    """The service rows; Temporal's carries the Worker Deployment (null while down)."""
+    rows = [dataclasses.asdict(row) for row in lifecycle.stack_status(settings)]
+    for row in rows:
+        if row["service"] == TEMPORAL:
+            row["deployment"] = rollout.deployment_status(settings)
+    return rows
 
 
 @commands.command(rich_help_panel=STACK)
@@ -135,13 +176,14 @@ def restart(
 
 @commands.command(rich_help_panel=STACK)
 def ps(ctx: typer.Context, compose: ComposeOpt = False, as_json: JsonOpt = False) -> None:
-    """Show each service: state, pid and address."""
+    """Show each service: state, pid and address; then each version of the Worker
+    Deployment: current, ramping or draining, its open orders, the workers here that run it."""
     if compose:
         compose_stack.compose(["ps", *(["--format", "json"] if as_json else [])])
         return
     settings = launcher(ctx).load_settings()
     if as_json:
-        print_json([dataclasses.asdict(row) for row in lifecycle.stack_status(settings)])
+        print_json(_ps_json(settings))
         return
     _print_ps(settings)
 
@@ -152,7 +194,8 @@ def logs(
     service: Annotated[
         LogGroup | None,
         typer.Option(
-            help="Whose log (worker = both workers; default app, with --compose every service)."
+            help="Whose log (worker = every worker, of each build running; default app, "
+            "with --compose every service)."
         ),
     ] = None,
     lines: Annotated[int, typer.Option("--lines", "-n", help="How many lines.", min=0)] = 50,
@@ -171,7 +214,7 @@ def logs(
         return
     service = service or "app"
     cfg = addresses.stack_config(launcher(ctx).load_settings())
-    names = app_processes.LOG_GROUPS[service]
+    names = app_processes.log_names(cfg, service)
     paths = {name: cfg.log_path(name) for name in names}
     if not any(p.exists() for p in paths.values()):
         raise CliError(f"no log for {service} in {cfg.logs_dir} (has the stack been started?)")

@@ -4,13 +4,18 @@ and how: two workers and the API, each with its command line, address and readin
     postgres         embedded PostgreSQL (postgres.py)           POSTGRES_PORT (5432)
     temporal         Temporal dev server + Web UI                TEMPORAL_PORT (7233), TEMPORAL_UI_PORT (8233)
                      (temporal_server.py)
-    worker-orders    python -m app.worker --queue orders         metrics WORKER_METRICS_PORT (9101)
-    worker-shipping  python -m app.worker --queue shipping       metrics WORKER_METRICS_PORT + 1
+    worker-orders    python -P -m app.worker --queue orders      metrics WORKER_METRICS_PORT (9101)
+    worker-shipping  python -P -m app.worker --queue shipping    metrics WORKER_METRICS_PORT + 1
     app              python -m app.api                           API_PORT (8000), ready = GET /health 200
+
+The workers run the serving build's copy of `app` (builds.py). While `cli.py deploy` rolls
+to another build, that build's workers run beside them as `worker-orders.<build>` and
+`worker-shipping.<build>` (no metrics port), and so do an old build's while it drains.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +23,7 @@ from pathlib import Path
 from typing import Final, Literal
 
 from app.platform.settings import PROJECT_ROOT, Settings
-from devstack.stack import config, processes
+from devstack.stack import builds, config, processes
 from devstack.stack.addresses import process_env, stack_config
 from devstack.stack.config import POSTGRES, TEMPORAL, StackConfig, StackError, StackSettings
 
@@ -26,6 +31,8 @@ WORKER_ORDERS: Final = "worker-orders"
 WORKER_SHIPPING: Final = "worker-shipping"
 API: Final = "app"
 APP_SERVICES: tuple[str, ...] = (WORKER_ORDERS, WORKER_SHIPPING, API)
+# Each worker service and the `--queue` it serves.
+WORKER_QUEUES: dict[str, str] = {WORKER_ORDERS: "orders", WORKER_SHIPPING: "shipping"}
 ALL_SERVICES: tuple[str, ...] = (POSTGRES, TEMPORAL, *APP_SERVICES)
 # What `cli.py logs --service X` may name (with --compose too): a service, or both workers.
 LogGroup = Literal["app", "worker", "worker-orders", "worker-shipping", "temporal", "postgres"]
@@ -86,14 +93,69 @@ def app_services(settings: Settings) -> list[AppService]:
 
 
 def _worker(name: str, queue: str, port: int, task_queue: str) -> AppService:
+    # -P: no working directory first on sys.path, so `app` is the build's copy on
+    # PYTHONPATH (worker_env), not the checkout that is the working directory.
+    argv = [sys.executable, "-P", "-m", "app.worker", "--queue", queue]
     return AppService(
         name,
-        [sys.executable, "-m", "app.worker", "--queue", queue, "--metrics-port", str(port)],
+        [*argv, "--metrics-port", str(port)],
         port,
         "WORKER_METRICS_PORT",
-        f"{task_queue}, metrics http://127.0.0.1:{port}/metrics",
+        f"{task_queue}, metrics http://127.0.0.1:{port}/metrics" if port else task_queue,
         ready_marker=WORKER_READY_MARKER,
     )
+
+
+def task_queue_of(settings: Settings, role: str) -> str:
+    return settings.order_task_queue if role == WORKER_ORDERS else settings.shipping_task_queue
+
+
+def worker_role(name: str) -> str | None:
+    """worker-orders or worker-shipping for a worker of any build; None for the others."""
+    return next(
+        (role for role in WORKER_QUEUES if name == role or name.startswith(f"{role}.")), None
+    )
+
+
+def worker_name(cfg: StackConfig, role: str, build: str) -> str:
+    """The serving build's workers have the plain names; another build's are named by it."""
+    return role if build == builds.serving_build(cfg) else f"{role}.{builds.build_tag(build)}"
+
+
+def worker_build(cfg: StackConfig, name: str) -> str | None:
+    """The build a worker service runs (None: unknown, or not a worker)."""
+    role = worker_role(name)
+    if role is None:
+        return None
+    if name == role:
+        return builds.serving_build(cfg)
+    return builds.build_of_tag(cfg, name.removeprefix(f"{role}."))
+
+
+def worker_services(cfg: StackConfig) -> list[str]:
+    """Every worker service this stack has started and not stopped, of any build."""
+    names = [*WORKER_QUEUES, *processes.known_services(cfg)]
+    return [name for name in dict.fromkeys(names) if worker_role(name) is not None]
+
+
+def running_builds(cfg: StackConfig) -> dict[str, list[str]]:
+    """Each build whose workers run here, and those workers."""
+    found: dict[str, list[str]] = {}
+    for name in worker_services(cfg):
+        build = worker_build(cfg, name)
+        if build is not None and processes.process_status(cfg, name).running:
+            found.setdefault(build, []).append(name)
+    return found
+
+
+def log_names(cfg: StackConfig, group: LogGroup) -> tuple[str, ...]:
+    """The services whose logs `cli.py logs --service <group>` shows: a worker group
+    includes the workers of other builds that run beside the serving ones."""
+    names = LOG_GROUPS[group]
+    others = [
+        name for name in worker_services(cfg) if name not in names and worker_role(name) in names
+    ]
+    return (*names, *others)
 
 
 def endpoints(settings: StackSettings) -> list[tuple[str, str]]:
@@ -165,20 +227,66 @@ def start_app_service(settings: StackSettings, name: str, timeout: float = 90.0)
     """Start one application process exactly as `start` does (no-op while it runs).
 
     One recipe for first start and for restarting a single process (`cli.py chaos` kills
-    workers and brings them back through here), so a restarted process is the same process.
+    workers and brings them back through here), so a restarted process is the same process:
+    a worker of the same build. Names: those of APP_SERVICES, and `<worker>.<build>`.
     """
     cfg = stack_config(settings)
+    role = worker_role(name)
+    if role is not None:
+        build = worker_build(cfg, name)
+        if build is None and name == role:  # a first start: the checkout's build
+            build = builds.disk_build(settings)
+            builds.set_serving(cfg, build)
+        if build is None:
+            raise StackError(f"{name}: no build of that name in {builds.builds_dir(cfg)}")
+        return start_worker(settings, role, build, timeout)
     svc = next((s for s in app_services(settings) if s.name == name), None)
     if svc is None:
         raise StackError(f"unknown application service {name!r}; one of {', '.join(APP_SERVICES)}")
+    return _start(cfg, svc, process_env(settings, cfg), timeout)
+
+
+def start_worker(settings: StackSettings, role: str, build: str, timeout: float = 90.0) -> str:
+    """Start `role`'s worker of `build` (no-op while it runs): the serving build's under the
+    plain name, with its metrics port; another build's beside it, without one."""
+    cfg = stack_config(settings)
+    name = worker_name(cfg, role, build)
+    if name == role:
+        svc = next(s for s in app_services(settings) if s.name == role)
+    else:
+        svc = _worker(name, WORKER_QUEUES[role], 0, task_queue_of(settings, role))
+    env = worker_env(settings, cfg, builds.ensure_snapshot(cfg, settings, build), build)
+    message = _start(cfg, svc, env, timeout)
+    return message if name == role else f"{message} (build {build})"
+
+
+def worker_env(
+    settings: StackSettings, cfg: StackConfig, snapshot: Path, build: str
+) -> dict[str, str]:
+    """A worker's environment: the stack's settings, its build id (the copy has no git to
+    compute it from), and its build's copy first on the import path. The copy also keeps
+    the code of a running build fixed: with WORKFLOW_SANDBOX=true the sandbox imports the
+    workflow modules again for every run, from wherever `app` is, so a worker started from
+    the checkout would run whatever the checkout holds by then."""
+    env = process_env(settings, cfg)
+    env["WORKER_BUILD_ID"] = build
+    # The settings come in the environment; the copy's PROJECT_ROOT has no .env, and the
+    # checkout's is still found as ./.env from the working directory (PROJECT_ROOT).
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(snapshot), os.environ.get("PYTHONPATH", "")) if p
+    )
+    return env
+
+
+def _start(cfg: StackConfig, svc: AppService, env: dict[str, str], timeout: float) -> str:
     return processes.start_process(
         cfg,
         svc.name,
         svc.argv,
-        env=process_env(settings, cfg),
+        env=env,
         ready=_ready_check(cfg, svc),
         timeout=timeout,
         cwd=PROJECT_ROOT,
-        port=svc.port,
+        port=svc.port or None,
         port_setting=svc.port_setting,
     )

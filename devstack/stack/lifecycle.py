@@ -1,20 +1,18 @@
 """The whole embedded stack, started and stopped in order (`cli.py start|stop|ps`):
 PostgreSQL and Temporal together, the database migrations in this process, then the app
-processes (app_processes.py); a start that fails stops what it had started."""
+processes (app_processes.py), the workers of the builds rollout.py chooses; a start that
+fails stops what it had started."""
 
 from __future__ import annotations
 
-import compileall
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import TypeVar
 
-import app
-from devstack.stack import config, infra, postgres, processes, temporal_server
+from devstack.stack import builds, config, infra, postgres, processes, temporal_server
 from devstack.stack.addresses import (
     client_settings,
     forget_port_if_stopped,
@@ -25,9 +23,14 @@ from devstack.stack.addresses import (
 )
 from devstack.stack.app_processes import (
     ALL_SERVICES,
+    WORKER_QUEUES,
     AppService,
     app_services,
     start_app_service,
+    start_worker,
+    task_queue_of,
+    worker_build,
+    worker_role,
 )
 from devstack.stack.config import (
     POSTGRES,
@@ -37,6 +40,7 @@ from devstack.stack.config import (
     StackSettings,
     first_line,
 )
+from devstack.stack.rollout import make_current, plan_start
 
 # Where earlier versions kept a moved port for good (whatever ran): removed by `start`.
 _LEGACY_PORT_FILE = "postgres.port"
@@ -122,7 +126,7 @@ def start_stack(
     next start begins as if this one had never run: same ports, nothing left over."""
     cfg = stack_config(settings)
     (cfg.run_dir / _LEGACY_PORT_FILE).unlink(missing_ok=True)
-    before = set(running_services(cfg, ALL_SERVICES))
+    before = set(running_services(cfg, _stack_services(cfg)))
     moved = move_postgres_if_taken(settings, cfg)
     if moved:
         report(moved)
@@ -153,17 +157,30 @@ def _start_missing(
 
         retention = settings.temporal_namespace_retention
         report(apply_retention(client_settings(settings), retention))
-    # The workflow sandbox re-imports the workflow modules for every run; without bytecode
-    # (PYTHONDONTWRITEBYTECODE is common) it compiles them from source each time.
-    compileall.compile_dir(str(Path(app.__file__).resolve().parent), quiet=1)
+    plan = plan_start(settings, cfg)
+    for message in plan.messages:
+        report(message)
+    builds.set_serving(cfg, plan.serving)
     calls = [partial(start_app_service, settings, svc.name, timeout) for svc in services]
+    calls += [
+        partial(start_worker, settings, role, build, timeout)
+        for build in plan.beside
+        for role in WORKER_QUEUES
+    ]
     for message in _parallel(calls):
         report(message)
+    if plan.make_current:
+        report(make_current(settings, plan.serving))
+
+
+def _stack_services(cfg: StackConfig) -> list[str]:
+    """The stack's services and the workers of other builds it runs."""
+    return list(dict.fromkeys([*ALL_SERVICES, *processes.known_services(cfg)]))
 
 
 def _roll_back(cfg: StackConfig, before: set[str]) -> list[str]:
     """After a failed start: stop what it had started, forget a port it had moved to."""
-    started = [name for name in running_services(cfg, ALL_SERVICES) if name not in before]
+    started = [name for name in running_services(cfg, _stack_services(cfg)) if name not in before]
     messages: list[str] = []
     if started:
         try:
@@ -194,6 +211,7 @@ class Row:
     pid: int | None
     address: str
     log: str
+    build_id: str | None = None  # a worker's build
 
 
 def stack_status(settings: StackSettings) -> list[Row]:
@@ -201,13 +219,15 @@ def stack_status(settings: StackSettings) -> list[Row]:
     addresses = {svc.name: svc.address for svc in app_services(settings)}
     ui = config.temporal_ui_url(cfg)
     rows: list[Row] = []
-    names = list(dict.fromkeys([*ALL_SERVICES, *processes.known_services(cfg)]))
-    for name in names:
+    for name in _stack_services(cfg):
         st = processes.process_status(cfg, name)
-        address = st.address or addresses.get(name, "")
+        role = worker_role(name)
+        address = (
+            st.address or addresses.get(name) or (task_queue_of(settings, role) if role else "")
+        )
         if name == TEMPORAL and ui:
             address += f", UI {ui}"
-        rows.append(
-            Row(name, "running" if st.running else "stopped", st.pid, address, str(st.log_path))
-        )
+        state = "running" if st.running else "stopped"
+        build = worker_build(cfg, name) if role else None
+        rows.append(Row(name, state, st.pid, address, str(st.log_path), build))
     return rows
