@@ -78,10 +78,10 @@ echo "==> running the demo"
 echo
 echo "Ready. Everything keeps running in the background (python scripts/cli.py stop ends it)."
 .venv/bin/python - <<'PY'
-from app.platform.settings import Settings
 from devstack.cli import endpoints
+from devstack.stack.config import StackSettings
 
-settings = Settings()
+settings = StackSettings()
 for name, where in endpoints(settings):
     print(f"  {name:<14} {where}")
 print()

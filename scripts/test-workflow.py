@@ -30,8 +30,8 @@ from rich.text import Text
 from app.cli.common import exit_now, open_service, out, report_error
 from app.cli.waiting import is_terminal, wait_for_order
 from app.orders.messages import DEMO_ADDRESS
-from app.platform.settings import Settings
 from devstack.stack.addresses import client_settings
+from devstack.stack.config import StackSettings
 
 if TYPE_CHECKING:
     from app.service.orders import OrderService
@@ -230,7 +230,7 @@ async def run_one(svc: OrderService, name: str, opts: Options) -> Outcome:
 
 
 async def run_all(names: list[str], opts: Options) -> list[Outcome]:
-    settings = client_settings(Settings())
+    settings = client_settings(StackSettings())
     async with open_service(settings) as svc:
         return list(await asyncio.gather(*(run_one(svc, n, opts) for n in names)))
 

@@ -100,10 +100,6 @@ def real_stack() -> Iterator[RealStack]:
         # Unversioned: tests start workers of their own on this server whenever they need
         # them; tests/platform/test_worker_versions.py turns versioning on for its own.
         worker_versioning=False,
-        run_dir=run_dir,
-        postgres_port=cfg.postgres_port,
-        temporal_port=cfg.temporal_port,
-        temporal_ui_port=cfg.temporal_ui_port,
     )
     upgrade(settings.database_url_plain)
     try:

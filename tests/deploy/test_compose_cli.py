@@ -166,7 +166,7 @@ def test_list_compose_talks_to_the_published_ports(real_stack: RealStack) -> Non
     # Publish the test stack's Temporal and PostgreSQL as compose would (TEMPORAL_PORT,
     # POSTGRES_PORT, POSTGRES_PASSWORD); DATABASE_URL and TEMPORAL_TARGET point elsewhere,
     # and --compose must not use them.
-    cfg = real_stack.settings
+    cfg = real_stack.cfg
     env = cli_env(
         POSTGRES_PORT=str(cfg.postgres_port),
         TEMPORAL_PORT=str(cfg.temporal_port),
