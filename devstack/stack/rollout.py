@@ -20,6 +20,7 @@ from functools import partial
 from typing import Any
 
 from temporalio.client import Client
+from temporalio.service import RPCError
 
 from app.platform import versioning
 from app.platform.temporal import connect_client
@@ -157,8 +158,8 @@ def deployment_status(settings: StackSettings, timeout: float = 5.0) -> dict[str
         return None
     try:
         view = asyncio.run(asyncio.wait_for(_describe(settings), timeout))
-    except (StackError, TimeoutError, RuntimeError):
-        return None
+    except (StackError, TimeoutError, RuntimeError, RPCError):
+        return None  # `ps` shows the processes whatever Temporal answers
     if view is None:
         return None
     running = running_builds(cfg)

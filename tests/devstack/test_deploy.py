@@ -1,7 +1,8 @@
 """`cli.py deploy` on a real embedded stack: orders started on build A wait in review while
 build B, whose OrderWorkflow would not replay A's histories, takes over; A's orders are
 approved and complete on A with no non-determinism error, new orders run on B, A's workers
-stop once it has drained, and `deploy --rollback` sends new orders to A again.
+stop once it has drained, and `deploy --rollback` sends new orders to A again. On the way:
+a drain timeout leaves A's workers running, and a restart mid-drain runs both builds.
 
 The stack runs from a copy of the project outside any git checkout (the build id is then
 a hash of the code), so the test changes "the code on disk" without touching the checkout.
@@ -192,6 +193,15 @@ def test_deploy_with_orders_in_flight_then_rollback(stack: CopiedStack, project:
     versions = {v["build_id"]: v for v in deployment["versions"]}
     assert versions[build_a]["status"] == "DRAINING" and versions[build_a]["open_orders"] == 2
     assert set(stack.worker_builds().values()) == {build_a, build_b}
+    # A restart brings back both: B under the plain names (current), A beside (open orders).
+    stack.ok("restart")
+    assert stack.worker_builds() == {
+        "worker-orders": build_b,
+        "worker-shipping": build_b,
+        f"worker-orders.{build_a}": build_a,
+        f"worker-shipping.{build_a}": build_a,
+    }
+    assert f"==> worker-shipping.{build_a}" in stack.ok("logs", "--service", "worker", "-n", "1")
 
     # The deploy waits for A to drain while A's orders are approved.
     log = stack.run_dir / "deploy.out"
@@ -212,7 +222,7 @@ def test_deploy_with_orders_in_flight_then_rollback(stack: CopiedStack, project:
     finally:
         if deploy.poll() is None:
             deploy.kill()
-    assert "retired" in log.read_text()
+    assert f"build {build_a} retired" in log.read_text()
 
     for order_id in waiting:
         assert stack.wait_status(order_id, completed, timeout=60)
