@@ -257,15 +257,27 @@ def _print_rows(
 
 
 @commands.command(rich_help_panel=INSPECT)
-def stats(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+def stats(
+    ctx: typer.Context,
+    window: Annotated[
+        str,
+        typer.Option(
+            "--window", help="1h, 24h, 30d or all: orders created, closed or attempted since"
+        ),
+    ] = "all",
+    as_json: JsonOpt = False,
+) -> None:
     """Order statistics from the database: execution time p50/p95/p99, retries and error
-    rate per step, outcomes per state."""
+    rate per step, outcomes per state, over a window (all time by default)."""
     from app.cli.stats_view import load_stats, render_stats
+    from app.service.stats import WINDOWS
 
+    if window not in WINDOWS:
+        raise typer.BadParameter(f"must be one of {', '.join(WINDOWS)}", param_hint="--window")
     cli = cli_context(ctx)
     settings = cli.target_settings()
     try:
-        data = asyncio.run(load_stats(settings))
+        data = asyncio.run(load_stats(settings, window))
     except Exception as exc:
         failure = cli.db_failure(exc, settings)
         if failure is None:

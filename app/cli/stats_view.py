@@ -19,13 +19,13 @@ from app.service.stats import order_stats
 _STATE_STYLE = {"COMPLETED": "green", "CANCELLED": "yellow", "FAILED": "red"}
 
 
-async def load_stats(settings: Settings) -> dict[str, Any]:
+async def load_stats(settings: Settings, window: str | None = None) -> dict[str, Any]:
     from app.platform.db import engine_from_settings, session_factory
 
     # One short read: a pool of one connection is enough.
     engine = engine_from_settings(settings, pool_size=1)
     try:
-        return await order_stats(session_factory(engine))
+        return await order_stats(session_factory(engine), window)
     finally:
         await engine.dispose()
 
@@ -55,6 +55,14 @@ def render_stats(data: dict[str, Any]) -> Group:
         )
     payments = ", ".join(f"{status} {n}" for status, n in data["payments"].items())
     parts.append(Text(f"payments: {payments or 'none'}"))
+    window = data.get("window") or {}
+    if window.get("since"):
+        parts.append(
+            Text(
+                f"window: last {window['name']}, since {window['since']} "
+                f"({window['resolution']} buckets)"
+            )
+        )
     return Group(*parts)
 
 

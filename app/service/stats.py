@@ -1,16 +1,28 @@
-"""Order statistics for the dashboard (`GET /stats`), computed from PostgreSQL.
+"""Order statistics for the dashboard (`GET /stats`, `cli.py stats`), over a window.
 
-Everything is aggregated in SQL, so the cost does not grow with what the API process holds
-in memory, only with the size of the tables. That cost is paid once per change, not per
-call: `StatsCache` (the API's `/stats`) answers from the last figures while the tables'
-version (the newest event and the newest order, two index reads) is unchanged, computes
-at most once a second while they change, and lets concurrent callers share one run.
+The figures are not computed from history on each call: triggers on orders, payments and
+events (migration 0006) append a delta per figure they change, and `stats_fold` sums the
+deltas into per-bucket rows of `stats_rollup` at four grains (5 minutes, hour, day, all
+time). A read folds what arrived since the last one (bounded, one folder at a time) and
+sums the buckets of its window: a few hundred rows whatever the tables' size. `StatsCache`
+(the API's `/stats`) answers from the last figures while the tables' version (the newest
+event and the newest order, two index reads) is unchanged, computes at most once a second
+per window while they change, and lets concurrent callers share one run.
+
+Windows: `1h` (5-minute buckets), `24h` (hour buckets), `30d` (day buckets), `all` (the
+default, what the dashboard has always shown). A window starts at the start of the bucket
+that holds "now minus its length", so it covers at most one bucket more than its name.
+Orders (states, outcomes) count by when they were created, payments by when they were made,
+execution times by when the order closed, attempts by when they were recorded (a retry by
+its failed attempt). Deleting old events (the retention) leaves the figures as they were.
 
 Definitions (also in docs/console.md):
 
 - execution time of a closed order: its first `RECEIVED` event to its first terminal event
   (`COMPLETED`, `CANCELLED`, `FAILED`). Orders that closed before `ReceiveOrder` wrote a
-  row have no `RECEIVED` event and are left out (`without_start` counts them).
+  row have no `RECEIVED` event and are left out (`without_start` counts them). Mean, max
+  and the coarse buckets are exact; percentiles come from log buckets 5% wide, within
+  2.5% of the exact value (`percentile_error`).
 - completion rate: `COMPLETED` / closed orders (running orders have no outcome yet).
 - per step, an attempt is one finished activity attempt: a success event (`RECEIVED`,
   `VALIDATED`, `PAYMENT_CHARGED`, `PACKAGE_PREPARED`, `DISPATCHED`) or a
@@ -20,24 +32,32 @@ Definitions (also in docs/console.md):
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Any
 
-from sqlalchemy import Float, Row, bindparam, text
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.orders.messages import TERMINAL_STATES, EventType, OrderState, Step
+from app.orders.messages import TERMINAL_STATES, OrderState, Step
+from app.service.errors import InvalidInput
 from app.service.single_flight import SingleFlight
 
 # Upper bounds (seconds) of the execution-time buckets; the last bucket is open-ended.
 # Chosen around the business timers: review waits 30 s, an order must end within 60 s.
+# Migration 0006's stats_coarse_bucket holds the same edges.
 BUCKET_EDGES: tuple[float, ...] = (1, 2, 5, 10, 20, 30, 45, 60, 90)
 PERCENTILES: tuple[float, ...] = (0.5, 0.95, 0.99)
+# The percentile histogram (migration 0006, stats_fine_bucket): bucket i >= 1 holds
+# [FINE_BASE * FINE_RATIO^(i-1), FINE_BASE * FINE_RATIO^i); bucket 0 is below FINE_BASE.
+FINE_BASE = 0.01
+FINE_RATIO = 1.05
+# A bucket's geometric middle is within this fraction of any value in it.
+PERCENTILE_ERROR = round(math.sqrt(FINE_RATIO) - 1, 4)
 
 STEP_ORDER = [s.value for s in Step]
 # The states an orders row can have, in display order (also the console's state filter).
@@ -52,115 +72,49 @@ STATE_ORDER = [
 # The terminal states, in display order.
 _TERMINAL = [s.value for s in STATE_ORDER if s in TERMINAL_STATES]
 
-# The success event of each step; the SHIP step has two activities, hence two events.
-_SUCCESS_EVENT_STEP = {
-    EventType.RECEIVED: Step.RECEIVE,
-    EventType.VALIDATED: Step.VALIDATE,
-    EventType.PAYMENT_CHARGED: Step.PAY,
-    EventType.PACKAGE_PREPARED: Step.SHIP,
-    EventType.DISPATCHED: Step.SHIP,
+
+@dataclass(frozen=True)
+class Window:
+    name: str
+    grain: str  # stats_rollup.grain
+    length: timedelta | None  # None: all time
+    bucket: timedelta | None  # the grain's bucket width
+    resolution: str
+
+    def since(self, now: datetime) -> datetime | None:
+        if self.length is None or self.bucket is None:
+            return None
+        start = now - self.length
+        epoch = datetime(2000, 1, 1)  # stats_bin's origin; hours and days align with it
+        return start - (start - epoch) % self.bucket
+
+
+WINDOWS = {
+    w.name: w
+    for w in (
+        Window("1h", "5m", timedelta(hours=1), timedelta(minutes=5), "5 minutes"),
+        Window("24h", "hour", timedelta(hours=24), timedelta(hours=1), "1 hour"),
+        Window("30d", "day", timedelta(days=30), timedelta(days=1), "1 day"),
+        Window("all", "all", None, None, "all time"),
+    )
 }
+DEFAULT_WINDOW = "all"
+# Deltas folded per read at most: a backlog (after a bulk load) is worked off over reads.
+FOLD_BATCH = 200_000
 
-_STATE_COUNTS = text("SELECT state, count(*) AS n FROM orders GROUP BY state")
 
-_OUTCOMES = text(
-    "SELECT state, coalesce(reason, '') AS reason, count(*) AS n FROM orders "
-    "WHERE state IN :terminal GROUP BY state, reason"
-).bindparams(bindparam("terminal", expanding=True))
+def window_named(name: str | None) -> Window:
+    window = WINDOWS.get(name or DEFAULT_WINDOW)
+    if window is None:
+        raise InvalidInput(f"window must be one of {', '.join(WINDOWS)}", field="window")
+    return window
 
-_PAYMENTS = text("SELECT status, count(*) AS n FROM payments GROUP BY status")
 
-# One row per closed order: outcome and seconds from RECEIVED to the terminal event.
-_SPANS_CTE = """
-WITH marks AS (
-    SELECT order_id,
-           min(ts) FILTER (WHERE type = 'RECEIVED') AS started,
-           min(ts) FILTER (WHERE type IN :terminal) AS ended,
-           (array_agg(type ORDER BY ts, id) FILTER (WHERE type IN :terminal))[1] AS outcome
-    FROM events
-    WHERE type = 'RECEIVED' OR type IN :terminal
-    GROUP BY order_id
-), spans AS (
-    SELECT outcome, greatest(extract(epoch FROM ended - started), 0)::float8 AS seconds
-    FROM marks WHERE started IS NOT NULL AND ended IS NOT NULL
+_FOLD = text("SELECT stats_fold(:batch)")
+_ROLLUP = text(
+    "SELECT metric, k1, k2, sum(n)::bigint AS n, sum(total) AS total, max(peak) AS peak "
+    "FROM stats_rollup WHERE grain = :grain AND bucket >= :since GROUP BY metric, k1, k2"
 )
-"""
-
-_DURATION_SUMMARY = text(
-    _SPANS_CTE
-    + """
-SELECT count(*) AS n,
-       avg(seconds) AS mean,
-       max(seconds) AS max,
-       percentile_cont(CAST(:percentiles AS float8[])) WITHIN GROUP (ORDER BY seconds) AS pct,
-       (SELECT count(*) FROM marks WHERE started IS NULL AND ended IS NOT NULL)
-           AS without_start
-FROM spans
-"""
-).bindparams(
-    bindparam("terminal", expanding=True),
-    bindparam("percentiles", type_=ARRAY(Float)),
-)
-
-# width_bucket with sorted edges: 0 = below the first edge, len(edges) = at/above the last.
-_DURATION_BUCKETS = text(
-    _SPANS_CTE
-    + """
-SELECT width_bucket(seconds, CAST(:edges AS float8[])) AS bucket, outcome, count(*) AS n
-FROM spans GROUP BY bucket, outcome
-"""
-).bindparams(
-    bindparam("terminal", expanding=True),
-    bindparam("edges", type_=ARRAY(Float)),
-)
-
-# Finished attempts per step, one row per event. A failed attempt counts as retried when
-# the order went on afterwards: a later event of the same step, or a success of any step.
-# (A retry that only confirms an earlier attempt's write, like a charge already recorded,
-# leaves no event of its own; the order moving on is what shows it happened.) Window
-# functions keep this one pass over the events, sorted per order.
-_ATTEMPTS_CTE = """
-WITH tagged AS (
-    SELECT id,
-           order_id,
-           CASE type
-               WHEN 'STEP_ATTEMPT_FAILED' THEN coalesce(payload_json ->> 'step', 'unknown')
-               WHEN 'RECEIVED' THEN 'RECEIVE'
-               WHEN 'VALIDATED' THEN 'VALIDATE'
-               WHEN 'PAYMENT_CHARGED' THEN 'PAY'
-               ELSE 'SHIP'
-           END AS step,
-           type = 'STEP_ATTEMPT_FAILED' AS failed,
-           coalesce(payload_json ->> 'kind', '') AS kind
-    FROM events
-    WHERE type = 'STEP_ATTEMPT_FAILED' OR type IN :success
-), attempts AS (
-    SELECT *,
-           failed AND (
-               max(id) OVER (PARTITION BY order_id, step) > id
-               OR coalesce(max(id) FILTER (WHERE NOT failed) OVER (PARTITION BY order_id), 0)
-                  > id
-           ) AS retried
-    FROM tagged
-)
-"""
-
-_STEP_TOTALS = text(
-    _ATTEMPTS_CTE
-    + """
-SELECT step,
-       count(*) AS attempts,
-       count(*) FILTER (WHERE failed) AS failed,
-       count(*) FILTER (WHERE retried) AS retries,
-       count(DISTINCT order_id) FILTER (WHERE retried) AS orders_retried
-FROM attempts GROUP BY step
-"""
-).bindparams(bindparam("success", expanding=True))
-
-_STEP_FAILURE_KINDS = text(
-    _ATTEMPTS_CTE
-    + "SELECT step, kind, count(*) AS n FROM attempts WHERE failed GROUP BY step, kind"
-).bindparams(bindparam("success", expanding=True))
 
 
 def _bucket_labels() -> list[tuple[float | None, float | None, str]]:
@@ -182,27 +136,78 @@ def _seconds(value: Any) -> float | None:
     return None if value is None else round(float(value), 3)
 
 
-async def order_stats(sessions: async_sessionmaker[AsyncSession]) -> dict[str, Any]:
+async def order_stats(
+    sessions: async_sessionmaker[AsyncSession], window: str | None = None
+) -> dict[str, Any]:
     """Counts per state, completion rate, execution times, per-step retries and errors."""
-    rows = await _read_snapshot(sessions)
-    by_state = _by_state(rows.states)
+    chosen = window_named(window)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    since = chosen.since(now)
+    async with sessions() as s, s.begin():
+        await s.execute(_FOLD, {"batch": FOLD_BATCH})
+    async with sessions() as s:
+        rows = (
+            await s.execute(
+                _ROLLUP, {"grain": chosen.grain, "since": since or datetime(1970, 1, 1)}
+            )
+        ).all()
+    figures = _Figures()
+    for metric, k1, k2, n, total, peak in rows:
+        figures.add(str(metric), str(k1), str(k2), int(n), float(total), peak)
+    by_state = _by_state(figures.orders)
     total = sum(by_state.values())
     closed = sum(by_state.get(s, 0) for s in _TERMINAL)
-    completed = by_state.get(OrderState.COMPLETED, 0)
     return {
         "generated_at": datetime.now(UTC).isoformat(),
-        "orders": {
-            "total": total,
-            "open": total - closed,
-            "closed": closed,
-            "by_state": by_state,
+        "window": {
+            "name": chosen.name,
+            "since": None if since is None else since.replace(tzinfo=UTC).isoformat(),
+            "resolution": chosen.resolution,
         },
-        "completion_rate": _rate(completed, closed),
-        "outcomes": _outcomes(rows.outcomes),
-        "payments": {str(status): int(n) for status, n in rows.payments},
-        "execution_time": _execution_time(rows.summary, rows.buckets),
-        "steps": _steps(rows.steps, rows.kinds),
+        "orders": {"total": total, "open": total - closed, "closed": closed, "by_state": by_state},
+        "completion_rate": _rate(by_state.get(OrderState.COMPLETED, 0), closed),
+        "outcomes": _outcomes(figures.orders),
+        "payments": {k: n for k, n in figures.payments.items() if n},
+        "execution_time": _execution_time(figures),
+        "steps": _steps(figures),
     }
+
+
+@dataclass
+class _Figures:
+    """The window's rollup rows, sorted by figure."""
+
+    orders: dict[tuple[str, str], int] = field(default_factory=dict)  # (state, reason)
+    payments: dict[str, int] = field(default_factory=dict)
+    fine: dict[int, int] = field(default_factory=dict)  # percentile bucket -> orders
+    coarse: dict[tuple[int, str], int] = field(default_factory=dict)  # (bucket, outcome)
+    spans: int = 0
+    span_seconds: float = 0.0
+    span_max: float | None = None
+    without_start: int = 0
+    # step -> {"attempt"|"retry"|"order_retried": n}; failed per (step, kind)
+    steps: dict[str, dict[str, int]] = field(default_factory=dict)
+    failed: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def add(self, metric: str, k1: str, k2: str, n: int, total: float, peak: Any) -> None:
+        if metric == "order":
+            self.orders[(k1, k2)] = n
+        elif metric == "payment":
+            self.payments[k1] = n
+        elif metric == "span":
+            self.fine[int(k2)] = self.fine.get(int(k2), 0) + n
+            self.spans += n
+            self.span_seconds += total
+            if peak is not None:
+                self.span_max = max(self.span_max or 0.0, float(peak))
+        elif metric == "span_edge":
+            self.coarse[(int(k2), k1)] = n
+        elif metric == "no_start":
+            self.without_start += n
+        elif metric == "failed":
+            self.failed[(k1, k2)] = n
+        else:  # attempt, retry, order_retried
+            self.steps.setdefault(k1, {})[metric] = n
 
 
 # What every change the statistics see writes: an event (state changes, attempts,
@@ -215,108 +220,106 @@ STATS_MIN_AGE_S = 1.0
 
 
 class StatsCache:
-    """`order_stats` for one database, computed once per change of its tables."""
+    """`order_stats` for one database and window, computed once per change of its tables."""
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self.sessions = sessions
-        self._figures: tuple[float, Any, dict[str, Any]] | None = None
-        # One computation at a time: callers arriving meanwhile wait for its figures.
-        self._computing: SingleFlight[None, dict[str, Any]] = SingleFlight()
+        self._figures: dict[str, tuple[float, Any, dict[str, Any]]] = {}
+        # One computation per window at a time: callers arriving meanwhile wait for it.
+        self._computing: SingleFlight[str, dict[str, Any]] = SingleFlight()
 
-    async def get(self) -> dict[str, Any]:
+    async def get(self, window: str | None = None) -> dict[str, Any]:
+        name = window_named(window).name
         async with self.sessions() as s:
             version = tuple((await s.execute(_VERSION)).one())
-        kept = self._figures
+        kept = self._figures.get(name)
         if kept is not None and (
             kept[1] == version or time.monotonic() - kept[0] < STATS_MIN_AGE_S
         ):
             return kept[2]
-        return await self._computing.run(None, lambda: self._compute(version))
+        return await self._computing.run(name, lambda: self._compute(name, version))
 
-    async def _compute(self, version: Any) -> dict[str, Any]:
-        figures = await order_stats(self.sessions)
-        self._figures = (time.monotonic(), version, figures)
+    async def _compute(self, window: str, version: Any) -> dict[str, Any]:
+        figures = await order_stats(self.sessions, window)
+        self._figures[window] = (time.monotonic(), version, figures)
         return figures
 
 
-_Row = Row[*tuple[Any, ...]]  # a result row, whatever its columns
-
-
-@dataclass(frozen=True)
-class _Snapshot:
-    """The rows of every statistics query, read in one transaction."""
-
-    states: Sequence[_Row]
-    outcomes: Sequence[_Row]
-    payments: Sequence[_Row]
-    summary: _Row
-    buckets: Sequence[_Row]
-    steps: Sequence[_Row]
-    kinds: Sequence[_Row]
-
-
-async def _read_snapshot(sessions: async_sessionmaker[AsyncSession]) -> _Snapshot:
-    terminal = {"terminal": _TERMINAL}
-    success = {"success": list(_SUCCESS_EVENT_STEP)}
-    # One read-only transaction: every figure comes from the same snapshot.
-    async with sessions() as s, s.begin():
-        await s.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
-        return _Snapshot(
-            states=(await s.execute(_STATE_COUNTS)).all(),
-            outcomes=(await s.execute(_OUTCOMES, terminal)).all(),
-            payments=(await s.execute(_PAYMENTS)).all(),
-            summary=(
-                await s.execute(_DURATION_SUMMARY, {**terminal, "percentiles": list(PERCENTILES)})
-            ).one(),
-            buckets=(
-                await s.execute(_DURATION_BUCKETS, {**terminal, "edges": list(BUCKET_EDGES)})
-            ).all(),
-            steps=(await s.execute(_STEP_TOTALS, success)).all(),
-            kinds=(await s.execute(_STEP_FAILURE_KINDS, success)).all(),
-        )
-
-
-def _by_state(state_rows: Sequence[_Row]) -> dict[str, int]:
+def _by_state(orders: dict[tuple[str, str], int]) -> dict[str, int]:
     by_state = {str(state): 0 for state in STATE_ORDER}
-    for state, n in state_rows:
-        by_state[str(state)] = int(n)
+    for (state, _reason), n in orders.items():
+        by_state[state] = by_state.get(state, 0) + n
     return by_state
 
 
-def _outcomes(outcome_rows: Sequence[_Row]) -> dict[str, dict[str, Any]]:
+def _outcomes(orders: dict[tuple[str, str], int]) -> dict[str, dict[str, Any]]:
     """Per terminal state: how many, and why (most frequent reason first)."""
     outcomes: dict[str, dict[str, Any]] = {s: {"total": 0, "reasons": {}} for s in _TERMINAL}
-    for state, reason, n in outcome_rows:
-        entry = outcomes[str(state)]
-        entry["total"] += int(n)
+    for (state, reason), n in orders.items():
+        if state not in outcomes or not n:
+            continue
+        entry = outcomes[state]
+        entry["total"] += n
         # A completed order has no reason; other outcomes without one are shown as such.
         label = reason or ("none" if state == OrderState.COMPLETED else "unknown")
-        entry["reasons"][label] = int(n)
+        entry["reasons"][label] = entry["reasons"].get(label, 0) + n
     for entry in outcomes.values():
         entry["reasons"] = dict(sorted(entry["reasons"].items(), key=lambda kv: (-kv[1], kv[0])))
     return outcomes
 
 
-def _execution_time(summary: _Row, bucket_rows: Sequence[_Row]) -> dict[str, Any]:
+def _fine_value(bucket: int) -> float:
+    """The geometric middle of a percentile bucket."""
+    if bucket <= 0:
+        return FINE_BASE / 2
+    return float(FINE_BASE * FINE_RATIO ** (bucket - 0.5))
+
+
+def _percentile(ranked: list[tuple[float, int]], count: int, p: float) -> float:
+    """percentile_cont over the histogram: each order stands at its bucket's middle."""
+    rank = p * (count - 1)
+
+    def at(k: int) -> float:
+        seen = 0
+        for value, n in ranked:
+            seen += n
+            if k < seen:
+                return value
+        return ranked[-1][0]
+
+    low, high = math.floor(rank), math.ceil(rank)
+    return at(low) + (at(high) - at(low)) * (rank - low)
+
+
+def _percentiles(fine: dict[int, int], count: int, peak: float | None) -> dict[str, Any]:
+    ranked = [(_fine_value(b), n) for b, n in sorted(fine.items()) if n > 0]
+    if not ranked or not count:
+        return {f"p{round(p * 100)}": None for p in PERCENTILES}
+    top = peak if peak is not None else math.inf
+    return {
+        f"p{round(p * 100)}": _seconds(min(_percentile(ranked, count, p), top)) for p in PERCENTILES
+    }
+
+
+def _execution_time(figures: _Figures) -> dict[str, Any]:
     buckets: list[dict[str, Any]] = [
         {"lower_s": lo, "upper_s": hi, "label": label, "count": 0, "by_outcome": {}}
         for lo, hi, label in _bucket_labels()
     ]
-    for bucket, outcome, n in bucket_rows:
-        b = buckets[min(max(int(bucket), 0), len(buckets) - 1)]
-        b["count"] += int(n)
-        b["by_outcome"][str(outcome)] = b["by_outcome"].get(str(outcome), 0) + int(n)
-    pct = list(summary.pct or [])
-    percentiles = {
-        f"p{round(p * 100)}": _seconds(pct[i]) if i < len(pct) else None
-        for i, p in enumerate(PERCENTILES)
-    }
+    for (bucket, outcome), n in figures.coarse.items():
+        if not n:
+            continue
+        b = buckets[min(max(bucket, 0), len(buckets) - 1)]
+        b["count"] += n
+        b["by_outcome"][outcome] = b["by_outcome"].get(outcome, 0) + n
+    count = figures.spans
     return {
-        "count": int(summary.n),
-        "without_start": int(summary.without_start),
-        "mean_s": _seconds(summary.mean),
-        "max_s": _seconds(summary.max),
-        "percentiles": percentiles,
+        "count": count,
+        "without_start": figures.without_start,
+        "mean_s": _seconds(figures.span_seconds / count) if count else None,
+        "max_s": _seconds(figures.span_max) if count else None,
+        "percentiles": _percentiles(figures.fine, count, figures.span_max),
+        "percentile_error": PERCENTILE_ERROR,
         "buckets": buckets,
     }
 
@@ -335,16 +338,23 @@ def _step_figures(
     }
 
 
-def _steps(step_rows: Sequence[_Row], kind_rows: Sequence[_Row]) -> list[dict[str, Any]]:
+def _steps(figures: _Figures) -> list[dict[str, Any]]:
     """The five steps in workflow order (zeros for a step without attempts)."""
     kinds: dict[str, dict[str, int]] = {}
-    for step, kind, n in kind_rows:
-        kinds.setdefault(str(step), {})[kind or "unknown"] = int(n)
+    for (step, kind), n in figures.failed.items():
+        if n:
+            kinds.setdefault(step, {})[kind or "unknown"] = n
+    named: Iterable[str] = set(figures.steps) | set(kinds)
     steps = {
-        str(step): _step_figures(
-            int(attempts), int(failed), int(retries), int(orders_retried), kinds.get(str(step), {})
+        step: _step_figures(
+            figures.steps.get(step, {}).get("attempt", 0),
+            sum(kinds.get(step, {}).values()),
+            figures.steps.get(step, {}).get("retry", 0),
+            figures.steps.get(step, {}).get("order_retried", 0),
+            kinds.get(step, {}),
         )
-        for step, attempts, failed, retries, orders_retried in step_rows
+        for step in named
+        if figures.steps.get(step, {}).get("attempt", 0)
     }
     per_step = [
         {"step": name, **(steps.pop(name) if name in steps else _step_figures(0, 0, 0, 0, {}))}

@@ -466,9 +466,9 @@ async def test_stats_are_computed_once_per_change(
     runs: list[int] = []
     compute = stats.order_stats
 
-    async def counted(sessions: Any) -> dict[str, Any]:
+    async def counted(sessions: Any, window: str | None = None) -> dict[str, Any]:
         runs.append(1)
-        return await compute(sessions)
+        return await compute(sessions, window)
 
     monkeypatch.setattr(stats, "order_stats", counted)
     monkeypatch.setattr(stats_route, "order_stats", counted, raising=False)

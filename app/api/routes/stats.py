@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from app.api.deps import Stats, Viewer, error_responses
@@ -35,7 +37,12 @@ class ExecutionTime(BaseModel):
     without_start: int = Field(description="Closed orders with no RECEIVED event (not measured)")
     mean_s: float | None
     max_s: float | None
-    percentiles: dict[str, float | None] = Field(description="p50, p95, p99 in seconds")
+    percentiles: dict[str, float | None] = Field(
+        description="p50, p95, p99 in seconds, from histogram buckets 5% wide"
+    )
+    percentile_error: float = Field(
+        description="The percentiles are within this fraction of the exact figures"
+    )
     buckets: list[DurationBucket]
 
 
@@ -52,8 +59,18 @@ class StepStats(BaseModel):
     failures_by_kind: dict[str, int]
 
 
+class StatsWindow(BaseModel):
+    name: str = Field(description="1h, 24h, 30d or all")
+    since: str | None = Field(
+        description="Start of the first bucket counted (the window covers up to one bucket "
+        "more than its name); null for all"
+    )
+    resolution: str = Field(description="Width of the buckets the window is summed from")
+
+
 class StatsResponse(BaseModel):
     generated_at: str
+    window: StatsWindow
     orders: OrderCounts
     completion_rate: float | None = Field(description="COMPLETED / closed orders")
     outcomes: dict[str, Outcome] = Field(description="Per terminal state")
@@ -68,8 +85,19 @@ class StatsResponse(BaseModel):
     response_model=StatsResponse,
     responses=error_responses(401, 403, 500, 503),
 )
-async def stats(cache: Stats, _caller: Viewer) -> StatsResponse:
+async def stats(
+    cache: Stats,
+    _caller: Viewer,
+    window: Annotated[
+        Literal["1h", "24h", "30d", "all"],
+        Query(
+            description="Orders created, closed or attempted in the last hour, day, "
+            "30 days, or ever (the default)"
+        ),
+    ] = "all",
+) -> StatsResponse:
     """Counts per state, completion rate, execution-time distribution, retries and error
-    rate per step, outcomes with reasons. Computed from PostgreSQL when its tables have
-    changed, at most once a second (`generated_at` says when)."""
-    return StatsResponse.model_validate(await cache.get())
+    rate per step, outcomes with reasons, over a window. Summed from rollups the database
+    keeps as orders change, when its tables have changed, at most once a second per window
+    (`generated_at` says when)."""
+    return StatsResponse.model_validate(await cache.get(window))

@@ -871,7 +871,7 @@ function dashboardPage() {
 
   async function refresh() {
     try {
-      render(await api('/stats'));
+      render(await api(`/stats?window=${encodeURIComponent($('stats-window').value)}`));
     } catch (error) {
       reportRefreshError(error, $('stats-meta'));
     }
@@ -882,6 +882,7 @@ function dashboardPage() {
     }
   }
   const poller = poll(refresh, LIST_POLL_MS);
+  $('stats-window').addEventListener('change', () => poller.now());
   return () => poller.now();
 }
 
