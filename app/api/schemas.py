@@ -208,6 +208,9 @@ class OrderSummary(BaseModel):
     reason: str | None
     created_at: str | None
     updated_at: str | None
+    deadline_at: str | None = Field(
+        default=None, description="When the order must have ended (orders listed from the database)"
+    )
 
 
 class OrderList(BaseModel):
@@ -243,7 +246,9 @@ class OrderListQuery(BaseModel):
 
     state: OrderState | None = Field(default=None, description="Only orders in this state")
     step: Step | None = Field(
-        default=None, description="Only orders at this step (MANUAL_REVIEW: the review queue)"
+        default=None,
+        description="Only orders at this step (MANUAL_REVIEW: the review queue, open orders "
+        "waiting for a decision, oldest deadline first)",
     )
     payment_status: PaymentStatus | None = Field(
         default=None, description="Only orders whose payment is in this status"

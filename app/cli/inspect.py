@@ -37,7 +37,9 @@ def list_orders(
     step: Annotated[
         Step | None,
         typer.Option(
-            help="Only orders at this step (MANUAL_REVIEW: the review queue).", case_sensitive=False
+            help="Only orders at this step (MANUAL_REVIEW: the review queue, open orders "
+            "waiting for a decision, oldest deadline first).",
+            case_sensitive=False,
         ),
     ] = None,
     payment_status: Annotated[

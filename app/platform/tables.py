@@ -58,6 +58,11 @@ class Order(Base):
     __table_args__ = (
         Index("ix_orders_state_created", "state", "created_at"),
         Index("ix_orders_created", "created_at"),  # the reconciliation's window (0003)
+        # The list filters, the review queue and the events retention (0007).
+        Index("ix_orders_step_created", "step", "created_at"),
+        Index("ix_orders_reason_created", "reason", "created_at"),
+        Index("ix_orders_review_queue", "step", func.coalesce(deadline_at, created_at), "id"),
+        Index("ix_orders_closed", "closed_at", postgresql_where=closed_at.isnot(None)),
     )
 
 
@@ -71,6 +76,8 @@ class Payment(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
     gateway_ref: Mapped[str | None] = mapped_column(String)
     refunded_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    __table_args__ = (Index("ix_payments_status", "status", "order_id"),)  # 0007
 
 
 class PaymentClaim(Base):

@@ -25,7 +25,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client, WorkflowExecution
 from temporalio.service import RPCError, RPCStatusCode
 
-from app.orders.messages import ORDER_WORKFLOW, OrderState, PaymentStatus, Step
+from app.orders.messages import (
+    ORDER_WORKFLOW,
+    TERMINAL_STATES,
+    OrderState,
+    PaymentStatus,
+    Step,
+)
 from app.orders.search import ORDER_STATE, ORDER_STEP
 from app.orders.validation import order_id_problem
 from app.platform.settings import Settings, get_settings
@@ -54,11 +60,19 @@ class OrderFilter:
                 "created_after must be earlier than created_before", field="created_after"
             )
 
+    @property
+    def review_queue(self) -> bool:
+        """`step=MANUAL_REVIEW` is the review queue: open orders waiting for a decision
+        (an order cancelled or failed in review keeps MANUAL_REVIEW as its last step)."""
+        return self.step == Step.MANUAL_REVIEW
+
     def apply(self, q: Select[Any]) -> Select[Any]:
         if self.state:
             q = q.where(Order.state == self.state)
         if self.step:
             q = q.where(Order.step == self.step)
+        if self.review_queue:
+            q = q.where(Order.state.not_in([str(s) for s in TERMINAL_STATES]))
         if self.reason:
             q = q.where(Order.reason == self.reason)
         if self.created_after:
@@ -174,28 +188,34 @@ async def order_page(
     q = filters.apply(select(Order))
     counted = filters.apply(select(Order.id)).limit(MAX_COUNTED + 1).subquery()
     total = (await s.execute(select(func.count()).select_from(counted))).scalar_one()
+    # Newest first; the review queue is worked through oldest deadline first.
+    key = (_QUEUE_KEY if filters.review_queue else Order.created_at, Order.id)
     if cursor is not None:
         if offset:
             raise InvalidInput("give either cursor or offset, not both", field="offset")
-        created, order_id = decode_cursor(cursor)
-        q = q.where(tuple_(Order.created_at, Order.id) < tuple_(created, order_id))
+        at, order_id = decode_cursor(cursor)
+        after = tuple_(*key) > tuple_(at, order_id)
+        q = q.where(after if filters.review_queue else tuple_(*key) < tuple_(at, order_id))
+    order = [k.asc() for k in key] if filters.review_queue else [k.desc() for k in key]
     # One row more than asked tells whether there is a next page.
-    rows = list(
-        (
-            await s.execute(
-                q.order_by(Order.created_at.desc(), Order.id.desc()).limit(limit + 1).offset(offset)
-            )
-        ).scalars()
-    )
+    rows = list((await s.execute(q.order_by(*order).limit(limit + 1).offset(offset))).scalars())
     page, more = rows[:limit], len(rows) > limit
+    last = page[-1] if page else None
+    if last is not None:
+        last_at = (last.deadline_at or last.created_at) if filters.review_queue else last.created_at
     return {
         "items": [_summary(o) for o in page],
         "total": min(total, MAX_COUNTED),
         "total_capped": total > MAX_COUNTED,
         "limit": limit,
         "offset": offset,
-        "next_cursor": encode_cursor(page[-1].created_at, page[-1].id) if more else None,
+        "next_cursor": encode_cursor(last_at, last.id) if more and last is not None else None,
     }
+
+
+# The review queue's order (migration 0007 indexes it): the order's deadline, or its
+# creation for a row written before it had one.
+_QUEUE_KEY = func.coalesce(Order.deadline_at, Order.created_at)
 
 
 def _summary(o: Order) -> dict[str, Any]:
@@ -208,6 +228,7 @@ def _summary(o: Order) -> dict[str, Any]:
         "reason": o.reason,
         "created_at": iso(o.created_at),
         "updated_at": iso(o.updated_at),
+        "deadline_at": iso(o.deadline_at),
     }
 
 
@@ -254,4 +275,5 @@ def _execution_summary(w: WorkflowExecution) -> dict[str, Any]:
         "reason": None,
         "created_at": w.start_time.isoformat(),
         "updated_at": (w.close_time or w.execution_time or w.start_time).isoformat(),
+        "deadline_at": None,
     }

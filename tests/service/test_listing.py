@@ -84,8 +84,10 @@ async def ids(sessions: async_sessionmaker[AsyncSession], filters: OrderFilter) 
         (OrderFilter(), ["o7", "o6", "o5", "o4", "o3", "o2", "o1"]),
         (OrderFilter(state=OrderState.COMPLETED), ["o7", "o1"]),
         # The review queue: waiting at the review step, not closed there.
-        (OrderFilter(state=OrderState.VALIDATED, step=Step.MANUAL_REVIEW), ["o5", "o3"]),
-        (OrderFilter(step=Step.MANUAL_REVIEW), ["o5", "o4", "o3"]),
+        # The review queue: open orders only (o4 was cancelled in review), oldest deadline
+        # (here: creation, no deadline written) first.
+        (OrderFilter(state=OrderState.VALIDATED, step=Step.MANUAL_REVIEW), ["o3", "o5"]),
+        (OrderFilter(step=Step.MANUAL_REVIEW), ["o3", "o5"]),
         (OrderFilter(payment_status=PaymentStatus.REFUNDED), ["o2"]),
         (OrderFilter(payment_status=PaymentStatus.CHARGED), ["o7", "o1"]),
         (OrderFilter(payment_status=PaymentStatus.NONE), ["o6", "o5", "o4", "o3"]),
@@ -163,3 +165,55 @@ async def test_bad_cursor_is_refused_naming_the_field(
         with pytest.raises(InvalidInput) as refused:
             await order_page(s, OrderFilter(), limit=2, offset=offset, cursor=cursor)
     assert refused.value.field == field
+
+
+async def test_review_queue_is_oldest_deadline_first_through_the_cursor(
+    scratch: async_sessionmaker[AsyncSession],
+) -> None:
+    rows = [
+        # id, state, minutes after T0 created, deadline minutes after T0
+        ("q1", OrderState.VALIDATED, 0, 9),
+        ("q2", OrderState.VALIDATED, 1, 3),
+        ("q3", OrderState.CANCELLED, 2, 1),
+        ("q4", OrderState.FAILED, 3, 2),
+        ("q5", OrderState.VALIDATED, 4, 5),
+    ]
+    async with scratch() as s, s.begin():
+        await s.execute(
+            insert(Order),
+            [
+                {
+                    "id": oid,
+                    "state": state,
+                    "step": Step.MANUAL_REVIEW,
+                    "created_at": T0 + timedelta(minutes=at),
+                    "deadline_at": T0 + timedelta(minutes=deadline),
+                }
+                for oid, state, at, deadline in rows
+            ],
+        )
+    queue = OrderFilter(step=Step.MANUAL_REVIEW)
+    seen: list[str] = []
+    cursor = None
+    async with scratch() as s:
+        while True:
+            page = await order_page(s, queue, limit=1, cursor=cursor)
+            seen += [o["order_id"] for o in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+    assert seen == ["q2", "q5", "q1"]
+    async with scratch() as s:
+        first = await order_page(s, queue, limit=5)
+    assert first["total"] == 3
+    assert (
+        first["items"][0]["deadline_at"]
+        == (T0 + timedelta(minutes=3)).replace(tzinfo=UTC).isoformat().replace("+00:00", "Z")
+        or first["items"][0]["deadline_at"]
+    )
+
+
+async def test_offset_is_bounded(orders: async_sessionmaker[AsyncSession]) -> None:
+    async with orders() as s:
+        with pytest.raises(InvalidInput, match="cursor"):
+            await order_page(s, OrderFilter(), limit=5, offset=10_001)

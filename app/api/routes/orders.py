@@ -239,7 +239,9 @@ async def retry_order(
 async def list_orders(
     params: Annotated[OrderListQuery, Query()], inspector: Inspection, _caller: Viewer
 ) -> OrderList:
-    """Newest first, from the database; with `query`, from Temporal's visibility store.
+    """Newest first, from the database (the review queue, `step=MANUAL_REVIEW`: open orders
+    waiting for a decision, oldest deadline first); with `query`, from Temporal's
+    visibility store.
     Page with `cursor` (stable while orders arrive) or `offset`."""
     if params.query is not None:
         if params.model_fields_set - {"query", "limit", "cursor"}:

@@ -241,7 +241,7 @@ function reviewPage() {
   async function refresh() {
     let page;
     try {
-      page = await api('/orders?state=VALIDATED&limit=100');
+      page = await api('/orders?step=MANUAL_REVIEW&limit=100');
     } catch (error) {
       reportRefreshError(error, $('queue-meta'));
       return;
@@ -280,7 +280,7 @@ function reviewPage() {
     }
     tickCountdowns();
     $('review-empty').hidden = waiting.length > 0;
-    const more = page.total > page.items.length ? ` (first ${page.items.length} of ${page.total} validated orders)` : '';
+    const more = page.total > page.items.length ? ` (first ${page.items.length} of ${page.total} in review)` : '';
     $('queue-meta').textContent = `${waiting.length} waiting for review${more} · updated ${fmtTime(new Date().toISOString())}`;
   }
 
