@@ -43,6 +43,8 @@ from app.orders.activities import (
     shipping_queue_activities,
 )
 from app.orders.faults import FaultInjector, FaultProfile
+from app.orders.housekeeping.activities import HousekeepingActivities
+from app.orders.housekeeping.workflow import HousekeepingWorkflow
 from app.orders.messages import ERR_INVALID_ORDER, OrderInput
 from app.orders.providers.intake import OrderIntake
 from app.orders.providers.wiring import Simulators, open_simulators
@@ -50,6 +52,7 @@ from app.orders.reconciliation.activities import ReconciliationActivities
 from app.orders.reconciliation.workflow import ReconciliationWorkflow
 from app.orders.workflows import OrderWorkflow, ShippingWorkflow
 from app.orders.workflows.unversioned import (
+    UnversionedHousekeepingWorkflow,
     UnversionedOrderWorkflow,
     UnversionedReconciliationWorkflow,
     UnversionedShippingWorkflow,
@@ -173,10 +176,14 @@ def build_workers(
     )
     # The server refuses a versioning behavior from an unversioned worker.
     order_flows, shipping_flows = (
-        ([OrderWorkflow, ReconciliationWorkflow], [ShippingWorkflow])
+        ([OrderWorkflow, ReconciliationWorkflow, HousekeepingWorkflow], [ShippingWorkflow])
         if settings.worker_versioning
         else (
-            [UnversionedOrderWorkflow, UnversionedReconciliationWorkflow],
+            [
+                UnversionedOrderWorkflow,
+                UnversionedReconciliationWorkflow,
+                UnversionedHousekeepingWorkflow,
+            ],
             [UnversionedShippingWorkflow],
         )
     )
@@ -190,7 +197,11 @@ def build_workers(
             worker(
                 task_queue=settings.order_task_queue,
                 workflows=order_flows,
-                activities=[*orders_queue_activities(deps), audit.reconcile],
+                activities=[
+                    *orders_queue_activities(deps),
+                    audit.reconcile,
+                    HousekeepingActivities(deps.sessions, settings).prune_events,
+                ],
             )
         )
     if queue in ("shipping", "all"):

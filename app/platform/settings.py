@@ -113,6 +113,15 @@ class Settings(BaseSettings):
     reconcile_lookback_s: float = Field(default=86400.0, ge=60.0, le=90 * 86400.0)
     reconcile_keep_days: int = Field(default=30, ge=1)
 
+    # Events retention (app/orders/housekeeping): the Temporal Schedule `housekeeping` runs
+    # every EVENTS_RETENTION_INTERVAL_S seconds and deletes the step-by-step events of
+    # orders closed more than EVENTS_RETENTION_DAYS days ago (0 = keep them forever),
+    # EVENTS_RETENTION_BATCH orders per transaction. The order row, its payments and its
+    # money, shipment and outcome events are kept; never inside RECONCILE_LOOKBACK_S.
+    events_retention_days: int = Field(default=90, ge=0, le=36500)
+    events_retention_interval_s: float = Field(default=3600.0, ge=60.0, le=7 * 86400.0)
+    events_retention_batch: int = Field(default=500, ge=1, le=100_000)
+
     # Worker Versioning (app/platform/versioning.py): each worker build is a version of
     # the Worker Deployment WORKER_DEPLOYMENT_NAME; orders are pinned to the version that
     # started them. WORKER_BUILD_ID: this build's id (image builds set it); empty = the

@@ -18,14 +18,11 @@ from temporalio.client import (
     Client,
     Schedule,
     ScheduleActionStartWorkflow,
-    ScheduleAlreadyRunningError,
     ScheduleIntervalSpec,
     ScheduleOverlapPolicy,
     SchedulePolicy,
     ScheduleSpec,
     ScheduleState,
-    ScheduleUpdate,
-    ScheduleUpdateInput,
     WorkflowFailureError,
 )
 from temporalio.exceptions import FailureError
@@ -41,12 +38,11 @@ from app.orders.reconciliation.messages import (
 from app.platform.settings import Settings
 from app.platform.tables import ReconciliationFinding, ReconciliationRun
 from app.service.errors import ServiceError, Unavailable
+from app.service.schedules import SCHEDULE_CATCHUP, ensure, ensure_housekeeping
 
 # A run asked for now waits this long for its report (a run is bounded: a window of
 # orders, heals tried a few seconds each).
 RUN_TIMEOUT = timedelta(minutes=20)
-# A scheduled run that cannot start within an interval is skipped rather than queued.
-SCHEDULE_CATCHUP = timedelta(minutes=1)
 DEFAULT_FINDINGS_LIMIT = 200
 
 
@@ -123,42 +119,14 @@ def schedule_of(settings: Settings) -> Schedule:
     )
 
 
-def _same(have: Schedule, want: Schedule) -> bool:
-    action, wanted = have.action, want.action
-    return (
-        isinstance(action, ScheduleActionStartWorkflow)
-        and isinstance(wanted, ScheduleActionStartWorkflow)
-        and action.workflow == wanted.workflow
-        and action.task_queue == wanted.task_queue
-        and [i.every for i in have.spec.intervals] == [i.every for i in want.spec.intervals]
-        and not have.spec.cron_expressions
-        and not have.spec.calendars
-        and have.policy.overlap == want.policy.overlap
-    )
-
-
 async def ensure_schedule(client: Client, settings: Settings) -> str:
     """Create the schedule, or bring it to the settings (interval, queue); idempotent.
 
     "created" (it also runs once at once), "updated" or "unchanged". A schedule an
-    operator paused stays paused."""
-    want = schedule_of(settings)
-    try:
-        await client.create_schedule(SCHEDULE_ID, want, trigger_immediately=True)
-        return "created"
-    except ScheduleAlreadyRunningError:
-        pass
-    handle = client.get_schedule_handle(SCHEDULE_ID)
-    have = (await handle.describe()).schedule
-    if _same(have, want):
-        return "unchanged"
-
-    def update(inp: ScheduleUpdateInput) -> ScheduleUpdate:
-        want.state = inp.description.schedule.state  # paused or not, as the operator left it
-        return ScheduleUpdate(schedule=want)
-
-    await handle.update(update)
-    return "updated"
+    operator paused stays paused. The events retention's schedule (`housekeeping`) is
+    ensured with it, so whatever sets up the reconciliation sets that up too."""
+    await ensure_housekeeping(client, settings)
+    return await ensure(client, SCHEDULE_ID, schedule_of(settings))
 
 
 # --- stored reports ------------------------------------------------------------------------

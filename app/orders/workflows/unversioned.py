@@ -10,11 +10,13 @@ from typing import Any
 
 from temporalio import workflow
 
+from app.orders.housekeeping.workflow import HousekeepingWorkflow
 from app.orders.reconciliation.workflow import ReconciliationWorkflow
 from app.orders.workflows.order import OrderWorkflow
 from app.orders.workflows.shipping import ShippingWorkflow
 
 with workflow.unsafe.imports_passed_through():
+    from app.orders.housekeeping.messages import HOUSEKEEPING_WORKFLOW, HousekeepingInput
     from app.orders.messages import (
         ORDER_WORKFLOW,
         SHIPPING_WORKFLOW,
@@ -44,4 +46,11 @@ class UnversionedShippingWorkflow(ShippingWorkflow):
 class UnversionedReconciliationWorkflow(ReconciliationWorkflow):
     @workflow.run
     async def run(self, inp: ReconcileInput | None = None) -> dict[str, Any]:
+        return await super().run(inp)
+
+
+@workflow.defn(name=HOUSEKEEPING_WORKFLOW)
+class UnversionedHousekeepingWorkflow(HousekeepingWorkflow):
+    @workflow.run
+    async def run(self, inp: HousekeepingInput | None = None) -> dict[str, Any]:
         return await super().run(inp)
