@@ -21,8 +21,9 @@ Definitions (also in docs/console.md):
 - execution time of a closed order: its first `RECEIVED` event to its first terminal event
   (`COMPLETED`, `CANCELLED`, `FAILED`). Orders that closed before `ReceiveOrder` wrote a
   row have no `RECEIVED` event and are left out (`without_start` counts them). Mean, max
-  and the coarse buckets are exact; percentiles come from log buckets 5% wide, within
-  2.5% of the exact value (`percentile_error`).
+  and the coarse buckets are exact; percentiles are exact while the window holds up to
+  STATS_EXACT_SPANS closed orders, beyond that they come from log buckets 5% wide, within
+  2.5% of the exact value (`percentile_error` says which: 0 or 0.0247).
 - completion rate: `COMPLETED` / closed orders (running orders have no outcome yet).
 - per step, an attempt is one finished activity attempt: a success event (`RECEIVED`,
   `VALIDATED`, `PAYMENT_CHARGED`, `PACKAGE_PREPARED`, `DISPATCHED`) or a
@@ -40,7 +41,8 @@ from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Float, bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.orders.messages import TERMINAL_STATES, OrderState, Step
@@ -110,6 +112,13 @@ def window_named(name: str | None) -> Window:
     return window
 
 
+# Up to this many closed orders in the window, percentiles are exact (read from
+# stats_spans, migration 0009); beyond, they come from the 5% buckets.
+STATS_EXACT_SPANS = 10_000
+_EXACT_PERCENTILES = text(
+    "SELECT count(*) AS n, percentile_cont(CAST(:percentiles AS float8[])) "
+    "WITHIN GROUP (ORDER BY seconds) AS pct FROM stats_spans WHERE at >= :since"
+).bindparams(bindparam("percentiles", type_=ARRAY(Float)))
 _FOLD = text("SELECT stats_fold(:batch)")
 _ROLLUP = text(
     "SELECT metric, k1, k2, sum(n)::bigint AS n, sum(total) AS total, max(peak) AS peak "
@@ -145,15 +154,21 @@ async def order_stats(
     since = chosen.since(now)
     async with sessions() as s, s.begin():
         await s.execute(_FOLD, {"batch": FOLD_BATCH})
-    async with sessions() as s:
-        rows = (
-            await s.execute(
-                _ROLLUP, {"grain": chosen.grain, "since": since or datetime(1970, 1, 1)}
-            )
-        ).all()
     figures = _Figures()
-    for metric, k1, k2, n, total, peak in rows:
-        figures.add(str(metric), str(k1), str(k2), int(n), float(total), peak)
+    async with sessions() as s, s.begin():
+        await s.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
+        start = {"since": since or datetime(1970, 1, 1)}
+        for metric, k1, k2, n, total, peak in await s.execute(
+            _ROLLUP, {"grain": chosen.grain, **start}
+        ):
+            figures.add(str(metric), str(k1), str(k2), int(n), float(total), peak)
+        if 0 < figures.spans <= STATS_EXACT_SPANS:
+            exact = (
+                await s.execute(_EXACT_PERCENTILES, {"percentiles": list(PERCENTILES), **start})
+            ).one()
+            # Trimmed rows (older than the housekeeping keeps) leave the buckets' figures.
+            if int(exact.n) == figures.spans:
+                figures.exact = list(exact.pct or [])
     by_state = _by_state(figures.orders)
     total = sum(by_state.values())
     closed = sum(by_state.get(s, 0) for s in _TERMINAL)
@@ -188,6 +203,7 @@ class _Figures:
     # step -> {"attempt"|"retry"|"order_retried": n}; failed per (step, kind)
     steps: dict[str, dict[str, int]] = field(default_factory=dict)
     failed: dict[tuple[str, str], int] = field(default_factory=dict)
+    exact: list[float] | None = None  # exact percentiles, when the window is small
 
     def add(self, metric: str, k1: str, k2: str, n: int, total: float, peak: Any) -> None:
         if metric == "order":
@@ -248,7 +264,8 @@ class StatsCache:
 def _by_state(orders: dict[tuple[str, str], int]) -> dict[str, int]:
     by_state = {str(state): 0 for state in STATE_ORDER}
     for (state, _reason), n in orders.items():
-        by_state[state] = by_state.get(state, 0) + n
+        if n:  # a state every order has left keeps a row of zero
+            by_state[state] = by_state.get(state, 0) + n
     return by_state
 
 
@@ -318,8 +335,15 @@ def _execution_time(figures: _Figures) -> dict[str, Any]:
         "without_start": figures.without_start,
         "mean_s": _seconds(figures.span_seconds / count) if count else None,
         "max_s": _seconds(figures.span_max) if count else None,
-        "percentiles": _percentiles(figures.fine, count, figures.span_max),
-        "percentile_error": PERCENTILE_ERROR,
+        "percentiles": (
+            {
+                f"p{round(p * 100)}": _seconds(v)
+                for p, v in zip(PERCENTILES, figures.exact, strict=True)
+            }
+            if figures.exact is not None
+            else _percentiles(figures.fine, count, figures.span_max)
+        ),
+        "percentile_error": 0.0 if figures.exact is not None else PERCENTILE_ERROR,
         "buckets": buckets,
     }
 

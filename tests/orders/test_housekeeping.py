@@ -94,11 +94,21 @@ async def test_prunes_only_old_closed_orders_prunable_events_in_batches(
     async with scratch() as s:
         assert (await s.execute(text("SELECT count(*) FROM orders"))).scalar_one() == 7
         assert (await s.execute(text("SELECT count(*) FROM payments"))).scalar_one() == 7
-    # Statistics are rollups, not re-read from the events: unchanged.
+    # Statistics are rollups, not re-read from the events: unchanged (the percentiles of
+    # orders closed more than 32 days ago come from the 5% buckets, no longer exact).
     after = await order_stats(scratch)
-    assert {k: v for k, v in after.items() if k != "generated_at"} == {
-        k: v for k, v in before.items() if k != "generated_at"
-    }
+
+    def kept(stats: dict[str, Any]) -> dict[str, Any]:
+        times = {
+            k: v
+            for k, v in stats["execution_time"].items()
+            if k not in {"percentiles", "percentile_error"}
+        }
+        return {k: v for k, v in stats.items() if k != "generated_at"} | {"execution_time": times}
+
+    assert kept(after) == kept(before)
+    for name, exact in before["execution_time"]["percentiles"].items():
+        assert after["execution_time"]["percentiles"][name] == pytest.approx(exact, rel=0.025)
 
     # The next run goes on from the mark: nothing left to walk.
     again = await env.run(acts.prune_events, HousekeepingInput(retention_days=90))

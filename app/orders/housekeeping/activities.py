@@ -7,7 +7,7 @@ one closed before the cut-off is older than the window). Each batch deletes the 
 events of up to EVENTS_RETENTION_BATCH orders and moves the mark in one transaction that
 takes no lock on `orders`: running orders never wait for it. The statistics are not
 touched (their rollups do not read events); the run also folds pending statistics deltas
-and drops rollup rows finer than their windows need.
+and drops rollup rows finer than their windows need and execution times past 32 days.
 """
 
 from __future__ import annotations
@@ -66,6 +66,8 @@ _TRIM_ROLLUP = text(
     "DELETE FROM stats_rollup WHERE (grain = '5m' AND bucket < :five_minutes) "
     "OR (grain = 'hour' AND bucket < :hours)"
 )
+# Per-order execution times serve exact percentiles of small windows (up to 30 days).
+_TRIM_SPANS = text("DELETE FROM stats_spans WHERE at < :month")
 _FOLD = text("SELECT stats_fold(:batch)")
 FOLD_BATCH = 200_000
 
@@ -100,6 +102,7 @@ async def tidy_statistics(sessions: async_sessionmaker[AsyncSession], now: datet
             _TRIM_ROLLUP,
             {"five_minutes": now - timedelta(hours=3), "hours": now - timedelta(days=3)},
         )
+        await s.execute(_TRIM_SPANS, {"month": now - timedelta(days=32)})
 
 
 class HousekeepingActivities:
