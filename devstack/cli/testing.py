@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -13,6 +14,7 @@ from app.cli.common import TESTING, CliError, JsonOpt, err
 from app.cli.render import print_json, say
 from app.orders.faults import FaultProfile, FaultProfileError
 from app.orders.messages import order_workflow_id
+from app.platform.settings import Settings
 from devstack.bench.measure import ApproveVia, BaselineShape
 from devstack.cli.context import launcher
 from devstack.cli.demo import play_demo, print_summary
@@ -183,6 +185,14 @@ def bench(
             "flat, and how fast do the databases grow?"
         ),
     ] = False,
+    data_scale: Annotated[
+        int | None,
+        typer.Option(
+            help="Instead: seed this many closed orders (10 events each, over 30 days) into "
+            "a scratch database (bench_scale) and time the operator's reads, p50/p99.",
+            min=1,
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Orders/s and latency of the running stack against a bare-Temporal baseline.
@@ -214,6 +224,9 @@ def bench(
         raise typer.BadParameter(f"{names} {verb} not apply to --soak")
     settings = addresses.client_settings(launcher(ctx).load_settings())
     progress = None if as_json else (lambda m: err.print(Text(m)))
+    if data_scale is not None:
+        _bench_data_scale(settings, data_scale, progress, as_json)
+        return
     try:
         if soak:
             result = run_soak_sync(
@@ -237,3 +250,19 @@ def bench(
         print_json(result)
     else:
         say(format_soak(result) if soak else format_report(result))
+
+
+def _bench_data_scale(
+    settings: Settings, orders: int, progress: Callable[[str], None] | None, as_json: bool
+) -> None:
+    from devstack.bench.data_scale import format_data_scale, run_data_scale_sync
+    from devstack.bench.measure import BenchError
+
+    try:
+        result = run_data_scale_sync(settings, orders, progress)
+    except BenchError as exc:
+        raise CliError(str(exc)) from None
+    if as_json:
+        print_json(result)
+    else:
+        say(format_data_scale(result))
