@@ -80,10 +80,11 @@ class StartPlan:
 
 
 def plan_start(settings: StackSettings, cfg: StackConfig) -> StartPlan:
-    """The builds a start runs. Workers already running keep their build. Otherwise the
-    deployment's current version (a stack resumes where it stopped; `deploy` changes the
-    code), the ramping one and those with open orders; a fresh stack, or one without
-    versioning, runs the checkout."""
+    """The builds a start runs. Workers already running keep their build. With no open
+    order on any version (and no ramp), the checkout. Otherwise the deployment's current
+    version (orders stay on their build; `deploy` rolls to the checkout), the ramping one
+    and those with open orders; a fresh stack, or one without versioning, runs the
+    checkout."""
     serving = builds.serving_build(cfg)
     running = running_builds(cfg)
     if serving is not None and any(name in WORKER_QUEUES for name in running.get(serving, [])):
@@ -95,6 +96,21 @@ def plan_start(settings: StackSettings, cfg: StackConfig) -> StartPlan:
     if view is None or view.current is None:
         return StartPlan(checkout)
     current = view.current
+    if (
+        checkout != current
+        and view.ramping is None
+        and not any(version.open_orders for version in view.versions)
+    ):
+        # Nothing is pinned to any build, so the checkout can take over at once: a developer
+        # who edits the code and restarts gets that code.
+        return StartPlan(
+            checkout,
+            messages=[
+                f"workers: build {checkout} of the checkout takes over from {current} "
+                "(no open orders on any version)"
+            ],
+            make_current=True,
+        )
     if not builds.can_run(cfg, settings, current):
         return StartPlan(
             checkout,

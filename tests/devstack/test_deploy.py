@@ -238,3 +238,14 @@ def test_deploy_with_orders_in_flight_then_rollback(stack: CopiedStack, project:
     on_a = new_order(stack, "dep-back")
     assert facts(stack, on_a) == RunFacts(build_a, opening_timer=False, task_failures=0)
     assert stack.worker_builds() == {"worker-orders": build_a, "worker-shipping": build_a}
+
+    # Nothing open on any build: a restart runs the code on disk (B) at once. (The order
+    # row reads COMPLETED a moment before its workflow closes.)
+    deadline = time.monotonic() + 20
+    while any(v["open_orders"] for v in stack.deployment()["versions"]):
+        assert time.monotonic() < deadline, stack.deployment()
+        time.sleep(0.5)
+    restarted = stack.ok("restart")
+    assert f"build {build_b} of the checkout takes over" in restarted, restarted
+    assert stack.deployment()["current"] == build_b
+    assert stack.worker_builds() == {"worker-orders": build_b, "worker-shipping": build_b}
