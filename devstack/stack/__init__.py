@@ -10,6 +10,7 @@ whole process group can be stopped at once). Layout under `run_dir`:
     logs/<service>.log      stdout+stderr of each service (appended)
     pids/<service>.pid      pid of each service (plus <service>.json with its command line)
     pids/postgres.port      PostgreSQL's port while the stack runs, when `start` moved it
+    builds/<build>/app      each worker build's frozen copy of `app` (the newest 8 kept)
 
 Which module starts what:
 
@@ -21,6 +22,8 @@ Which module starts what:
     infra.py            both together; stop any service by name, several in order
     addresses.py        the stack seen from the settings: its real ports, client settings
     app_processes.py    the workers and the API: command lines, readiness, start one
+    builds.py           each build's code: snapshots of `app`, the build the workers serve
+    rollout.py          which builds a start runs; `deploy` (beside, current, drain, retire)
     lifecycle.py        the whole stack: start (infra, migrations, apps), stop, status
     compose.py          `docker compose` for the production-shaped stack
     retention.py        the namespace's history retention, through the `temporal` CLI
