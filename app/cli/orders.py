@@ -13,7 +13,12 @@ from rich.text import Text
 from app.cli.common import ORDERS, CliError, JsonOpt, cli_context, out
 from app.cli.render import fmt_address, print_json, render_status, say, state_text, status_dict
 from app.cli.waiting import is_terminal, wait_for_order
-from app.orders.messages import DEMO_ADDRESS, REVIEW_TIMEOUT_S, TERMINAL_STATES
+from app.orders.messages import (
+    DEFAULT_CANCEL_REASON,
+    DEMO_ADDRESS,
+    REVIEW_TIMEOUT_S,
+    TERMINAL_STATES,
+)
 
 if TYPE_CHECKING:
     # The service pulls in temporalio and SQLAlchemy (about a second); stack commands and
@@ -131,7 +136,9 @@ def status(ctx: typer.Context, order_id: str, as_json: JsonOpt = False) -> None:
 def cancel(
     ctx: typer.Context,
     order_id: str,
-    reason: Annotated[str, typer.Option(help="Why the order is cancelled.")] = "customer_request",
+    reason: Annotated[
+        str, typer.Option(help="Why the order is cancelled.")
+    ] = DEFAULT_CANCEL_REASON,
 ) -> None:
     """Cancel an order before dispatch (a charged payment is refunded)."""
 

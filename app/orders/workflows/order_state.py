@@ -13,6 +13,7 @@ with workflow.unsafe.imports_passed_through():
     from app.orders.messages import (
         ERR_ORDER_CLOSED,
         ERR_ORDER_DISPATCHED,
+        MAX_ERRORS_SHOWN,
         TERMINAL_STATES,
         ApproveRequest,
         CancelRequest,
@@ -21,7 +22,6 @@ with workflow.unsafe.imports_passed_through():
     )
 
 from app.orders.workflows.failures import OrderStopped, attempts_used, failure_message
-from app.orders.workflows.policies import MAX_ERRORS_KEPT
 
 
 def order_closed() -> ApplicationError:
@@ -116,4 +116,4 @@ class StepLog:
         self.errors.append(
             StepError(step=step, attempt=attempt, message=message, at=at.isoformat())
         )
-        del self.errors[:-MAX_ERRORS_KEPT]
+        del self.errors[:-MAX_ERRORS_SHOWN]

@@ -36,5 +36,3 @@ MAX_SHIPPING_ATTEMPTS = 3
 PATCH_REFUND_AFTER_CLOSE = "refund-after-close"
 # Histories recorded before the order published its search attributes replay without.
 PATCH_SEARCH_ATTRIBUTES = "search-attributes"
-# Kept on the workflow so the status view stays small.
-MAX_ERRORS_KEPT = 20
