@@ -21,6 +21,7 @@ from sqlalchemy import (
     Numeric,
     String,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -61,7 +62,14 @@ class Order(Base):
         # The list filters, the review queue and the events retention (0007).
         Index("ix_orders_step_created", "step", "created_at"),
         Index("ix_orders_reason_created", "reason", "created_at"),
-        Index("ix_orders_review_queue", "step", func.coalesce(deadline_at, created_at), "id"),
+        Index(
+            "ix_orders_review_queue",
+            func.coalesce(deadline_at, created_at),
+            "id",
+            postgresql_where=text(
+                "step = 'MANUAL_REVIEW' AND state NOT IN ('CANCELLED', 'COMPLETED', 'FAILED')"
+            ),
+        ),  # 0010
         Index("ix_orders_closed", "closed_at", postgresql_where=closed_at.isnot(None)),
     )
 

@@ -16,11 +16,11 @@ import binascii
 import hashlib
 import hmac
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, func, select, tuple_
+from sqlalchemy import Select, func, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client, WorkflowExecution
 from temporalio.service import RPCError, RPCStatusCode
@@ -69,10 +69,12 @@ class OrderFilter:
     def apply(self, q: Select[Any]) -> Select[Any]:
         if self.state:
             q = q.where(Order.state == self.state)
-        if self.step:
-            q = q.where(Order.step == self.step)
         if self.review_queue:
-            q = q.where(Order.state.not_in([str(s) for s in TERMINAL_STATES]))
+            # Literal, as migration 0010's partial index states it (a bound parameter
+            # would keep the planner from proving the index covers the query).
+            q = q.where(text(REVIEW_QUEUE_ROWS))
+        elif self.step:
+            q = q.where(Order.step == self.step)
         if self.reason:
             q = q.where(Order.reason == self.reason)
         if self.created_after:
@@ -82,12 +84,32 @@ class OrderFilter:
         if self.payment_status == PaymentStatus.NONE:
             q = q.where(~select(Payment.payment_id).where(_payment_of_order()).exists())
         elif self.payment_status:
-            q = q.where(
-                select(Payment.payment_id)
-                .where(_payment_of_order(), Payment.status == self.payment_status)
-                .exists()
-            )
+            # A scalar subquery, not EXISTS: the planner misjudges the two-column semi-join
+            # as matching nothing and hashes every payment of the status; this stays a
+            # primary-key probe per order row read, newest first.
+            status = select(Payment.status).where(_payment_of_order()).scalar_subquery()
+            q = q.where(status == self.payment_status)
         return q
+
+    def counted(self) -> Select[Any]:
+        """The rows to count (up to MAX_COUNTED). With a payment status, from the payments
+        of that status (their index), each checked against its order: bounded by the
+        count, not by the orders read to find that many."""
+        if not self.payment_status or self.payment_status == PaymentStatus.NONE:
+            return self.apply(select(Order.id))
+        others = replace(self, payment_status=None)
+        order = others.apply(
+            select(Order.id).where(
+                Order.id == Payment.order_id, Order.payment_id == Payment.payment_id
+            )
+        ).scalar_subquery()
+        return select(Payment.order_id).where(
+            Payment.status == self.payment_status, order.is_not(None)
+        )
+
+
+_TERMINAL_LIST = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATES))
+REVIEW_QUEUE_ROWS = f"orders.step = 'MANUAL_REVIEW' AND orders.state NOT IN ({_TERMINAL_LIST})"
 
 
 def _payment_of_order() -> Any:
@@ -186,7 +208,7 @@ async def order_page(
             f"offset must be from 0 to {MAX_OFFSET} (page further with cursor)", field="offset"
         )
     q = filters.apply(select(Order))
-    counted = filters.apply(select(Order.id)).limit(MAX_COUNTED + 1).subquery()
+    counted = filters.counted().limit(MAX_COUNTED + 1).subquery()
     total = (await s.execute(select(func.count()).select_from(counted))).scalar_one()
     # Newest first; the review queue is worked through oldest deadline first.
     key = (_QUEUE_KEY if filters.review_queue else Order.created_at, Order.id)
