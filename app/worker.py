@@ -149,6 +149,24 @@ class TestKnobGuard(Interceptor):
         return _Refuse
 
 
+def _workflows(settings: Settings) -> tuple[list[type], list[type]]:
+    """The orders queue's and the shipping queue's workflows. The server refuses a
+    versioning behavior from an unversioned worker: those register the twins."""
+    if settings.worker_versioning:
+        return (
+            [OrderWorkflow, ReconciliationWorkflow, HousekeepingWorkflow],
+            [ShippingWorkflow],
+        )
+    return (
+        [
+            UnversionedOrderWorkflow,
+            UnversionedReconciliationWorkflow,
+            UnversionedHousekeepingWorkflow,
+        ],
+        [UnversionedShippingWorkflow],
+    )
+
+
 def build_workers(
     client: Client,
     settings: Settings,
@@ -174,19 +192,7 @@ def build_workers(
         interceptors=[] if settings.allow_fault_injection else [TestKnobGuard(settings)],
         **worker_tuning(settings),
     )
-    # The server refuses a versioning behavior from an unversioned worker.
-    order_flows, shipping_flows = (
-        ([OrderWorkflow, ReconciliationWorkflow, HousekeepingWorkflow], [ShippingWorkflow])
-        if settings.worker_versioning
-        else (
-            [
-                UnversionedOrderWorkflow,
-                UnversionedReconciliationWorkflow,
-                UnversionedHousekeepingWorkflow,
-            ],
-            [UnversionedShippingWorkflow],
-        )
-    )
+    order_flows, shipping_flows = _workflows(settings)
     workers: list[Worker] = []
     if queue in ("orders", "all"):
         # The scheduled reconciliation runs beside the orders (docs/architecture.md).
