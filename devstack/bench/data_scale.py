@@ -12,6 +12,7 @@ in review are written with the triggers on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import psutil
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -32,6 +34,7 @@ REPEATS = 30
 EVENTS_PER_ORDER = 10
 IN_REVIEW = 40
 DAYS = 30
+DASHBOARD_POLL_S = 2.0  # the console's POLL_MS
 
 # Ten events per closed order: the steps, a failed attempt of PAY and of SHIP, the outcome.
 _SEED_ORDERS = """
@@ -159,7 +162,9 @@ def _requests(orders: int) -> dict[str, str]:
     }
 
 
-async def measure(settings: Settings, url: str, orders: int) -> dict[str, Any]:
+async def measure(
+    settings: Settings, url: str, orders: int
+) -> tuple[dict[str, Any], dict[str, float]]:
     from app.api.app import create_app
     from app.platform.db import session_factory
     from app.service.listing import encode_cursor
@@ -196,8 +201,39 @@ async def measure(settings: Settings, url: str, orders: int) -> dict[str, Any]:
                     await order_stats(sessions, window)
                     samples.append(time.perf_counter() - began)
                 results[f"stats computed, window={window} (no cache)"] = _ms(samples)
+            dashboard = await _dashboard_cost(sessions, order_stats)
             await engine.dispose()
-    return results
+    return results, dashboard
+
+
+def _postgres_cpu() -> float:
+    """CPU seconds of every PostgreSQL process so far (backends come and go: sum them)."""
+    total = 0.0
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] == "postgres":
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                total += times.user + times.system
+    return total
+
+
+async def _dashboard_cost(sessions: Any, order_stats: Any) -> dict[str, float]:
+    """What one open dashboard costs the machine: the CPU of an uncached statistics read
+    (this process, which serves the API here, plus PostgreSQL), at the console's poll
+    interval, as a share of the machine's cores. Order throughput on this machine is bound
+    by CPU, so that share is what the dashboard takes from it. Measured on the default
+    window, figures changed between polls (no cache)."""
+    await order_stats(sessions, "all")
+    own, pg = time.process_time(), _postgres_cpu()
+    for _ in range(REPEATS):
+        await order_stats(sessions, "all")
+    cpu_s = (time.process_time() - own + _postgres_cpu() - pg) / REPEATS
+    cores = psutil.cpu_count() or 1
+    return {
+        "cpu_ms_per_poll": round(cpu_s * 1000, 2),
+        "poll_interval_s": DASHBOARD_POLL_S,
+        "share_of_machine_pct": round(100 * cpu_s / DASHBOARD_POLL_S / cores, 3),
+    }
 
 
 async def run_data_scale(
@@ -217,7 +253,7 @@ async def run_data_scale(
     took = await seed(url, orders, progress)
     if progress:
         progress("measuring ...")
-    figures = await measure(settings, url, orders)
+    figures, dashboard = await measure(settings, url, orders)
     return {
         "database": SCRATCH_DB,
         "orders": orders,
@@ -227,6 +263,7 @@ async def run_data_scale(
         "repeats": REPEATS,
         "seeding": took,
         "endpoints": figures,
+        "dashboard": dashboard,
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
@@ -238,8 +275,14 @@ def format_data_scale(result: dict[str, Any]) -> str:
         f"({result['repeats']} calls each, in-process API)",
         f"{'request':<52} {'p50 ms':>9} {'p99 ms':>9}",
     ]
+    dashboard = result["dashboard"]
     for name, fig in result["endpoints"].items():
         lines.append(f"{name:<52} {fig['p50_ms']:>9.2f} {fig['p99_ms']:>9.2f}")
+    lines.append(
+        f"one open dashboard: {dashboard['cpu_ms_per_poll']} ms CPU per poll every "
+        f"{dashboard['poll_interval_s']:g} s = {dashboard['share_of_machine_pct']}% of "
+        "the machine (the order throughput it can take)"
+    )
     lines.append("seeding: " + ", ".join(f"{k} {v}" for k, v in result["seeding"].items()))
     return "\n".join(lines)
 

@@ -19,3 +19,7 @@ async def test_data_scale_smoke(real_stack: RealStack) -> None:
     assert "GET /orders?step=MANUAL_REVIEW (review queue)" in endpoints
     assert all(f["p50_ms"] > 0 for f in endpoints.values())
     assert "p99 ms" in format_data_scale(result)
+    dashboard = result["dashboard"]
+    assert dashboard["cpu_ms_per_poll"] > 0 and dashboard["poll_interval_s"] == 2.0
+    assert 0 < dashboard["share_of_machine_pct"] < 100
+    assert "one open dashboard" in format_data_scale(result)
