@@ -34,7 +34,7 @@ from devstack.stack.addresses import client_settings
 from devstack.stack.config import StackSettings
 
 if TYPE_CHECKING:
-    from app.service.orders import OrderService
+    from app.service.layer import ServiceLayer
 
 SCENARIOS = (
     "happy-path",
@@ -76,22 +76,29 @@ def log(scenario: str, message: str) -> None:
     out.print(Text(f"{scenario:<22} {message}"), soft_wrap=True)
 
 
-async def start(svc: OrderService, order_id: str, opts: Options, **kwargs: Any) -> None:
+async def start(services: ServiceLayer, order_id: str, opts: Options, **kwargs: Any) -> None:
     address = kwargs.pop("address", dict(DEMO_ADDRESS))
     profile = kwargs.pop("fault_profile", opts.fault_profile)
-    await svc.start_order(order_id, f"pmt-{order_id}", address, fault_profile=profile, **kwargs)
+    await services.orders.start_order(
+        order_id, f"pmt-{order_id}", address, fault_profile=profile, **kwargs
+    )
 
 
-async def until_review(svc: OrderService, order_id: str) -> dict[str, Any]:
+async def until_review(services: ServiceLayer, order_id: str) -> dict[str, Any]:
     view = await wait_for_order(
-        svc, order_id, lambda v: v.get("step") == "MANUAL_REVIEW" or is_terminal(v), 30.0
+        services.status,
+        order_id,
+        lambda v: v.get("step") == "MANUAL_REVIEW" or is_terminal(v),
+        30.0,
     )
     expect(view.get("step") == "MANUAL_REVIEW", f"{order_id} never reached review: {view['state']}")
     return view
 
 
-async def until_closed(svc: OrderService, order_id: str, timeout: float = 75.0) -> dict[str, Any]:
-    view = await wait_for_order(svc, order_id, is_terminal, timeout)
+async def until_closed(
+    services: ServiceLayer, order_id: str, timeout: float = 75.0
+) -> dict[str, Any]:
+    view = await wait_for_order(services.status, order_id, is_terminal, timeout)
     expect(is_terminal(view), f"{order_id} still {view.get('state')} after {timeout:.0f}s")
     return view
 
@@ -108,68 +115,68 @@ def expect_state(view: dict[str, Any], state: str, payment: str) -> None:
 # --- scenarios -------------------------------------------------------------------------
 
 
-async def happy_path(svc: OrderService, opts: Options) -> tuple[str, list[str]]:
+async def happy_path(services: ServiceLayer, opts: Options) -> tuple[str, list[str]]:
     from app.service.errors import OrderConflict
 
     oid = f"twf-{opts.tag}-happy"
-    await start(svc, oid, opts)
-    await until_review(svc, oid)
-    await svc.approve(oid, "test-workflow")
-    view = await until_closed(svc, oid)
+    await start(services, oid, opts)
+    await until_review(services, oid)
+    await services.orders.approve(oid, "test-workflow")
+    view = await until_closed(services, oid)
     expect_state(view, "COMPLETED", "charged")
     expect(bool(view.get("tracking_number")), "completed order has no tracking number")
     try:
-        await start(svc, oid, opts)
+        await start(services, oid, opts)
         raise Check("a second start of the same order was accepted")
     except OrderConflict:
         pass
     return f"COMPLETED, tracking {view['tracking_number']}; duplicate start refused", [oid]
 
 
-async def cancel(svc: OrderService, opts: Options) -> tuple[str, list[str]]:
+async def cancel(services: ServiceLayer, opts: Options) -> tuple[str, list[str]]:
     oid = f"twf-{opts.tag}-cancel"
-    await start(svc, oid, opts)
-    await until_review(svc, oid)
-    await svc.cancel(oid, reason="customer_request", requested_by="test-workflow")
-    view = await until_closed(svc, oid)
+    await start(services, oid, opts)
+    await until_review(services, oid)
+    await services.orders.cancel(oid, reason="customer_request", requested_by="test-workflow")
+    view = await until_closed(services, oid)
     expect_state(view, "CANCELLED", "none")
     return "cancelled in review, nothing charged", [oid]
 
 
-async def cancel_after_payment(svc: OrderService, opts: Options) -> tuple[str, list[str]]:
+async def cancel_after_payment(services: ServiceLayer, opts: Options) -> tuple[str, list[str]]:
     oid = f"twf-{opts.tag}-refund"
     # Every external call takes 2 s: time to cancel between payment and dispatch.
-    await start(svc, oid, opts, fault_profile="delay=2")
-    await until_review(svc, oid)
-    await svc.approve(oid, "test-workflow")
+    await start(services, oid, opts, fault_profile="delay=2")
+    await until_review(services, oid)
+    await services.orders.approve(oid, "test-workflow")
     view = await wait_for_order(
-        svc, oid, lambda v: v.get("state") == "PAID" or is_terminal(v), 30.0
+        services.status, oid, lambda v: v.get("state") == "PAID" or is_terminal(v), 30.0
     )
     expect(view.get("state") == "PAID", f"{oid} never reached PAID: {view.get('state')}")
-    await svc.cancel(oid, reason="customer_request", requested_by="test-workflow")
-    view = await until_closed(svc, oid)
+    await services.orders.cancel(oid, reason="customer_request", requested_by="test-workflow")
+    view = await until_closed(services, oid)
     expect_state(view, "CANCELLED", "refunded")
     return "cancelled after payment, payment refunded", [oid]
 
 
-async def address_update(svc: OrderService, opts: Options) -> tuple[str, list[str]]:
+async def address_update(services: ServiceLayer, opts: Options) -> tuple[str, list[str]]:
     from app.service.errors import InvalidInput
 
     oid = f"twf-{opts.tag}-address"
-    await start(svc, oid, opts)
-    await until_review(svc, oid)
+    await start(services, oid, opts)
+    await until_review(services, oid)
     new = {**DEMO_ADDRESS, "street": "456 New St", "city": "New City", "zip": "54321"}
     try:
-        await svc.update_address(oid, {**new, "zip": "!"}, requested_by="test-workflow")
+        await services.orders.update_address(oid, {**new, "zip": "!"}, requested_by="test-workflow")
         raise Check("an invalid ZIP code was accepted")
     except InvalidInput as refused:
         expect(refused.field == "address.zip", f"refusal names {refused.field}, not address.zip")
-    await svc.update_address(oid, new, requested_by="test-workflow")
-    await svc.approve(oid, "test-workflow")
-    view = await until_closed(svc, oid)
+    await services.orders.update_address(oid, new, requested_by="test-workflow")
+    await services.orders.approve(oid, "test-workflow")
+    view = await until_closed(services, oid)
     expect_state(view, "COMPLETED", "charged")
     expect(view.get("address") == new, f"shipped to {view.get('address')}, not {new}")
-    dispatched = [e for e in await svc.events(oid) if e["type"] == "DISPATCHED"]
+    dispatched = [e for e in await services.inspection.events(oid) if e["type"] == "DISPATCHED"]
     expect(
         bool(dispatched) and dispatched[-1]["payload"].get("address") == new,
         "the carrier was not given the new address",
@@ -177,24 +184,24 @@ async def address_update(svc: OrderService, opts: Options) -> tuple[str, list[st
     return "bad ZIP refused (address.zip); shipped to the new address", [oid]
 
 
-async def review_timeout(svc: OrderService, opts: Options) -> tuple[str, list[str]]:
+async def review_timeout(services: ServiceLayer, opts: Options) -> tuple[str, list[str]]:
     oid = f"twf-{opts.tag}-timeout"
-    await start(svc, oid, opts, review_timeout_s=opts.review_timeout)
-    await until_review(svc, oid)
-    view = await until_closed(svc, oid, timeout=opts.review_timeout + 30.0)
+    await start(services, oid, opts, review_timeout_s=opts.review_timeout)
+    await until_review(services, oid)
+    view = await until_closed(services, oid, timeout=opts.review_timeout + 30.0)
     expect_state(view, "CANCELLED", "none")
     expect(view.get("reason") == "review_timeout", f"reason {view.get('reason')!r}")
     return f"no approval within {opts.review_timeout:g}s: CANCELLED (review_timeout)", [oid]
 
 
-async def parallel(svc: OrderService, opts: Options) -> tuple[str, list[str]]:
+async def parallel(services: ServiceLayer, opts: Options) -> tuple[str, list[str]]:
     ids = [f"twf-{opts.tag}-par{n}" for n in range(1, opts.parallel + 1)]
 
     async def one(oid: str) -> dict[str, Any]:
-        await start(svc, oid, opts)
-        await until_review(svc, oid)
-        await svc.approve(oid, "test-workflow")
-        return await until_closed(svc, oid)
+        await start(services, oid, opts)
+        await until_review(services, oid)
+        await services.orders.approve(oid, "test-workflow")
+        return await until_closed(services, oid)
 
     views = await asyncio.gather(*(one(oid) for oid in ids))
     for view in views:
@@ -202,7 +209,7 @@ async def parallel(svc: OrderService, opts: Options) -> tuple[str, list[str]]:
     return f"{len(ids)} orders side by side, all COMPLETED", ids
 
 
-RUNNERS: dict[str, Callable[[OrderService, Options], Awaitable[tuple[str, list[str]]]]] = {
+RUNNERS: dict[str, Callable[[ServiceLayer, Options], Awaitable[tuple[str, list[str]]]]] = {
     "happy-path": happy_path,
     "cancel": cancel,
     "cancel-after-payment": cancel_after_payment,
@@ -212,13 +219,13 @@ RUNNERS: dict[str, Callable[[OrderService, Options], Awaitable[tuple[str, list[s
 }
 
 
-async def run_one(svc: OrderService, name: str, opts: Options) -> Outcome:
+async def run_one(services: ServiceLayer, name: str, opts: Options) -> Outcome:
     from app.service.errors import ServiceError
 
     started = time.monotonic()
     log(name, "running")
     try:
-        detail, orders = await RUNNERS[name](svc, opts)
+        detail, orders = await RUNNERS[name](services, opts)
         passed = True
     except Check as failed:
         detail, orders, passed = str(failed), [], False
@@ -231,8 +238,8 @@ async def run_one(svc: OrderService, name: str, opts: Options) -> Outcome:
 
 async def run_all(names: list[str], opts: Options) -> list[Outcome]:
     settings = client_settings(StackSettings())
-    async with open_service(settings) as svc:
-        return list(await asyncio.gather(*(run_one(svc, n, opts) for n in names)))
+    async with open_service(settings) as services:
+        return list(await asyncio.gather(*(run_one(services, n, opts) for n in names)))
 
 
 def report(outcomes: list[Outcome]) -> None:

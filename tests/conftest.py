@@ -31,7 +31,7 @@ from app.platform.db import create_engine, session_factory
 from app.platform.migrate import upgrade
 from app.platform.settings import PROJECT_ROOT, Settings
 from app.platform.temporal import connect_client
-from app.service.orders import OrderService
+from app.service.layer import ServiceLayer
 from app.worker import build_workers, fault_injector
 from devstack.stack.config import StackConfig, database_url, temporal_target
 from devstack.stack.infra import start_infra, stop_all
@@ -122,12 +122,15 @@ async def running(real_stack: RealStack) -> AsyncIterator[Running]:
         )
         for w in build_workers(client, settings, engine, "all", providers):
             await workers.enter_async_context(w)
+        services = ServiceLayer.build(client, sessions, settings)
         yield Running(
             settings,
             client,
             engine,
             sessions,
-            OrderService(client, sessions, settings),
+            services.orders,
+            services.status,
+            services.inspection,
             providers,
         )
     await engine.dispose()

@@ -25,7 +25,9 @@ from app.api.app import create_app
 from app.orders.providers.wiring import Simulators
 from app.platform.settings import PROJECT_ROOT, Settings
 from app.platform.tables import Event, Payment
+from app.service.inspection import Inspector
 from app.service.orders import OrderService
+from app.service.status import StatusReader
 from app.service.views import OrderView
 from devstack import stack
 from tests.ports import port_block
@@ -75,7 +77,11 @@ class Running:
     client: Client
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
+    # The service layer's parts, built together (app/service/layer.py): the commands, the
+    # status reads they share (a retry drops the order's cached view), and the inspection.
     service: OrderService
+    reader: StatusReader
+    inspector: Inspector
     # The gateway and carrier simulators the workers use (their ledgers: tests audit them).
     providers: Simulators
 
@@ -85,7 +91,7 @@ async def wait_for_step(running: Running, order_id: str, step: str) -> OrderView
 
     async def check() -> OrderView | None:
         try:
-            status = await running.service.status(order_id)
+            status = await running.reader.status(order_id)
         except Exception:  # not started yet, or Temporal busy: look again
             return None
         return status if status.step == step else None

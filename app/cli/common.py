@@ -24,7 +24,7 @@ from app.platform.settings import Settings, settings_problem
 if TYPE_CHECKING:
     # The service pulls in temporalio and SQLAlchemy (about a second); stack commands and
     # --help do without.
-    from app.service.orders import OrderService
+    from app.service.layer import ServiceLayer
 
 
 T = TypeVar("T")
@@ -111,11 +111,12 @@ def db_failure(
 @asynccontextmanager
 async def open_service(
     settings: Settings, start_hint: str = START_HINT
-) -> AsyncIterator[OrderService]:
-    """An OrderService on a fresh Temporal client and a small DB pool (closed on exit)."""
+) -> AsyncIterator[ServiceLayer]:
+    """The service layer (commands, status reads, inspection) on a fresh Temporal client and
+    a small DB pool (closed on exit)."""
     from app.platform.db import engine_from_settings, session_factory
     from app.platform.temporal import connect_client
-    from app.service.orders import OrderService
+    from app.service.layer import ServiceLayer
 
     try:
         client = await connect_client(settings)
@@ -126,7 +127,7 @@ async def open_service(
         ) from exc
     engine = engine_from_settings(settings, pool_size=5)
     try:
-        yield OrderService(client, session_factory(engine), settings)
+        yield ServiceLayer.build(client, session_factory(engine), settings)
     except Exception as exc:
         failure = db_failure(exc, settings, start_hint)
         if failure is not None:
@@ -163,14 +164,14 @@ class CliContext(Generic[S]):
         return self.target(self.load_settings())
 
     def with_service(
-        self, call: Callable[[OrderService], Awaitable[T]], settings: Settings | None = None
+        self, call: Callable[[ServiceLayer], Awaitable[T]], settings: Settings | None = None
     ) -> T:
         """Run one async operation against the stack the settings point at."""
         target = settings or self.target_settings()
 
         async def run() -> T:
-            async with open_service(target, self.start_hint) as svc:
-                return await call(svc)
+            async with open_service(target, self.start_hint) as services:
+                return await call(services)
 
         return asyncio.run(run())
 

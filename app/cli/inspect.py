@@ -81,10 +81,10 @@ def list_orders(
     filters = _order_filter(state, step, payment_status, created_after, created_before, reason)
     _check_page_options(filters, query, cursor)
     page = cli_context(ctx).with_service(
-        lambda svc: (
-            svc.search_orders(query, limit=limit, cursor=cursor)
+        lambda services: (
+            services.inspection.search_orders(query, limit=limit, cursor=cursor)
             if query is not None
-            else svc.list_orders(filters, limit=limit, cursor=cursor)
+            else services.inspection.list_orders(filters, limit=limit, cursor=cursor)
         )
     )
     if as_json:
@@ -185,7 +185,7 @@ def describe(ctx: typer.Context, workflow_id: str, as_json: JsonOpt = False) -> 
     """Describe a workflow execution (e.g. order-order-123): status, queue, pending work."""
     cli = cli_context(ctx)
     settings = cli.target_settings()
-    info = cli.with_service(lambda svc: svc.describe(workflow_id), settings)
+    info = cli.with_service(lambda services: services.inspection.describe(workflow_id), settings)
     ui = (
         f"{settings.temporal_ui_url}/namespaces/{settings.temporal_namespace}"
         f"/workflows/{info['workflow_id']}/{info['run_id']}/history"
@@ -222,7 +222,9 @@ def describe(ctx: typer.Context, workflow_id: str, as_json: JsonOpt = False) -> 
 @commands.command(rich_help_panel=INSPECT)
 def history(ctx: typer.Context, workflow_id: str, as_json: JsonOpt = False) -> None:
     """Show a workflow's execution history (e.g. order-order-123)."""
-    events = cli_context(ctx).with_service(lambda svc: svc.history(workflow_id))
+    events = cli_context(ctx).with_service(
+        lambda services: services.inspection.history(workflow_id)
+    )
     columns = ("#", "time", "event", "detail")
     _print_rows(events, as_json, columns, _history_row, f"history of {workflow_id}")
 
@@ -234,7 +236,7 @@ def _history_row(e: dict[str, Any]) -> tuple[str, ...]:
 @commands.command(rich_help_panel=INSPECT)
 def events(ctx: typer.Context, order_id: str, as_json: JsonOpt = False) -> None:
     """Show an order's audit trail (the events table)."""
-    trail = cli_context(ctx).with_service(lambda svc: svc.events(order_id))
+    trail = cli_context(ctx).with_service(lambda services: services.inspection.events(order_id))
     columns = ("#", "time", "event", "payload")
     _print_rows(trail, as_json, columns, _event_row, f"events of order {order_id}")
 

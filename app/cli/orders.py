@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from app.platform.settings import Settings
     from app.service.errors import OrderConflict
     from app.service.idempotency import StartAnswer
-    from app.service.orders import OrderService
+    from app.service.layer import ServiceLayer
+    from app.service.status import StatusReader
 
 T = TypeVar("T")
 
@@ -67,8 +68,8 @@ def start_workflow(
     """Start the OrderWorkflow for a new order (workflow id order-ORDER_ID)."""
     address = {"street": street, "city": city, "state": state, "zip": zip_code, "country": country}
 
-    async def call(svc: OrderService) -> StartAnswer:
-        started = await svc.start_order(
+    async def call(services: ServiceLayer) -> StartAnswer:
+        started = await services.orders.start_order(
             order_id,
             payment_id,
             address,
@@ -79,8 +80,8 @@ def start_workflow(
             # An update handled in the workflow's first activation (before run() has its
             # input) fails that task; approve once it answers a status query. The approval
             # is kept until the review step.
-            await wait_for_order(svc, order_id, lambda _: True, timeout=15.0)
-            await svc.approve(order_id, _reviewer(None))
+            await wait_for_order(services.status, order_id, lambda _: True, timeout=15.0)
+            await services.orders.approve(order_id, _reviewer(None))
         return started
 
     cli = cli_context(ctx)
@@ -125,7 +126,9 @@ def _reviewer(value: str | None) -> str:
 @commands.command(rich_help_panel=ORDERS)
 def status(ctx: typer.Context, order_id: str, as_json: JsonOpt = False) -> None:
     """Show an order: state, step, address, payment, attempts, recent errors, deadline."""
-    view = status_dict(cli_context(ctx).with_service(lambda svc: svc.status(order_id)))
+    view = status_dict(
+        cli_context(ctx).with_service(lambda services: services.status.status(order_id))
+    )
     if as_json:
         print_json(view)
         return
@@ -142,10 +145,11 @@ def cancel(
 ) -> None:
     """Cancel an order before dispatch (a charged payment is refunded)."""
 
-    async def call(svc: OrderService) -> dict[str, Any]:
-        await _closed_said(svc, order_id, svc.cancel(order_id, reason=reason, requested_by="cli"))
+    async def call(services: ServiceLayer) -> dict[str, Any]:
+        cancelling = services.orders.cancel(order_id, reason=reason, requested_by="cli")
+        await _closed_said(services.status, order_id, cancelling)
         # Closing (and any refund) follows the accepted cancel; show how it ended.
-        return await wait_for_order(svc, order_id, is_terminal, timeout=10.0)
+        return await wait_for_order(services.status, order_id, is_terminal, timeout=10.0)
 
     view = cli_context(ctx).with_service(call)
     say(f"cancel of order {order_id} accepted", "bold green")
@@ -175,15 +179,16 @@ def update_address(
     if not changes:
         raise typer.BadParameter("give at least one of --street --city --state --zip --country")
 
-    async def call(svc: OrderService) -> dict[str, Any]:
+    async def call(services: ServiceLayer) -> dict[str, Any]:
         from app.service.inputs import validate_address
 
-        view = status_dict(await svc.status(order_id))
+        view = status_dict(await services.status.status(order_id))
         address = {**(view.get("address") or {}), **changes}
         validate_address(address)  # bad input is named first, whatever the order's state
         if view["state"] in TERMINAL_STATES:
             raise CliError(closed_message(order_id, view))
-        return status_dict(await svc.update_address(order_id, address, requested_by="cli"))
+        changed = services.orders.update_address(order_id, address, requested_by="cli")
+        return status_dict(await changed)
 
     view = cli_context(ctx).with_service(call)
     say(f"address of order {order_id} updated", "bold green")
@@ -202,7 +207,9 @@ def approve(
     who = _reviewer(reviewer)
     view = status_dict(
         cli_context(ctx).with_service(
-            lambda svc: _closed_said(svc, order_id, svc.approve(order_id, who))
+            lambda services: _closed_said(
+                services.status, order_id, services.orders.approve(order_id, who)
+            )
         )
     )
     say(f"order {order_id} approved by {who}", "bold green")
@@ -221,7 +228,7 @@ def retry(ctx: typer.Context, order_id: str, fault_profile: FaultProfileOpt = No
     """Start a FAILED order again (a new run with a payment of its own), under the failed
     run's fault profile unless --fault-profile gives another."""
     retried = cli_context(ctx).with_service(
-        lambda svc: svc.retry_order(order_id, fault_profile=fault_profile)
+        lambda services: services.orders.retry_order(order_id, fault_profile=fault_profile)
     )
     say(f"order {order_id} retried", "bold green")
     say(f"  workflow {retried.workflow_id}  run {retried.run_id}")
@@ -244,7 +251,7 @@ def closed_message(order_id: str, view: dict[str, Any]) -> str:
     return text
 
 
-async def _closed_said(svc: OrderService, order_id: str, request: Awaitable[T]) -> T:
+async def _closed_said(reader: StatusReader, order_id: str, request: Awaitable[T]) -> T:
     """The request's answer; refused because the order has closed, how it ended (the
     service only knows it is closed)."""
     from app.service.errors import OrderConflict
@@ -252,14 +259,14 @@ async def _closed_said(svc: OrderService, order_id: str, request: Awaitable[T]) 
     try:
         return await request
     except OrderConflict as refused:
-        raise await _closed_refusal(svc, order_id, refused) from None
+        raise await _closed_refusal(reader, order_id, refused) from None
 
 
-async def _closed_refusal(svc: OrderService, order_id: str, refused: OrderConflict) -> Exception:
+async def _closed_refusal(reader: StatusReader, order_id: str, refused: OrderConflict) -> Exception:
     if "already closed" not in refused.message:
         return refused
     try:
-        view = status_dict(await svc.status(order_id))
+        view = status_dict(await reader.status(order_id))
     except Exception:  # the refusal stands as the service said it
         return refused
     if view.get("state") not in TERMINAL_STATES:

@@ -15,7 +15,7 @@ from app.cli.common import INSPECT, JsonOpt, cli_context, out
 from app.cli.render import fmt_time, print_json, say
 
 if TYPE_CHECKING:
-    from app.service.orders import OrderService
+    from app.service.layer import ServiceLayer
 
 # `reconcile` exits with this when the run left findings for a person (0: none left;
 # 1: the run could not be made, like every other command's operational error).
@@ -49,11 +49,15 @@ def reconcile(
     carrier's exports, heal the safe findings (refunds, booking cancellations), print the
     report. Exit 0 when nothing is left unresolved, 3 when findings need a person."""
 
-    async def call(svc: OrderService) -> dict[str, Any]:
+    async def call(services: ServiceLayer) -> dict[str, Any]:
         from app.service.reconciliation import reconcile_now
 
         return await reconcile_now(
-            svc.client, svc.settings, heal=not no_heal, order_ids=order, lookback_s=lookback
+            services.orders.client,
+            services.settings,
+            heal=not no_heal,
+            order_ids=order,
+            lookback_s=lookback,
         )
 
     report = cli_context(ctx).with_service(call)
@@ -70,11 +74,12 @@ def reconcile_schedule(ctx: typer.Context) -> None:
     """Create the reconciliation's Temporal Schedule, or bring it to the settings
     (RECONCILE_INTERVAL_S); idempotent. `cli.py start` and compose's setup job run it."""
 
-    async def call(svc: OrderService) -> str:
+    async def call(services: ServiceLayer) -> str:
         from app.orders.reconciliation.messages import SCHEDULE_ID
         from app.service.reconciliation import ensure_schedule
 
-        return f"schedule {SCHEDULE_ID} {await ensure_schedule(svc.client, svc.settings)}"
+        done = await ensure_schedule(services.orders.client, services.settings)
+        return f"schedule {SCHEDULE_ID} {done}"
 
     say(cli_context(ctx).with_service(call))
 

@@ -13,7 +13,7 @@ from app.cli.render import status_dict
 if TYPE_CHECKING:
     # The service pulls in temporalio and SQLAlchemy (about a second); stack commands and
     # --help do without.
-    from app.service.orders import OrderService
+    from app.service.status import StatusReader
 
 
 def is_terminal(view: dict[str, Any]) -> bool:
@@ -22,7 +22,7 @@ def is_terminal(view: dict[str, Any]) -> bool:
 
 
 async def wait_for_order(
-    svc: OrderService,
+    reader: StatusReader,
     order_id: str,
     done: Callable[[dict[str, Any]], bool],
     timeout: float,
@@ -37,7 +37,7 @@ async def wait_for_order(
     view: dict[str, Any] = {}
     while True:
         try:
-            view = status_dict(await svc.status(order_id))
+            view = status_dict(await reader.status(order_id))
         except Unavailable:
             # A workflow answers queries only after its first task; moments after the start
             # it may not yet.

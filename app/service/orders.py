@@ -73,7 +73,6 @@ from app.service.inputs import (
     validate_address,
     validate_order_id,
 )
-from app.service.inspection import Inspector
 from app.service.retry import (
     first_input,
     order_to_retry,
@@ -385,29 +384,3 @@ class OrderService:
     async def _db_order(self, order_id: str) -> Order | None:
         async with self.sessions() as s:
             return await s.get(Order, order_id)
-
-    # --- reads, for callers that still ask the commands for them ----------------------------
-    # The CLI (app/cli), devstack's chaos and demo, scripts/test-workflow.py and the tests'
-    # `Running.service` read through an OrderService; new code asks StatusReader and
-    # Inspector (app/service/layer.py), as the API does.
-
-    async def status(self, order_id: str) -> OrderView:
-        return await self.reader.status(order_id)
-
-    def _inspector(self) -> Inspector:
-        return Inspector(self.client, self.sessions, self.settings)
-
-    async def list_orders(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        return await self._inspector().list_orders(*args, **kwargs)
-
-    async def search_orders(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        return await self._inspector().search_orders(*args, **kwargs)
-
-    async def events(self, order_id: str) -> list[dict[str, Any]]:
-        return await self._inspector().events(order_id)
-
-    async def describe(self, workflow_id: str) -> dict[str, Any]:
-        return await self._inspector().describe(workflow_id)
-
-    async def history(self, workflow_id: str) -> list[dict[str, Any]]:
-        return await self._inspector().history(workflow_id)

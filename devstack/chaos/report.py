@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from app.orders.messages import TERMINAL_STATES, OrderState, order_workflow_id
-from app.service.orders import OrderService
+from app.service.inspection import Inspector
 from devstack.chaos.adversarial import KINDS, PlannedOrder
 from devstack.chaos.checks import (
     VIOLATIONS,
@@ -216,7 +216,7 @@ def adversarial_mix(record: RunRecord, refused: list[str]) -> tuple[dict[str, in
 
 
 async def evidence(
-    service: OrderService,
+    inspector: Inspector,
     summary: dict[str, Any],
     facts: dict[str, OrderFacts],
     tracked: dict[str, Tracked],
@@ -228,7 +228,7 @@ async def evidence(
     for oid in ids:
         f = facts[oid]
         try:
-            history = await service.history(order_workflow_id(oid))
+            history = await inspector.history(order_workflow_id(oid))
         except Exception as err:
             history = [{"error": one_line(err)}]
         out[oid] = {

@@ -62,6 +62,7 @@ from app.platform.db import engine_from_settings, session_factory
 from app.platform.tables import Order
 from app.platform.temporal import connect_client, runtime_with_core_logs
 from app.service.errors import InvalidInput, OrderConflict, OrderNotFound
+from app.service.layer import ServiceLayer
 from app.service.orders import OrderService
 from devstack.chaos.adversarial import (
     CANCEL_WITHIN_S,
@@ -175,7 +176,8 @@ class _Run:
             gateway=ledger_engine(cs, cs.gateway_database_url_plain, pool_size=2),
             carrier=ledger_engine(cs, cs.carrier_database_url_plain, pool_size=2),
         )
-        service = OrderService(client, session_factory(engine), self.client_settings)
+        services = ServiceLayer.build(client, session_factory(engine), self.client_settings)
+        service = services.orders
         self.t0 = time.monotonic()
         self.progress(
             f"chaos: {len(orders)} orders (ids {prefix}-NNNN"
@@ -225,7 +227,9 @@ class _Run:
                 if "error" in reconciliation or unresolved:
                     summary["ok"] = False
             if not summary["ok"]:
-                summary["evidence"] = await evidence(service, summary, facts, self.tracked)
+                summary["evidence"] = await evidence(
+                    services.inspection, summary, facts, self.tracked
+                )
         finally:
             following.cancel()
             for task in list(self.actions):

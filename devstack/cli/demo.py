@@ -21,7 +21,7 @@ from app.cli.waiting import is_terminal, wait_for_order
 from app.orders.messages import DEMO_ADDRESS, ORDER_DEADLINE_S
 
 if TYPE_CHECKING:
-    from app.service.orders import OrderService
+    from app.service.layer import ServiceLayer
 
 
 @dataclasses.dataclass
@@ -53,7 +53,7 @@ def _progress_of(view: dict[str, Any]) -> int:
     return STEPS.index(step) if step in STEPS else 0
 
 
-async def play_demo(svc: OrderService) -> list[DemoRun]:
+async def play_demo(services: ServiceLayer) -> list[DemoRun]:
     """Three orders side by side, with live progress: each scenario's start, approval and
     (for one) cancel after payment, as a reviewer and a customer would.
 
@@ -69,7 +69,7 @@ async def play_demo(svc: OrderService) -> list[DemoRun]:
     ]
     profiles = ["off", "delay=1", "seed"]
     # Bound every wait by the order deadline, plus time for compensation to finish.
-    limit = (svc.settings.order_deadline_s or ORDER_DEADLINE_S) + 15.0
+    limit = (services.settings.order_deadline_s or ORDER_DEADLINE_S) + 15.0
     columns = (
         SpinnerColumn(finished_text="✓"),
         TextColumn("{task.description:<24}"),
@@ -100,16 +100,16 @@ async def play_demo(svc: OrderService) -> list[DemoRun]:
 
             def wait(done: Callable[[dict[str, Any]], bool]) -> Awaitable[dict[str, Any]]:
                 remaining = max(limit - (time.monotonic() - started), 1.0)
-                return wait_for_order(svc, run.order_id, done, remaining, on_change)
+                return wait_for_order(services.status, run.order_id, done, remaining, on_change)
 
-            await svc.start_order(
+            await services.orders.start_order(
                 run.order_id, f"pmt-{run.order_id}", dict(DEMO_ADDRESS), fault_profile=profile
             )
             # Approve once the order waits for review, as a reviewer would.
             view = await wait(lambda v: v.get("step") == "MANUAL_REVIEW" or is_terminal(v))
             if not is_terminal(view):
                 try:
-                    await svc.approve(run.order_id, "demo")
+                    await services.orders.approve(run.order_id, "demo")
                     run.notes.append("approved")
                 except OrderConflict as refused:
                     run.notes.append(f"approval refused: {refused.message}")
@@ -117,7 +117,7 @@ async def play_demo(svc: OrderService) -> list[DemoRun]:
                 view = await wait(lambda v: v.get("state") == "PAID" or is_terminal(v))
                 if view.get("state") == "PAID":
                     try:
-                        await svc.cancel(
+                        await services.orders.cancel(
                             run.order_id, reason="customer_request", requested_by="demo"
                         )
                         run.notes.append("cancelled after payment")

@@ -62,7 +62,7 @@ def _ensure_reconciliation(context: CliContext[StackSettings], settings: StackSe
 
     try:
         done = context.with_service(
-            lambda svc: ensure_schedule(svc.client, svc.settings),
+            lambda services: ensure_schedule(services.orders.client, services.settings),
             addresses.client_settings(settings),
         )
     except Exception as exc:  # the stack runs; say so, and how to add the schedule later

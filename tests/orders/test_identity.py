@@ -55,7 +55,7 @@ async def test_payment_id_of_another_order_is_refused_and_never_touches_its_mone
     )
     with pytest.raises(WorkflowFailureError):
         await behind_the_back.result()
-    failed_b = await running.service.status(b)
+    failed_b = await running.reader.status(b)
     assert (failed_b.state, failed_b.reason) == ("FAILED", "payment_id_in_use")
 
     await running.service.cancel(a, reason="changed my mind")
@@ -63,10 +63,10 @@ async def test_payment_id_of_another_order_is_refused_and_never_touches_its_mone
     await running.client.get_workflow_handle(f"shipping-{a}-1").terminate(reason="no carrier")
 
     async def settled() -> bool | None:
-        return (await running.service.status(a)).settled or None
+        return (await running.reader.status(a)).settled or None
 
     await eventually(settled, what="A's refund")
-    view = await running.service.status(a)
+    view = await running.reader.status(a)
     assert (view.state, view.payment_status) == ("CANCELLED", "refunded")
     ledger = await read_ledger(running.providers.gateway.engine, [a, b])
     assert [c["refunded_cents"] == c["amount_cents"] for c in ledger[a]] == [True]
@@ -85,7 +85,7 @@ async def test_free_order_ships_without_a_gateway_call(running: Running) -> None
     await running.service.approve(order_id, reviewer="alice")
     result = await running.client.get_workflow_handle(f"order-{order_id}").result()
     assert result["state"] == "COMPLETED"
-    view = await running.service.status(order_id)
+    view = await running.reader.status(order_id)
     assert (view.payment_status, view.settled, view.errors) == ("not_due", True, [])
     assert [(p.status, p.amount) for p in await payments(running, order_id)] == [("not_due", 0)]
     assert (await read_ledger(running.providers.gateway.engine, [order_id]))[order_id] == []
@@ -101,7 +101,7 @@ async def _direct_run_fails(running: Running, inp: OrderInput, reason: str) -> N
     )
     with pytest.raises(WorkflowFailureError):
         await handle.result()
-    view = await running.service.status(inp.order_id)
+    view = await running.reader.status(inp.order_id)
     assert (view.state, view.reason) == ("FAILED", reason)
     assert (await read_ledger(running.providers.gateway.engine, [inp.order_id]))[inp.order_id] == []
 

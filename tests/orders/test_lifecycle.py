@@ -66,7 +66,7 @@ async def test_order_completes_end_to_end(running: Running) -> None:
     paid = await payments(running, order_id)
     assert [(p.payment_id, p.status) for p in paid] == [(f"pmt-{order_id}", "charged")]
     assert await order_events(running, order_id) == HAPPY_PATH_EVENTS
-    status = await running.service.status(order_id)
+    status = await running.reader.status(order_id)
     assert status.state == "COMPLETED" and status.source == "database"
     assert status.attempts == {"RECEIVE": 1, "VALIDATE": 1, "PAY": 1, "SHIP": 1}
 
@@ -83,7 +83,7 @@ async def test_charge_failing_after_db_write_is_not_charged_twice(running: Runni
     assert len(paid) == 1 and paid[0].status == "charged"
     events = await order_events(running, order_id)
     assert events.count("PAYMENT_CHARGED") == 1
-    status = await running.service.status(order_id)
+    status = await running.reader.status(order_id)
     assert status.attempts["PAY"] == 2
     assert any(e.step == "PAY" and e.attempt == 1 for e in status.errors)
 
@@ -223,6 +223,6 @@ async def test_hanging_service_times_out_and_every_attempt_is_recorded(running: 
         ("RECEIVE", 2, "timeout"),
         ("RECEIVE", 3, "timeout"),
     ]
-    status = await running.service.status(order_id)
+    status = await running.reader.status(order_id)
     assert status.attempts == {"RECEIVE": 3}
     assert status.payment_status == "none"

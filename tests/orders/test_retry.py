@@ -85,7 +85,7 @@ async def test_failed_order_retried_completes_with_one_net_charge(running: Runni
     assert shipped["state"] == "COMPLETED"
     payment_id = f"pmt-{order_id}.r2"
     await failed_after_payment(running, order_id, payment_id)
-    failed = await running.service.status(order_id)
+    failed = await running.reader.status(order_id)
     assert (failed.state, failed.reason, failed.payment_status) == (
         "FAILED",
         "shipping_failed",
@@ -112,7 +112,7 @@ async def test_failed_order_retried_completes_with_one_net_charge(running: Runni
     result = await running.client.get_workflow_handle(f"order-{order_id}", run_id=run_id).result()
     assert result["state"] == "COMPLETED"
 
-    done = await running.service.status(order_id)
+    done = await running.reader.status(order_id)
     assert (done.state, done.run_id, done.payment_id, done.payment_status) == (
         "COMPLETED",
         run_id,
@@ -163,7 +163,7 @@ async def test_only_failed_orders_are_retried(running: Running) -> None:
     await running.service.cancel(waiting, reason="changed my mind")
 
     async def cancelled() -> bool | None:
-        return (await running.service.status(waiting)).settled or None
+        return (await running.reader.status(waiting)).settled or None
 
     await eventually(cancelled, what="the cancelled order settled")
     with pytest.raises(OrderConflict) as closed:

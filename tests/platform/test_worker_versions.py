@@ -82,14 +82,14 @@ async def complete(service: OrderService, order_id: str) -> None:
     await service.approve(order_id, reviewer="versions-test")
 
     async def completed() -> bool:
-        return (await service.status(order_id)).state == "COMPLETED"
+        return (await service.reader.status(order_id)).state == "COMPLETED"
 
     await eventually(completed, timeout=30.0, what=f"{order_id} to complete")
 
 
 async def wait_for_step_of(service: OrderService, order_id: str) -> None:
     async def in_review() -> bool:
-        return (await service.status(order_id)).step == "MANUAL_REVIEW"
+        return (await service.reader.status(order_id)).step == "MANUAL_REVIEW"
 
     await eventually(in_review, timeout=20.0, what=f"{order_id} to wait in review")
 
