@@ -120,20 +120,24 @@ async def test_rollup_matches_direct_computation(
 
 
 async def test_window_boundary(scratch: async_sessionmaker[AsyncSession]) -> None:
+    # Now, not the module's NOW: the suite may reach this test many minutes after import.
+    now = datetime.now(UTC).replace(tzinfo=None)
     async with scratch.begin() as s:
         await s.execute(
             insert(Order),
             [
-                {"id": "old", "state": "COMPLETED", "created_at": NOW - timedelta(hours=3)},
-                {"id": "new", "state": "RECEIVED", "created_at": NOW - timedelta(minutes=1)},
-                {"id": "ancient", "state": "FAILED", "created_at": NOW - timedelta(days=40)},
+                {"id": "old", "state": "COMPLETED", "created_at": now - timedelta(hours=3)},
+                {"id": "new", "state": "RECEIVED", "created_at": now - timedelta(minutes=1)},
+                {"id": "ancient", "state": "FAILED", "created_at": now - timedelta(days=40)},
             ],
         )
     last_hour = await order_stats(scratch, "1h")
+    asked = datetime.now(UTC).replace(tzinfo=None)
     assert last_hour["orders"]["total"] == 1 and last_hour["orders"]["by_state"]["RECEIVED"] == 1
     assert last_hour["window"]["name"] == "1h" and last_hour["window"]["resolution"] == "5 minutes"
     since = datetime.fromisoformat(last_hour["window"]["since"]).replace(tzinfo=None)
-    assert NOW - timedelta(minutes=66) <= since <= NOW - timedelta(hours=1)
+    # The window starts on a 5-minute bucket at or before an hour ago.
+    assert now - timedelta(minutes=66) <= since <= asked - timedelta(hours=1)
     day = await order_stats(scratch, "24h")
     assert (day["orders"]["total"], day["completion_rate"]) == (2, 1.0)
     month = await order_stats(scratch, "30d")
@@ -156,3 +160,24 @@ async def test_cache_keeps_one_figure_per_window(
     assert (await cache.get("1h"))["orders"]["total"] == 0
     assert (await cache.get("all"))["orders"]["total"] == 1
     assert (await cache.get())["window"]["name"] == "all"
+
+
+async def test_a_start_recorded_after_the_end_counts_from_then(
+    scratch: async_sessionmaker[AsyncSession],
+) -> None:
+    """A run that failed before RECEIVED, then its retry's RECEIVED and outcome: the order
+    counts from that RECEIVED, as the tables (and the rebuild) say, not as without start."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    async with scratch.begin() as s:
+        await s.execute(insert(Order).values(id="late", state="RECEIVED", created_at=now))
+    for type_, after in (("FAILED", 1), ("RECEIVED", 5), ("COMPLETED", 9)):
+        async with scratch.begin() as s:
+            event = {"order_id": "late", "type": type_, "ts": now + timedelta(seconds=after)}
+            await s.execute(insert(Event).values(**event, payload_json={}))
+    rolled = await order_stats(scratch)
+    assert rolled["execution_time"]["without_start"] == 0
+    assert rolled["execution_time"]["count"] == 1
+    assert _comparable(rolled) == _comparable(await direct_stats(scratch))
+    async with scratch.begin() as s:
+        await s.execute(text("SELECT stats_rebuild()"))
+    assert _comparable(await order_stats(scratch)) == _comparable(rolled)
