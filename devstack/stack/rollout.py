@@ -30,6 +30,7 @@ from devstack.stack.app_processes import (
     WORKER_QUEUES,
     running_builds,
     start_worker,
+    worker_metrics_ports,
     worker_role,
 )
 from devstack.stack.config import TEMPORAL, StackConfig, StackError, StackSettings
@@ -330,6 +331,14 @@ class _Rollout:
             )
         self.report(f"build {listed} drained in {time.monotonic() - started:.1f}s")
 
+    def _await_metrics_ports(self, timeout: float = 15.0) -> None:
+        """The stopped workers' metrics ports, free again: a socket of a process that has
+        just exited can hold its port for a moment after the process is gone."""
+        give_up = time.monotonic() + timeout
+        for port in worker_metrics_ports(self.settings):
+            while processes.port_in_use(self.cfg.host, port) and time.monotonic() < give_up:
+                time.sleep(0.2)
+
     def _retire(self, old: list[str]) -> None:
         """Stop the old builds' workers; the target's take over the plain names (and the
         metrics ports) when an old build had them."""
@@ -340,6 +349,7 @@ class _Rollout:
                 self.report(f"  {message} (build {build})")
         if serving in old or serving is None:
             builds.set_serving(self.cfg, self.target)
+            self._await_metrics_ports()
             # The target's own: under the plain names, with the metrics ports.
             for message in self._start_workers(list(WORKER_QUEUES)):
                 self.report(f"  {message} (build {self.target})")
