@@ -37,6 +37,7 @@ from temporalio.worker import (
     WorkflowInterceptorClassInput,
 )
 
+from app import versioning
 from app.orders.activities import (
     ActivityDependencies,
     orders_queue_activities,
@@ -57,7 +58,6 @@ from app.orders.workflows.unversioned import (
     UnversionedReconciliationWorkflow,
     UnversionedShippingWorkflow,
 )
-from app.platform import versioning
 from app.platform.db import engine_from_settings, session_factory
 from app.platform.logging_setup import configure_logging
 from app.platform.settings import Settings, get_settings_or_exit, require_production_ready

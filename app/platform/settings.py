@@ -122,7 +122,7 @@ class Settings(BaseSettings):
     events_retention_interval_s: float = Field(default=3600.0, ge=60.0, le=7 * 86400.0)
     events_retention_batch: int = Field(default=500, ge=1, le=100_000)
 
-    # Worker Versioning (app/platform/versioning.py): each worker build is a version of
+    # Worker Versioning (app/versioning.py): each worker build is a version of
     # the Worker Deployment WORKER_DEPLOYMENT_NAME; orders are pinned to the version that
     # started them. WORKER_BUILD_ID: this build's id (image builds set it); empty = the
     # package version and git commit, plus a hash of the code when it differs. False =

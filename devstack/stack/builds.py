@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Collection, Iterator
 from pathlib import Path
 
-from app.platform import versioning
+from app import versioning
 from app.platform.settings import Settings
 from devstack.stack.config import StackConfig, StackError
 

@@ -22,7 +22,7 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from app.platform import versioning
+from app import versioning
 from app.platform.temporal import connect_client
 from devstack.stack import builds, processes
 from devstack.stack.addresses import client_settings, stack_config

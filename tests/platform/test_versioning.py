@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.platform.versioning import build_id, source_hash
+from app.versioning import build_id, source_hash
 
 pytestmark = pytest.mark.unit
 

@@ -19,9 +19,9 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.common import VersioningBehavior
 
 import app.worker
+from app import versioning
 from app.orders.messages import ORDER_WORKFLOW, OrderInput, OrderResult, order_workflow_id
 from app.orders.workflows import OrderWorkflow
-from app.platform import versioning
 from app.platform.settings import Settings
 from app.service.orders import OrderService
 from app.worker import build_workers

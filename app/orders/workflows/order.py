@@ -72,7 +72,7 @@ from app.orders.workflows.shipping import start_shipping
 Work = Callable[[], Awaitable[int | None]]
 
 
-# Pinned: a run lives its life on the build that started it (app/platform/versioning.py).
+# Pinned: a run lives its life on the build that started it (app/versioning.py).
 @workflow.defn(name=ORDER_WORKFLOW, versioning_behavior=VersioningBehavior.PINNED)
 class OrderWorkflow:
     # The input is taken at construction so an update or query that arrives in the very

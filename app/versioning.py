@@ -36,7 +36,7 @@ from app.orders.messages import ORDER_WORKFLOW
 from app.platform.settings import Settings
 
 PACKAGE = "order-fulfillment"
-SOURCE_ROOT = Path(__file__).resolve().parents[1]  # the `app` package: what a worker runs
+SOURCE_ROOT = Path(__file__).resolve().parent  # the `app` package: what a worker runs
 
 
 def build_id(override: str = "", source: Path = SOURCE_ROOT) -> str:
