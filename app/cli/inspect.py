@@ -130,7 +130,10 @@ def _check_page_options(filters: OrderFilter, query: str | None, cursor: str | N
             )
     if cursor is not None:
         try:
-            decode_query_cursor(query, cursor) if query is not None else decode_cursor(cursor)
+            if query is not None:
+                decode_query_cursor(query, cursor)
+            else:
+                decode_cursor(cursor, filters.review_queue)
         except InvalidInput:
             raise typer.BadParameter(
                 "--cursor is not one that list printed (with --query: for that query)"

@@ -132,6 +132,9 @@ BAD_QUERY_CURSOR = (
 )
 
 
+_QUEUE_ORDER = "deadline"
+
+
 def _to_cursor(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
@@ -140,18 +143,25 @@ def _from_cursor(cursor: str) -> bytes:
     return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
 
 
-def encode_cursor(created_at: datetime, order_id: str) -> str:
-    return _to_cursor(json.dumps([created_at.isoformat(), order_id]).encode())
+def encode_cursor(at: datetime, order_id: str, review_queue: bool = False) -> str:
+    """The last row of a page, by the list's own order: newest first (created_at), or the
+    review queue's (deadline). The queue's cursors say so, and each list refuses the other's:
+    a position in one order means another set of rows in the other."""
+    row: list[str] = [at.isoformat(), order_id]
+    return _to_cursor(json.dumps([*row, _QUEUE_ORDER] if review_queue else row).encode())
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """The row a cursor names. A made-up one is refused here: whatever it holds goes into
-    a statement (a NUL or a time zone there would be the database's error, a 500)."""
+def decode_cursor(cursor: str, review_queue: bool = False) -> tuple[datetime, str]:
+    """The row a cursor of this list names. A made-up one is refused here: whatever it
+    holds goes into a statement (a NUL or a time zone there would be the database's
+    error, a 500)."""
     try:
-        created, order_id = json.loads(_from_cursor(cursor))
+        created, order_id, *order = json.loads(_from_cursor(cursor))
         at = datetime.fromisoformat(created)
     except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
         raise InvalidInput(BAD_CURSOR, field="cursor") from None
+    if order != ([_QUEUE_ORDER] if review_queue else []):
+        raise InvalidInput(BAD_CURSOR, field="cursor")
     if at.tzinfo is not None or not isinstance(order_id, str) or order_id_problem(order_id):
         raise InvalidInput(BAD_CURSOR, field="cursor")
     return at, order_id
@@ -215,7 +225,7 @@ async def order_page(
     if cursor is not None:
         if offset:
             raise InvalidInput("give either cursor or offset, not both", field="offset")
-        at, order_id = decode_cursor(cursor)
+        at, order_id = decode_cursor(cursor, filters.review_queue)
         after = tuple_(*key) > tuple_(at, order_id)
         q = q.where(after if filters.review_queue else tuple_(*key) < tuple_(at, order_id))
     order = [k.asc() for k in key] if filters.review_queue else [k.desc() for k in key]
@@ -231,7 +241,11 @@ async def order_page(
         "total_capped": total > MAX_COUNTED,
         "limit": limit,
         "offset": offset,
-        "next_cursor": encode_cursor(last_at, last.id) if more and last is not None else None,
+        "next_cursor": (
+            encode_cursor(last_at, last.id, filters.review_queue)
+            if more and last is not None
+            else None
+        ),
     }
 
 
