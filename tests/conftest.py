@@ -14,7 +14,6 @@ stack started by `cli.py start`, and are torn down at the end of the session.
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -35,7 +34,7 @@ from app.service.layer import ServiceLayer
 from app.worker import build_workers, fault_injector
 from devstack.stack.config import StackConfig, database_url, temporal_target
 from devstack.stack.infra import start_infra, stop_all
-from tests.helpers import CliStack, RealStack, Running, describe, leftover_processes, stack_env
+from tests.helpers import CliStack, RealStack, Running, stack_env, started_stack
 from tests.ports import free_ports
 
 TIERS = ("unit", "integration", "e2e")
@@ -147,21 +146,8 @@ def cli_stack() -> Iterator[CliStack]:
     # Under the project's .run (not /tmp/pytest-of-*, which is 0700): the postgres system
     # user must be able to reach its data directory.
     run_dir = PROJECT_ROOT / ".run" / f"e2e-{uuid.uuid4().hex[:8]}"
-    stack = CliStack(run_dir, stack_env(run_dir))
-    started = stack.run("start")
-    try:
-        assert started.returncode == 0, describe(started)
+    with started_stack(CliStack(run_dir, stack_env(run_dir))) as stack:
         yield stack
-    finally:
-        pids = []
-        with_pids = stack.run("ps", "--json")
-        if with_pids.returncode == 0:
-            pids = [row["pid"] for row in json.loads(with_pids.stdout) if row["pid"]]
-        stopped = stack.run("stop")
-        left = leftover_processes(run_dir, pids)
-        shutil.rmtree(run_dir, ignore_errors=True)
-        assert stopped.returncode == 0, describe(stopped)
-        assert not left, f"processes left after `cli.py stop`: {left}"
 
 
 @pytest.fixture

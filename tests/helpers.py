@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -274,3 +275,28 @@ async def serving(settings: Settings, **headers: str) -> AsyncIterator[httpx.Asy
         ) as client,
     ):
         yield client
+
+
+CliStackT = TypeVar("CliStackT", bound=CliStack)
+
+
+@contextmanager
+def started_stack(stack: CliStackT) -> Iterator[CliStackT]:
+    """`cli.py start` for the test's stack; afterwards `cli.py stop`, which must leave no
+    process behind, and its run folder removed."""
+    started = stack.run("start")
+    try:
+        assert started.returncode == 0, describe(started)
+        yield stack
+    finally:
+        listed = stack.run("ps", "--json")
+        pids = (
+            [row["pid"] for row in json.loads(listed.stdout) if row["pid"]]
+            if listed.returncode == 0
+            else []
+        )
+        stopped = stack.run("stop")
+        left = leftover_processes(stack.run_dir, pids)
+        shutil.rmtree(stack.run_dir, ignore_errors=True)
+        assert stopped.returncode == 0, describe(stopped)
+        assert not left, f"processes left after `cli.py stop`: {left}"

@@ -30,7 +30,7 @@ import pytest
 from app.platform.settings import PROJECT_ROOT
 from devstack.chaos.adversarial import KINDS
 from devstack.chaos.checks import VIOLATIONS
-from tests.helpers import CliStack, describe, leftover_processes, stack_env
+from tests.helpers import CliStack, describe, stack_env, started_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -43,23 +43,8 @@ PROFILE = "fail=0.2,hang=0.2,lost=0.2"
 def chaos_stack() -> Iterator[CliStack]:
     run_dir = PROJECT_ROOT / ".run" / f"chaos-{uuid.uuid4().hex[:8]}"
     env = {**stack_env(run_dir), "FAULT_SEED": "20240611"}
-    stack = CliStack(run_dir, env)
-    started = stack.run("start")
-    try:
-        assert started.returncode == 0, describe(started)
+    with started_stack(CliStack(run_dir, env)) as stack:
         yield stack
-    finally:
-        listed = stack.run("ps", "--json")
-        pids = (
-            [r["pid"] for r in json.loads(listed.stdout) if r["pid"]]
-            if listed.returncode == 0
-            else []
-        )
-        stopped = stack.run("stop")
-        left = leftover_processes(run_dir, pids)
-        shutil.rmtree(run_dir, ignore_errors=True)
-        assert stopped.returncode == 0, describe(stopped)
-        assert not left, f"processes left after `cli.py stop`: {left}"
 
 
 @pytest.mark.timeout(240)

@@ -11,7 +11,6 @@ Build B opens OrderWorkflow with a 10 ms timer: any of A's histories replayed on
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import shutil
 import subprocess
@@ -29,7 +28,7 @@ from temporalio.client import Client
 
 from app.orders.messages import order_workflow_id
 from app.platform.settings import PROJECT_ROOT
-from tests.helpers import CliStack, describe, leftover_processes, run_cli, stack_env
+from tests.helpers import CliStack, describe, run_cli, stack_env, started_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -75,23 +74,9 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def stack(project: Path) -> Iterator[CopiedStack]:
     run_dir = PROJECT_ROOT / ".run" / f"e2e-deploy-{uuid.uuid4().hex[:8]}"
-    stack = CopiedStack(run_dir, stack_env(run_dir), script=str(project / "scripts" / "cli.py"))
-    started = stack.run("start")
-    try:
-        assert started.returncode == 0, describe(started)
+    script = str(project / "scripts" / "cli.py")
+    with started_stack(CopiedStack(run_dir, stack_env(run_dir), script=script)) as stack:
         yield stack
-    finally:
-        listed = stack.run("ps", "--json")
-        pids = (
-            [r["pid"] for r in json.loads(listed.stdout) if r["pid"]]
-            if listed.returncode == 0
-            else []
-        )
-        stopped = stack.run("stop")
-        left = leftover_processes(run_dir, pids)
-        shutil.rmtree(run_dir, ignore_errors=True)
-        assert stopped.returncode == 0, describe(stopped)
-        assert not left, f"processes left after `cli.py stop`: {left}"
 
 
 def break_replay(project: Path) -> None:
