@@ -17,12 +17,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import (
     Client,
     Schedule,
-    ScheduleActionStartWorkflow,
-    ScheduleIntervalSpec,
-    ScheduleOverlapPolicy,
-    SchedulePolicy,
-    ScheduleSpec,
-    ScheduleState,
     WorkflowFailureError,
 )
 from temporalio.exceptions import FailureError
@@ -38,7 +32,7 @@ from app.orders.reconciliation.messages import (
 from app.platform.settings import Settings
 from app.platform.tables import ReconciliationFinding, ReconciliationRun
 from app.service.errors import ServiceError, Unavailable
-from app.service.schedules import SCHEDULE_CATCHUP, ensure, ensure_housekeeping
+from app.service.schedules import ensure, ensure_housekeeping, job_schedule
 
 # A run asked for now waits this long for its report (a run is bounded: a window of
 # orders, heals tried a few seconds each).
@@ -97,25 +91,15 @@ async def reconcile_now(
 
 
 def schedule_of(settings: Settings) -> Schedule:
-    """The schedule as the settings want it: every RECONCILE_INTERVAL_S on the orders
-    queue, a run that is still going makes the next one skip."""
-    return Schedule(
-        # No input: the workflow runs with the settings' defaults, and the schedule holds
-        # no payload that a retired PAYLOAD_KEYS key would make unreadable.
-        action=ScheduleActionStartWorkflow(
-            RECONCILIATION_WORKFLOW,
-            id=SCHEDULE_ID,  # Temporal appends each run's scheduled time
-            task_queue=settings.order_task_queue,
-            execution_timeout=RUN_TIMEOUT,
-        ),
-        spec=ScheduleSpec(
-            intervals=[ScheduleIntervalSpec(every=timedelta(seconds=settings.reconcile_interval_s))]
-        ),
-        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP, catchup_window=SCHEDULE_CATCHUP),
-        state=ScheduleState(
-            note="Order reconciliation: our orders and payments against the gateway's and "
-            "carrier's exports (app/orders/reconciliation)."
-        ),
+    """Every RECONCILE_INTERVAL_S."""
+    return job_schedule(
+        RECONCILIATION_WORKFLOW,
+        SCHEDULE_ID,
+        settings.reconcile_interval_s,
+        settings,
+        RUN_TIMEOUT,
+        "Order reconciliation: our orders and payments against the gateway's and "
+        "carrier's exports (app/orders/reconciliation).",
     )
 
 

@@ -31,26 +31,41 @@ SCHEDULE_CATCHUP = timedelta(minutes=1)
 HOUSEKEEPING_RUN_TIMEOUT = timedelta(hours=1)
 
 
-def housekeeping_schedule(settings: Settings) -> Schedule:
-    """Every EVENTS_RETENTION_INTERVAL_S on the orders queue; a run still going makes the
-    next one skip. No input: the workflow runs with the settings' defaults."""
+def job_schedule(
+    workflow: str,
+    schedule_id: str,
+    every_s: float,
+    settings: Settings,
+    timeout: timedelta,
+    note: str,
+) -> Schedule:
+    """A scheduled job as this service runs them: every `every_s` seconds on the orders
+    queue, a run still going makes the next one skip. No input: the workflow runs with the
+    settings' defaults, and the schedule holds no payload a retired PAYLOAD_KEYS key would
+    make unreadable."""
     return Schedule(
         action=ScheduleActionStartWorkflow(
-            HOUSEKEEPING_WORKFLOW,
-            id=HOUSEKEEPING_SCHEDULE_ID,  # Temporal appends each run's scheduled time
+            workflow,
+            id=schedule_id,  # Temporal appends each run's scheduled time
             task_queue=settings.order_task_queue,
-            execution_timeout=HOUSEKEEPING_RUN_TIMEOUT,
+            execution_timeout=timeout,
         ),
-        spec=ScheduleSpec(
-            intervals=[
-                ScheduleIntervalSpec(every=timedelta(seconds=settings.events_retention_interval_s))
-            ]
-        ),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(seconds=every_s))]),
         policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP, catchup_window=SCHEDULE_CATCHUP),
-        state=ScheduleState(
-            note="Events retention: step events of orders closed more than "
-            "EVENTS_RETENTION_DAYS ago, deleted in batches (app/orders/housekeeping)."
-        ),
+        state=ScheduleState(note=note),
+    )
+
+
+def housekeeping_schedule(settings: Settings) -> Schedule:
+    """Every EVENTS_RETENTION_INTERVAL_S."""
+    return job_schedule(
+        HOUSEKEEPING_WORKFLOW,
+        HOUSEKEEPING_SCHEDULE_ID,
+        settings.events_retention_interval_s,
+        settings,
+        HOUSEKEEPING_RUN_TIMEOUT,
+        "Events retention: step events of orders closed more than EVENTS_RETENTION_DAYS "
+        "ago, deleted in batches (app/orders/housekeeping).",
     )
 
 
