@@ -156,6 +156,13 @@ async def test_query_pages_follow_their_cursor(api: httpx.AsyncClient, running: 
         assert (await api.post(f"/orders/{order_id}/start", json=body)).status_code == 201
     query = f"CustomerId='{customer}'"
 
+    # Both in Temporal's visibility first: a page of 1 carries a next token whenever it is
+    # full, so a first page taken while only one was visible leads to an empty second.
+    async def both_visible() -> bool:
+        return (await running.client.count_workflows(query)).count == len(started)
+
+    await eventually(both_visible, what="both orders visible to the query")
+
     async def first_page() -> dict[str, Any] | None:
         r = await api.get("/orders", params={"query": query, "limit": 1})
         assert r.status_code == 200, r.text
