@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from sqlalchemy import delete, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.platform.sql import Sql
 from app.platform.tables import PaymentClaim
 
 
@@ -18,22 +18,28 @@ class Claim(NamedTuple):
     new: bool  # claimed by this call
 
 
-async def claim_payment_id(s: AsyncSession, payment_id: str, order_id: str) -> Claim:
+# The claim, or the owner's when it was taken before. A claim committed by a concurrent
+# statement after this one began is not in this statement's snapshot: then no row, and the
+# owner is read again.
+_CLAIM = """
+WITH claimed AS (
+    INSERT INTO payment_claims (payment_id, order_id) VALUES (:payment_id, :order_id)
+    ON CONFLICT (payment_id) DO NOTHING
+    RETURNING order_id
+)
+SELECT order_id, true AS new FROM claimed
+UNION ALL
+SELECT order_id, false AS new FROM payment_claims WHERE payment_id = :payment_id
+"""
+_OWNER = "SELECT order_id FROM payment_claims WHERE payment_id = :payment_id"
+
+
+async def claim_payment_id(db: Sql, payment_id: str, order_id: str) -> Claim:
     """Claim the payment id for the order unless another has it."""
-    claimed = (
-        await s.execute(
-            pg_insert(PaymentClaim)
-            .values(payment_id=payment_id, order_id=order_id)
-            .on_conflict_do_nothing(index_elements=[PaymentClaim.payment_id])
-            .returning(PaymentClaim.order_id)
-        )
-    ).scalar_one_or_none()
-    if claimed is not None:
-        return Claim(claimed, True)
-    owner: str = (
-        await s.execute(select(PaymentClaim.order_id).where(PaymentClaim.payment_id == payment_id))
-    ).scalar_one()
-    return Claim(owner, False)
+    row = await db.row(_CLAIM, payment_id=payment_id, order_id=order_id)
+    if row is not None:
+        return Claim(row["order_id"], row["new"])
+    return Claim(await db.value(_OWNER, payment_id=payment_id), False)
 
 
 async def release_payment_id(s: AsyncSession, payment_id: str, order_id: str) -> None:

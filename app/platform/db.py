@@ -1,4 +1,5 @@
-"""PostgreSQL: engine, sessions and timed transactions (the tables: app/platform/tables.py)."""
+"""PostgreSQL: engine, sessions and timed transactions (the tables: app/platform/tables.py;
+plain SQL on the driver for the hot path: app/platform/sql.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -19,6 +21,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from app.platform import metrics
+from app.platform.sql import DriverSql, driver
 
 if TYPE_CHECKING:
     from app.platform.settings import Settings
@@ -83,8 +86,15 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-# OSError includes TimeoutError (Python 3.11) and connection failures asyncpg raises as is.
-_DATABASE_FAILURES = (SQLAlchemyError, OSError, asyncio.CancelledError)
+# OSError includes TimeoutError (Python 3.11) and connection failures asyncpg raises as is;
+# statements on the driver (app/platform/sql.py) raise asyncpg's own errors.
+_DATABASE_FAILURES = (
+    SQLAlchemyError,
+    OSError,
+    asyncio.CancelledError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
 
 
 @asynccontextmanager
@@ -110,6 +120,16 @@ async def timed_statements(
     async with _timed(operation), sessions() as session:
         await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         yield session
+
+
+@asynccontextmanager
+async def timed_driver(
+    sessions: async_sessionmaker[AsyncSession], operation: str
+) -> AsyncIterator[DriverSql]:
+    """Plain SQL on a pooled connection's driver (app/platform/sql.py), measured like
+    `timed_transaction`: each statement commits on its own unless inside `transaction()`."""
+    async with _timed(operation), driver(sessions) as db:
+        yield db
 
 
 @asynccontextmanager

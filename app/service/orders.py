@@ -51,6 +51,7 @@ from app.orders.messages import (
 )
 from app.orders.search import start_attributes
 from app.platform.settings import Settings
+from app.platform.sql import driver, on_session
 from app.platform.tables import Order
 from app.service.errors import (
     InvalidInput,
@@ -227,8 +228,8 @@ class OrderService:
     async def _claim_payment_id(self, inp: OrderInput) -> bool:
         """The payment id is the order's from now on, unless another order has it (409
         naming payment_id). Whether this call claimed it."""
-        async with self.sessions() as s, s.begin():
-            claim = await claim_payment_id(s, inp.payment_id, inp.order_id)
+        async with driver(self.sessions) as db:
+            claim = await claim_payment_id(db, inp.payment_id, inp.order_id)
         if claim.owner != inp.order_id:
             raise _payment_id_taken(inp.payment_id)
         return claim.new
@@ -359,7 +360,7 @@ class OrderService:
             if fault_profile is not None:
                 inp = dataclasses.replace(inp, fault_profile=fault_profile)
             # The retry's own reference, which no client id can take (app/orders/identity.py).
-            if (await claim_payment_id(s, inp.payment_id, order_id)).owner != order_id:
+            if (await claim_payment_id(on_session(s), inp.payment_id, order_id)).owner != order_id:
                 raise _payment_id_taken(inp.payment_id)
             handle = await self._start_run(
                 inp,

@@ -1,5 +1,5 @@
 """What every activity shares: attempt accounting (`step_activity`), one-statement writes
-with their events, the order row lock, the payment id's owner, and turning a provider's
+with their events (plain SQL on the driver: app/platform/sql.py), the order row lock, the payment id's owner, and turning a provider's
 refusal into a final failure."""
 
 from __future__ import annotations
@@ -14,17 +14,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, ParamSpec, Protocol, TypeVar, runtime_checkable
 
-from sqlalchemy import (
-    DateTime,
-    Insert,
-    Select,
-    Update,
-    func,
-    insert,
-    literal,
-    select,
-    union_all,
-)
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -44,7 +34,8 @@ from app.orders.providers.api import (
 )
 from app.platform import metrics
 from app.platform.db import timed_transaction
-from app.platform.tables import Event, JsonType, Order, PaymentClaim
+from app.platform.sql import DriverSql, Row, Sql, as_json
+from app.platform.tables import Event, Order
 
 log = logging.getLogger("app.orders.activities")
 
@@ -77,30 +68,48 @@ async def record_event(
     await s.execute(insert(Event).values(**event_row(order_id, type_, **payload)))
 
 
-def with_events(
-    write: Insert | Update, *events: tuple[EventType, dict[str, Any]], at: datetime | None = None
-) -> Select[Any]:
-    """One statement: `write` on an order row, plus the events for the row it wrote.
+def with_events(write: str, events: int = 1, *, before: str = "", stamped: bool = False) -> str:
+    """One statement: `write` (an INSERT or UPDATE of one order row, `RETURNING id`) plus
+    `events` events for the row it wrote (parameters `type0`, `payload0`, ...: see
+    `event_params`). `before`: CTEs `write` reads, each followed by a comma.
 
-    The events are stamped `at` (the time the write records, e.g. its `closed_at`), else
-    with the statement's clock.
+    The events are stamped `:at` when `stamped` (the time the write records, e.g. its
+    `closed_at`), else with the statement's clock.
 
     Selects the order id when `write` wrote the row, nothing when it did not (then no event
     is recorded either). A statement's data-modifying CTEs commit together or not at all,
     so the step's state change and its events need no transaction around them: one round
     trip to PostgreSQL instead of four (these writes are the hottest path of an order)."""
-    written = write.returning(Order.id).cte("written")
-    stamp = literal(at, DateTime) if at is not None else func.clock_timestamp()
-    rows = [
-        select(written.c.id, literal(str(type_)), literal(payload, JsonType), stamp)
-        for type_, payload in events
-    ]
-    recorded = (
-        insert(Event)
-        .from_select(["order_id", "type", "payload_json", "ts"], union_all(*rows))
-        .cte("recorded")
+    stamp = ":at" if stamped else "clock_timestamp()"
+    rows = " UNION ALL ".join(
+        f"SELECT id, :type{i}, CAST(:payload{i} AS jsonb), {stamp} FROM written"
+        for i in range(events)
     )
-    return select(written.c.id).add_cte(recorded)
+    return (
+        f"WITH {before} written AS ({write}), "
+        f"recorded AS (INSERT INTO events (order_id, type, payload_json, ts) {rows}) "
+        "SELECT id FROM written"
+    )
+
+
+def event_params(*events: tuple[EventType, dict[str, Any]]) -> dict[str, Any]:
+    """The `type<i>`/`payload<i>` parameters of `with_events`' statement."""
+    params: dict[str, Any] = {}
+    for i, (type_, payload) in enumerate(events):
+        params[f"type{i}"] = str(type_)
+        params[f"payload{i}"] = as_json(payload)
+    return params
+
+
+_EVENT = (
+    "INSERT INTO events (order_id, type, payload_json, ts) "
+    "VALUES (:order_id, :type, CAST(:payload AS jsonb), clock_timestamp())"
+)
+
+
+async def insert_event(db: Sql, order_id: str, type_: EventType, **payload: Any) -> None:
+    """One event of the order, on the hot path's connection (`record_event` in a session)."""
+    await db.run(_EVENT, order_id=order_id, type=str(type_), payload=as_json(payload))
 
 
 def step_activity(step: Step) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
@@ -203,21 +212,35 @@ async def lock_order(session: AsyncSession, order_id: str) -> Order:
         await session.execute(select(Order).where(Order.id == order_id).with_for_update())
     ).scalar_one_or_none()
     if order is None:
-        # Retryable: the row may not be visible yet if ReceiveOrder is still committing.
-        raise ApplicationError(f"order {order_id} not found in database", type="OrderNotFound")
+        raise _not_found(order_id)
     return order
 
 
-async def require_order(session: AsyncSession, order_id: str) -> None:
-    if (await session.execute(select(Order.id).where(Order.id == order_id))).first() is None:
-        raise ApplicationError(f"order {order_id} not found in database", type="OrderNotFound")
+async def locked_order(db: DriverSql, order_id: str, columns: str) -> Row:
+    """`lock_order` on the hot path's connection (inside its transaction): the row's
+    `columns` (SQL), held until commit."""
+    row = await db.row(f"SELECT {columns} FROM orders WHERE id = :id FOR UPDATE", id=order_id)
+    if row is None:
+        raise _not_found(order_id)
+    return row
 
 
-async def refuse_unless_payment_owner(s: AsyncSession, payment_id: str, order_id: str) -> None:
+async def require_order(db: Sql, order_id: str) -> None:
+    if await db.value("SELECT 1 FROM orders WHERE id = :id", id=order_id) is None:
+        raise _not_found(order_id)
+
+
+def _not_found(order_id: str) -> ApplicationError:
+    # Retryable: the row may not be visible yet if ReceiveOrder is still committing.
+    return ApplicationError(f"order {order_id} not found in database", type="OrderNotFound")
+
+
+async def refuse_unless_payment_owner(db: Sql, payment_id: str, order_id: str) -> None:
     """Refuse for good unless the payment id is claimed by this order."""
-    owner = (
-        await s.execute(select(PaymentClaim.order_id).where(PaymentClaim.payment_id == payment_id))
-    ).scalar_one_or_none()
+    owner = await db.value(
+        "SELECT order_id FROM payment_claims WHERE payment_id = :payment_id",
+        payment_id=payment_id,
+    )
     if owner != order_id:
         raise ApplicationError(
             f"payment id {payment_id} is not this order's",

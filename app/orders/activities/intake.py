@@ -4,15 +4,15 @@ claimed for it), then checked against the business rules."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Insert, func, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from app.orders.activities.common import (
     call_info,
+    event_params,
     lock_order,
     money,
     naive_utc,
@@ -39,8 +39,8 @@ from app.orders.messages import (
 from app.orders.providers.intake import OrderIntake
 from app.orders.rules import business_problems
 from app.orders.validation import order_id_problem, payment_id_problem
-from app.platform.db import timed_statements, timed_transaction
-from app.platform.tables import Order
+from app.platform.db import timed_driver, timed_transaction
+from app.platform.sql import Sql, as_json
 
 
 class IntakeActivities:
@@ -65,18 +65,18 @@ class IntakeActivities:
                 "run_id": inp.run_id,
             },
         )
-        async with timed_statements(self.sessions, "receive_order") as s:
+        async with timed_driver(self.sessions, "receive_order") as db:
             if inp.ctx.retry > 1:
                 # A retry's reference is made from the order's own first payment id.
                 await refuse_unless_payment_owner(
-                    s, first_reference(inp.payment_id), inp.ctx.order_id
+                    db, first_reference(inp.payment_id), inp.ctx.order_id
                 )
-            await _claim_or_refuse(s, inp.payment_id, inp.ctx.order_id)
-            if (await s.execute(with_events(_received(inp), received))).scalar_one_or_none():
+            await _claim_or_refuse(db, inp.payment_id, inp.ctx.order_id)
+            if await db.value(_RECEIVED, **_received(inp), **event_params(received)):
                 return StepOutcome(attempt=info.attempt)
             # Written by an earlier attempt of this run, or the id is taken.
-            existing = await s.get(Order, inp.ctx.order_id)
-            if existing is None or existing.run_id != inp.run_id:
+            run_id = await db.value("SELECT run_id FROM orders WHERE id = :id", id=inp.ctx.order_id)
+            if run_id != inp.run_id:
                 raise ApplicationError(
                     f"order id {inp.ctx.order_id} already belongs to another workflow run",
                     type=ERR_INVALID_ORDER,
@@ -98,16 +98,20 @@ class IntakeActivities:
                     s, inp.ctx.order_id, EventType.VALIDATION_FAILED, problems=problems
                 )
         else:
-            validated = (
-                update(Order)
-                .where(Order.id == inp.ctx.order_id, Order.state == OrderState.RECEIVED)
-                .values(state=OrderState.VALIDATED, step=Step.MANUAL_REVIEW, updated_at=now_utc())
-            )
             event = (EventType.VALIDATED, {"state": OrderState.VALIDATED, "attempt": info.attempt})
-            async with timed_statements(self.sessions, "validate_order") as s:
-                if (await s.execute(with_events(validated, event))).scalar_one_or_none() is None:
+            async with timed_driver(self.sessions, "validate_order") as db:
+                validated = await db.value(
+                    _VALIDATED,
+                    id=inp.ctx.order_id,
+                    received=OrderState.RECEIVED,
+                    validated=OrderState.VALIDATED,
+                    review=Step.MANUAL_REVIEW,
+                    now=now_utc(),
+                    **event_params(event),
+                )
+                if validated is None:
                     # Validated by an earlier attempt, or not there at all.
-                    await require_order(s, inp.ctx.order_id)
+                    await require_order(db, inp.ctx.order_id)
         if problems:
             raise ApplicationError(
                 "order is invalid: " + "; ".join(f"{k} {v}" for k, v in problems.items()),
@@ -118,44 +122,52 @@ class IntakeActivities:
         return StepOutcome(attempt=info.attempt)
 
 
-def _received(inp: ReceiveInput) -> Insert:
-    """The order's row as received: new, or the PENDING row this run's start wrote (the
-    service records an order as it starts it, so it is listed at once) or its retry
-    reopened (what the failed run did stays in events). A row of another run, or one
-    past PENDING (an earlier attempt of this run received it), is left alone."""
-    received = {
+# The order's row as received: new, or the PENDING row this run's start wrote (the
+# service records an order as it starts it, so it is listed at once) or its retry
+# reopened (what the failed run did stays in events). A row of another run, or one past
+# PENDING (an earlier attempt of this run received it), is left alone.
+_RECEIVED = with_events(
+    """INSERT INTO orders AS o (id, run_id, created_at, state, step, workflow_id, payment_id,
+        address_json, amount, items_json, deadline_at)
+    VALUES (:id, :run_id, :created_at, :state, :step, :workflow_id, :payment_id,
+        CAST(:address AS jsonb), :amount, CAST(:items AS jsonb), :deadline_at)
+    ON CONFLICT (id) DO UPDATE SET
+        state = excluded.state, step = excluded.step, workflow_id = excluded.workflow_id,
+        payment_id = excluded.payment_id, address_json = excluded.address_json,
+        amount = excluded.amount, items_json = excluded.items_json,
+        deadline_at = excluded.deadline_at, reason = NULL, closed_at = NULL,
+        settled_at = NULL, cancel_requested = false, tracking_number = NULL,
+        updated_at = :now
+    WHERE o.run_id = :run_id AND o.state = :pending
+    RETURNING o.id"""
+)
+
+_VALIDATED = with_events(
+    """UPDATE orders SET state = :validated, step = :review, updated_at = :now
+    WHERE id = :id AND state = :received
+    RETURNING id"""
+)
+
+
+def _received(inp: ReceiveInput) -> dict[str, Any]:
+    """`_RECEIVED`'s parameters."""
+    now = now_utc()
+    return {
+        "id": inp.ctx.order_id,
+        "run_id": inp.run_id,
+        # The insert time for runs started before the workflow sent its start time.
+        "created_at": naive_utc(inp.started_at_iso) or now,
         "state": OrderState.RECEIVED,
         "step": Step.RECEIVE,
         "workflow_id": inp.workflow_id,
         "payment_id": inp.payment_id,
-        "address_json": inp.address.as_dict(),
+        "address": as_json(inp.address.as_dict()),
         "amount": money(order_amount_cents(inp.items)),
-        "items_json": [vars(i) for i in inp.items],
+        "items": as_json([vars(i) for i in inp.items]),
         "deadline_at": datetime.fromisoformat(inp.deadline_iso).replace(tzinfo=None),
+        "pending": OrderState.PENDING,
+        "now": now,
     }
-    return (
-        pg_insert(Order)
-        .values(
-            id=inp.ctx.order_id,
-            run_id=inp.run_id,
-            # now() for runs started before the workflow sent its start time.
-            created_at=naive_utc(inp.started_at_iso) or func.now(),
-            **received,
-        )
-        .on_conflict_do_update(
-            index_elements=[Order.id],
-            set_={
-                **received,
-                "reason": None,
-                "closed_at": None,
-                "settled_at": None,
-                "cancel_requested": False,
-                "tracking_number": None,
-                "updated_at": now_utc(),
-            },
-            where=(Order.run_id == inp.run_id) & (Order.state == OrderState.PENDING),
-        )
-    )
 
 
 def _refuse_foreign_ids(inp: ReceiveInput) -> None:
@@ -178,8 +190,8 @@ def _refuse_foreign_ids(inp: ReceiveInput) -> None:
         )
 
 
-async def _claim_or_refuse(s: AsyncSession, payment_id: str, order_id: str) -> None:
-    if (await claim_payment_id(s, payment_id, order_id)).owner != order_id:
+async def _claim_or_refuse(db: Sql, payment_id: str, order_id: str) -> None:
+    if (await claim_payment_id(db, payment_id, order_id)).owner != order_id:
         raise ApplicationError(
             f"payment id {payment_id} already belongs to another order",
             type=ERR_PAYMENT_CONFLICT,

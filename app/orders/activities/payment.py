@@ -6,15 +6,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import Select, exists, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from app.orders.activities.common import (
     call_info,
-    lock_order,
+    event_params,
+    locked_order,
     money,
     now_utc,
     refusals_are_final,
@@ -34,8 +33,8 @@ from app.orders.messages import (
     StepOutcome,
 )
 from app.orders.providers.api import Charge, ChargeRequest, PaymentGateway, charge_key
-from app.platform.db import timed_statements, timed_transaction
-from app.platform.tables import Order, Payment
+from app.platform.db import timed_driver
+from app.platform.sql import Sql
 
 log = logging.getLogger("app.orders.activities")
 
@@ -59,21 +58,20 @@ class PaymentActivities:
         info = activity.info()
         order_id = inp.ctx.order_id
         # Never ask the gateway about another order's payment id (ReceiveOrder claimed it).
-        async with timed_statements(self.sessions, "charge_claim") as s:
-            await refuse_unless_payment_owner(s, inp.payment_id, order_id)
+        async with timed_driver(self.sessions, "charge_claim") as db:
+            await refuse_unless_payment_owner(db, inp.payment_id, order_id)
         charge = await self._charge(inp, info.attempt)
-        async with timed_transaction(self.sessions, "charge_payment") as s:
+        async with timed_driver(self.sessions, "charge_payment") as db, db.transaction():
             # A charge that happened is recorded even if a cancel raced it: the workflow
             # then refunds it. Once the order is closed, though, compensation owns the
             # money (it asks the gateway itself): a straggling attempt records nothing.
-            locked = await lock_order(s, order_id)
-            if locked.state in TERMINAL_STATES:
+            locked = await locked_order(db, order_id, "state")
+            if locked["state"] in TERMINAL_STATES:
                 raise ApplicationError(
                     "order is already closed", type=ERR_ORDER_CLOSED, non_retryable=True
                 )
-            paid = _paid(inp, charge, info.attempt)
-            if (await s.execute(paid)).scalar_one_or_none() is None:
-                await _refuse_unless_this_runs_charge(s, inp, charge)
+            if await db.value(_PAID, **_paid(inp, charge, info.attempt)) is None:
+                await _refuse_unless_this_runs_charge(db, inp, charge)
                 log.info(
                     "charge already recorded; not charging again",
                     extra={"order_id": order_id, "attempt": info.attempt},
@@ -95,28 +93,24 @@ class PaymentActivities:
             return await self.gateway.charge(request, call_info(inp.ctx, attempt))
 
 
-def _paid(inp: ChargeInput, charge: Charge, attempt: int) -> Select[Any]:
-    """One statement: the payment row recorded (unless it exists) and, only when this
-    statement recorded it, the order marked paid with its events."""
-    order_id = inp.ctx.order_id
-    payment = (
-        pg_insert(Payment)
-        .values(
-            payment_id=inp.payment_id,
-            order_id=order_id,
-            status=PaymentStatus.CHARGED if charge.amount_cents else PaymentStatus.NOT_DUE,
-            amount=money(charge.amount_cents),
-            gateway_ref=charge.charge_id or None,
-        )
-        .on_conflict_do_nothing(index_elements=[Payment.payment_id])
-        .returning(Payment.payment_id)
-        .cte("charged")
-    )
-    paid = (
-        update(Order)
-        .where(Order.id == order_id, exists(select(payment.c.payment_id)))
-        .values(state=OrderState.PAID, step=Step.PAY, updated_at=now_utc())
-    )
+# The payment row recorded (unless it exists) and, only when this statement recorded it,
+# the order marked paid with its events.
+_PAID = with_events(
+    """UPDATE orders SET state = :paid, step = :pay, updated_at = :now
+    WHERE id = :id AND EXISTS (SELECT 1 FROM charged)
+    RETURNING id""",
+    events=2,
+    before="""charged AS (
+        INSERT INTO payments (payment_id, order_id, status, amount, gateway_ref)
+        VALUES (:payment_id, :id, :status, :amount, :gateway_ref)
+        ON CONFLICT (payment_id) DO NOTHING
+        RETURNING payment_id
+    ),""",
+)
+
+
+def _paid(inp: ChargeInput, charge: Charge, attempt: int) -> dict[str, Any]:
+    """`_PAID`'s parameters."""
     approved = {"by": inp.approved_by, "at": inp.approved_at_iso, "note": inp.approval_note}
     charged = {
         "state": OrderState.PAID,
@@ -124,22 +118,33 @@ def _paid(inp: ChargeInput, charge: Charge, attempt: int) -> Select[Any]:
         "amount_cents": inp.amount_cents,
         "attempt": attempt,
     }
-    return with_events(paid, (EventType.APPROVED, approved), (EventType.PAYMENT_CHARGED, charged))
+    return {
+        "id": inp.ctx.order_id,
+        "payment_id": inp.payment_id,
+        "status": PaymentStatus.CHARGED if charge.amount_cents else PaymentStatus.NOT_DUE,
+        "amount": money(charge.amount_cents),
+        "gateway_ref": charge.charge_id or None,
+        "paid": OrderState.PAID,
+        "pay": Step.PAY,
+        "now": now_utc(),
+        **event_params((EventType.APPROVED, approved), (EventType.PAYMENT_CHARGED, charged)),
+    }
 
 
-async def _refuse_unless_this_runs_charge(
-    s: AsyncSession, inp: ChargeInput, charge: Charge
-) -> None:
+async def _refuse_unless_this_runs_charge(db: Sql, inp: ChargeInput, charge: Charge) -> None:
     """The payment row was there already: fine only if it is this run's own charge."""
-    existing = await s.get(Payment, inp.payment_id)
+    existing = await db.row(
+        "SELECT order_id, status, gateway_ref FROM payments WHERE payment_id = :payment_id",
+        payment_id=inp.payment_id,
+    )
     # Only this run's own charge, still taken, is "already recorded": a row of another
     # order, or one refunded since (a replayed charge that no longer holds any money),
     # must never ship the order.
     if (
         existing is None
-        or existing.order_id != inp.ctx.order_id
-        or existing.status == PaymentStatus.REFUNDED
-        or existing.gateway_ref != (charge.charge_id or None)
+        or existing["order_id"] != inp.ctx.order_id
+        or existing["status"] == PaymentStatus.REFUNDED
+        or existing["gateway_ref"] != (charge.charge_id or None)
     ):
         raise ApplicationError(
             f"payment id {inp.payment_id} already belongs to another order or an earlier charge",

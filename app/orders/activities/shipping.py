@@ -5,17 +5,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import Select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from app.orders.activities.common import (
     call_info,
-    lock_order,
+    event_params,
+    insert_event,
+    locked_order,
     now_utc,
     observe_end,
-    record_event,
     refusals_are_final,
     step_activity,
     with_events,
@@ -41,8 +41,7 @@ from app.orders.providers.api import (
     dispatch_key,
     prepare_key,
 )
-from app.platform.db import timed_statements, timed_transaction
-from app.platform.tables import Order
+from app.platform.db import timed_driver
 
 log = logging.getLogger("app.orders.activities")
 
@@ -63,9 +62,9 @@ class ShippingActivities:
         request = PrepareRequest(key, ref, inp.shipping_attempt)
         with refusals_are_final():
             await self.carrier.prepare(request, _shipping_call(inp, info.attempt))
-        async with timed_statements(self.sessions, "prepare_package") as s:
-            await record_event(
-                s,
+        async with timed_driver(self.sessions, "prepare_package") as db:
+            await insert_event(
+                db,
                 order_id,
                 EventType.PACKAGE_PREPARED,
                 shipping_attempt=inp.shipping_attempt,
@@ -79,25 +78,32 @@ class ShippingActivities:
         """Hand the parcel to the carrier, holding the order row so a concurrent cancel or
         address change is decided before or after dispatch, never during."""
         info = activity.info()
-        async with timed_transaction(self.sessions, "dispatch_carrier") as s:
-            order = await lock_order(s, inp.ctx.order_id)
-            if order.tracking_number is not None:  # an earlier attempt already dispatched
+        async with timed_driver(self.sessions, "dispatch_carrier") as db, db.transaction():
+            order = await locked_order(
+                db,
+                inp.ctx.order_id,
+                "tracking_number, address_json, cancel_requested, state, created_at",
+            )
+            if order["tracking_number"] is not None:  # an earlier attempt already dispatched
                 return DispatchOutcome(
                     attempt=info.attempt,
-                    tracking_number=order.tracking_number,
-                    address=Address(**(order.address_json or {})),
+                    tracking_number=order["tracking_number"],
+                    address=Address(**(order["address_json"] or {})),
                 )
-            if order.cancel_requested or order.state in TERMINAL_STATES:
+            if order["cancel_requested"] or order["state"] in TERMINAL_STATES:
                 raise ApplicationError(
                     "order was cancelled before dispatch",
                     type=ERR_ORDER_CANCELLED,
                     non_retryable=True,
                 )
-            booking = await self._book(inp, Address(**(order.address_json or {})), info.attempt)
+            shipped_to = Address(**(order["address_json"] or {}))
+            booking = await self._book(inp, shipped_to, info.attempt)
             # An earlier attempt's booking (its answer was lost) went to its own address.
             address = Address(**booking.address)
-            await s.execute(_completed(inp, booking.tracking_number, address, info.attempt))
-        observe_end(OrderState.COMPLETED, None, order.created_at)
+            await db.run(
+                _COMPLETED, **_completed(inp, booking.tracking_number, address, info.attempt)
+            )
+        observe_end(OrderState.COMPLETED, None, order["created_at"])
         return DispatchOutcome(
             attempt=info.attempt, tracking_number=booking.tracking_number, address=address
         )
@@ -123,30 +129,33 @@ def _shipping_call(inp: PrepareInput | DispatchInput, attempt: int) -> CallInfo:
     return call_info(inp.ctx, f"{inp.shipping_attempt}.{attempt}")
 
 
-def _completed(inp: DispatchInput, tracking: str, address: Address, attempt: int) -> Select[Any]:
-    """One statement: the order dispatched and closed COMPLETED, with both events."""
-    now = now_utc()
-    completed = (
-        update(Order)
-        .where(Order.id == inp.ctx.order_id)
-        .values(
-            tracking_number=tracking,
-            state=OrderState.COMPLETED,
-            step=Step.SHIP,
-            updated_at=now,
-            closed_at=now,
-            settled_at=now,
-        )
-    )
+# The order dispatched and closed COMPLETED, with both events stamped as closed_at says.
+_COMPLETED = with_events(
+    """UPDATE orders SET tracking_number = :tracking, state = :completed, step = :ship,
+        updated_at = :at, closed_at = :at, settled_at = :at
+    WHERE id = :id
+    RETURNING id""",
+    events=2,
+    stamped=True,
+)
+
+
+def _completed(inp: DispatchInput, tracking: str, address: Address, attempt: int) -> dict[str, Any]:
+    """`_COMPLETED`'s parameters."""
     dispatched = {
         "tracking_number": tracking,
         "shipping_attempt": inp.shipping_attempt,
         "attempt": attempt,
         "address": address.as_dict(),
     }
-    return with_events(
-        completed,
-        (EventType.DISPATCHED, dispatched),
-        (EventType.COMPLETED, {"state": OrderState.COMPLETED}),
-        at=now,  # as closed_at says
-    )
+    return {
+        "id": inp.ctx.order_id,
+        "tracking": tracking,
+        "completed": OrderState.COMPLETED,
+        "ship": Step.SHIP,
+        "at": now_utc(),
+        **event_params(
+            (EventType.DISPATCHED, dispatched),
+            (EventType.COMPLETED, {"state": OrderState.COMPLETED}),
+        ),
+    }

@@ -9,15 +9,13 @@ answer, and the superseded keys are closed so a late request under them books no
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.orders.faults import CallInfo, FaultInjector
 from app.orders.providers import ledger
@@ -31,6 +29,7 @@ from app.orders.providers.api import (
     PrepareRequest,
     ShipmentCancelled,
 )
+from app.platform.sql import Sql, as_json, driver
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS packages (
@@ -86,19 +85,15 @@ class CarrierSimulator(ledger.Provider):
         )
 
     async def prepare(self, req: PrepareRequest, call: CallInfo) -> Package:
-        async def pack(conn: AsyncConnection) -> dict[str, Any]:
+        async def pack(db: Sql) -> dict[str, Any]:
             package = Package(f"pkg_{secrets.token_hex(8)}")
-            await conn.execute(
-                text(
-                    "INSERT INTO packages (package_id, order_id, shipping_attempt, "
-                    "idempotency_key) VALUES (:p, :o, :s, :k)"
-                ),
-                {
-                    "p": package.package_id,
-                    "o": req.order_id,
-                    "s": req.shipping_attempt,
-                    "k": req.key,
-                },
+            await db.run(
+                "INSERT INTO packages (package_id, order_id, shipping_attempt, "
+                "idempotency_key) VALUES (:p, :o, :s, :k)",
+                p=package.package_id,
+                o=req.order_id,
+                s=req.shipping_attempt,
+                k=req.key,
             )
             return asdict(package)
 
@@ -106,46 +101,38 @@ class CarrierSimulator(ledger.Provider):
         return Package(**await self._for_order("prepare", call, req, params, pack))
 
     async def dispatch(self, req: DispatchRequest, call: CallInfo) -> Booking:
-        async def book(conn: AsyncConnection) -> dict[str, Any]:
-            if await ledger.found(conn, "SELECT 1 FROM closed_keys WHERE key = :k", {"k": req.key}):
+        async def book(db: Sql) -> dict[str, Any]:
+            if await ledger.found(db, "SELECT 1 FROM closed_keys WHERE key = :k", k=req.key):
                 raise KeyClosed(f"dispatch key {req.key!r} was superseded; nothing booked")
             if await ledger.found(
-                conn, "SELECT 1 FROM cancelled_orders WHERE order_id = :o", {"o": req.order_id}
+                db, "SELECT 1 FROM cancelled_orders WHERE order_id = :o", o=req.order_id
             ):
                 raise ShipmentCancelled(f"shipments of order {req.order_id} were cancelled")
-            earlier = (
-                await conn.execute(
-                    text(
-                        "SELECT tracking_number, idempotency_key AS key, address "
-                        "FROM bookings WHERE idempotency_key = ANY(:keys) "
-                        "ORDER BY created_at LIMIT 1"
-                    ),
-                    {"keys": list(req.supersedes)},
+            earlier = None
+            if req.supersedes:
+                earlier = await db.row(
+                    "SELECT tracking_number, idempotency_key AS key, address "
+                    "FROM bookings WHERE idempotency_key = ANY(CAST(:keys AS text[])) "
+                    "ORDER BY created_at LIMIT 1",
+                    keys=list(req.supersedes),
                 )
-            ).first()
             if earlier is not None:
-                booking = Booking(**dict(earlier._mapping))
+                booking = Booking(**earlier)
             else:
                 booking = Booking(f"TRK{secrets.token_hex(5).upper()}", req.key, req.address)
-                await conn.execute(
-                    text(
-                        "INSERT INTO bookings (tracking_number, order_id, address, "
-                        "idempotency_key) VALUES (:t, :o, CAST(:a AS jsonb), :k)"
-                    ),
-                    {
-                        "t": booking.tracking_number,
-                        "o": req.order_id,
-                        "a": json.dumps(req.address),
-                        "k": req.key,
-                    },
+                await db.run(
+                    "INSERT INTO bookings (tracking_number, order_id, address, "
+                    "idempotency_key) VALUES (:t, :o, CAST(:a AS jsonb), :k)",
+                    t=booking.tracking_number,
+                    o=req.order_id,
+                    a=as_json(req.address),
+                    k=req.key,
                 )
             if req.supersedes:
-                await conn.execute(
-                    text(
-                        "INSERT INTO closed_keys (key) SELECT unnest(CAST(:keys AS text[])) "
-                        "ON CONFLICT DO NOTHING"
-                    ),
-                    {"keys": list(req.supersedes)},
+                await db.run(
+                    "INSERT INTO closed_keys (key) SELECT unnest(CAST(:keys AS text[])) "
+                    "ON CONFLICT DO NOTHING",
+                    keys=list(req.supersedes),
                 )
             return asdict(booking)
 
@@ -155,24 +142,20 @@ class CarrierSimulator(ledger.Provider):
     async def cancel(self, req: CancelShipmentsRequest, call: CallInfo) -> list[Booking]:
         faults = self.faults["cancel"].draw(call)
         await faults.before()
-        async with self.engine.begin() as conn:
-            await ledger.lock(conn, f"order:{req.order_id}")
-            await conn.execute(
-                text("INSERT INTO cancelled_orders (order_id) VALUES (:o) ON CONFLICT DO NOTHING"),
-                {"o": req.order_id},
+        async with driver(self.engine) as db, db.transaction():
+            await ledger.lock(db, f"order:{req.order_id}")
+            await db.run(
+                "INSERT INTO cancelled_orders (order_id) VALUES (:o) ON CONFLICT DO NOTHING",
+                o=req.order_id,
             )
-            rows = (
-                await conn.execute(
-                    text(
-                        "UPDATE bookings SET cancelled_at = now() "
-                        "WHERE order_id = :o AND cancelled_at IS NULL "
-                        "RETURNING tracking_number, idempotency_key AS key, address"
-                    ),
-                    {"o": req.order_id},
-                )
-            ).all()
+            rows = await db.rows(
+                "UPDATE bookings SET cancelled_at = now() "
+                "WHERE order_id = :o AND cancelled_at IS NULL "
+                "RETURNING tracking_number, idempotency_key AS key, address",
+                o=req.order_id,
+            )
         await faults.after()
-        return [Booking(**dict(r._mapping)) for r in rows]
+        return [Booking(**r) for r in rows]
 
     async def bookings(
         self, since: datetime, carrier_orders: Sequence[str] | None = None

@@ -16,8 +16,7 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.orders.faults import CallInfo, FaultInjector
 from app.orders.providers import ledger
@@ -33,6 +32,7 @@ from app.orders.providers.api import (
     Settlement,
     VoidedPayment,
 )
+from app.platform.sql import Sql
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS charges (
@@ -94,22 +94,18 @@ class GatewaySimulator(ledger.Provider):
         )
 
     async def charge(self, req: ChargeRequest, call: CallInfo) -> Charge:
-        async def take_money(conn: AsyncConnection) -> dict[str, Any]:
-            if await _voided(conn, req.payment_id, req.order_id):
+        async def take_money(db: Sql) -> dict[str, Any]:
+            if await _voided(db, req.payment_id, req.order_id):
                 raise PaymentVoided(f"payment {req.payment_id} was voided; not charged")
             charge = Charge(f"ch_{secrets.token_hex(8)}", req.payment_id, req.amount_cents)
-            await conn.execute(
-                text(
-                    "INSERT INTO charges (charge_id, payment_id, order_id, amount_cents, "
-                    "idempotency_key) VALUES (:c, :p, :o, :a, :k)"
-                ),
-                {
-                    "c": charge.charge_id,
-                    "p": req.payment_id,
-                    "o": req.order_id,
-                    "a": req.amount_cents,
-                    "k": req.key,
-                },
+            await db.run(
+                "INSERT INTO charges (charge_id, payment_id, order_id, amount_cents, "
+                "idempotency_key) VALUES (:c, :p, :o, :a, :k)",
+                c=charge.charge_id,
+                p=req.payment_id,
+                o=req.order_id,
+                a=req.amount_cents,
+                k=req.key,
             )
             return asdict(charge)
 
@@ -117,22 +113,21 @@ class GatewaySimulator(ledger.Provider):
         return Charge(**stored)
 
     async def refund(self, req: RefundRequest, call: CallInfo) -> Refund:
-        async def give_back(conn: AsyncConnection) -> dict[str, Any]:
-            return asdict(await _refund_charge(conn, req))
+        async def give_back(db: Sql) -> dict[str, Any]:
+            return asdict(await _refund_charge(db, req))
 
         stored = await self._for_payment("refund", call, req, give_back)
         return Refund(**stored)
 
     async def cancel_or_refund(self, req: RefundRequest, call: CallInfo) -> Refund | None:
-        async def settle(conn: AsyncConnection) -> dict[str, Any]:
-            if await _charge_of(conn, req.payment_id, req.order_id) is not None:
-                return asdict(await _refund_charge(conn, req))
-            await conn.execute(
-                text(
-                    "INSERT INTO voided_payments (payment_id, order_id) VALUES (:p, :o) "
-                    "ON CONFLICT DO NOTHING"
-                ),
-                {"p": req.payment_id, "o": req.order_id},
+        async def settle(db: Sql) -> dict[str, Any]:
+            if await _charge_of(db, req.payment_id, req.order_id) is not None:
+                return asdict(await _refund_charge(db, req))
+            await db.run(
+                "INSERT INTO voided_payments (payment_id, order_id) VALUES (:p, :o) "
+                "ON CONFLICT DO NOTHING",
+                p=req.payment_id,
+                o=req.order_id,
             )
             return {}  # voided: nothing was charged, and nothing can be now
 
@@ -171,8 +166,8 @@ class GatewaySimulator(ledger.Provider):
         )
 
 
-async def _refund_charge(conn: AsyncConnection, req: RefundRequest) -> Refund:
-    charge = await _charge_of(conn, req.payment_id, req.order_id)
+async def _refund_charge(db: Sql, req: RefundRequest) -> Refund:
+    charge = await _charge_of(db, req.payment_id, req.order_id)
     if charge is None:
         raise ChargeNotFound(f"no charge for payment {req.payment_id} of order {req.order_id}")
     left = charge["amount_cents"] - charge["refunded_cents"]
@@ -182,41 +177,39 @@ async def _refund_charge(conn: AsyncConnection, req: RefundRequest) -> Refund:
             f"{left} cents left on charge {charge['charge_id']}"
         )
     refund = Refund(f"re_{secrets.token_hex(8)}", charge["charge_id"], req.amount_cents)
-    await conn.execute(
-        text(
-            "INSERT INTO refunds (refund_id, charge_id, amount_cents, idempotency_key) "
-            "VALUES (:r, :c, :a, :k)"
-        ),
-        {"r": refund.refund_id, "c": refund.charge_id, "a": req.amount_cents, "k": req.key},
+    await db.run(
+        "INSERT INTO refunds (refund_id, charge_id, amount_cents, idempotency_key) "
+        "VALUES (:r, :c, :a, :k)",
+        r=refund.refund_id,
+        c=refund.charge_id,
+        a=req.amount_cents,
+        k=req.key,
     )
-    await conn.execute(
-        text("UPDATE charges SET refunded_cents = refunded_cents + :a WHERE charge_id = :c"),
-        {"a": req.amount_cents, "c": refund.charge_id},
+    await db.run(
+        "UPDATE charges SET refunded_cents = refunded_cents + :a WHERE charge_id = :c",
+        a=req.amount_cents,
+        c=refund.charge_id,
     )
     return refund
 
 
-async def _voided(conn: AsyncConnection, payment_id: str, order_id: str) -> bool:
+async def _voided(db: Sql, payment_id: str, order_id: str) -> bool:
     return await ledger.found(
-        conn,
+        db,
         "SELECT 1 FROM voided_payments WHERE payment_id = :p AND order_id = :o",
-        {"p": payment_id, "o": order_id},
+        p=payment_id,
+        o=order_id,
     )
 
 
-async def _charge_of(
-    conn: AsyncConnection, payment_id: str, order_id: str
-) -> dict[str, Any] | None:
-    row = (
-        await conn.execute(
-            text(
-                "SELECT charge_id, amount_cents, refunded_cents FROM charges "
-                "WHERE payment_id = :p AND order_id = :o ORDER BY created_at LIMIT 1"
-            ),
-            {"p": payment_id, "o": order_id},
-        )
-    ).first()
-    return dict(row._mapping) if row is not None else None
+async def _charge_of(db: Sql, payment_id: str, order_id: str) -> dict[str, Any] | None:
+    row = await db.row(
+        "SELECT charge_id, amount_cents, refunded_cents FROM charges "
+        "WHERE payment_id = :p AND order_id = :o ORDER BY created_at LIMIT 1",
+        p=payment_id,
+        o=order_id,
+    )
+    return dict(row) if row is not None else None
 
 
 async def read_ledger(

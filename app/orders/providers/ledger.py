@@ -7,16 +7,16 @@ same parameters) gets the stored answer; other parameters under the key are refu
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Row, text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.orders.faults import CallInfo, FaultInjector, Faults
 from app.orders.providers.api import IdempotencyConflict
+from app.platform.sql import Sql, as_json, driver
 
 IDEMPOTENCY_TABLE = """
 CREATE TABLE IF NOT EXISTS idempotency_keys (
@@ -36,49 +36,50 @@ async def install_schema(engine: AsyncEngine, name: str, statements: list[str]) 
             await conn.execute(text(statement))
 
 
-async def lock(conn: AsyncConnection, resource: str) -> None:
-    """Serialise requests about one resource (a payment, an order) until commit."""
-    await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:r))"), {"r": resource})
+async def lock(db: Sql, *resources: str) -> None:
+    """Serialise requests about these resources (a key, a payment, an order) until commit,
+    taking their locks in the order given."""
+    locks = ", ".join(f"pg_advisory_xact_lock(hashtext(:r{i}))" for i in range(len(resources)))
+    await db.run(f"SELECT {locks}", **{f"r{i}": r for i, r in enumerate(resources)})
 
 
 async def replay(
-    conn: AsyncConnection, key: str, operation: str, request: dict[str, Any]
+    db: Sql, key: str, operation: str, request: dict[str, Any]
 ) -> dict[str, Any] | None:
     """The stored answer for a repeated request, or None for a new key.
 
     Call under the resource's lock: a concurrent first request has then committed."""
-    row = (
-        await conn.execute(
-            text("SELECT operation, request, response FROM idempotency_keys WHERE key = :k"),
-            {"k": key},
-        )
-    ).first()
+    row = await db.row(
+        "SELECT operation, request, response FROM idempotency_keys WHERE key = :k", k=key
+    )
     if row is None:
         return None
-    if row.operation != operation or row.request != request:
+    if row["operation"] != operation or row["request"] != request:
         # Like a real gateway: the earlier request (another customer's) is not revealed.
         raise IdempotencyConflict(f"idempotency key {key!r} was already used with other parameters")
-    response: dict[str, Any] = row.response
+    response: dict[str, Any] = row["response"]
     return response
 
 
 async def remember(
-    conn: AsyncConnection,
+    db: Sql,
     key: str,
     operation: str,
     request: dict[str, Any],
     response: dict[str, Any],
 ) -> None:
-    await conn.execute(
-        text(
-            "INSERT INTO idempotency_keys (key, operation, request, response) "
-            "VALUES (:k, :o, CAST(:req AS jsonb), CAST(:resp AS jsonb))"
-        ),
-        {"k": key, "o": operation, "req": json.dumps(request), "resp": json.dumps(response)},
+    await db.run(
+        "INSERT INTO idempotency_keys (key, operation, request, response) "
+        "VALUES (:k, :o, CAST(:req AS jsonb), CAST(:resp AS jsonb))",
+        k=key,
+        o=operation,
+        req=as_json(request),
+        resp=as_json(response),
     )
 
 
-Effect = Callable[[AsyncConnection], Awaitable[dict[str, Any]]]
+# A request's effect, on its transaction's connection.
+Effect = Callable[[Sql], Awaitable[dict[str, Any]]]
 
 
 class Provider:
@@ -118,20 +119,19 @@ class Provider:
         so a concurrent repeat waits and then replays the stored answer."""
         faults = self.faults[operation].draw(call)
         await faults.before()
-        async with self.engine.begin() as conn:
-            await lock(conn, key)
-            await lock(conn, resource)
-            response = await replay(conn, key, operation, request)
+        async with driver(self.engine) as db, db.transaction():
+            await lock(db, key, resource)
+            response = await replay(db, key, operation, request)
             if response is None:
-                response = await effect(conn)
-                await remember(conn, key, operation, request, response)
+                response = await effect(db)
+                await remember(db, key, operation, request, response)
         await faults.after()
         return response
 
 
-async def found(conn: AsyncConnection, sql: str, params: dict[str, Any]) -> bool:
+async def found(db: Sql, sql: str, **params: Any) -> bool:
     """Whether the query finds a row."""
-    return (await conn.execute(text(sql), params)).first() is not None
+    return await db.row(sql, **params) is not None
 
 
 def export_filter(
