@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Unpack
 
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+import asyncpg
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import (
@@ -51,7 +51,7 @@ from app.orders.messages import (
 )
 from app.orders.search import start_attributes
 from app.platform.settings import Settings
-from app.platform.sql import driver, on_session
+from app.platform.sql import as_json, driver, on_session
 from app.platform.tables import Order
 from app.service.errors import (
     InvalidInput,
@@ -116,6 +116,15 @@ def _payment_id_taken(payment_id: str) -> OrderConflict:
 
 
 log = logging.getLogger("app.service")
+
+# The order's row as its run starts (see `_record_started`).
+_STARTED = """
+INSERT INTO orders (id, state, step, workflow_id, run_id, payment_id, address_json, amount,
+    items_json, deadline_at)
+VALUES (:id, :state, :step, :workflow_id, :run_id, :payment_id, CAST(:address AS jsonb),
+    :amount, CAST(:items AS jsonb), :deadline_at)
+ON CONFLICT (id) DO NOTHING
+"""
 
 
 class OrderService:
@@ -189,25 +198,22 @@ class OrderService:
         still shows its ids and address. ReceiveOrder takes the row over (or writes it, if
         this write is lost: it is a convenience, never what the order depends on)."""
         try:
-            async with self.sessions() as s, s.begin():
-                await s.execute(
-                    pg_insert(Order)
-                    .values(
-                        id=inp.order_id,
-                        state=OrderState.PENDING,
-                        step=Step.RECEIVE,
-                        workflow_id=workflow_id,
-                        run_id=run_id,
-                        payment_id=inp.payment_id,
-                        address_json=inp.address.as_dict(),
-                        amount=Decimal(order_amount_cents(inp.items)) / 100,
-                        items_json=[vars(i) for i in inp.items],
-                        deadline_at=datetime.now(UTC).replace(tzinfo=None)
-                        + timedelta(seconds=inp.deadline_s or ORDER_DEADLINE_S),
-                    )
-                    .on_conflict_do_nothing(index_elements=[Order.id])
+            async with driver(self.sessions) as db:
+                await db.run(
+                    _STARTED,
+                    id=inp.order_id,
+                    state=OrderState.PENDING,
+                    step=Step.RECEIVE,
+                    workflow_id=workflow_id,
+                    run_id=run_id,
+                    payment_id=inp.payment_id,
+                    address=as_json(inp.address.as_dict()),
+                    amount=Decimal(order_amount_cents(inp.items)) / 100,
+                    items=as_json([vars(i) for i in inp.items]),
+                    deadline_at=datetime.now(UTC).replace(tzinfo=None)
+                    + timedelta(seconds=inp.deadline_s or ORDER_DEADLINE_S),
                 )
-        except (OSError, SQLAlchemyError) as err:
+        except (OSError, SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
             log.warning(
                 "could not record the started order; ReceiveOrder will",
                 extra={"order_id": inp.order_id, "error": type(err).__name__},
@@ -287,14 +293,16 @@ class OrderService:
 
     async def _refuse_known_order(self, order_id: str) -> None:
         """An order id is used once: its row (any run, even closed and past retention)."""
-        async with self.sessions() as s:
-            existing = await s.get(Order, order_id)
+        async with driver(self.sessions) as db:
+            existing = await db.row(
+                "SELECT workflow_id, run_id FROM orders WHERE id = :id", id=order_id
+            )
         if existing is not None:
             raise OrderConflict(
                 f"order {order_id} already exists",
                 order_id=order_id,
-                workflow_id=existing.workflow_id,
-                run_id=existing.run_id,
+                workflow_id=existing["workflow_id"],
+                run_id=existing["run_id"],
             )
 
     async def approve(self, order_id: str, reviewer: str, note: str | None = None) -> OrderView:
