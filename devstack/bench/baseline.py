@@ -7,17 +7,22 @@ dispatch): five activities, one signal, one child. The activities do nothing and
 touches a database or an API, so what is left is the cost of Temporal itself (dev server,
 SDK, workers) on this machine.
 
-With `features=True` (`bench --baseline-shape features`) it also uses the Temporal features
-an order uses, still doing no work: the order's search attributes set at the start and
+With `features=True` (`bench`'s default; `--baseline-shape bare` turns it off) it also uses
+the Temporal features an order uses, still doing no work: the order's search attributes set at the start and
 upserted at the review, at shipping and at the close (behind the same patch), and the
 deadline timer that `OrderWorkflow.run` waits with. Its history then has 40 events (the
 bare shape 33, an order 43: its approval lands in a workflow task of its own); the
 difference to the bare shape is what those features cost the dev server.
 
-Run one worker process per task queue, like the order system:
+Its workers run as the order workers do (the benchmark picks): one process per task queue,
 
     python -m devstack.bench.baseline --queue orders   --task-queue bench-base-orders
     python -m devstack.bench.baseline --queue shipping --task-queue bench-base-shipping
+
+or one process serving both:
+
+    python -m devstack.bench.baseline --queue all --task-queue bench-base-orders \
+        --shipping-task-queue bench-base-shipping
 
 The worker prints `baseline worker running` once its pollers run; it stops on SIGTERM/SIGINT.
 Worker options are the order workers' (`app/platform/worker_tuning.py`: MAX_CONCURRENT_ACTIVITIES,
@@ -28,9 +33,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -166,14 +172,18 @@ def build_worker(client: Client, queue: str, task_queue: str) -> Worker:
     )
 
 
-async def serve(target: str, namespace: str, queue: str, task_queue: str) -> None:
+async def serve(target: str, namespace: str, task_queues: Mapping[str, str]) -> None:
+    """Serve `task_queues` (queue -> task queue name) from this process until a signal."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     client = await Client.connect(target, namespace=namespace)
-    async with build_worker(client, queue, task_queue):
-        sys.stdout.write(f"{READY_MARKER}: {queue} on {task_queue}\n")
+    async with contextlib.AsyncExitStack() as stack:
+        for queue, task_queue in task_queues.items():
+            await stack.enter_async_context(build_worker(client, queue, task_queue))
+        names = ", ".join(f"{q} on {tq}" for q, tq in task_queues.items())
+        sys.stdout.write(f"{READY_MARKER}: {names}\n")
         sys.stdout.flush()
         await stop.wait()
 
@@ -183,13 +193,23 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     settings = get_settings()
     parser = argparse.ArgumentParser(description="Run a bare-Temporal baseline worker.")
-    parser.add_argument("--queue", choices=("orders", "shipping"), required=True)
+    parser.add_argument("--queue", choices=("orders", "shipping", "all"), required=True)
     parser.add_argument("--task-queue", help="task queue name (default bench-baseline-<queue>)")
+    parser.add_argument(
+        "--shipping-task-queue", help="with --queue all: the shipping task queue's name"
+    )
     parser.add_argument("--target", default=settings.temporal_target, help="Temporal host:port")
     parser.add_argument("--namespace", default=settings.temporal_namespace)
     args = parser.parse_args(argv)
-    default = DEFAULT_ORDERS_QUEUE if args.queue == "orders" else DEFAULT_SHIPPING_QUEUE
-    asyncio.run(serve(args.target, args.namespace, args.queue, args.task_queue or default))
+    task_queues = {
+        "orders": args.task_queue or DEFAULT_ORDERS_QUEUE,
+        "shipping": args.shipping_task_queue or DEFAULT_SHIPPING_QUEUE,
+    }
+    if args.queue == "shipping":
+        task_queues = {"shipping": args.task_queue or DEFAULT_SHIPPING_QUEUE}
+    elif args.queue == "orders":
+        del task_queues["shipping"]
+    asyncio.run(serve(args.target, args.namespace, task_queues))
 
 
 if __name__ == "__main__":

@@ -200,37 +200,56 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
 
 
 class BaselineWorkers:
-    """Two baseline worker processes (orders, shipping), started and stopped by us."""
+    """The baseline's worker processes, started and stopped by us, in the order workers'
+    topology: one per task queue, or (`single_process`) one serving both."""
 
-    def __init__(self, settings: Settings, orders_queue: str, shipping_queue: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        orders_queue: str,
+        shipping_queue: str,
+        *,
+        single_process: bool = False,
+    ) -> None:
         self.settings = settings
         self.queues = {"orders": orders_queue, "shipping": shipping_queue}
+        self.single_process = single_process
         self.procs: list[subprocess.Popen[bytes]] = []
         self.log_dir = Path(tempfile.mkdtemp(prefix="bench-baseline-"))
 
-    def log_path(self, queue: str) -> Path:
-        return self.log_dir / f"{queue}.log"
+    @property
+    def processes(self) -> dict[str, list[str]]:
+        """Process name -> the queue arguments it is started with."""
+        orders, shipping = self.queues["orders"], self.queues["shipping"]
+        if self.single_process:
+            return {
+                "all": ["--queue", "all", "--task-queue", orders, "--shipping-task-queue", shipping]
+            }
+        return {
+            "orders": ["--queue", "orders", "--task-queue", orders],
+            "shipping": ["--queue", "shipping", "--task-queue", shipping],
+        }
+
+    def log_path(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
 
     def _spawn(self) -> None:
         from app.platform.settings import PROJECT_ROOT
 
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
-        for queue, task_queue in self.queues.items():
+        for name, queue_args in self.processes.items():
             argv = [
                 sys.executable,
                 "-m",
                 "devstack.bench.baseline",
-                "--queue",
-                queue,
-                "--task-queue",
-                task_queue,
+                *queue_args,
                 "--target",
                 self.settings.temporal_target,
                 "--namespace",
                 self.settings.temporal_namespace,
             ]
-            with self.log_path(queue).open("wb") as log:
+            with self.log_path(name).open("wb") as log:
                 self.procs.append(
                     subprocess.Popen(
                         argv,
@@ -243,16 +262,16 @@ class BaselineWorkers:
                 )
 
     async def start(self, timeout: float = 60.0) -> None:
-        """Start both workers and wait until each says its pollers run."""
+        """Start the workers and wait until each says its pollers run."""
         from devstack.bench.baseline import READY_MARKER
 
         self._spawn()
         deadline = time.monotonic() + timeout
-        for queue, proc in zip(self.queues, self.procs, strict=True):
-            while READY_MARKER not in self.log_path(queue).read_text(errors="replace"):
+        for name, proc in zip(self.processes, self.procs, strict=True):
+            while READY_MARKER not in self.log_path(name).read_text(errors="replace"):
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    tail = self.log_path(queue).read_text(errors="replace")[-1500:]
-                    raise BenchError(f"baseline worker ({queue}) did not start:\n{tail}")
+                    tail = self.log_path(name).read_text(errors="replace")[-1500:]
+                    raise BenchError(f"baseline worker ({name}) did not start:\n{tail}")
                 await asyncio.sleep(0.1)
 
     @property
@@ -270,8 +289,8 @@ class BaselineWorkers:
                 proc.kill()
                 proc.wait(timeout=5)
         self.procs = []
-        for queue in self.queues:
-            self.log_path(queue).unlink(missing_ok=True)
+        for name in self.processes:
+            self.log_path(name).unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             self.log_dir.rmdir()
 

@@ -12,9 +12,11 @@ default the embedded one started by `cli.py start`:
    the workflow's close event, seen by a long poll on its history (`handle.result()`),
    which costs one request per order instead of a stream of status polls.
 2. **baseline**: the same number of workflows of the same shape on bare Temporal
-   (`devstack/bench/baseline.py`: no API, no database, no-op activities), started by a Temporal
-   client at the same concurrency on the same dev server, with two worker processes (one
-   per task queue) that this function starts and stops.
+   (`devstack/bench/baseline.py`: no API, no database, no-op activities; by default with the
+   order's search attributes and deadline timer), started by a Temporal client at the same
+   concurrency on the same dev server. Its workers, which this function starts and stops,
+   run in the order workers' topology: one process per task queue, or one for both when
+   the stack runs its workers so (`topology` in the result).
    Orders and baseline are measured in alternating chunks, baseline-orders-orders-baseline
    (`SEQUENCE`), and each side's chunks are added up.
 3. **status**: `GET /orders/{id}/status` on the completed orders (answered from the
@@ -81,6 +83,10 @@ RESULT_KEYS = (
     "status_rps",
     "worker_rss_mb",
 )
+TOPOLOGIES = {
+    True: "one worker process for both task queues",
+    False: "one worker process per task queue",
+}
 DEFAULT_ORDERS = 300
 DEFAULT_CONCURRENCY = 8
 
@@ -113,7 +119,7 @@ async def run_bench(
     status_seconds: float = 5.0,
     status_concurrency: int = 16,
     baseline: bool = True,
-    baseline_shape: BaselineShape = "bare",
+    baseline_shape: BaselineShape = "features",
     processes: Mapping[str, Sequence[int]] | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
@@ -126,8 +132,9 @@ async def run_bench(
     `processes`: pids by service name (names starting with "worker" are the workers whose
     RSS is reported); default from the run folder's pid files or the command lines.
     `baseline=False` skips phase 2 (baseline_per_s and ratio are then None);
-    `baseline_shape="features"` gives the baseline the order's search attributes and
-    deadline timer (devstack/bench/baseline.py): what is left is our code's cost;
+    `baseline_shape`: "features" (default) gives the baseline the order's search attributes
+    and deadline timer (devstack/bench/baseline.py), so what is left is our code's cost;
+    "bare" the order's Temporal shape alone;
     `status_seconds=0` skips phase 3 (status_rps is then None).
     """
     if orders < 1 or concurrency < 1:
@@ -150,6 +157,9 @@ async def run_bench(
         "api_url": base_url,
         "machine": machine_info(),
         "code": code_version(),
+        # The baseline's workers run as the order workers do (issue 28: the ratio measures
+        # our code, not a process split).
+        "topology": TOPOLOGIES[len(workers) == 1],
     }
     client = await connect_temporal(settings)
     result["machine"]["temporal_server"] = await _server_version(client)
@@ -161,11 +171,11 @@ async def run_bench(
         await check_api(http, base_url)
         runner = OrdersPhase(http, client, run_id, approve, fault_profile)
         queues = _baseline_queues(run_id)
-        base_workers = BaselineWorkers(settings, *queues)
+        base_workers = BaselineWorkers(settings, *queues, single_process=len(workers) == 1)
         sides: dict[str, _Side] = {"orders": (runner.one, procs)}
         try:
             if baseline:
-                say("baseline: starting two bare-Temporal worker processes")
+                say(f"baseline: starting bare-Temporal workers, {result['topology']}")
                 await base_workers.start()
                 base = BaselinePhase(client, run_id, *queues, features=baseline_shape == "features")
                 sides["baseline"] = (base.one, _baseline_cpu_groups(base_workers, procs))
@@ -380,7 +390,7 @@ def _baseline(result: Mapping[str, Any]) -> str:
     """The baseline's figure with the shape it measured (the ratio depends on it)."""
     if result["baseline_per_s"] is None:
         return "not run (--no-baseline)"
-    shape = result.get("baseline_shape") or "bare"
+    shape = result.get("baseline_shape") or "features"
     what = {
         "bare": "bare: the order's Temporal shape",
         "features": "features: with search attributes and the deadline timer",

@@ -163,8 +163,8 @@ def bench(
     baseline_shape: Annotated[
         BaselineShape | None,
         typer.Option(
-            help="bare (default): the order's Temporal shape, the ratio's baseline; features: "
-            "with the order's search attributes and deadline timer too."
+            help="features (default): the order's Temporal shape with its search attributes "
+            "and deadline timer, the ratio's baseline; bare: the shape alone."
         ),
     ] = None,
     approve: Annotated[

@@ -15,6 +15,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import psutil
@@ -26,7 +27,7 @@ from app.orders.search import ORDER_STATE as STATE
 from app.platform.settings import PROJECT_ROOT
 from devstack.bench.baseline import BASELINE_WORKFLOW
 from devstack.bench.measure import discover_processes, percentile
-from devstack.bench.run import RESULT_KEYS, format_report, run_bench
+from devstack.bench.run import RESULT_KEYS, TOPOLOGIES, format_report, run_bench
 from devstack.bench.soak import QUARTERS, flatness, run_soak
 from devstack.stack.config import StackConfig, StackSettings
 from devstack.stack.infra import stop_all
@@ -158,7 +159,9 @@ async def test_smoke_run_reports_every_figure(bench_stack: BenchStack) -> None:
     assert result["ratio"] == pytest.approx(
         result["orders_per_s"] / result["baseline_per_s"], rel=0.02
     )
-    assert "(bare: the order's Temporal shape)" in format_report(result)
+    # The default yardstick: the featured baseline, its workers split as the stack's are.
+    assert "(features: with search attributes and the deadline timer)" in format_report(result)
+    assert result["topology"] == TOPOLOGIES[False]
     assert 10 < result["worker_rss_mb"] < 4096
     assert len(result["worker_rss_mb_by_pid"]) == 2
     assert result["status_phase"]["status_non_200"] == 0
@@ -172,45 +175,73 @@ async def test_smoke_run_reports_every_figure(bench_stack: BenchStack) -> None:
         assert not any(q in cmd for q in queues), f"baseline worker left running: {cmd}"
 
 
-async def test_featured_baseline_uses_the_orders_temporal_features(
+async def _baseline_histories(
+    bench_stack: BenchStack, result: dict[str, Any]
+) -> list[Counter[str]]:
+    """The event kinds of each baseline run the benchmark made."""
+    client = await Client.connect(bench_stack.settings.temporal_target)
+    orders_queue = result["baseline_phase"]["task_queues"][0]
+    kinds: list[Counter[str]] = []
+    async for run in client.list_workflows(
+        f"WorkflowType='{BASELINE_WORKFLOW}' AND TaskQueue='{orders_queue}'"
+    ):
+        assert run.typed_search_attributes.get(STATE) == (
+            "COMPLETED" if result["baseline_shape"] == "features" else None
+        )
+        history = await client.get_workflow_handle(run.id, run_id=run.run_id).fetch_history()
+        kinds.append(Counter(EventType.Name(e.event_type) for e in history.events))
+    return kinds
+
+
+async def test_featured_baseline_uses_the_orders_temporal_features_in_one_process(
     bench_stack: BenchStack,
 ) -> None:
-    """`--baseline-shape features`: the baseline's runs carry the order's search attributes
-    and its deadline timer, and still do no work."""
+    """The default baseline's runs carry the order's search attributes and its deadline
+    timer, and still do no work; against workers that serve both task queues from one
+    process, its own workers do too."""
+    found = discover_processes(bench_stack.settings)
+    # Seen as one worker process: the orders worker's pid stands for it.
+    processes = {
+        **{k: v for k, v in found.items() if not k.startswith("worker")},
+        "worker": found["worker-orders"],
+    }
     result = await run_bench(
         bench_stack.settings,
         orders=2,
         concurrency=2,
         warmup=0,
         status_seconds=0,
-        baseline_shape="features",
-        processes=discover_processes(bench_stack.settings),
+        processes=processes,
     )
     assert result["baseline_shape"] == "features"
+    assert result["topology"] == TOPOLOGIES[True]
+    # Its one worker served both queues: every run's child shipped.
     assert result["baseline_phase"]["completed"] == 2
-    # The report names the shape the ratio was measured against.
-    baseline_row = next(
-        line for line in format_report(result).splitlines() if line.startswith("baseline/s")
-    )
-    assert "(features: with search attributes and the deadline timer)" in baseline_row
-    client = await Client.connect(bench_stack.settings.temporal_target)
-    orders_queue = result["baseline_phase"]["task_queues"][0]
-    runs = [
-        run
-        async for run in client.list_workflows(
-            f"WorkflowType='{BASELINE_WORKFLOW}' AND TaskQueue='{orders_queue}'"
-        )
-    ]
-    assert len(runs) == 2
-    for run in runs:
-        assert run.typed_search_attributes.get(STATE) == "COMPLETED"
-        history = await client.get_workflow_handle(run.id, run_id=run.run_id).fetch_history()
-        kinds = Counter(EventType.Name(e.event_type) for e in history.events)
-        assert kinds["EVENT_TYPE_TIMER_STARTED"] == 1
-        assert kinds["EVENT_TYPE_TIMER_CANCELED"] == 1
+    kinds = await _baseline_histories(bench_stack, result)
+    assert len(kinds) == 2
+    for run in kinds:
+        assert run["EVENT_TYPE_TIMER_STARTED"] == 1
+        assert run["EVENT_TYPE_TIMER_CANCELED"] == 1
         # The patch's TemporalChangeVersion, then review, shipping and close.
-        assert kinds["EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES"] == 4
-        assert kinds["EVENT_TYPE_ACTIVITY_TASK_SCHEDULED"] == 3
+        assert run["EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES"] == 4
+        assert run["EVENT_TYPE_ACTIVITY_TASK_SCHEDULED"] == 3
+        assert run["EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_COMPLETED"] == 1
+
+
+async def test_bare_baseline_shape_leaves_the_features_out(bench_stack: BenchStack) -> None:
+    result = await run_bench(
+        bench_stack.settings,
+        orders=1,
+        concurrency=1,
+        warmup=0,
+        status_seconds=0,
+        baseline_shape="bare",
+        processes=discover_processes(bench_stack.settings),
+    )
+    assert "(bare: the order's Temporal shape)" in format_report(result)
+    (run,) = await _baseline_histories(bench_stack, result)
+    assert run["EVENT_TYPE_TIMER_STARTED"] == 0
+    assert run["EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES"] == 0
 
 
 async def test_soak_reports_quarters_and_database_growth(bench_stack: BenchStack) -> None:
