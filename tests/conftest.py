@@ -34,11 +34,15 @@ from app.service.layer import ServiceLayer
 from app.worker import build_workers, fault_injector
 from devstack.stack.config import StackConfig, database_url, temporal_target
 from devstack.stack.infra import start_infra, stop_all
+from tests.ast_guard import serialize_ast_parsing
 from tests.helpers import CliStack, RealStack, Running, stack_env, started_stack
 from tests.ports import free_ports
 
 TIERS = ("unit", "integration", "e2e")
 TESTS_DIR = Path(__file__).resolve().parent
+
+# The app's and workers' threads parse beside Hypothesis (tests/ast_guard.py).
+serialize_ast_parsing()
 
 
 def pytest_configure(config: pytest.Config) -> None:
