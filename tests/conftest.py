@@ -24,18 +24,29 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from temporalio.client import WorkflowFailureError
 
+from app.orders.messages import order_workflow_id
 from app.orders.providers.wiring import open_simulators
 from app.platform.db import create_engine, session_factory
 from app.platform.migrate import upgrade
 from app.platform.settings import PROJECT_ROOT, Settings
 from app.platform.temporal import connect_client
 from app.service.layer import ServiceLayer
+from app.service.status import StatusReader
 from app.worker import build_workers, fault_injector
 from devstack.stack.config import StackConfig, database_url, temporal_target
 from devstack.stack.infra import start_infra, stop_all
 from tests.ast_guard import serialize_ast_parsing
-from tests.helpers import CliStack, RealStack, Running, stack_env, started_stack
+from tests.helpers import (
+    ADDRESS,
+    CliStack,
+    HungOrder,
+    RealStack,
+    Running,
+    stack_env,
+    started_stack,
+)
 from tests.ports import free_ports
 
 TIERS = ("unit", "integration", "e2e")
@@ -137,6 +148,19 @@ async def running(real_stack: RealStack) -> AsyncIterator[Running]:
             providers,
         )
     await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+async def hung_order(running: Running) -> HungOrder:
+    """One order whose service hangs, for the tests of what its timeouts leave behind
+    (tests/orders/test_lifecycle.py, tests/service/test_status_reads.py): its three
+    timeouts take some 15 s, paid once."""
+    order_id = f"hung-{uuid.uuid4().hex[:10]}"
+    await running.service.start_order(order_id, f"pmt-{order_id}", ADDRESS, fault_profile="hang=1")
+    with pytest.raises(WorkflowFailureError):
+        await running.client.get_workflow_handle(order_workflow_id(order_id)).result()
+    at_close = await StatusReader(running.client, running.sessions).status(order_id)
+    return HungOrder(order_id, at_close)
 
 
 @pytest.fixture(scope="session")

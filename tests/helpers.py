@@ -87,6 +87,16 @@ class Running:
     providers: Simulators
 
 
+@dataclass
+class HungOrder:
+    """An order on the session's stack whose every RECEIVE attempt hangs (`hang=1`): each
+    is cut by its 3 s start-to-close timeout, and the third timeout fails the order."""
+
+    order_id: str
+    # Its status through a reader with an empty cache, read as soon as its run had failed.
+    at_close: OrderView
+
+
 async def wait_for_step(running: Running, order_id: str, step: str) -> OrderView:
     """The order's status view once its workflow reports `step`."""
 

@@ -17,6 +17,7 @@ from tests.helpers import (
     ADDRESS,
     HAPPY_PATH_EVENTS,
     NEW_ADDRESS,
+    HungOrder,
     Running,
     eventually,
     order_events,
@@ -198,12 +199,11 @@ async def test_approve_order_as_a_plain_temporal_signal(running: Running) -> Non
     assert (await handle.result())["state"] == "COMPLETED"
 
 
-async def test_hanging_service_times_out_and_every_attempt_is_recorded(running: Running) -> None:
+async def test_hanging_service_times_out_and_every_attempt_is_recorded(
+    running: Running, hung_order: HungOrder
+) -> None:
     """flaky_call's 300 s hang is cut by the 3 s start-to-close timeout, three times."""
-    order_id = new_id()
-    await running.service.start_order(order_id, f"pmt-{order_id}", ADDRESS, fault_profile="hang=1")
-    with pytest.raises(WorkflowFailureError):
-        await _result(running, order_id)
+    order_id = hung_order.order_id
     order = await _order(running, order_id)
     assert order is not None and (order.state, order.reason) == ("FAILED", "receive_failed")
 

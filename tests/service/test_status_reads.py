@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
-from temporalio.client import WorkflowFailureError, WorkflowUpdateRPCTimeoutOrCancelledError
+from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
 from app.orders.messages import order_workflow_id
@@ -17,7 +17,7 @@ from app.platform.tables import Event
 from app.service.errors import OrderConflict, Unavailable
 from app.service.orders import OrderService
 from app.service.status import StatusReader
-from tests.helpers import ADDRESS, Running, eventually, wait_for_step
+from tests.helpers import ADDRESS, HungOrder, Running, eventually, wait_for_step
 
 pytestmark = pytest.mark.integration
 
@@ -124,16 +124,14 @@ async def test_same_failure_on_an_order_not_closed_is_unavailable(running: Runni
         await service.approve(f"reads-open-{uuid.uuid4().hex[:8]}", reviewer="late")
 
 
-async def test_a_closed_orders_status_is_final_at_its_close(running: Running) -> None:
+async def test_a_closed_orders_status_is_final_at_its_close(
+    running: Running, hung_order: HungOrder
+) -> None:
     """Every RECEIVE attempt hangs: the third one's timeout fails the order, and that
     attempt records its failure only when the worker cancels it, about 5 s later. The
-    view read at the close already counts it, and the late record changes nothing."""
-    order_id = f"reads-{uuid.uuid4().hex[:10]}"
-    await running.service.start_order(order_id, f"pmt-{order_id}", ADDRESS, fault_profile="hang=1")
-    handle = running.client.get_workflow_handle(order_workflow_id(order_id))
-    with pytest.raises(WorkflowFailureError):
-        await handle.result()
-    at_close = await _fresh_reader(running).status(order_id)
+    view read at the close (by a fresh reader, as soon as the run had failed) already
+    counts it, and the late record changes nothing."""
+    order_id, at_close = hung_order.order_id, hung_order.at_close
     assert (at_close.state, at_close.attempts) == ("FAILED", {"RECEIVE": 3})
     assert any(e.step == "RECEIVE" and e.attempt == 3 for e in at_close.errors)
 
