@@ -20,7 +20,7 @@ class Claim(NamedTuple):
 
 # The claim, or the owner's when it was taken before. A claim committed by a concurrent
 # statement after this one began is not in this statement's snapshot: then no row, and the
-# owner is read again.
+# owner is read again (or, if that order gave its claim back meanwhile, the id claimed again).
 _CLAIM = """
 WITH claimed AS (
     INSERT INTO payment_claims (payment_id, order_id) VALUES (:payment_id, :order_id)
@@ -36,10 +36,13 @@ _OWNER = "SELECT order_id FROM payment_claims WHERE payment_id = :payment_id"
 
 async def claim_payment_id(db: Sql, payment_id: str, order_id: str) -> Claim:
     """Claim the payment id for the order unless another has it."""
-    row = await db.row(_CLAIM, payment_id=payment_id, order_id=order_id)
-    if row is not None:
-        return Claim(row["order_id"], row["new"])
-    return Claim(await db.value(_OWNER, payment_id=payment_id), False)
+    while True:  # another pass only after another order took the id and gave it back
+        row = await db.row(_CLAIM, payment_id=payment_id, order_id=order_id)
+        if row is not None:
+            return Claim(row["order_id"], row["new"])
+        owner = await db.value(_OWNER, payment_id=payment_id)
+        if owner is not None:
+            return Claim(owner, False)
 
 
 async def release_payment_id(s: AsyncSession, payment_id: str, order_id: str) -> None:

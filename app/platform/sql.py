@@ -17,6 +17,7 @@ decoded, as SQLAlchemy's connection codecs do. Everything off the hot path keeps
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import re
@@ -30,13 +31,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 Row = Mapping[str, Any]
 
-# `:name`, not the second colon of a `::type` cast.
-_PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+# `:name` where SQLAlchemy's text() sees one (SessionSql runs the same statements through
+# it): not after a colon or a backslash, not followed by a colon (so `::type` casts are
+# left alone, and `:x::type` is no parameter: write CAST(:x AS type)); `\:` is a colon.
+_PARAM = re.compile(r"(?<![:\w\\]):(\w+)(?![:\w])")
+_ESCAPED_COLON = re.compile(r"\\(:[\w$]*)(?![:\w$])")
 
 
 @functools.lru_cache(maxsize=512)
 def positional(sql: str) -> tuple[str, tuple[str, ...]]:
-    """`sql` with `$1, $2, ...` for its `:name` parameters, and the names in that order."""
+    """`sql` with `$1, $2, ...` for its `:name` parameters, and the names in that order:
+    the statement the asyncpg dialect compiles from `text(sql)`."""
     names: list[str] = []
 
     def number(match: re.Match[str]) -> str:
@@ -45,7 +50,7 @@ def positional(sql: str) -> tuple[str, tuple[str, ...]]:
             names.append(name)
         return f"${names.index(name) + 1}"
 
-    return _PARAM.sub(number, sql), tuple(names)
+    return _ESCAPED_COLON.sub(r"\1", _PARAM.sub(number, sql)), tuple(names)
 
 
 def as_json(value: Any) -> str:
@@ -137,13 +142,25 @@ async def driver(
     try:
         yield DriverSql(conn)
     except BaseException as err:
-        if (
-            not isinstance(err, Exception)
-            or isinstance(err, _BROKEN)
-            or conn.is_closed()
-            or conn.is_in_transaction()
-        ):
+        if conn.is_closed():
+            # The server dropped it (a restart, a failover): so it did every connection the
+            # pool made before, which are replaced as they next leave it, as SQLAlchemy
+            # does on a disconnect in its own statements. One at a time, each would fail a
+            # caller of its own (three attempts of one step, with a pool of dead ones).
+            engine.pool._invalidate(pooled, err)
+        elif not isinstance(err, Exception) or isinstance(err, _BROKEN) or conn.is_in_transaction():
+            await _close(conn)
             pooled.invalidate()
         raise
     finally:
         pooled.close()
+
+
+async def _close(conn: asyncpg.Connection) -> None:
+    """Close gracefully, as SQLAlchemy closes a connection it invalidates: a statement cut
+    off by a cancel is then cancelled on the server first. Terminated at once, the cancel
+    request is dropped and the statement runs on without its caller, and may commit."""
+    try:
+        await asyncio.shield(conn.close(timeout=2))
+    except (Exception, asyncio.CancelledError):
+        conn.terminate()
