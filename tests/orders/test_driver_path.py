@@ -33,6 +33,7 @@ from app.orders.messages import (
     ChargeInput,
     DispatchInput,
     ReceiveInput,
+    ValidateInput,
     order_amount_cents,
 )
 from app.orders.providers.api import (
@@ -54,7 +55,7 @@ from app.orders.providers.wiring import ledger_engine
 from app.platform.db import engine_from_settings
 from app.platform.sql import Row, Sql, driver, on_session, positional
 from app.platform.tables import Order
-from tests.helpers import ADDRESS, Running, eventually, payments, serving
+from tests.helpers import ADDRESS, HAPPY_PATH_EVENTS, Running, eventually, payments, serving
 
 pytestmark = pytest.mark.integration
 
@@ -311,37 +312,34 @@ def _attempt(attempt: int) -> ActivityEnvironment:
     return env
 
 
-async def test_charge_and_dispatch_attempts_run_twice_at_once_record_one_of_each(
-    running: Running,
-) -> None:
+async def test_every_step_attempt_run_twice_at_once_records_once(running: Running) -> None:
     """A lost completion makes Temporal start the next attempt while the first still runs:
-    one charge, one payment row, one PAID; one booking, one tracking number."""
+    one RECEIVED, one VALIDATED, one charge and payment row, one booking."""
     sessions, providers = running.sessions, running.providers
     intake = IntakeActivities(sessions, OrderIntake(FaultInjector(OFF)))
     payment = PaymentActivities(sessions, providers.gateway)
     shipping = ShippingActivities(sessions, providers.carrier)
     order_id = _new_id("both")
     ctx = ActivityContext(order_id=order_id, fault_profile=OFF)
-    await ActivityEnvironment().run(intake.receive_order, _receive(order_id))
     charge = ChargeInput(ctx, f"pmt-{order_id}", AMOUNT, "alice", datetime.now(UTC).isoformat())
-    await asyncio.gather(*(_attempt(n).run(payment.charge_payment, charge) for n in (1, 2)))
-    dispatch = DispatchInput(ctx=ctx, shipping_attempt=1)
-    shipped = await asyncio.gather(
-        *(_attempt(n).run(shipping.dispatch_carrier, dispatch) for n in (1, 2))
-    )
+    steps: list[tuple[Any, Any]] = [
+        (intake.receive_order, _receive(order_id)),
+        (intake.validate_order, ValidateInput(ctx=ctx, address=SHIP_TO, items=list(DEFAULT_ITEMS))),
+        (payment.charge_payment, charge),
+        (shipping.dispatch_carrier, DispatchInput(ctx=ctx, shipping_attempt=1)),
+    ]
+    for fn, arg in steps:
+        both = await asyncio.gather(_attempt(1).run(fn, arg), _attempt(2).run(fn, arg))
+    shipped = {outcome.tracking_number for outcome in both}
 
     assert len((await gateway_ledger(providers.gateway.engine, [order_id]))[order_id]) == 1
     assert [p.status for p in await payments(running, order_id)] == ["charged"]
     (booking,) = (await carrier_ledger(providers.carrier.engine, [order_id]))[order_id]
-    assert {s.tracking_number for s in shipped} == {booking["tracking_number"]}
+    assert shipped == {booking["tracking_number"]}
     async with sessions() as s:
-        events = (
-            await s.execute(
-                text("SELECT type FROM events WHERE order_id = :o ORDER BY ts, id"), {"o": order_id}
-            )
-        ).scalars()
-        counted = list(events)
-    assert counted.count("PAYMENT_CHARGED") == 1 and counted.count("DISPATCHED") == 1
+        types = "SELECT type FROM events WHERE order_id = :o ORDER BY id"
+        events = list((await s.execute(text(types), {"o": order_id})).scalars())
+    assert events == [e for e in HAPPY_PATH_EVENTS if e != "PACKAGE_PREPARED"]
 
 
 # --- JSON: what is stored, and the replay that compares it ---------------------------------
@@ -404,18 +402,27 @@ async def small_pool(running: Running) -> AsyncIterator[AsyncEngine]:
         await engine.dispose()
 
 
+async def _sleeping(running: Running, marker: str) -> int:
+    """The backend running `SELECT pg_sleep(5) -- <marker>`."""
+    find = "SELECT pid FROM pg_stat_activity WHERE query LIKE '%' || $1 AND state = 'active'"
+    async with _admin(running) as admin:
+        pid: int = await eventually(lambda: admin.fetchval(find, marker), timeout=5)
+    return pid
+
+
+async def _claim_then_sleep(engine: AsyncEngine, payment_id: str) -> None:
+    """A transaction that claims, then waits (until cut off)."""
+    async with driver(engine) as db, db.transaction():
+        await claim_payment_id(db, payment_id, "cut")
+        await db.run(f"SELECT pg_sleep(5) -- {payment_id}")
+
+
 async def test_a_cancel_mid_transaction_commits_nothing_and_stays_a_cancel(
     running: Running, small_pool: AsyncEngine
 ) -> None:
     payment_id = _new_id("cut")
-
-    async def claim_then_wait() -> None:
-        async with driver(small_pool) as db, db.transaction():
-            await claim_payment_id(db, payment_id, "cut")
-            await db.run("SELECT pg_sleep(5)")
-
-    task = asyncio.create_task(claim_then_wait())
-    await asyncio.sleep(0.3)
+    task = asyncio.create_task(_claim_then_sleep(small_pool, payment_id))
+    await _sleeping(running, payment_id)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):  # not turned into another error
         await task
@@ -458,6 +465,25 @@ async def test_a_statement_cut_off_by_a_cancel_is_cancelled_on_the_server_too(
         await other.rollback()
         owner = "SELECT order_id FROM payment_claims WHERE payment_id = $1"
         assert await holder.fetchval(owner, payment_id) is None
+
+
+async def test_a_transaction_cut_by_the_server_commits_nothing_and_the_pool_recovers(
+    running: Running, small_pool: AsyncEngine
+) -> None:
+    """The database restarts mid-step: the step's transaction is gone whole, and the pool
+    hands out working connections again."""
+    payment_id = _new_id("killed")
+    task = asyncio.create_task(_claim_then_sleep(small_pool, payment_id))
+    pid = await _sleeping(running, payment_id)
+    async with _admin(running) as admin:
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError)):
+            await asyncio.wait_for(task, 5)
+        owner = "SELECT order_id FROM payment_claims WHERE payment_id = $1"
+        assert await admin.fetchval(owner, payment_id) is None
+    for _ in range(4):
+        async with driver(small_pool) as db:
+            assert await db.value("SELECT 1") == 1
 
 
 async def _fill_then_restart(running: Running, engine: AsyncEngine) -> None:
