@@ -18,6 +18,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from asyncpg.transaction import Transaction
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -91,6 +92,20 @@ async def _admin(running: Running) -> AsyncIterator[asyncpg.Connection]:
         await conn.close()
 
 
+@asynccontextmanager
+async def _uncommitted_claim(
+    running: Running, payment_id: str, owner: str
+) -> AsyncIterator[tuple[asyncpg.Connection, Transaction]]:
+    """Another order's claim of `payment_id`, inserted and not committed yet: its connection
+    and its transaction (for the test to commit or roll back)."""
+    async with _admin(running) as holder:
+        claim = holder.transaction()
+        await claim.start()
+        insert = "INSERT INTO payment_claims (payment_id, order_id) VALUES ($1, $2)"
+        await holder.execute(insert, payment_id, owner)
+        yield holder, claim
+
+
 async def _blocked_by(holder: asyncpg.Connection) -> int:
     """The backend waiting on a lock `holder` has."""
     me = holder.get_server_pid()
@@ -122,7 +137,7 @@ def test_positional_binds_what_sqlalchemy_binds(sql: str) -> None:
     """`SessionSql` runs the same statements through `text()`: a statement must mean the
     same on both, so `positional` takes parameters exactly where the asyncpg dialect's
     compiler does, and writes the same SQL."""
-    compiled = text(sql).compile(dialect=asyncpg_dialect.dialect())
+    compiled = text(sql).compile(dialect=asyncpg_dialect.dialect())  # type: ignore[no-untyped-call]
     assert positional(sql) == (str(compiled), tuple(compiled.positiontup or ()))
 
 
@@ -151,12 +166,7 @@ async def test_a_claim_racing_an_uncommitted_claim_answers_with_the_winner(
     """The claim statement waits on the other's insert; committed after this statement's
     snapshot, the winner is not in its own SELECT: it must be read again, not missed."""
     payment_id = _new_id("race")
-    async with _admin(running) as holder:
-        first = holder.transaction()
-        await first.start()
-        await holder.execute(
-            "INSERT INTO payment_claims (payment_id, order_id) VALUES ($1, 'first')", payment_id
-        )
+    async with _uncommitted_claim(running, payment_id, "first") as (holder, first):
 
         async def claim() -> Claim:
             async with RUNNERS[runner](running) as db:
@@ -198,12 +208,10 @@ async def test_a_claim_given_back_while_claiming_is_claimed_not_refused(
     (its start failed): nobody owns the payment id, so this order gets it, instead of an
     owner of None that every caller reads as 'taken by another order'."""
     payment_id = _new_id("released")
-    async with _admin(running) as holder, _admin(running) as releaser:
-        first = holder.transaction()
-        await first.start()
-        await holder.execute(
-            "INSERT INTO payment_claims (payment_id, order_id) VALUES ($1, 'first')", payment_id
-        )
+    async with (
+        _uncommitted_claim(running, payment_id, "first") as (holder, first),
+        _admin(running) as releaser,
+    ):
 
         async def release() -> None:
             delete = "DELETE FROM payment_claims WHERE payment_id = $1"
@@ -367,7 +375,8 @@ async def test_odd_text_is_stored_as_sent_and_replays_under_its_key(running: Run
     )
     await ActivityEnvironment().run(payment.charge_payment, charge)
     async with sessions() as s:
-        assert (await s.get(Order, order_id)).address_json == ODD_ADDRESS.as_dict()
+        stored = await s.get(Order, order_id)
+        assert stored is not None and stored.address_json == ODD_ADDRESS.as_dict()
         approved = await s.scalar(
             text("SELECT payload_json FROM events WHERE order_id = :o AND type = 'APPROVED'"),
             {"o": order_id},
@@ -441,12 +450,7 @@ async def test_a_statement_cut_off_by_a_cancel_is_cancelled_on_the_server_too(
     order that never started once that start gave way). SQLAlchemy closed a cancelled
     connection gracefully, which sends PostgreSQL the cancel request first."""
     payment_id = _new_id("ghost")
-    async with _admin(running) as holder:
-        other = holder.transaction()
-        await other.start()
-        await holder.execute(
-            "INSERT INTO payment_claims (payment_id, order_id) VALUES ($1, 'other')", payment_id
-        )
+    async with _uncommitted_claim(running, payment_id, "other") as (holder, other):
 
         async def claim() -> Claim:
             async with driver(running.sessions) as db:
@@ -552,12 +556,10 @@ async def test_a_database_failure_mid_start_is_a_503_not_a_500(running: Running)
     pg_terminate_backend): the database is unavailable, the client should come back
     (503, Retry-After), as it was told when these statements ran on ORM sessions."""
     order_id, payment_id = _new_id("cut-start"), _new_id("cut-pmt")
-    async with _admin(running) as holder, serving(running.settings) as api:
-        other = holder.transaction()
-        await other.start()
-        await holder.execute(
-            "INSERT INTO payment_claims (payment_id, order_id) VALUES ($1, 'other')", payment_id
-        )
+    async with (
+        _uncommitted_claim(running, payment_id, "other") as (holder, other),
+        serving(running.settings) as api,
+    ):
         body = {"payment_id": payment_id, "address": ADDRESS}
         start = asyncio.create_task(api.post(f"/orders/{order_id}/start", json=body))
         await holder.fetchval("SELECT pg_terminate_backend($1)", await _blocked_by(holder))
