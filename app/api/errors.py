@@ -12,6 +12,7 @@ import logging
 import re
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -146,17 +147,23 @@ async def _on_temporal_error(request: Request, exc: Exception) -> JSONResponse:
 _DATABASE_DOWN_CLASSES = ("08", "28", "3D", "53", "57")
 
 
-def _database_down(exc: DBAPIError) -> bool:
-    if exc.connection_invalidated or isinstance(exc, InterfaceError):
+def _database_down(exc: Exception) -> bool:
+    """Whether a database error means the database is unreachable (else it is a bug)."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated or isinstance(exc, InterfaceError):
+            return True
+        orig = exc.orig
+        cause = orig.__cause__ if orig is not None else None
+        sqlstate = getattr(orig, "sqlstate", None) or getattr(cause, "sqlstate", None)
+    elif isinstance(exc, asyncpg.InterfaceError):  # the driver's, on the hot path
         return True
-    orig = exc.orig
-    cause = orig.__cause__ if orig is not None else None
-    sqlstate = getattr(orig, "sqlstate", None) or getattr(cause, "sqlstate", None)
+    else:
+        sqlstate = getattr(exc, "sqlstate", None)
     return isinstance(sqlstate, str) and sqlstate[:2] in _DATABASE_DOWN_CLASSES
 
 
 async def _on_database_error(request: Request, exc: Exception) -> JSONResponse:
-    if isinstance(exc, DBAPIError) and not _database_down(exc):
+    if not isinstance(exc, OSError) and not _database_down(exc):
         raise exc
     logger.warning(
         "database unavailable",
@@ -181,4 +188,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(RPCError, _on_temporal_error)
     app.add_exception_handler(DBAPIError, _on_database_error)
+    # Plain SQL on the driver (app/platform/sql.py) raises asyncpg's own errors.
+    app.add_exception_handler(asyncpg.PostgresError, _on_database_error)
+    app.add_exception_handler(asyncpg.InterfaceError, _on_database_error)
     app.add_exception_handler(OSError, _on_database_error)

@@ -94,9 +94,21 @@ def db_failure(
     exc: BaseException, settings: Settings, start_hint: str = START_HINT
 ) -> CliError | None:
     """A one-line explanation for database failures; None for anything else."""
+    import asyncpg
     from sqlalchemy import exc as sa_exc
 
-    if isinstance(exc, OSError | sa_exc.OperationalError | sa_exc.InterfaceError):
+    unreachable = (
+        OSError,
+        sa_exc.OperationalError,
+        sa_exc.InterfaceError,
+        # Plain SQL on the driver (app/platform/sql.py) raises asyncpg's own errors.
+        asyncpg.InterfaceError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.AdminShutdownError,
+        asyncpg.CrashShutdownError,
+        asyncpg.CannotConnectNowError,
+    )
+    if isinstance(exc, unreachable):
         return CliError(
             f"PostgreSQL is not reachable at {_db_address(settings)} ({_first_line(exc)}); "
             f"is the stack running? ({start_hint})"
@@ -105,6 +117,8 @@ def db_failure(
         orig = getattr(exc, "orig", None) or exc
         hint = " (run `python -m app.platform.migrate`)" if "does not exist" in str(orig) else ""
         return CliError(f"database error: {_first_line(orig)}{hint}")
+    if isinstance(exc, asyncpg.PostgresError):
+        return CliError(f"database error: {_first_line(exc)}")
     return None
 
 

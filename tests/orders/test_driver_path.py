@@ -546,11 +546,6 @@ async def test_after_a_restart_a_charge_fails_one_attempt_at_most(running: Runni
         await engine.dispose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="asyncpg's errors reach the API's handlers unwrapped: app/api/errors.py maps only "
-    "SQLAlchemy's (issue 28)",
-)
 async def test_a_database_failure_mid_start_is_a_503_not_a_500(running: Running) -> None:
     """The start's claim is cut off by the server (a restart, a failover, an operator's
     pg_terminate_backend): the database is unavailable, the client should come back
