@@ -1,6 +1,6 @@
 """What every activity shares: attempt accounting (`step_activity`), one-statement writes
-with their events (plain SQL on the driver: app/platform/sql.py), the order row lock, the payment id's owner, and turning a provider's
-refusal into a final failure."""
+with their events (plain SQL on the driver: app/platform/sql.py), the order row lock, the
+payment id's owner, and turning a provider's refusal into a final failure."""
 
 from __future__ import annotations
 
