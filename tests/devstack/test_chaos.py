@@ -35,6 +35,12 @@ from tests.helpers import CliStack, describe, stack_env, started_stack
 pytestmark = pytest.mark.e2e
 
 ORDERS = 20
+# The run lasts until its last order closes: a FAILED order is retried until half the
+# duration plus half the deadline, and its new run may take the whole deadline (and then
+# its compensation). 12 s of faults still hold the kill and both restarts one after
+# another, and 30 s leave an order room to outlive them; 16 s and 40 s cost ~12 s more.
+DURATION_S = 12
+ORDER_DEADLINE_S = 30
 # The guide's faults before the effect, plus answers lost after it (the provider acted).
 PROFILE = "fail=0.2,hang=0.2,lost=0.2"
 
@@ -56,7 +62,7 @@ def test_invariants_hold_through_kills_restarts_and_an_adversarial_mix(
         "--orders",
         str(ORDERS),
         "--duration",
-        "16",
+        str(DURATION_S),
         "--seed",
         "7",
         "--kill-interval",
@@ -64,7 +70,7 @@ def test_invariants_hold_through_kills_restarts_and_an_adversarial_mix(
         "--max-worker-kills",
         "1",
         "--order-deadline",
-        "40",
+        str(ORDER_DEADLINE_S),
         "--grace",
         "40",
         "--id-prefix",
