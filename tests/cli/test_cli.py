@@ -22,6 +22,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -112,12 +113,11 @@ def done(cli_stack: CliStack) -> Done:
 
 
 def test_help_lists_every_command(cli_stack: CliStack) -> None:
-    out = cli_stack.ok("--help")
+    out, status = cli_stack.ok_each(["--help"], ["status", "--help"])
     for command in COMMANDS:
         assert command in out
     # A flag takes no value: no type after it.
     assert "--help " in out and "<bool>" not in out
-    status = cli_stack.ok("status", "--help")
     assert "--json " in status and "<bool>" not in status
 
 
@@ -162,10 +162,12 @@ def test_happy_path(cli_stack: CliStack, done: Done) -> None:
     assert done.review["state"] == "VALIDATED"
     assert done.review["address"] == GUIDE_ADDRESS
     assert "approved by e2e" in done.approve_out
-    view = cli_stack.status(done.order_id)
+    as_json, table = cli_stack.ok_each(
+        ["status", done.order_id, "--json"], ["status", done.order_id]
+    )
+    view = json.loads(as_json)
     assert (view["state"], view["payment_status"]) == ("COMPLETED", "charged")
     assert view["attempts"] == {"RECEIVE": 1, "VALIDATE": 1, "PAY": 1, "SHIP": 1}
-    table = cli_stack.ok("status", done.order_id)
     for text in ("COMPLETED", "charged", view["tracking_number"], f"order-{done.order_id}"):
         assert text in table
     assert "\x1b[" not in table  # no colour codes when stdout is not a terminal
@@ -193,11 +195,12 @@ def test_update_address_with_the_guide_options(cli_stack: CliStack) -> None:
 
 
 def test_bad_address_is_refused_naming_the_field(cli_stack: CliStack, done: Done) -> None:
-    start = cli_stack.run("start-workflow", new_id("e2e-bad"), "p1", "--country", "usa")
-    assert "address.country" in one_error_line(start)
-    assert "address.zip" in one_error_line(
-        cli_stack.run("update-address", done.order_id, "--zip", "!!")
+    start, update = cli_stack.run_each(
+        ["start-workflow", new_id("e2e-bad"), "p1", "--country", "usa"],
+        ["update-address", done.order_id, "--zip", "!!"],
     )
+    assert "address.country" in one_error_line(start)
+    assert "address.zip" in one_error_line(update)
 
 
 def test_cancel_in_review(cli_stack: CliStack) -> None:
@@ -206,41 +209,65 @@ def test_cancel_in_review(cli_stack: CliStack) -> None:
     cli_stack.wait_status(oid, in_review)
     out = cli_stack.ok("cancel", oid, "--reason", "changed_mind")
     assert "CANCELLED" in out and "payment none" in out
-    view = cli_stack.status(oid)
+    status, approve, listed = cli_stack.run_each(
+        ["status", oid, "--json"],
+        ["approve", oid],
+        ["list", "--reason", "changed_mind", "--limit", "1000", "--json"],
+    )
+    assert status.returncode == 0, describe(status)
+    view = json.loads(status.stdout)
     assert (view["state"], view["reason"], view["payment_status"]) == (
         "CANCELLED",
         "changed_mind",
         "none",
     )
     # A closed order refuses further changes, in one line.
-    assert "already closed" in one_error_line(cli_stack.run("approve", oid))
-    by_reason = cli_stack.json("list", "--reason", "changed_mind", "--limit", "1000")["items"]
+    assert "already closed" in one_error_line(approve)
+    assert listed.returncode == 0, describe(listed)
+    by_reason = json.loads(listed.stdout)["items"]
     assert oid in [o["order_id"] for o in by_reason]
     assert {o["reason"] for o in by_reason} == {"changed_mind"}
 
 
 def test_list_describe_history_events(cli_stack: CliStack, done: Done) -> None:
-    page = cli_stack.json("list", "--limit", "10")
+    wid = f"order-{done.order_id}"
+    listed = ["list", "--limit", "1000", "--json"]
+    # Every read but the second page's (it needs the first's cursor), at once.
+    reads = {
+        "page": ["list", "--limit", "10", "--json"],
+        "completed": ["list", "--state", "completed", "--limit", "100"],
+        "charged": [*listed, "--payment-status", "CHARGED"],
+        "uncharged": [*listed, "--payment-status", "none"],
+        "created_before": [*listed, "--created-before", "2100-01-01T00:00:00+00:00"],
+        "created_after": [*listed, "--created-after", "2100-01-01T00:00:00Z"],
+        "first": ["list", "--limit", "1", "--json"],
+        "first_table": ["list", "--limit", "1"],
+        "describe": ["describe", wid, "--json"],
+        "describe_table": ["describe", wid],
+        "history": ["history", wid, "--json"],
+        "history_table": ["history", wid],
+        "events": ["events", done.order_id],
+    }
+    out = dict(zip(reads, cli_stack.ok_each(*reads.values()), strict=True))
+
+    def ids(name: str) -> list[str]:
+        return [o["order_id"] for o in json.loads(out[name])["items"]]
+
+    page = json.loads(out["page"])
     assert page["limit"] == 10 and page["total"] >= 1
-    assert done.order_id in [o["order_id"] for o in page["items"]]
-    table = cli_stack.ok("list", "--state", "completed", "--limit", "100")
-    assert done.order_id in table and "CANCELLED" not in table
-
-    def listed(*filters: str) -> list[str]:
-        return [o["order_id"] for o in cli_stack.json("list", "--limit", "1000", *filters)["items"]]
-
-    assert done.order_id in listed("--payment-status", "CHARGED")
-    assert done.order_id not in listed("--payment-status", "none")
-    assert done.order_id in listed("--created-before", "2100-01-01T00:00:00+00:00")
-    assert done.order_id not in listed("--created-after", "2100-01-01T00:00:00Z")
-    first = cli_stack.json("list", "--limit", "1")
+    assert done.order_id in ids("page")
+    assert done.order_id in out["completed"] and "CANCELLED" not in out["completed"]
+    assert done.order_id in ids("charged")
+    assert done.order_id not in ids("uncharged")
+    assert done.order_id in ids("created_before")
+    assert done.order_id not in ids("created_after")
+    first = json.loads(out["first"])
     assert first["next_cursor"], first
     second = cli_stack.json("list", "--limit", "1", "--cursor", first["next_cursor"])
     assert second["items"] and second["items"][0]["order_id"] != first["items"][0]["order_id"]
-    assert "more: the same command with --cursor" in cli_stack.ok("list", "--limit", "1")
+    assert "more: the same command with --cursor" in out["first_table"]
 
-    wid = f"order-{done.order_id}"
-    info = cli_stack.json("describe", wid)
+    info = json.loads(out["describe"])
     assert (info["workflow_id"], info["type"], info["status"]) == (
         wid,
         "OrderWorkflow",
@@ -248,15 +275,15 @@ def test_list_describe_history_events(cli_stack: CliStack, done: Done) -> None:
     )
     assert info["task_queue"] == "orders-tq" and info["history_length"] > 10
     assert info["ui_url"].startswith(f"http://127.0.0.1:{cli_stack.env['TEMPORAL_UI_PORT']}/")
-    assert "OrderWorkflow" in cli_stack.ok("describe", wid)
+    assert "OrderWorkflow" in out["describe_table"]
 
-    events = cli_stack.json("history", wid)
+    events = json.loads(out["history"])
     assert events[0]["type"] == "WORKFLOW_EXECUTION_STARTED"
     assert events[-1]["type"] == "WORKFLOW_EXECUTION_COMPLETED"
     assert len(events) == info["history_length"]
-    assert "ChargePayment" in cli_stack.ok("history", wid)
+    assert "ChargePayment" in out["history_table"]
 
-    audit = cli_stack.ok("events", done.order_id)
+    audit = out["events"]
     for kind in ("RECEIVED", "APPROVED", "PAYMENT_CHARGED", "DISPATCHED"):
         assert kind in audit
 
@@ -301,9 +328,11 @@ def test_failed_order_found_by_search_attribute_and_retried(cli_stack: CliStack)
         {"RECEIVE": 3},
     )
     assert view["payment_id"] == f"pmt-{oid}#r2"
-    types = [e["type"] for e in cli_stack.json("events", oid)]
+    events, unknown = cli_stack.run_each(["events", oid, "--json"], ["retry", f"{oid}-unknown"])
+    assert events.returncode == 0, describe(events)
+    types = [e["type"] for e in json.loads(events.stdout)]
     assert types.count("RETRIED") == 1 and types.count("FAILED") == 2
-    line = one_error_line(cli_stack.run("retry", f"{oid}-unknown"))
+    line = one_error_line(unknown)
     assert line == f"error: order {oid}-unknown not found"
 
 
@@ -323,19 +352,20 @@ def test_describe_names_a_pending_activity_s_state(cli_stack: CliStack) -> None:
 
 
 def test_unknown_order_or_workflow(cli_stack: CliStack) -> None:
-    result = cli_stack.run("status", "no-such-order")
-    assert one_error_line(result) == "error: order no-such-order not found"
-    assert result.stdout == ""
-    for args in (
+    others = (
         ("cancel", "no-such-order"),
         ("describe", "order-no-such-order"),
         ("history", "order-no-such-order"),
-    ):
-        assert "not found" in one_error_line(cli_stack.run(*args)), args
+    )
+    result, *answers = cli_stack.run_each(("status", "no-such-order"), *others)
+    assert one_error_line(result) == "error: order no-such-order not found"
+    assert result.stdout == ""
+    for args, answer in zip(others, answers, strict=True):
+        assert "not found" in one_error_line(answer), args
 
 
 def test_usage_errors_exit_2(cli_stack: CliStack) -> None:
-    for args in (
+    for result in cli_stack.run_each(
         ("start-workflow", "only-order-id"),
         ("list", "--limit", "abc"),
         ("logs", "--service", "nope"),
@@ -348,7 +378,6 @@ def test_usage_errors_exit_2(cli_stack: CliStack) -> None:
         ("bench", "--status-seconds", "-1"),
         ("bench", "--soak", "--approve", "api"),
     ):
-        result = cli_stack.run(*args)
         assert result.returncode == 2, describe(result)
         assert "Traceback" not in result.stderr
 
@@ -357,12 +386,14 @@ def test_stack_down_is_one_line(cli_stack: CliStack) -> None:
     down = stack_env(PROJECT_ROOT / ".run" / f"e2e-down-{uuid.uuid4().hex[:8]}")
     where = Path(down["RUN_DIR"])
     try:
-        line = one_error_line(run_cli(["status", "x"], down, where))
+        stack = CliStack(where, down)
+        status, ps, logs = stack.run_each(["status", "x"], ["ps", "--json"], ["logs"])
+        line = one_error_line(status)
         assert "Temporal is not reachable" in line and "cli.py start" in line, line
-        rows = json.loads(run_cli(["ps", "--json"], down, where).stdout)
+        rows = json.loads(ps.stdout)
         assert {r["state"] for r in rows} == {"stopped"}
-        assert "no log" in one_error_line(run_cli(["logs"], down, where))
-        stopped = run_cli(["stop"], down, where)
+        assert "no log" in one_error_line(logs)
+        stopped = stack.run("stop")
         assert stopped.returncode == 0 and "not running" in stopped.stdout
     finally:
         shutil.rmtree(where, ignore_errors=True)
@@ -384,9 +415,8 @@ def test_taken_port_stops_start_before_anything_runs(cli_stack: CliStack) -> Non
 
 def test_compose_needs_docker(cli_stack: CliStack, tmp_path: Path) -> None:
     no_docker = {**cli_stack.env, "PATH": str(tmp_path / "empty")}
-    for command in ("start", "ps"):
-        line = one_error_line(cli_stack.run(command, "--compose", env=no_docker))
-        assert "Docker is not installed" in line
+    for result in cli_stack.run_each(["start", "--compose"], ["ps", "--compose"], env=no_docker):
+        assert "Docker is not installed" in one_error_line(result)
     # A docker client whose engine does not answer.
     fake = tmp_path / "bin" / "docker"
     fake.parent.mkdir()
@@ -404,10 +434,13 @@ def test_compose_needs_docker(cli_stack: CliStack, tmp_path: Path) -> None:
 
 
 def test_logs_of_each_service(cli_stack: CliStack) -> None:
-    for service in ("app", "temporal", "postgres"):
-        out = cli_stack.ok("logs", "--service", service, "--lines", "5")
+    services = ("app", "temporal", "postgres")
+    *outs, both = cli_stack.ok_each(
+        *(["logs", "--service", service, "--lines", "5"] for service in services),
+        ["logs", "--service", "worker", "--lines", "100"],
+    )
+    for service, out in zip(services, outs, strict=True):
         assert 0 < len(out.splitlines()) <= 5, (service, out)
-    both = cli_stack.ok("logs", "--service", "worker", "--lines", "100")
     assert "==> worker-orders" in both and "==> worker-shipping" in both
     assert both.count('"worker running"') >= 2
 
@@ -503,9 +536,16 @@ def test_bench_options_reach_the_run(cli_stack: CliStack) -> None:
 # --- persistence (last: stops and starts the stack) -------------------------------------------
 
 
+def read_back(stack: CliStack, order_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The order's status and its workflow's history, as the CLI shows them."""
+    status, history = stack.ok_each(
+        ["status", order_id, "--json"], ["history", f"order-{order_id}", "--json"]
+    )
+    return json.loads(status), json.loads(history)
+
+
 def test_orders_and_histories_survive_stop_and_restart(cli_stack: CliStack, done: Done) -> None:
-    before = cli_stack.status(done.order_id)
-    history_before = cli_stack.json("history", f"order-{done.order_id}")
+    before, history_before = read_back(cli_stack, done.order_id)
     # An order in flight: its review timer has to survive too. Its deadline (60 s by
     # default) is lifted so a slow restart cannot fail it before it is approved.
     waiting = new_id("e2e-inflight")
@@ -524,10 +564,10 @@ def test_orders_and_histories_survive_stop_and_restart(cli_stack: CliStack, done
     assert "stack ready" in out
     # The endpoints box names the console with the API.
     assert re.search(rf"Console\s+{cli_stack.api}/console", out), out
-    after = cli_stack.status(done.order_id)
+    after, history_after = read_back(cli_stack, done.order_id)
     for key in ("state", "payment_status", "tracking_number", "address", "attempts", "run_id"):
         assert after[key] == before[key], key
-    assert cli_stack.json("history", f"order-{done.order_id}") == history_before
+    assert history_after == history_before
 
     cli_stack.ok("approve", waiting)
     view = cli_stack.wait_status(waiting, completed)

@@ -134,12 +134,14 @@ def test_backup_and_restore_into_a_fresh_run_dir(cli_stack: CliStack, restored_d
     done, waiting = f"bk-done-{tag}", f"bk-wait-{tag}"
     start_order(cli_stack, done)
     approve(cli_stack, done)
-    cli_stack.wait_status(done, lambda v: v["state"] == "COMPLETED")
     # Long enough to outlive the restore: its review and deadline keep running meanwhile.
     start_order(cli_stack, waiting, review_timeout_s=600, deadline_s=900)
+    cli_stack.wait_status(done, lambda v: v["state"] == "COMPLETED")
     cli_stack.wait_status(waiting, lambda v: v["step"] == "MANUAL_REVIEW")
-    history_before = cli_stack.json("history", f"order-{done}")
-    events_before = cli_stack.json("events", done)
+    history_before, events_before = map(
+        json.loads,
+        cli_stack.ok_each(["history", f"order-{done}", "--json"], ["events", done, "--json"]),
+    )
 
     backup_dir = cli_stack.run_dir / "backups" / f"e2e-{tag}"
     manifest = cli_stack.json("backup", "--output", str(backup_dir))
@@ -189,21 +191,31 @@ def test_backup_and_restore_into_a_fresh_run_dir(cli_stack: CliStack, restored_d
         assert started.returncode == 0, describe(started)
         assert "instead" not in started.stdout, started.stdout
         assert "retention: namespace default keeps closed workflows for 3d" in started.stdout
-        rows = {r["service"]: r for r in restored.json("ps")}
+        ps, view, events, history, listing, waiting_view = map(
+            json.loads,
+            restored.ok_each(
+                ["ps", "--json"],
+                ["status", done, "--json"],
+                ["events", done, "--json"],
+                ["history", f"order-{done}", "--json"],
+                ["list", "--limit", "1000", "--json"],
+                ["status", waiting, "--json"],
+            ),
+        )
+        rows = {r["service"]: r for r in ps}
         pids = [r["pid"] for r in rows.values() if r["pid"]]
         assert rows["postgres"]["address"] == f"127.0.0.1:{default_pg}"
 
         # The completed order: same row, same events, same Temporal history.
-        view = restored.status(done)
         assert view["state"] == "COMPLETED" and view["payment_status"] == "charged"
         assert view["address"] == ADDRESS and view["tracking_number"]
-        assert restored.json("events", done) == events_before
-        assert restored.json("history", f"order-{done}") == history_before
-        listed = {o["order_id"] for o in restored.json("list", "--limit", "1000")["items"]}
+        assert events == events_before
+        assert history == history_before
+        listed = {o["order_id"] for o in listing["items"]}
         assert {done, waiting} <= listed
 
         # The waiting order is still waiting there, and finishes once approved.
-        view = restored.status(waiting)
+        view = waiting_view
         assert view["state"] == "VALIDATED" and view["step"] == "MANUAL_REVIEW"
         approve(restored, waiting)
         view = restored.wait_status(waiting, lambda v: v["state"] == "COMPLETED", timeout=60)
@@ -215,16 +227,17 @@ def test_backup_and_restore_into_a_fresh_run_dir(cli_stack: CliStack, restored_d
         # 5432 by default, .env's DATABASE_URL on 5432) finds PostgreSQL where it runs.
         plain = {k: v for k, v in as_printed.items() if k != "TEST_DEFAULT_POSTGRES_PORT"}
         plain["DATABASE_URL"] = "postgresql+asyncpg://app:app@127.0.0.1:5432/app"
-        for args in (["status", done], ["list"], ["stats"]):
-            result = run_cli([*args, "--json"], plain, restored_dir)
-            assert result.returncode == 0, describe(result)
-        assert json.loads(result.stdout)["orders"]["total"] >= 2, result.stdout
+        *_, stats = CliStack(restored_dir, plain).ok_each(
+            ["status", done, "--json"], ["list", "--json"], ["stats", "--json"]
+        )
+        assert json.loads(stats)["orders"]["total"] >= 2, stats
 
         # Retention: applied at start from the setting, and settable by hand.
-        assert restored.ok("retention").strip().endswith("retention: 3d")
-        assert "retention: 2d" in restored.ok("retention", "2d")
-        bad = restored.run("retention", "5h")
+        shown, bad = restored.run_each(["retention"], ["retention", "5h"])
+        assert shown.returncode == 0, describe(shown)
+        assert shown.stdout.strip().endswith("retention: 3d"), shown.stdout
         assert bad.returncode == 1 and "at least 1 day" in bad.stderr
+        assert "retention: 2d" in restored.ok("retention", "2d")
 
         # Restore refuses to overwrite a running stack's state.
         refused = restored.run("restore", str(backup_dir))
