@@ -50,13 +50,33 @@ class CopiedStack(CliStack):
     ) -> subprocess.CompletedProcess[str]:
         return run_cli(list(args), env or self.env, self.run_dir, timeout, script=self.script)
 
+    def ps(self) -> Listing:
+        return Listing(self.json("ps"))
+
     def deployment(self) -> dict[str, Any]:
-        rows = self.json("ps")
-        found: dict[str, Any] = next(r for r in rows if r["service"] == "temporal")["deployment"]
-        return found
+        return self.ps().deployment
 
     def worker_builds(self) -> dict[str, str]:
-        return {r["service"]: r["build_id"] for r in self.json("ps") if r["build_id"]}
+        return self.ps().worker_builds
+
+
+@dataclass
+class Listing:
+    """One `cli.py ps --json`: the deployment (on Temporal's row) and each worker's build,
+    read together where a step checks both (a CLI process each costs a second or two)."""
+
+    rows: list[dict[str, Any]]
+
+    @property
+    def deployment(self) -> dict[str, Any]:
+        found: dict[str, Any] = next(r for r in self.rows if r["service"] == "temporal")[
+            "deployment"
+        ]
+        return found
+
+    @property
+    def worker_builds(self) -> dict[str, str]:
+        return {r["service"]: r["build_id"] for r in self.rows if r["build_id"]}
 
 
 @pytest.fixture(scope="module")
@@ -143,10 +163,10 @@ def wait_for_line(path: Path, text: str, process: subprocess.Popen[str], timeout
 def test_the_deployment_is_listed_after_start(stack: CopiedStack) -> None:
     listed = stack.ok("temporal", "worker", "deployment", "list")
     assert DEPLOYMENT in listed
-    deployment = stack.deployment()
-    build_a = deployment["current"]
-    assert build_a and build_a == deployment["checkout_build"]
-    assert stack.worker_builds() == {"worker-orders": build_a, "worker-shipping": build_a}
+    listing = stack.ps()
+    build_a = listing.deployment["current"]
+    assert build_a and build_a == listing.deployment["checkout_build"]
+    assert listing.worker_builds == {"worker-orders": build_a, "worker-shipping": build_a}
     refused = stack.run("deploy", env={**stack.env, "WORKER_VERSIONING": "false"})
     assert refused.returncode == 1 and "WORKER_VERSIONING=false" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1, describe(refused)
@@ -156,28 +176,27 @@ def test_the_deployment_is_listed_after_start(stack: CopiedStack) -> None:
 def test_deploy_with_orders_in_flight_then_rollback(stack: CopiedStack, project: Path) -> None:
     build_a = stack.deployment()["current"]
     waiting = [f"dep-a{i}-{uuid.uuid4().hex[:6]}" for i in range(2)]
-    for order_id in waiting:
-        stack.ok(
-            "start-workflow",
-            order_id,
-            f"pmt-{order_id}",
-            "--review-timeout",
-            "120",
-            env={**stack.env, **LONG_ORDER},
-        )
+    stack.ok_each(
+        *(
+            ["start-workflow", order_id, f"pmt-{order_id}", "--review-timeout", "120"]
+            for order_id in waiting
+        ),
+        env={**stack.env, **LONG_ORDER},
+    )
     for order_id in waiting:
         stack.wait_status(order_id, in_review)
 
     break_replay(project)
     # Orders in flight: the drain times out, and A's workers keep running beside B's.
-    short = stack.run("deploy", "--drain-timeout", "3")
+    short = stack.run("deploy", "--drain-timeout", "1")
     assert short.returncode == 1 and "still has 2 open orders" in short.stderr, describe(short)
-    deployment = stack.deployment()
+    listing = stack.ps()
+    deployment = listing.deployment
     build_b = deployment["current"]
     assert build_b not in (None, build_a) and build_b == deployment["checkout_build"]
     versions = {v["build_id"]: v for v in deployment["versions"]}
     assert versions[build_a]["status"] == "DRAINING" and versions[build_a]["open_orders"] == 2
-    assert set(stack.worker_builds().values()) == {build_a, build_b}
+    assert set(listing.worker_builds.values()) == {build_a, build_b}
     # A restart brings back both: B under the plain names (current), A beside (open orders).
     stack.ok("restart")
     assert stack.worker_builds() == {
@@ -201,8 +220,7 @@ def test_deploy_with_orders_in_flight_then_rollback(stack: CopiedStack, project:
         )
     try:
         wait_for_line(log, "has no open orders", deploy, timeout=60)
-        for order_id in waiting:
-            stack.ok("approve", order_id)
+        stack.ok_each(*(["approve", order_id] for order_id in waiting))
         assert deploy.wait(timeout=120) == 0, log.read_text()
     finally:
         if deploy.poll() is None:
@@ -219,10 +237,11 @@ def test_deploy_with_orders_in_flight_then_rollback(stack: CopiedStack, project:
 
     rolled = stack.ok("deploy", "--rollback")
     assert f"to build {build_a}" in rolled
-    assert stack.deployment()["current"] == build_a
     on_a = new_order(stack, "dep-back")
     assert facts(stack, on_a) == RunFacts(build_a, opening_timer=False, task_failures=0)
-    assert stack.worker_builds() == {"worker-orders": build_a, "worker-shipping": build_a}
+    listing = stack.ps()
+    assert listing.deployment["current"] == build_a
+    assert listing.worker_builds == {"worker-orders": build_a, "worker-shipping": build_a}
 
     # Nothing open on any build: a restart runs the code on disk (B) at once. (The order
     # row reads COMPLETED a moment before its workflow closes.)
@@ -232,5 +251,6 @@ def test_deploy_with_orders_in_flight_then_rollback(stack: CopiedStack, project:
         time.sleep(0.5)
     restarted = stack.ok("restart")
     assert f"build {build_b} of the checkout takes over" in restarted, restarted
-    assert stack.deployment()["current"] == build_b
-    assert stack.worker_builds() == {"worker-orders": build_b, "worker-shipping": build_b}
+    listing = stack.ps()
+    assert listing.deployment["current"] == build_b
+    assert listing.worker_builds == {"worker-orders": build_b, "worker-shipping": build_b}
