@@ -109,6 +109,15 @@ def done(cli_stack: CliStack) -> Done:
     return Done(oid, start_out, review, approve_out)
 
 
+@dataclass
+class Unreceived:
+    """An order whose every RECEIVE attempt failed (`fail=1`), closed FAILED and settled:
+    an address change meets it first (refused), then a retry."""
+
+    order_id: str
+    failed: dict[str, Any]
+
+
 # --- stack ---------------------------------------------------------------------------------
 
 
@@ -291,22 +300,30 @@ def test_list_describe_history_events(cli_stack: CliStack, done: Done) -> None:
 # --- errors --------------------------------------------------------------------------------
 
 
-def test_address_change_of_an_order_closed_before_it_was_received(cli_stack: CliStack) -> None:
-    # Every RECEIVE attempt fails: the order closes FAILED (its address recorded all the
-    # same); the caller is told it is closed, and how it ended.
+@pytest.fixture(scope="module")
+def unreceived(cli_stack: CliStack) -> Unreceived:
     oid = new_id("e2e-unreceived")
     cli_stack.ok("start-workflow", oid, f"pmt-{oid}", "--fault-profile", "fail=1")
-    cli_stack.wait_status(oid, lambda v: v["state"] == "FAILED")
-    line = one_error_line(cli_stack.run("update-address", oid, "--street", "456 New St"))
+    failed = cli_stack.wait_status(oid, lambda v: v["state"] == "FAILED" and v["settled"])
+    return Unreceived(oid, failed)
+
+
+def test_address_change_of_an_order_closed_before_it_was_received(
+    cli_stack: CliStack, unreceived: Unreceived
+) -> None:
+    # Every RECEIVE attempt fails: the order closes FAILED (its address recorded all the
+    # same); the caller is told it is closed, and how it ended.
+    update = cli_stack.run("update-address", unreceived.order_id, "--street", "456 New St")
+    line = one_error_line(update)
     assert "already closed" in line and "FAILED" in line
 
 
-def test_failed_order_found_by_search_attribute_and_retried(cli_stack: CliStack) -> None:
+def test_failed_order_found_by_search_attribute_and_retried(
+    cli_stack: CliStack, unreceived: Unreceived
+) -> None:
     # The stack `cli.py start` brought up registered the search attributes with its dev
     # server; the failed order is found by them, and retried (it fails again: same faults).
-    oid = new_id("e2e-retry")
-    cli_stack.ok("start-workflow", oid, f"pmt-{oid}", "--fault-profile", "fail=1")
-    failed = cli_stack.wait_status(oid, lambda v: v["state"] == "FAILED" and v["settled"])
+    oid, failed = unreceived.order_id, unreceived.failed
     query = f"OrderState='FAILED' AND WorkflowId='order-{oid}'"
 
     def found() -> list[str]:
