@@ -14,6 +14,7 @@ import os
 import stat
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -174,14 +175,20 @@ def test_list_compose_talks_to_the_published_ports(real_stack: RealStack) -> Non
         DATABASE_URL=f"postgresql+asyncpg://app:app@127.0.0.1:{free_port()}/app",
         TEMPORAL_TARGET=f"127.0.0.1:{free_port()}",
     )
-    listed = run_cli("list", "--compose", "--json", "--limit", "5", env=env)
+    # The three commands at once (independent; a CLI process is mostly its imports).
+    with ThreadPoolExecutor(3) as pool:
+        compose, plain, wrong = (
+            pool.submit(run_cli, "list", "--compose", "--json", "--limit", "5", env=env),
+            pool.submit(run_cli, "list", env=env),
+            pool.submit(run_cli, "list", "--compose", env={**env, "POSTGRES_PASSWORD": "not-it"}),
+        )
+    listed = compose.result()
     assert listed.returncode == 0, listed.stderr
     assert set(json.loads(listed.stdout)) >= {"items", "total"}
     # Without --compose the same command follows DATABASE_URL/TEMPORAL_TARGET: unreachable.
-    assert "Temporal is not reachable" in one_error_line(run_cli("list", env=env))
+    assert "Temporal is not reachable" in one_error_line(plain.result())
     # The password is the one compose gives PostgreSQL.
-    wrong = run_cli("list", "--compose", env={**env, "POSTGRES_PASSWORD": "not-it"})
-    assert "password authentication failed" in one_error_line(wrong)
+    assert "password authentication failed" in one_error_line(wrong.result())
 
 
 def test_list_compose_names_the_compose_stack_when_it_is_down() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -114,18 +114,20 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        ["-m", "app.worker", "--queue", "orders"],
-        ["-m", "app.api"],
-        ["-m", "app.cli.main", "list"],
-        ["-m", "app.platform.migrate"],
-    ],
+ENTRY_POINTS = (
+    ("-m", "app.worker", "--queue", "orders"),
+    ("-m", "app.api"),
+    ("-m", "app.cli.main", "list"),
+    ("-m", "app.platform.migrate"),
 )
-def test_every_entry_point_refuses_production_talked_round(
-    command: list[str], tmp_path: Path
-) -> None:
+
+
+@pytest.fixture(scope="module")
+def entry_point_runs(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[tuple[str, ...], subprocess.CompletedProcess[str]]:
+    """Every entry point started at once under production settings talked round (each
+    process spends its second or two importing, on one core of two); how each ended."""
     env = _env(
         DEPLOYMENT="production",
         DATABASE_URL="postgresql+asyncpg://app:Str0ng-pw@127.0.0.1:9/app",
@@ -133,14 +135,29 @@ def test_every_entry_point_refuses_production_talked_round(
         FAULT_PROFILE="off",
         DATABASE_SSLMODE="require",
     )
-    result = subprocess.run(
-        [sys.executable, *command],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+
+    folders = {command: tmp_path_factory.mktemp("entry") for command in ENTRY_POINTS}
+
+    def run(command: tuple[str, ...]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, *command],
+            env=env,
+            cwd=folders[command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    with ThreadPoolExecutor(len(ENTRY_POINTS)) as pool:
+        return dict(zip(ENTRY_POINTS, pool.map(run, ENTRY_POINTS), strict=True))
+
+
+@pytest.mark.parametrize("command", ENTRY_POINTS, ids=[" ".join(c) for c in ENTRY_POINTS])
+def test_every_entry_point_refuses_production_talked_round(
+    command: tuple[str, ...],
+    entry_point_runs: dict[tuple[str, ...], subprocess.CompletedProcess[str]],
+) -> None:
+    result = entry_point_runs[command]
     assert result.returncode != 0, result.stdout + result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "API_KEYS holds no key" in lines[0], result.stderr
