@@ -4,8 +4,9 @@ PostgreSQL restarts; among them reused payment ids, dotted and retry-like ids, f
 cancels at random moments and while orders close, and retries of FAILED orders; then the
 reconciliation. One run, the plain invariants and the adversarial ones together.
 
-A stack of its own (not the session's `cli_stack`): restarting Temporal and PostgreSQL
-under the other e2e tests would make them fail for reasons of ours. Its ports, like every
+Not on the session's `cli_stack`: restarting Temporal and PostgreSQL under the other e2e
+tests would make them fail for reasons of ours. On the stack of the devstack e2e tests'
+own, which the deploy test uses afterwards (tests/devstack/conftest.py). Its ports, like every
 test stack's, are below the kernel's ephemeral range (tests/ports.py): while a service is
 down, a client's new outgoing connection could otherwise take its port as a source port,
 and the service could not come back on it.
@@ -22,7 +23,6 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -30,7 +30,8 @@ import pytest
 from app.platform.settings import PROJECT_ROOT
 from devstack.chaos.adversarial import KINDS
 from devstack.chaos.checks import VIOLATIONS
-from tests.helpers import CliStack, describe, stack_env, started_stack
+from tests.devstack.copied_stack import CopiedStack
+from tests.helpers import CliStack, describe, stack_env
 
 pytestmark = pytest.mark.e2e
 
@@ -46,11 +47,8 @@ PROFILE = "fail=0.2,hang=0.2,lost=0.2"
 
 
 @pytest.fixture(scope="module")
-def chaos_stack() -> Iterator[CliStack]:
-    run_dir = PROJECT_ROOT / ".run" / f"chaos-{uuid.uuid4().hex[:8]}"
-    env = {**stack_env(run_dir), "FAULT_SEED": "20240611"}
-    with started_stack(CliStack(run_dir, env)) as stack:
-        yield stack
+def chaos_stack(own_stack: CopiedStack) -> CopiedStack:
+    return own_stack
 
 
 @pytest.mark.timeout(240)

@@ -5,19 +5,18 @@ stop once it has drained, and `deploy --rollback` sends new orders to A again. O
 a drain timeout leaves A's workers running, and a restart mid-drain runs both builds.
 
 The stack runs from a copy of the project outside any git checkout (the build id is then
-a hash of the code), so the test changes "the code on disk" without touching the checkout.
-Build B opens OrderWorkflow with a 10 ms timer: any of A's histories replayed on it fails."""
+a hash of the code), so the test changes "the code on disk" without touching the checkout;
+the chaos run has used it before (tests/devstack/conftest.py). Build B opens OrderWorkflow
+with a 10 ms timer: any of A's histories replayed on it fails."""
 
 from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,76 +26,19 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from app.orders.messages import order_workflow_id
-from app.platform.settings import PROJECT_ROOT
-from tests.helpers import CliStack, describe, run_cli, stack_env, started_stack
+from tests.devstack.copied_stack import CopiedStack
+from tests.helpers import CliStack, describe
 
 pytestmark = pytest.mark.e2e
 
-# What `cli.py start` needs of the project (the migrations are inside app/).
-COPIED = ("app", "devstack", "scripts", "pyproject.toml")
 DEPLOYMENT = "order-fulfillment"
 # The orders wait in review across a deploy: a deadline and review far beyond it.
 LONG_ORDER = {"ORDER_DEADLINE_S": "300"}
 
 
-@dataclass
-class CopiedStack(CliStack):
-    """A CLI stack whose `cli.py` is the copy's, so every command runs the copy's code."""
-
-    script: str = ""
-
-    def run(
-        self, *args: str, env: dict[str, str] | None = None, timeout: float = 120.0
-    ) -> subprocess.CompletedProcess[str]:
-        return run_cli(list(args), env or self.env, self.run_dir, timeout, script=self.script)
-
-    def ps(self) -> Listing:
-        return Listing(self.json("ps"))
-
-    def deployment(self) -> dict[str, Any]:
-        return self.ps().deployment
-
-    def worker_builds(self) -> dict[str, str]:
-        return self.ps().worker_builds
-
-
-@dataclass
-class Listing:
-    """One `cli.py ps --json`: the deployment (on Temporal's row) and each worker's build,
-    read together where a step checks both (a CLI process each costs a second or two)."""
-
-    rows: list[dict[str, Any]]
-
-    @property
-    def deployment(self) -> dict[str, Any]:
-        found: dict[str, Any] = next(r for r in self.rows if r["service"] == "temporal")[
-            "deployment"
-        ]
-        return found
-
-    @property
-    def worker_builds(self) -> dict[str, str]:
-        return {r["service"]: r["build_id"] for r in self.rows if r["build_id"]}
-
-
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("project")
-    for name in COPIED:
-        source = PROJECT_ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, root / name)
-    return root
-
-
-@pytest.fixture(scope="module")
-def stack(project: Path) -> Iterator[CopiedStack]:
-    run_dir = PROJECT_ROOT / ".run" / f"e2e-deploy-{uuid.uuid4().hex[:8]}"
-    script = str(project / "scripts" / "cli.py")
-    with started_stack(CopiedStack(run_dir, stack_env(run_dir), script=script)) as stack:
-        yield stack
+def stack(own_stack: CopiedStack) -> CopiedStack:
+    return own_stack
 
 
 def break_replay(project: Path) -> None:
