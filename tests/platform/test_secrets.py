@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -52,34 +52,36 @@ def test_the_percent_encoded_url_is_what_postgres_is_given() -> None:
     assert make_url(f"postgresql+asyncpg://app:{ENCODED}@h/app").password == PASSWORD
 
 
-def test_a_failed_migration_says_why_without_the_password(
-    real_stack: RealStack, tmp_path: Path
-) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "app.platform.migrate"],
-        env=_env(real_stack),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
+@dataclass
+class ApiRun:
+    """What the API answered while its database refused the password, and what it logged."""
+
+    answers: list[httpx.Response]
+    output: str
+
+
+async def _migration(stack: RealStack, folder: Path) -> tuple[int | None, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "app.platform.migrate",
+        env=_env(stack),
+        cwd=folder,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
-    assert result.returncode != 0
-    assert_clean(result.stdout + result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "migration failed" in lines[0], result.stderr
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    return proc.returncode, out.decode(), err.decode()
 
 
-@pytest.mark.parametrize("log_format", ["json", "console"])
-async def test_the_api_logs_its_failures_without_the_password(
-    real_stack: RealStack, tmp_path: Path, log_format: str
-) -> None:
+async def _api(stack: RealStack, folder: Path, log_format: str) -> ApiRun:
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "app.api",
-        env=_env(real_stack, API_PORT=str(port), LOG_FORMAT=log_format),
-        cwd=tmp_path,
+        env=_env(stack, API_PORT=str(port), LOG_FORMAT=log_format),
+        cwd=folder,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -105,9 +107,43 @@ async def test_the_api_logs_its_failures_without_the_password(
     finally:
         proc.terminate()
         out, err = await asyncio.wait_for(proc.communicate(), timeout=20)
+    return ApiRun(answers, out.decode() + err.decode())
+
+
+LOG_FORMATS = ("json", "console")
+
+
+@dataclass
+class Runs:
+    migration: tuple[int | None, str, str]
+    api: dict[str, ApiRun]
+
+
+@pytest.fixture(scope="module")
+async def runs(real_stack: RealStack, tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    """The migration and the API (in each log format) with the password PostgreSQL
+    refuses, all at once: each process spends a second or two importing, on one core of
+    two, and the tests below judge what each said."""
+    migration, *apis = await asyncio.gather(
+        _migration(real_stack, tmp_path_factory.mktemp("migrate")),
+        *(_api(real_stack, tmp_path_factory.mktemp(f"api-{f}"), f) for f in LOG_FORMATS),
+    )
+    return Runs(migration, dict(zip(LOG_FORMATS, apis, strict=True)))
+
+
+def test_a_failed_migration_says_why_without_the_password(runs: Runs) -> None:
+    returncode, stdout, stderr = runs.migration
+    assert returncode != 0
+    assert_clean(stdout + stderr)
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "migration failed" in lines[0], stderr
+
+
+@pytest.mark.parametrize("log_format", LOG_FORMATS)
+def test_the_api_logs_its_failures_without_the_password(runs: Runs, log_format: str) -> None:
+    answers, text = runs.api[log_format].answers, runs.api[log_format].output
     assert {r.status_code for r in answers} == {503}, [r.text for r in answers]
     for r in answers:
         assert_clean(r.text)
-    text = out.decode() + err.decode()
     assert "database unavailable" in text or "dependency unavailable" in text, text
     assert_clean(text)
