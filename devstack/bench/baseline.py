@@ -10,9 +10,11 @@ SDK, workers) on this machine.
 With `features=True` (`bench`'s default; `--baseline-shape bare` turns it off) it also uses
 the Temporal features an order uses, still doing no work: the order's search attributes set at the start and
 upserted at the review, at shipping and at the close (behind the same patch), and the
-deadline timer that `OrderWorkflow.run` waits with. Its history then has 40 events (the
-bare shape 33, an order 43: its approval lands in a workflow task of its own); the
-difference to the bare shape is what those features cost the dev server.
+deadline timer that `OrderWorkflow.run` waits with; and, when the order workers run with
+WORKER_VERSIONING on, its workers are a version of a Worker Deployment of their own with
+the workflows pinned (`--deployment`), as the orders are: about 5 ms of dev-server CPU per
+order on this machine (docs/performance.md, round five). Its history then has as many
+events as an order's; the difference to the bare shape is what those features cost.
 
 Its workers run as the order workers do (the benchmark picks): one process per task queue,
 
@@ -48,8 +50,10 @@ from temporalio.common import (
     SearchAttributeKey,
     SearchAttributePair,
     TypedSearchAttributes,
+    VersioningBehavior,
+    WorkerDeploymentVersion,
 )
-from temporalio.worker import Worker
+from temporalio.worker import Worker, WorkerDeploymentConfig
 
 BASELINE_WORKFLOW = "BaselineOrderWorkflow"
 BASELINE_CHILD_WORKFLOW = "BaselineShippingWorkflow"
@@ -57,6 +61,7 @@ BASELINE_SIGNAL = "approve_order"
 READY_MARKER = "baseline worker running"
 DEFAULT_ORDERS_QUEUE = "bench-baseline-orders"
 DEFAULT_SHIPPING_QUEUE = "bench-baseline-shipping"
+BASELINE_BUILD = "baseline"
 
 # Same start-to-close timeouts and retry policy as the order workflow's steps.
 _TIMEOUT = timedelta(seconds=5)
@@ -153,8 +158,23 @@ class BaselineOrderWorkflow:
         self._approved = True
 
 
-def build_worker(client: Client, queue: str, task_queue: str) -> Worker:
-    """The baseline worker for `queue` ("orders" or "shipping"), tuned like the order workers."""
+def deployment_config(deployment: str | None) -> WorkerDeploymentConfig | None:
+    """As a version of `deployment` whose workflows are pinned, like the order workers with
+    WORKER_VERSIONING on (None: unversioned)."""
+    if deployment is None:
+        return None
+    return WorkerDeploymentConfig(
+        version=WorkerDeploymentVersion(deployment_name=deployment, build_id=BASELINE_BUILD),
+        use_worker_versioning=True,
+        default_versioning_behavior=VersioningBehavior.PINNED,
+    )
+
+
+def build_worker(
+    client: Client, queue: str, task_queue: str, deployment: str | None = None
+) -> Worker:
+    """The baseline worker for `queue` ("orders" or "shipping"), tuned like the order
+    workers; a version of `deployment` when given."""
     from app.platform.settings import get_settings
     from app.platform.worker_tuning import worker_tuning
 
@@ -168,11 +188,14 @@ def build_worker(client: Client, queue: str, task_queue: str) -> Worker:
         workflows=workflows,
         activities=[noop],
         graceful_shutdown_timeout=timedelta(seconds=5),
+        deployment_config=deployment_config(deployment),
         **worker_tuning(settings),
     )
 
 
-async def serve(target: str, namespace: str, task_queues: Mapping[str, str]) -> None:
+async def serve(
+    target: str, namespace: str, task_queues: Mapping[str, str], deployment: str | None = None
+) -> None:
     """Serve `task_queues` (queue -> task queue name) from this process until a signal."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -181,7 +204,7 @@ async def serve(target: str, namespace: str, task_queues: Mapping[str, str]) -> 
     client = await Client.connect(target, namespace=namespace)
     async with contextlib.AsyncExitStack() as stack:
         for queue, task_queue in task_queues.items():
-            await stack.enter_async_context(build_worker(client, queue, task_queue))
+            await stack.enter_async_context(build_worker(client, queue, task_queue, deployment))
         names = ", ".join(f"{q} on {tq}" for q, tq in task_queues.items())
         sys.stdout.write(f"{READY_MARKER}: {names}\n")
         sys.stdout.flush()
@@ -198,6 +221,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--shipping-task-queue", help="with --queue all: the shipping task queue's name"
     )
+    parser.add_argument(
+        "--deployment", help="register as a version of this Worker Deployment, workflows pinned"
+    )
     parser.add_argument("--target", default=settings.temporal_target, help="Temporal host:port")
     parser.add_argument("--namespace", default=settings.temporal_namespace)
     args = parser.parse_args(argv)
@@ -209,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         task_queues = {"shipping": args.task_queue or DEFAULT_SHIPPING_QUEUE}
     elif args.queue == "orders":
         del task_queues["shipping"]
-    asyncio.run(serve(args.target, args.namespace, task_queues))
+    asyncio.run(serve(args.target, args.namespace, task_queues, args.deployment))
 
 
 if __name__ == "__main__":

@@ -210,10 +210,13 @@ class BaselineWorkers:
         shipping_queue: str,
         *,
         single_process: bool = False,
+        deployment: str | None = None,
     ) -> None:
         self.settings = settings
         self.queues = {"orders": orders_queue, "shipping": shipping_queue}
         self.single_process = single_process
+        # Versioned, pinned workers of this Worker Deployment (None: unversioned).
+        self.deployment = deployment
         self.procs: list[subprocess.Popen[bytes]] = []
         self.log_dir = Path(tempfile.mkdtemp(prefix="bench-baseline-"))
 
@@ -244,6 +247,7 @@ class BaselineWorkers:
                 "-m",
                 "devstack.bench.baseline",
                 *queue_args,
+                *(["--deployment", self.deployment] if self.deployment else []),
                 "--target",
                 self.settings.temporal_target,
                 "--namespace",
@@ -273,6 +277,20 @@ class BaselineWorkers:
                     tail = self.log_path(name).read_text(errors="replace")[-1500:]
                     raise BenchError(f"baseline worker ({name}) did not start:\n{tail}")
                 await asyncio.sleep(0.1)
+        if self.deployment:
+            await self._route_to_them(deadline - time.monotonic())
+
+    async def _route_to_them(self, timeout: float) -> None:
+        """A new deployment routes nowhere: its version becomes current once it polls."""
+        from app import versioning
+        from app.platform.temporal import connect_client
+        from devstack.bench.baseline import BASELINE_BUILD
+
+        assert self.deployment is not None
+        client = await connect_client(self.settings)
+        await versioning.adopt_if_unrouted(
+            client, self.deployment, BASELINE_BUILD, set(self.queues.values()), max(timeout, 5)
+        )
 
     @property
     def pids(self) -> list[int]:

@@ -133,7 +133,8 @@ async def run_bench(
     RSS is reported); default from the run folder's pid files or the command lines.
     `baseline=False` skips phase 2 (baseline_per_s and ratio are then None);
     `baseline_shape`: "features" (default) gives the baseline the order's search attributes
-    and deadline timer (devstack/bench/baseline.py), so what is left is our code's cost;
+    and deadline timer, and pinned worker versions when the stack's workers are versioned
+    (WORKER_VERSIONING; devstack/bench/baseline.py), so what is left is our code's cost;
     "bare" the order's Temporal shape alone;
     `status_seconds=0` skips phase 3 (status_rps is then None).
     """
@@ -160,6 +161,11 @@ async def run_bench(
         # The baseline's workers run as the order workers do (issue 28: the ratio measures
         # our code, not a process split).
         "topology": TOPOLOGIES[len(workers) == 1],
+        # Pinned Worker Versioning is a Temporal feature the orders use, when on: the
+        # featured baseline's workers use it too.
+        "baseline_versioned": baseline
+        and baseline_shape == "features"
+        and settings.worker_versioning,
     }
     client = await connect_temporal(settings)
     result["machine"]["temporal_server"] = await _server_version(client)
@@ -171,7 +177,12 @@ async def run_bench(
         await check_api(http, base_url)
         runner = OrdersPhase(http, client, run_id, approve, fault_profile)
         queues = _baseline_queues(run_id)
-        base_workers = BaselineWorkers(settings, *queues, single_process=len(workers) == 1)
+        base_workers = BaselineWorkers(
+            settings,
+            *queues,
+            single_process=len(workers) == 1,
+            deployment=f"bench-baseline-{run_id}" if result["baseline_versioned"] else None,
+        )
         sides: dict[str, _Side] = {"orders": (runner.one, procs)}
         try:
             if baseline:
@@ -201,7 +212,11 @@ async def run_bench(
         baseline_phase: PhaseResult | None = None
         if baseline:
             baseline_phase = PhaseResult.merge(parts["baseline"])
-            result["baseline_phase"] = {**baseline_phase.summary(), "task_queues": queues}
+            result["baseline_phase"] = {
+                **baseline_phase.summary(),
+                "task_queues": queues,
+                "deployment": base_workers.deployment,
+            }
         result["sequence"] = sequence
 
         status: dict[str, Any] = {"status_rps": None}
@@ -395,7 +410,8 @@ def _baseline(result: Mapping[str, Any]) -> str:
         "bare": "bare: the order's Temporal shape",
         "features": "features: with search attributes and the deadline timer",
     }
-    return f"{result['baseline_per_s']} ({what.get(shape, shape)})"
+    versioned = ", pinned to a worker version" if result.get("baseline_versioned") else ""
+    return f"{result['baseline_per_s']} ({what.get(shape, shape)}{versioned})"
 
 
 def format_report(result: Mapping[str, Any]) -> str:

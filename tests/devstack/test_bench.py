@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client
+from temporalio.api.enums.v1 import EventType, VersioningBehavior
+from temporalio.client import Client, WorkflowHistory
 
 from app.orders.search import ORDER_STATE as STATE
 from app.platform.settings import PROJECT_ROOT
@@ -177,28 +177,30 @@ async def test_smoke_run_reports_every_figure(bench_stack: BenchStack) -> None:
 
 async def _baseline_histories(
     bench_stack: BenchStack, result: dict[str, Any]
-) -> list[Counter[str]]:
-    """The event kinds of each baseline run the benchmark made."""
+) -> list[WorkflowHistory]:
+    """The history of each baseline run the benchmark made."""
     client = await Client.connect(bench_stack.settings.temporal_target)
     orders_queue = result["baseline_phase"]["task_queues"][0]
-    kinds: list[Counter[str]] = []
+    histories: list[WorkflowHistory] = []
     async for run in client.list_workflows(
         f"WorkflowType='{BASELINE_WORKFLOW}' AND TaskQueue='{orders_queue}'"
     ):
         assert run.typed_search_attributes.get(STATE) == (
             "COMPLETED" if result["baseline_shape"] == "features" else None
         )
-        history = await client.get_workflow_handle(run.id, run_id=run.run_id).fetch_history()
-        kinds.append(Counter(EventType.Name(e.event_type) for e in history.events))
-    return kinds
+        histories.append(
+            await client.get_workflow_handle(run.id, run_id=run.run_id).fetch_history()
+        )
+    return histories
 
 
 async def test_featured_baseline_uses_the_orders_temporal_features_in_one_process(
     bench_stack: BenchStack,
 ) -> None:
     """The default baseline's runs carry the order's search attributes and its deadline
-    timer, and still do no work; against workers that serve both task queues from one
-    process, its own workers do too."""
+    timer, and still do no work; against versioned order workers its own are a pinned
+    version too; against workers that serve both task queues from one process, its own
+    do too."""
     found = discover_processes(bench_stack.settings)
     # Seen as one worker process: the orders worker's pid stands for it.
     processes = {
@@ -206,7 +208,9 @@ async def test_featured_baseline_uses_the_orders_temporal_features_in_one_proces
         "worker": found["worker-orders"],
     }
     result = await run_bench(
-        bench_stack.settings,
+        # As a stack whose workers are versioned sees it (this one's are not: the order
+        # side does not change).
+        bench_stack.settings.model_copy(update={"worker_versioning": True}),
         orders=2,
         concurrency=2,
         warmup=0,
@@ -215,17 +219,32 @@ async def test_featured_baseline_uses_the_orders_temporal_features_in_one_proces
     )
     assert result["baseline_shape"] == "features"
     assert result["topology"] == TOPOLOGIES[True]
+    assert result["baseline_versioned"] is True
+    assert "pinned to a worker version" in format_report(result)
     # Its one worker served both queues: every run's child shipped.
     assert result["baseline_phase"]["completed"] == 2
-    kinds = await _baseline_histories(bench_stack, result)
-    assert len(kinds) == 2
-    for run in kinds:
-        assert run["EVENT_TYPE_TIMER_STARTED"] == 1
-        assert run["EVENT_TYPE_TIMER_CANCELED"] == 1
+    histories = await _baseline_histories(bench_stack, result)
+    assert len(histories) == 2
+    for history in histories:
+        kinds = Counter(EventType.Name(e.event_type) for e in history.events)
+        assert kinds["EVENT_TYPE_TIMER_STARTED"] == 1
+        assert kinds["EVENT_TYPE_TIMER_CANCELED"] == 1
         # The patch's TemporalChangeVersion, then review, shipping and close.
-        assert run["EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES"] == 4
-        assert run["EVENT_TYPE_ACTIVITY_TASK_SCHEDULED"] == 3
-        assert run["EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_COMPLETED"] == 1
+        assert kinds["EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES"] == 4
+        assert kinds["EVENT_TYPE_ACTIVITY_TASK_SCHEDULED"] == 3
+        assert kinds["EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_COMPLETED"] == 1
+        # Every workflow task ran on the baseline's own version, pinned.
+        completed = [
+            e.workflow_task_completed_event_attributes
+            for e in history.events
+            if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+        ]
+        assert {c.deployment_version.deployment_name for c in completed} == {
+            result["baseline_phase"]["deployment"]
+        }
+        assert {c.versioning_behavior for c in completed} == {
+            VersioningBehavior.VERSIONING_BEHAVIOR_PINNED
+        }
 
 
 async def test_bare_baseline_shape_leaves_the_features_out(bench_stack: BenchStack) -> None:
@@ -239,9 +258,11 @@ async def test_bare_baseline_shape_leaves_the_features_out(bench_stack: BenchSta
         processes=discover_processes(bench_stack.settings),
     )
     assert "(bare: the order's Temporal shape)" in format_report(result)
-    (run,) = await _baseline_histories(bench_stack, result)
-    assert run["EVENT_TYPE_TIMER_STARTED"] == 0
-    assert run["EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES"] == 0
+    assert result["baseline_versioned"] is False
+    (history,) = await _baseline_histories(bench_stack, result)
+    kinds = Counter(EventType.Name(e.event_type) for e in history.events)
+    assert kinds["EVENT_TYPE_TIMER_STARTED"] == 0
+    assert kinds["EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES"] == 0
 
 
 async def test_soak_reports_quarters_and_database_growth(bench_stack: BenchStack) -> None:
