@@ -195,11 +195,13 @@ CLI_PROCESSES_AT_ONCE = 2
 class CliStack:
     run_dir: Path
     env: dict[str, str]
+    # The launcher every command goes through (a copy's, a wrapper's, the scenario runner).
+    script: str = CLI
 
     def run(
         self, *args: str, env: dict[str, str] | None = None, timeout: float = 120.0
     ) -> subprocess.CompletedProcess[str]:
-        return run_cli(list(args), env or self.env, self.run_dir, timeout)
+        return run_cli(list(args), env or self.env, self.run_dir, timeout, script=self.script)
 
     def ok(self, *args: str, env: dict[str, str] | None = None) -> str:
         result = self.run(*args, env=env)

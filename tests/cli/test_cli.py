@@ -518,10 +518,10 @@ def test_demo(cli_stack: CliStack) -> None:
 
 
 def test_scenario_runner(cli_stack: CliStack) -> None:
-    result = run_cli([], cli_stack.env, cli_stack.run_dir, script=TEST_WORKFLOW)
+    runner = CliStack(cli_stack.run_dir, cli_stack.env, script=TEST_WORKFLOW)
+    result, usage = runner.run_each([], ["--only", "nope"])
     assert result.returncode == 0, describe(result)
     assert "all 6 scenarios passed" in result.stdout
-    usage = run_cli(["--only", "nope"], cli_stack.env, cli_stack.run_dir, script=TEST_WORKFLOW)
     assert usage.returncode == 2
 
 

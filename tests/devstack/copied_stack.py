@@ -5,13 +5,12 @@ checkout: the stack the chaos and deploy e2e tests share (tests/devstack/conftes
 from __future__ import annotations
 
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from app.platform.settings import PROJECT_ROOT
-from tests.helpers import CliStack, run_cli
+from tests.helpers import CliStack
 
 # What `cli.py start` needs of the project (the migrations are inside app/).
 COPIED = ("app", "devstack", "scripts", "pyproject.toml")
@@ -29,14 +28,8 @@ def copy_project(root: Path) -> Path:
 
 @dataclass
 class CopiedStack(CliStack):
-    """A CLI stack whose `cli.py` is the copy's, so every command runs the copy's code."""
-
-    script: str = ""
-
-    def run(
-        self, *args: str, env: dict[str, str] | None = None, timeout: float = 120.0
-    ) -> subprocess.CompletedProcess[str]:
-        return run_cli(list(args), env or self.env, self.run_dir, timeout, script=self.script)
+    """A CLI stack whose `script` is the copy's `cli.py`, so every command runs the copy's
+    code."""
 
     def ps(self) -> Listing:
         return Listing(self.json("ps"))

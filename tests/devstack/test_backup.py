@@ -20,10 +20,8 @@ import json
 import shlex
 import shutil
 import socket
-import subprocess
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -40,7 +38,6 @@ from tests.helpers import (
     database_dsn,
     describe,
     leftover_processes,
-    run_cli,
     stack_env,
 )
 
@@ -59,16 +56,6 @@ def approve(stack: CliStack, order_id: str) -> None:
 
 
 LAUNCHER = str(Path(__file__).with_name("default_port_cli.py"))
-
-
-@dataclass
-class NewcomerStack(CliStack):
-    """A CLI stack whose POSTGRES_PORT is a default (TEST_DEFAULT_POSTGRES_PORT)."""
-
-    def run(
-        self, *args: str, env: dict[str, str] | None = None, timeout: float = 120.0
-    ) -> subprocess.CompletedProcess[str]:
-        return run_cli(list(args), env or self.env, self.run_dir, timeout, script=LAUNCHER)
 
 
 def printed_command(restore_output: str, env: dict[str, str]) -> dict[str, str]:
@@ -164,7 +151,8 @@ def test_backup_and_restore_into_a_fresh_run_dir(cli_stack: CliStack, restored_d
     env = stack_env(restored_dir)
     default_pg = int(env.pop("POSTGRES_PORT"))  # DATABASE_URL names it, as .env does
     env.update(TEST_DEFAULT_POSTGRES_PORT=str(default_pg), TEMPORAL_NAMESPACE_RETENTION="3d")
-    restored = NewcomerStack(restored_dir, env)
+    # Its POSTGRES_PORT is a default (TEST_DEFAULT_POSTGRES_PORT), through the launcher.
+    restored = CliStack(restored_dir, env, script=LAUNCHER)
     out = restored.ok("restore", str(backup_dir))
     assert "orders" in out and "temporal: state restored" in out
     assert "gateway ledger: " in out and "carrier ledger: " in out
