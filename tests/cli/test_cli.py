@@ -573,8 +573,10 @@ def test_orders_and_histories_survive_stop_and_restart(cli_stack: CliStack, done
     cli_stack.wait_status(waiting, in_review)
 
     assert "stack stopped" in cli_stack.ok("stop")
-    assert {row["state"] for row in cli_stack.json("ps")} == {"stopped"}
-    assert "not reachable" in one_error_line(cli_stack.run("status", done.order_id))
+    ps, status = cli_stack.run_each(["ps", "--json"], ["status", done.order_id])
+    assert ps.returncode == 0, describe(ps)
+    assert {row["state"] for row in json.loads(ps.stdout)} == {"stopped"}
+    assert "not reachable" in one_error_line(status)
 
     # restart = stop (nothing left to stop) + start.
     out = cli_stack.ok("restart")
