@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import ADDRESS, Running, serving
+from tests.helpers import ADDRESS, Running, serving, wait_for_step
 
 pytestmark = pytest.mark.integration
 
@@ -146,15 +146,15 @@ async def test_review_queue_refuses_a_foreign_or_made_up_cursor(
 async def test_a_review_cursor_is_refused_by_a_plain_list(
     api: httpx.AsyncClient, running: Running
 ) -> None:
+    # Two orders waiting for a decision (30 s): the queue has a second page to point at.
+    waiting = [await _start(running) for _ in range(2)]
+    for order_id in waiting:
+        await wait_for_step(running, order_id, "MANUAL_REVIEW")
     r = await api.get("/orders", params={"step": "MANUAL_REVIEW", "limit": 1})
     assert r.status_code == 200, r.text
     review = r.json()["next_cursor"]
-    if not review:
-        pytest.skip("review queue has a single page")
-    r = await api.get("/orders", params={"cursor": review})
-    assert r.status_code in (200, 422), f"plain list with review cursor -> {r.status_code} {r.text}"
-    if r.status_code == 422:
-        assert_422(r, "cursor")
+    assert review, r.json()
+    assert_422(await api.get("/orders", params={"cursor": review}), "cursor")
 
 
 # --- paging bounds ----------------------------------------------------------------
