@@ -25,6 +25,7 @@ from temporalio.client import Client
 
 from app.api.app import create_app
 from app.orders.providers.wiring import Simulators
+from app.platform.db import engine_from_settings
 from app.platform.settings import PROJECT_ROOT, Settings
 from app.platform.tables import Event, Payment
 from app.service.inspection import Inspector
@@ -96,6 +97,19 @@ class HungOrder:
     order_id: str
     # Its status through a reader with an empty cache, read as soon as its run had failed.
     at_close: OrderView
+
+
+@asynccontextmanager
+async def fixed_pool(settings: Settings, size: int) -> AsyncIterator[AsyncEngine]:
+    """An engine on the order database whose pool holds exactly `size` connections and no
+    pre-ping, as the workers' and the simulators' are: what it hands out next is what a
+    caller gave back."""
+    engine = engine_from_settings(settings, pool_size=size, pre_ping=False)
+    engine.pool._max_overflow = 0  # type: ignore[attr-defined]
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
 
 
 async def wait_for_step(running: Running, order_id: str, step: str) -> OrderView:

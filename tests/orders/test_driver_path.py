@@ -53,10 +53,17 @@ from app.orders.providers.gateway import GatewaySimulator
 from app.orders.providers.gateway import read_ledger as gateway_ledger
 from app.orders.providers.intake import OrderIntake
 from app.orders.providers.wiring import ledger_engine
-from app.platform.db import engine_from_settings
 from app.platform.sql import Row, Sql, driver, on_session, positional
 from app.platform.tables import Order
-from tests.helpers import ADDRESS, HAPPY_PATH_EVENTS, Running, eventually, payments, serving
+from tests.helpers import (
+    ADDRESS,
+    HAPPY_PATH_EVENTS,
+    Running,
+    eventually,
+    fixed_pool,
+    payments,
+    serving,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -403,12 +410,8 @@ async def test_odd_text_is_stored_as_sent_and_replays_under_its_key(running: Run
 @pytest.fixture
 async def small_pool(running: Running) -> AsyncIterator[AsyncEngine]:
     """Four connections, no pre-ping: as the workers' and the simulators' pools are."""
-    engine = engine_from_settings(running.settings, pool_size=4, pre_ping=False)
-    engine.pool._max_overflow = 0  # type: ignore[attr-defined]
-    try:
+    async with fixed_pool(running.settings, 4) as engine:
         yield engine
-    finally:
-        await engine.dispose()
 
 
 async def _sleeping(running: Running, marker: str) -> int:

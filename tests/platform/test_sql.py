@@ -10,9 +10,8 @@ import asyncpg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.platform.db import engine_from_settings
 from app.platform.sql import driver, positional
-from tests.helpers import Running
+from tests.helpers import Running, fixed_pool
 
 
 @pytest.mark.unit
@@ -26,12 +25,8 @@ def test_named_parameters_become_positional_once_each() -> None:
 async def one_connection(running: Running) -> AsyncIterator[AsyncEngine]:
     """A pool of exactly one connection: whatever it hands out next is what the last
     caller gave back."""
-    engine = engine_from_settings(running.settings, pool_size=1, pre_ping=False)
-    engine.pool._max_overflow = 0  # type: ignore[attr-defined]
-    try:
+    async with fixed_pool(running.settings, 1) as engine:
         yield engine
-    finally:
-        await engine.dispose()
 
 
 async def _backend_pid(engine: AsyncEngine) -> int:
