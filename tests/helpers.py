@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +32,7 @@ from app.service.inspection import Inspector
 from app.service.orders import OrderService
 from app.service.status import StatusReader
 from app.service.views import OrderView
+from app.worker import build_workers
 from devstack import stack
 from tests.ports import port_block
 
@@ -110,6 +111,38 @@ async def fixed_pool(settings: Settings, size: int) -> AsyncIterator[AsyncEngine
         yield engine
     finally:
         await engine.dispose()
+
+
+def own_queues(settings: Settings, name: str, **update: Any) -> Settings:
+    """`settings` with `update`, on task queues of their own (`<name>-orders`,
+    `<name>-shipping`; `name` carries a random tag): only the workers the test starts
+    itself serve its orders, not the session's."""
+    queues = {"order_task_queue": f"{name}-orders", "shipping_task_queue": f"{name}-shipping"}
+    return settings.model_copy(update={**update, **queues})
+
+
+async def run_workers(
+    stack: AsyncExitStack, running: Running, settings: Settings, client: Client | None = None
+) -> None:
+    """Workers of both queues with `settings` (on `client`, else the session's), running in
+    this process until `stack` closes."""
+    workers = build_workers(
+        client or running.client, settings, running.engine, "all", running.providers
+    )
+    for worker in workers:
+        await stack.enter_async_context(worker)
+
+
+async def until_answering(api: httpx.AsyncClient, path: str) -> None:
+    """Until the API process behind `api`, still starting, answers `path` with a 200."""
+
+    async def answers() -> bool:
+        try:
+            return (await api.get(path)).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    await eventually(answers, timeout=30, interval=0.2)
 
 
 async def wait_for_step(running: Running, order_id: str, step: str) -> OrderView:

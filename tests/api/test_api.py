@@ -26,7 +26,7 @@ from app.api.app import create_app, startup_problem
 from app.api.auth import ApiKeyConfigError
 from app.api.middleware import MAX_BODY_BYTES
 from app.platform.settings import PROJECT_ROOT, Settings
-from tests.helpers import ADDRESS, NEW_ADDRESS, Running, eventually, serving
+from tests.helpers import ADDRESS, NEW_ADDRESS, Running, eventually, serving, until_answering
 from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
@@ -592,14 +592,7 @@ async def test_main_serves_over_http(running: Running, tmp_path: Path) -> None:
     )
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-
-            async def healthy() -> bool:
-                try:
-                    return (await client.get("/health")).status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            await eventually(healthy, timeout=30, interval=0.2)
+            await until_answering(client, "/health")
             order_id = new_id()
             r = await client.get(f"/orders/{order_id}/status", headers={"X-API-Key": VIEW_KEY})
             assert_error(r, 404, "order_not_found")

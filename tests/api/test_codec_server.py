@@ -24,8 +24,7 @@ from app.api.app import create_app
 from app.platform.settings import Settings
 from app.platform.temporal import connect_client
 from app.service.orders import OrderService
-from app.worker import build_workers
-from tests.helpers import ADDRESS, Running
+from tests.helpers import ADDRESS, Running, own_queues, run_workers
 
 pytestmark = pytest.mark.integration
 
@@ -204,17 +203,12 @@ def test_cors_origins_setting() -> None:
 async def test_decodes_a_real_encrypted_history(running: Running) -> None:
     """What the UI does: take the sealed input of a stored workflow and decode it here."""
     suffix = uuid.uuid4().hex[:6]
-    settings = keyed(
-        running.settings,
-        order_task_queue=f"codec-orders-{suffix}",
-        shipping_task_queue=f"codec-shipping-{suffix}",
-    )
+    settings = own_queues(keyed(running.settings), f"codec-{suffix}")
     client = await connect_client(settings)
     service = OrderService(client, running.sessions, settings)
     order_id = f"codec-{suffix}"
     async with AsyncExitStack() as workers:
-        for w in build_workers(client, settings, running.engine, "all", running.providers):
-            await workers.enter_async_context(w)
+        await run_workers(workers, running, settings, client)
         await service.start_order(order_id, f"pmt-{order_id}", ADDRESS)
         handle = client.get_workflow_handle(f"order-{order_id}")
         await handle.cancel()

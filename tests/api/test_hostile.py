@@ -33,7 +33,16 @@ from app.service.inputs import order_input
 from app.service.layer import ServiceLayer
 from app.service.orders import OrderService
 from app.worker import build_workers
-from tests.helpers import ADDRESS, Running, eventually, order_events, serving, wait_for_step
+from tests.helpers import (
+    ADDRESS,
+    Running,
+    eventually,
+    order_events,
+    own_queues,
+    run_workers,
+    serving,
+    wait_for_step,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -282,16 +291,9 @@ async def test_workers_refuse_production_talked_round(running: Running) -> None:
 async def guarded_workers(running: Running) -> AsyncIterator[Settings]:
     """Workers as in production (no fault injection) on queues of their own."""
     suffix = uuid.uuid4().hex[:6]
-    settings = running.settings.model_copy(
-        update={
-            "allow_fault_injection": False,
-            "order_task_queue": f"guard-orders-{suffix}",
-            "shipping_task_queue": f"guard-shipping-{suffix}",
-        }
-    )
+    settings = own_queues(running.settings, f"guard-{suffix}", allow_fault_injection=False)
     async with AsyncExitStack() as stack:
-        for w in build_workers(running.client, settings, running.engine, "all", running.providers):
-            await stack.enter_async_context(w)
+        await run_workers(stack, running, settings)
         yield settings
 
 
@@ -392,21 +394,18 @@ async def test_a_key_reused_on_another_order_is_refused(
 async def test_failure_messages_are_sealed_when_payload_keys_are_set(running: Running) -> None:
     suffix = uuid.uuid4().hex[:6]
     key = base64.b64encode(os.urandom(32)).decode()
-    settings = running.settings.model_copy(
-        update={
-            "payload_keys": SecretStr(f"k1:{key}"),
-            "payload_active_key": "k1",
-            "order_task_queue": f"seal-orders-{suffix}",
-            "shipping_task_queue": f"seal-shipping-{suffix}",
-        }
+    settings = own_queues(
+        running.settings,
+        f"seal-{suffix}",
+        payload_keys=SecretStr(f"k1:{key}"),
+        payload_active_key="k1",
     )
     client = await connect_client(settings)
     services = ServiceLayer.build(client, running.sessions, settings)
     order_id = f"seal-{suffix}"
     too_many = [{"sku": "SKU-1", "qty": 500, "unit_price_cents": 1}]
     async with AsyncExitStack() as stack:
-        for w in build_workers(client, settings, running.engine, "all", running.providers):
-            await stack.enter_async_context(w)
+        await run_workers(stack, running, settings, client)
         await services.orders.start_order(order_id, f"pmt-{order_id}", ADDRESS, items=too_many)
         with pytest.raises(WorkflowFailureError):
             await client.get_workflow_handle(f"order-{order_id}").result()

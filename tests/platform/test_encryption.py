@@ -14,8 +14,7 @@ from temporalio.client import Client
 from app.orders.messages import SIGNAL_APPROVE
 from app.platform.temporal import connect_client
 from app.service.orders import OrderService
-from app.worker import build_workers
-from tests.helpers import Running
+from tests.helpers import Running, own_queues, run_workers
 
 pytestmark = pytest.mark.integration
 
@@ -25,13 +24,11 @@ STREET = "742 Evergreen Terrace"
 async def test_history_is_encrypted_at_rest(running: Running) -> None:
     key = base64.b64encode(os.urandom(32)).decode()
     suffix = uuid.uuid4().hex[:6]
-    settings = running.settings.model_copy(
-        update={
-            "payload_keys": SecretStr(f"k1:{key}"),
-            "payload_active_key": "k1",
-            "order_task_queue": f"enc-orders-{suffix}",
-            "shipping_task_queue": f"enc-shipping-{suffix}",
-        }
+    settings = own_queues(
+        running.settings,
+        f"enc-{suffix}",
+        payload_keys=SecretStr(f"k1:{key}"),
+        payload_active_key="k1",
     )
     client = await connect_client(settings)
     service = OrderService(client, running.sessions, settings)
@@ -44,8 +41,7 @@ async def test_history_is_encrypted_at_rest(running: Running) -> None:
         "country": "US",
     }
     async with AsyncExitStack() as workers:
-        for w in build_workers(client, settings, running.engine, "all", running.providers):
-            await workers.enter_async_context(w)
+        await run_workers(workers, running, settings, client)
         await service.start_order(order_id, f"pmt-{order_id}", address)
         handle = client.get_workflow_handle(f"order-{order_id}")
         await handle.signal(SIGNAL_APPROVE)

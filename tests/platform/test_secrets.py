@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from app.platform.settings import PROJECT_ROOT
-from tests.helpers import RealStack, eventually
+from tests.helpers import RealStack, until_answering
 from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
@@ -88,14 +88,7 @@ async def _api(stack: RealStack, folder: Path, log_format: str) -> ApiRun:
     answers = []
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as api:
-
-            async def up() -> bool:
-                try:
-                    return (await api.get("/health/live")).status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            await eventually(up, timeout=30, interval=0.2)
+            await until_answering(api, "/health/live")
             for method, path in [
                 ("GET", "/orders"),
                 ("GET", "/health/ready"),

@@ -13,29 +13,21 @@ from app.orders.messages import SIGNAL_APPROVE
 from app.platform.temporal import connect_client
 from app.platform.tracing import setup_tracing
 from app.service.orders import OrderService
-from app.worker import build_workers
-from tests.helpers import ADDRESS, Running
+from tests.helpers import ADDRESS, Running, own_queues, run_workers
 
 pytestmark = pytest.mark.integration
 
 
 async def test_one_trace_from_request_to_activities(running: Running) -> None:
     suffix = uuid.uuid4().hex[:6]
-    settings = running.settings.model_copy(
-        update={
-            "otel_enabled": True,
-            "order_task_queue": f"otel-orders-{suffix}",
-            "shipping_task_queue": f"otel-shipping-{suffix}",
-        }
-    )
+    settings = own_queues(running.settings, f"otel-{suffix}", otel_enabled=True)
     exporter = InMemorySpanExporter()
     setup_tracing(settings, "test", exporter=exporter)
     client = await connect_client(settings)
     service = OrderService(client, running.sessions, settings)
     order_id = f"otel-{suffix}"
     async with AsyncExitStack() as workers:
-        for w in build_workers(client, settings, running.engine, "all", running.providers):
-            await workers.enter_async_context(w)
+        await run_workers(workers, running, settings, client)
         with trace.get_tracer("test").start_as_current_span(
             "POST /orders/{order_id}/start"
         ) as root:

@@ -24,8 +24,7 @@ from app.orders.messages import ORDER_WORKFLOW, OrderInput, OrderResult, order_w
 from app.orders.workflows import OrderWorkflow
 from app.platform.settings import Settings
 from app.service.orders import OrderService
-from app.worker import build_workers
-from tests.helpers import ADDRESS, Running, eventually
+from tests.helpers import ADDRESS, Running, eventually, own_queues, run_workers
 
 pytestmark = pytest.mark.integration
 
@@ -40,6 +39,12 @@ class OrderWorkflowB(OrderWorkflow):
         return await super().run(input)
 
 
+def versioned(running: Running, name: str) -> Settings:
+    """The session's settings with versioning on, as Worker Deployment `name`, on queues
+    of their own."""
+    return own_queues(running.settings, name, worker_versioning=True, worker_deployment_name=name)
+
+
 async def start_workers(
     stack: AsyncExitStack, running: Running, settings: Settings, variant: type | None = None
 ) -> None:
@@ -47,11 +52,9 @@ async def start_workers(
     if variant is not None:
         patch.setattr(app.worker, "OrderWorkflow", variant)
     try:
-        workers = build_workers(running.client, settings, running.engine, "all", running.providers)
+        await run_workers(stack, running, settings)
     finally:
         patch.undo()
-    for w in workers:
-        await stack.enter_async_context(w)
     await versioning.wait_until_polling(
         running.client,
         settings.worker_deployment_name,
@@ -98,14 +101,7 @@ async def test_pinned_orders_finish_on_their_build_while_a_new_build_takes_over(
     running: Running,
 ) -> None:
     tag = uuid.uuid4().hex[:6]
-    base = running.settings.model_copy(
-        update={
-            "worker_versioning": True,
-            "worker_deployment_name": f"versions-{tag}",
-            "order_task_queue": f"orders-v-{tag}",
-            "shipping_task_queue": f"shipping-v-{tag}",
-        }
-    )
+    base = versioned(running, f"versions-{tag}")
     a = base.model_copy(update={"worker_build_id": "A"})
     b = base.model_copy(update={"worker_build_id": "B"})
     service = OrderService(running.client, running.sessions, base)
@@ -154,14 +150,7 @@ async def test_pinned_orders_finish_on_their_build_while_a_new_build_takes_over(
 
 async def test_a_ramp_sends_part_of_new_orders_to_the_new_build(running: Running) -> None:
     tag = uuid.uuid4().hex[:6]
-    base = running.settings.model_copy(
-        update={
-            "worker_versioning": True,
-            "worker_deployment_name": f"ramp-{tag}",
-            "order_task_queue": f"orders-r-{tag}",
-            "shipping_task_queue": f"shipping-r-{tag}",
-        }
-    )
+    base = versioned(running, f"ramp-{tag}")
     service = OrderService(running.client, running.sessions, base)
     client, deployment = running.client, base.worker_deployment_name
     async with AsyncExitStack() as stack:
