@@ -423,6 +423,15 @@ def terminate(proc: psutil.Process, timeout: float, first_signal: int = signal.S
             wait_gone(leftovers, 5.0)
 
 
+def _probe(check: Callable[[], bool]) -> tuple[bool, str]:
+    """Whether `check` says ready, and the first line of its error if it raised (a service
+    still starting refuses connections)."""
+    try:
+        return check(), ""
+    except Exception as exc:
+        return False, f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
 def wait_ready(
     cfg: StackConfig,
     name: str,
@@ -448,11 +457,10 @@ def wait_ready(
             if time.monotonic() >= grace_until:
                 return
         else:
-            try:
-                if check():
-                    return
-            except Exception as exc:
-                last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            ready, error = _probe(check)
+            if ready:
+                return
+            last_error = error or last_error
         if time.monotonic() >= deadline:
             with contextlib.suppress(psutil.NoSuchProcess):
                 terminate(psutil.Process(proc.pid), 10.0, stop_signal)
@@ -540,14 +548,14 @@ def wait_until(check: Callable[[], bool], timeout: float, cfg: StackConfig, name
     deadline = time.monotonic() + timeout
     last_error = ""
     while True:
-        try:
-            if check():
-                return
-        except Exception as exc:
-            last_error = f" (last error: {type(exc).__name__}: {exc})".splitlines()[0]
+        ready, error = _probe(check)
+        if ready:
+            return
+        last_error = error or last_error
         if time.monotonic() >= deadline:
+            detail = f" (last error: {last_error})" if last_error else ""
             raise service_error(
-                cfg, name, f"{name} is running but not answering after {timeout:.0f}s{last_error}"
+                cfg, name, f"{name} is running but not answering after {timeout:.0f}s{detail}"
             )
         time.sleep(0.2)
 

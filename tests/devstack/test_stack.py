@@ -35,7 +35,13 @@ from devstack.stack.config import (
 )
 from devstack.stack.infra import start_infra, stop_all, stop_process
 from devstack.stack.postgres import start_postgres
-from devstack.stack.processes import all_statuses, process_status, start_process, tail_log
+from devstack.stack.processes import (
+    all_statuses,
+    process_status,
+    start_process,
+    tail_log,
+    wait_until,
+)
 from devstack.stack.temporal_server import start_temporal
 from tests.ports import free_ports
 
@@ -255,3 +261,19 @@ def test_managed_process_lifecycle(run_dir: Path) -> None:
     assert not live(int((run_dir / "s.pid").read_text()))
     assert not process_status(cfg, "sleeper").running
     assert not processes_mentioning(cfg.run_dir)
+
+
+def test_a_server_not_answering_is_reported_with_its_last_error(run_dir: Path) -> None:
+    calls: list[int] = []
+
+    def refuses_then_says_no() -> bool:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("refused\nsecond line")
+        return False
+
+    with pytest.raises(StackError) as err:
+        wait_until(refuses_then_says_no, 0.5, StackConfig(run_dir=run_dir), "api")
+    assert str(err.value) == (
+        "api is running but not answering after 0s (last error: ConnectionError: refused)"
+    )
