@@ -103,6 +103,23 @@ async def until_closed(
     return view
 
 
+async def start_to_review(
+    services: ServiceLayer, order_id: str, opts: Options, **kwargs: Any
+) -> None:
+    await start(services, order_id, opts, **kwargs)
+    await until_review(services, order_id)
+
+
+async def approve_to_close(services: ServiceLayer, order_id: str) -> dict[str, Any]:
+    await services.orders.approve(order_id, "test-workflow")
+    return await until_closed(services, order_id)
+
+
+async def cancel_to_close(services: ServiceLayer, order_id: str) -> dict[str, Any]:
+    await services.orders.cancel(order_id, reason="customer_request", requested_by="test-workflow")
+    return await until_closed(services, order_id)
+
+
 def expect_state(view: dict[str, Any], state: str, payment: str) -> None:
     got = (view.get("state"), view.get("payment_status"))
     expect(
@@ -119,10 +136,8 @@ async def happy_path(services: ServiceLayer, opts: Options) -> tuple[str, list[s
     from app.service.errors import OrderConflict
 
     oid = f"twf-{opts.tag}-happy"
-    await start(services, oid, opts)
-    await until_review(services, oid)
-    await services.orders.approve(oid, "test-workflow")
-    view = await until_closed(services, oid)
+    await start_to_review(services, oid, opts)
+    view = await approve_to_close(services, oid)
     expect_state(view, "COMPLETED", "charged")
     expect(bool(view.get("tracking_number")), "completed order has no tracking number")
     try:
@@ -135,10 +150,8 @@ async def happy_path(services: ServiceLayer, opts: Options) -> tuple[str, list[s
 
 async def cancel(services: ServiceLayer, opts: Options) -> tuple[str, list[str]]:
     oid = f"twf-{opts.tag}-cancel"
-    await start(services, oid, opts)
-    await until_review(services, oid)
-    await services.orders.cancel(oid, reason="customer_request", requested_by="test-workflow")
-    view = await until_closed(services, oid)
+    await start_to_review(services, oid, opts)
+    view = await cancel_to_close(services, oid)
     expect_state(view, "CANCELLED", "none")
     return "cancelled in review, nothing charged", [oid]
 
@@ -146,15 +159,13 @@ async def cancel(services: ServiceLayer, opts: Options) -> tuple[str, list[str]]
 async def cancel_after_payment(services: ServiceLayer, opts: Options) -> tuple[str, list[str]]:
     oid = f"twf-{opts.tag}-refund"
     # Every external call takes 2 s: time to cancel between payment and dispatch.
-    await start(services, oid, opts, fault_profile="delay=2")
-    await until_review(services, oid)
+    await start_to_review(services, oid, opts, fault_profile="delay=2")
     await services.orders.approve(oid, "test-workflow")
     view = await wait_for_order(
         services.status, oid, lambda v: v.get("state") == "PAID" or is_terminal(v), 30.0
     )
     expect(view.get("state") == "PAID", f"{oid} never reached PAID: {view.get('state')}")
-    await services.orders.cancel(oid, reason="customer_request", requested_by="test-workflow")
-    view = await until_closed(services, oid)
+    view = await cancel_to_close(services, oid)
     expect_state(view, "CANCELLED", "refunded")
     return "cancelled after payment, payment refunded", [oid]
 
@@ -163,8 +174,7 @@ async def address_update(services: ServiceLayer, opts: Options) -> tuple[str, li
     from app.service.errors import InvalidInput
 
     oid = f"twf-{opts.tag}-address"
-    await start(services, oid, opts)
-    await until_review(services, oid)
+    await start_to_review(services, oid, opts)
     new = {**DEMO_ADDRESS, "street": "456 New St", "city": "New City", "zip": "54321"}
     try:
         await services.orders.update_address(oid, {**new, "zip": "!"}, requested_by="test-workflow")
@@ -172,8 +182,7 @@ async def address_update(services: ServiceLayer, opts: Options) -> tuple[str, li
     except InvalidInput as refused:
         expect(refused.field == "address.zip", f"refusal names {refused.field}, not address.zip")
     await services.orders.update_address(oid, new, requested_by="test-workflow")
-    await services.orders.approve(oid, "test-workflow")
-    view = await until_closed(services, oid)
+    view = await approve_to_close(services, oid)
     expect_state(view, "COMPLETED", "charged")
     expect(view.get("address") == new, f"shipped to {view.get('address')}, not {new}")
     dispatched = [e for e in await services.inspection.events(oid) if e["type"] == "DISPATCHED"]
@@ -186,8 +195,7 @@ async def address_update(services: ServiceLayer, opts: Options) -> tuple[str, li
 
 async def review_timeout(services: ServiceLayer, opts: Options) -> tuple[str, list[str]]:
     oid = f"twf-{opts.tag}-timeout"
-    await start(services, oid, opts, review_timeout_s=opts.review_timeout)
-    await until_review(services, oid)
+    await start_to_review(services, oid, opts, review_timeout_s=opts.review_timeout)
     view = await until_closed(services, oid, timeout=opts.review_timeout + 30.0)
     expect_state(view, "CANCELLED", "none")
     expect(view.get("reason") == "review_timeout", f"reason {view.get('reason')!r}")
@@ -198,10 +206,8 @@ async def parallel(services: ServiceLayer, opts: Options) -> tuple[str, list[str
     ids = [f"twf-{opts.tag}-par{n}" for n in range(1, opts.parallel + 1)]
 
     async def one(oid: str) -> dict[str, Any]:
-        await start(services, oid, opts)
-        await until_review(services, oid)
-        await services.orders.approve(oid, "test-workflow")
-        return await until_closed(services, oid)
+        await start_to_review(services, oid, opts)
+        return await approve_to_close(services, oid)
 
     views = await asyncio.gather(*(one(oid) for oid in ids))
     for view in views:
