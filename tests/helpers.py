@@ -4,6 +4,7 @@ polling, the session stack's handles, and the CLI-started stack of the e2e tests
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 
 import httpx
 import psutil
+from pydantic import SecretStr
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.client import Client
@@ -119,6 +121,12 @@ def own_queues(settings: Settings, name: str, **update: Any) -> Settings:
     itself serve its orders, not the session's."""
     queues = {"order_task_queue": f"{name}-orders", "shipping_task_queue": f"{name}-shipping"}
     return settings.model_copy(update={**update, **queues})
+
+
+def sealed_queues(settings: Settings, name: str) -> Settings:
+    """`own_queues` whose payloads are sealed with a fresh key of their own (k1)."""
+    key = base64.b64encode(os.urandom(32)).decode()
+    return own_queues(settings, name, payload_keys=SecretStr(f"k1:{key}"), payload_active_key="k1")
 
 
 async def run_workers(

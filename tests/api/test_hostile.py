@@ -11,7 +11,6 @@ import base64
 import dataclasses
 import hashlib
 import json
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -40,6 +39,7 @@ from tests.helpers import (
     order_events,
     own_queues,
     run_workers,
+    sealed_queues,
     serving,
     wait_for_step,
 )
@@ -393,13 +393,7 @@ async def test_a_key_reused_on_another_order_is_refused(
 
 async def test_failure_messages_are_sealed_when_payload_keys_are_set(running: Running) -> None:
     suffix = uuid.uuid4().hex[:6]
-    key = base64.b64encode(os.urandom(32)).decode()
-    settings = own_queues(
-        running.settings,
-        f"seal-{suffix}",
-        payload_keys=SecretStr(f"k1:{key}"),
-        payload_active_key="k1",
-    )
+    settings = sealed_queues(running.settings, f"seal-{suffix}")
     client = await connect_client(settings)
     services = ServiceLayer.build(client, running.sessions, settings)
     order_id = f"seal-{suffix}"

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import base64
-import os
 import uuid
 from contextlib import AsyncExitStack
 
 import pytest
-from pydantic import SecretStr
 from temporalio.client import Client
 
 from app.orders.messages import SIGNAL_APPROVE
 from app.platform.temporal import connect_client
 from app.service.orders import OrderService
-from tests.helpers import Running, own_queues, run_workers
+from tests.helpers import Running, run_workers, sealed_queues
 
 pytestmark = pytest.mark.integration
 
@@ -22,14 +19,8 @@ STREET = "742 Evergreen Terrace"
 
 
 async def test_history_is_encrypted_at_rest(running: Running) -> None:
-    key = base64.b64encode(os.urandom(32)).decode()
     suffix = uuid.uuid4().hex[:6]
-    settings = own_queues(
-        running.settings,
-        f"enc-{suffix}",
-        payload_keys=SecretStr(f"k1:{key}"),
-        payload_active_key="k1",
-    )
+    settings = sealed_queues(running.settings, f"enc-{suffix}")
     client = await connect_client(settings)
     service = OrderService(client, running.sessions, settings)
     order_id = f"enc-{suffix}"
