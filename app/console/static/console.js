@@ -193,6 +193,11 @@ function setupKeyForm(onChange) {
   show();
 }
 
+// Sends the order a signal through the API (approve, cancel, update-address).
+function sendSignal(id, name, body) {
+  return api(`/orders/${enc(id)}/signals/${name}`, { method: 'POST', body });
+}
+
 // Reports the error of a background refresh once, where it is visible.
 function reportRefreshError(error, target) {
   if (error.status === 401) return; // the auth banner already says it
@@ -311,18 +316,25 @@ function reviewPage() {
       note.textContent = '';
     };
 
-    approve.addEventListener('click', async () => {
-      busy('approving…');
+    // The row stays busy while the signal is sent; a refusal frees it, with the reason.
+    const send = async (name, body, sending, refusedAs) => {
+      busy(sending);
       try {
-        await api(`/orders/${enc(id)}/signals/approve`, { method: 'POST', body: {} });
-        handled.set(id, 'approved');
-        busy('approved — payment in progress');
-        toast(`Order ${id} approved`);
+        await sendSignal(id, name, body);
+        return true;
       } catch (error) {
         idle();
         note.textContent = error.message;
-        toast(`Approve ${id}: ${error.message}`, true);
+        toast(`${refusedAs} ${id}: ${error.message}`, true);
+        return false;
       }
+    };
+
+    approve.addEventListener('click', async () => {
+      if (!(await send('approve', {}, 'approving…', 'Approve'))) return;
+      handled.set(id, 'approved');
+      busy('approved — payment in progress');
+      toast(`Order ${id} approved`);
     });
     cancel.addEventListener('click', () => {
       cancelForm.hidden = false;
@@ -335,18 +347,12 @@ function reviewPage() {
     });
     cancelForm.addEventListener('submit', async (event) => {
       event.preventDefault();
-      busy('cancelling…');
-      try {
-        await api(`/orders/${enc(id)}/signals/cancel`, { method: 'POST', body: { reason: reason.value.trim() || 'rejected_in_review' } });
-        handled.set(id, 'cancelling');
-        cancelForm.hidden = true;
-        busy('cancel accepted');
-        toast(`Order ${id} cancelled`);
-      } catch (error) {
-        idle();
-        note.textContent = error.message;
-        toast(`Cancel ${id}: ${error.message}`, true);
-      }
+      const body = { reason: reason.value.trim() || 'rejected_in_review' };
+      if (!(await send('cancel', body, 'cancelling…', 'Cancel'))) return;
+      handled.set(id, 'cancelling');
+      cancelForm.hidden = true;
+      busy('cancel accepted');
+      toast(`Order ${id} cancelled`);
     });
     if (handled.has(id)) busy(handled.get(id));
     rows.set(id, row);
@@ -632,7 +638,7 @@ function orderPage() {
   $('approve-btn').addEventListener('click', async () => {
     $('approve-btn').disabled = true;
     try {
-      await api(`/orders/${enc(id)}/signals/approve`, { method: 'POST', body: {} });
+      await sendSignal(id, 'approve', {});
       setResult(actionResult, 'Approved: the order continues to payment.', true);
     } catch (error) {
       setResult(actionResult, `Approve refused: ${error.message}`, false);
@@ -670,7 +676,7 @@ function orderPage() {
     $('cancel-confirm').disabled = true;
     const reason = $('cancel-reason').value.trim() || 'operator_request';
     try {
-      await api(`/orders/${enc(id)}/signals/cancel`, { method: 'POST', body: { reason } });
+      await sendSignal(id, 'cancel', { reason });
       $('cancel-form').hidden = true;
       const charged = status && status.payment_status === 'charged';
       setResult(actionResult, `Cancel accepted${charged ? ': the payment will be refunded' : ''}.`, true);
@@ -733,7 +739,7 @@ function orderPage() {
     const address = Object.fromEntries(ADDRESS_FIELDS.map((f) => [f, inputs[f].value]));
     $('address-submit').disabled = true;
     try {
-      await api(`/orders/${enc(id)}/signals/update-address`, { method: 'POST', body: { address } });
+      await sendSignal(id, 'update-address', { address });
       addressDirty = false;
       setResult(result, 'Address updated: shipping will use it.', true);
     } catch (error) {
