@@ -333,9 +333,24 @@ def test_dockerfile_runs_as_non_root_on_python_311() -> None:
 
 
 def _command(compose: dict[str, Any], service: str) -> list[str]:
+    """The service's command as this checkout runs it: this interpreter for the image's."""
     cmd: list[str] = compose["services"][service]["command"]
     assert cmd[:2] == ["python", "-m"], cmd
-    return cmd
+    return [sys.executable, *cmd[1:]]
+
+
+def _run_here(
+    command: list[str], timeout: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command,
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def _env(stack: RealStack, **extra: str) -> dict[str, str]:
@@ -352,30 +367,13 @@ def _env(stack: RealStack, **extra: str) -> dict[str, str]:
 @pytest.mark.parametrize("service", ["worker-orders", "worker-shipping"])
 def test_worker_commands_parse_here(compose: dict[str, Any], service: str) -> None:
     # argparse checks the options (the queue is one of its choices) before --help exits 0.
-    cmd = _command(compose, service)
-    result = subprocess.run(
-        [sys.executable, *cmd[1:], "--help"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = _run_here([*_command(compose, service), "--help"], timeout=60)
     assert result.returncode == 0, result.stderr
     assert "--queue" in result.stdout
 
 
 def test_migrate_command_runs_here(compose: dict[str, Any], real_stack: RealStack) -> None:
-    cmd = _command(compose, "migrate")
-    result = subprocess.run(
-        [sys.executable, *cmd[1:]],
-        cwd=PROJECT_ROOT,
-        env=_env(real_stack),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = _run_here(_command(compose, "migrate"), timeout=120, env=_env(real_stack))
     assert result.returncode == 0, result.stderr
 
 
@@ -390,15 +388,7 @@ def test_reconcile_schedule_command_runs_here(
     try:
         said = []
         for _ in range(2):  # every `docker compose up` runs it
-            result = subprocess.run(
-                [sys.executable, *cmd[1:]],
-                cwd=PROJECT_ROOT,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=120,
-                check=False,
-            )
+            result = _run_here(cmd, timeout=120, env=env)
             assert result.returncode == 0, result.stdout + result.stderr
             said.append(result.stdout.strip())
         assert said == ["schedule reconciliation created", "schedule reconciliation unchanged"]
@@ -423,7 +413,7 @@ def test_api_command_starts_and_answers_its_healthcheck(
     cmd = _command(compose, "app")
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, *cmd[1:]],
+        cmd,
         cwd=PROJECT_ROOT,
         env=_env(real_stack, API_HOST="127.0.0.1", API_PORT=str(port), API_KEYS=""),
         stdout=subprocess.DEVNULL,
