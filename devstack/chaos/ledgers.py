@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.orders.identity import RETRY_MARK, first_reference
+from app.orders.providers.ledger import audit_rows
 
 # The client's id a reference was made from, in SQL (app/orders/identity.first_reference).
 _RETRY_SUFFIX = RETRY_MARK + "[0-9]+$"
@@ -21,12 +21,6 @@ _RETRY_SUFFIX = RETRY_MARK + "[0-9]+$"
 
 def _first(expr: str) -> str:
     return f"regexp_replace({expr}, '{_RETRY_SUFFIX}', '')"
-
-
-async def _rows(engine: AsyncEngine, sql: str, ids: list[str]) -> list[dict[str, Any]]:
-    async with engine.connect() as conn:
-        rows = (await conn.execute(text(sql), {"ids": ids})).all()
-    return [dict(r._mapping) for r in rows]
 
 
 def _by_order(
@@ -47,13 +41,13 @@ async def gateway_ledger(
 ) -> dict[str, list[dict[str, Any]]]:
     """Order id -> its charges at the gateway (every run's), each with its refunds."""
     ids = list(order_ids)
-    charges = await _rows(
+    charges = await audit_rows(
         engine,
         "SELECT charge_id, payment_id, order_id, amount_cents, refunded_cents, idempotency_key "
         f"FROM charges WHERE {_first('order_id')} = ANY(:ids) ORDER BY created_at",
         ids,
     )
-    refunds = await _rows(
+    refunds = await audit_rows(
         engine,
         "SELECT r.charge_id, r.refund_id, r.amount_cents, r.idempotency_key "
         "FROM refunds r JOIN charges c USING (charge_id) "
@@ -73,7 +67,7 @@ async def carrier_ledger(
 ) -> dict[str, list[dict[str, Any]]]:
     """Order id -> its bookings at the carrier, every run's (order_id: the reference)."""
     ids = list(order_ids)
-    bookings = await _rows(
+    bookings = await audit_rows(
         engine,
         "SELECT order_id, tracking_number, idempotency_key, address, "
         "cancelled_at IS NOT NULL AS cancelled FROM bookings "
@@ -91,7 +85,7 @@ async def ledger_keys(
     ids = list(order_ids)
     by_request = _first("request->>'order_id'")
     by_key = _first("split_part(key, ':', 2)")
-    rows = await _rows(
+    rows = await audit_rows(
         engine,
         "SELECT key, operation, request->>'order_id' AS order_ref, "
         "request->>'payment_id' AS payment_id, split_part(key, ':', 2) AS key_order "
