@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.orders.identity import RETRY_MARK, first_reference
+from app.orders.providers.gateway import charges_with_refunds
 from app.orders.providers.ledger import audit_rows
 
 # The client's id a reference was made from, in SQL (app/orders/identity.first_reference).
@@ -41,24 +42,7 @@ async def gateway_ledger(
 ) -> dict[str, list[dict[str, Any]]]:
     """Order id -> its charges at the gateway (every run's), each with its refunds."""
     ids = list(order_ids)
-    charges = await audit_rows(
-        engine,
-        "SELECT charge_id, payment_id, order_id, amount_cents, refunded_cents, idempotency_key "
-        f"FROM charges WHERE {_first('order_id')} = ANY(:ids) ORDER BY created_at",
-        ids,
-    )
-    refunds = await audit_rows(
-        engine,
-        "SELECT r.charge_id, r.refund_id, r.amount_cents, r.idempotency_key "
-        "FROM refunds r JOIN charges c USING (charge_id) "
-        f"WHERE {_first('c.order_id')} = ANY(:ids) ORDER BY r.created_at",
-        ids,
-    )
-    by_charge: dict[str, list[dict[str, Any]]] = {}
-    for refund in refunds:
-        by_charge.setdefault(refund["charge_id"], []).append(refund)
-    for charge in charges:
-        charge["refunds"] = by_charge.get(charge["charge_id"], [])
+    charges = await charges_with_refunds(engine, ids, _first)
     return _by_order(ids, charges, "order_id")
 
 
