@@ -135,6 +135,9 @@ class CompensationActivities:
                 update(Order)
                 .where(
                     Order.id == inp.ctx.order_id,
+                    # This run's order: a late attempt of an earlier run settles nothing of
+                    # the retry's (each run pays with its own payment id).
+                    Order.payment_id == inp.payment_id,
                     Order.settled_at.is_(None),
                     Order.state.in_(TERMINAL_STATES),
                 )
@@ -272,6 +275,10 @@ async def _record_end(
             )
             .on_conflict_do_nothing(index_elements=[Order.id])
         )
+    elif locked.payment_id != inp.payment_id:
+        # A late attempt of an earlier run (each run pays with its own payment id): the row
+        # is the retry's now, and that run records its own end.
+        return OrderState(inp.state), False
     elif locked.state in TERMINAL_STATES:
         return OrderState(locked.state), False
     else:
