@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, text
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
@@ -809,3 +810,145 @@ async def test_straggling_dispatch_of_the_failed_run_books_nothing_for_its_retry
     assert (after.state, after.tracking_number) == ("VALIDATED", None)
     bookings = await carrier_ledger(running.providers.carrier.engine, [order_id, f"{order_id}#r2"])
     assert not [b for refs in bookings.values() for b in refs if not b["cancelled"]]
+
+
+async def test_a_temporal_cancel_during_compensation_does_not_cut_the_refund_off(
+    running: Running,
+) -> None:
+    """PAY fails after the gateway charged (answers lost), the order is closed FAILED and
+    its RefundPayment retries (the gateway's answers still lost). An operator, seeing it
+    hang, cancels the workflow from the Temporal UI/CLI (`temporal workflow cancel`).
+
+    Promise: compensation runs to the end: the charge is refunded and the order settled,
+    without waiting for a reconciliation run."""
+    order_id = new_id("tcancel")
+    pid = f"pmt.{order_id}"
+    await running.service.start_order(order_id, pid, ADDRESS, fault_profile="lost_first=8")
+    await wait_for_step(running, order_id, "MANUAL_REVIEW")
+    await running.service.approve(order_id, reviewer="alice")
+
+    async def refund_in_flight() -> bool | None:
+        order = await row(running, order_id)
+        return (order.state == "FAILED" and order.settled_at is None) or None
+
+    await eventually(refund_in_flight, timeout=30, what="FAILED, refund in flight")
+    handle = running.client.get_workflow_handle(order_workflow_id(order_id))
+    await handle.cancel()
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    desc = await handle.describe()
+
+    async def refunded() -> bool | None:
+        ledger = await gateway_of(running, order_id)
+        return (bool(ledger) and kept(ledger) == 0) or None
+
+    await asyncio.sleep(12)  # any attempt still running has timed out by now
+    ledger = await gateway_of(running, order_id)
+    order = await row(running, order_id)
+    recorded = {p.payment_id: p.status for p in await payments(running, order_id)}
+    assert kept(ledger) == 0 and order.settled_at is not None and recorded == {pid: "refunded"}, (
+        f"workflow ended {desc.status.name if desc.status else None}; gateway keeps "
+        f"{kept(ledger)} of {sum(c['amount_cents'] for c in ledger)} cents; our payments "
+        f"{recorded}; row {order.state}, settled_at={order.settled_at}"
+    )
+
+
+async def test_a_temporal_cancel_while_the_refund_waits_on_the_gateway_keeps_no_money(
+    running: Running,
+) -> None:
+    """The order is paid and shipping (its child on a queue no worker serves), the customer
+    cancels; the gateway is slow (the test holds its lock on the payment) so RefundPayment
+    waits; the operator then cancels the workflow from Temporal. The gateway recovers.
+
+    Promise: the cancel does not cut the refund off: the order ends CANCELLED, refunded
+    and settled, with nothing kept at the gateway."""
+    order_id = new_id("tcancel2")
+    pid = f"pmt.{order_id}"
+    handle = await _paid_and_shipping_nowhere(running, order_id, pid)
+    gateway = running.providers.gateway.engine
+    async with gateway.connect() as held:
+        await held.execute(
+            text("SELECT pg_advisory_xact_lock(hashtext(:r))"),
+            {"r": f"payment:{pid}:{order_id}"},
+        )
+        await running.service.cancel(order_id, reason="changed my mind")
+        await running.client.get_workflow_handle(f"shipping-{order_id}-1").terminate("no carrier")
+
+        async def closed() -> bool | None:
+            return (await row(running, order_id)).state == "CANCELLED" or None
+
+        await eventually(closed, what="CANCELLED, refund waiting on the gateway")
+        await handle.cancel()
+        await _cancel_handled(handle)
+        await held.rollback()
+    result = await handle.result()
+    order = await row(running, order_id)
+    assert result["state"] == "CANCELLED" and result["payment_status"] == "refunded"
+    assert kept(await gateway_of(running, order_id)) == 0 and order.settled_at is not None
+
+
+async def _paid_and_shipping_nowhere(
+    running: Running, order_id: str, pid: str, **options: Any
+) -> Any:
+    """An order started straight on Temporal, approved, paid and shipping through a child
+    on a queue no worker serves (so it waits there)."""
+    inp = dataclasses.replace(
+        order_input(running.settings, order_id, pid, ADDRESS, **options),
+        shipping_task_queue=f"nowhere-{uuid.uuid4().hex[:6]}",
+    )
+    handle = await running.client.start_workflow(
+        ORDER_WORKFLOW,
+        inp,
+        id=order_workflow_id(order_id),
+        task_queue=running.settings.order_task_queue,
+    )
+    await wait_for_step(running, order_id, "MANUAL_REVIEW")
+    await running.service.approve(order_id, reviewer="alice")
+    await wait_for_step(running, order_id, "SHIP")
+    return handle
+
+
+async def _cancel_handled(handle: Any) -> None:
+    """The run has taken the Temporal cancel (a workflow task completed after it)."""
+
+    async def handled() -> bool | None:
+        seen = False
+        async for event in handle.fetch_history_events():
+            if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED:
+                seen = True
+            elif seen and event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+                return True
+        return None
+
+    await eventually(handled, what="the run to take the cancel")
+
+
+async def test_a_temporal_cancel_while_the_close_waits_leaves_no_paid_order_behind(
+    running: Running,
+) -> None:
+    """The order is paid and shipping (its child on a queue no worker serves) when its
+    deadline fires; CloseOrder waits for the order row (a dispatch or an address change
+    holds it); the operator cancels the workflow from Temporal meanwhile.
+
+    Promise: the order still ends (FAILED, its deadline) with its money refunded: a paid
+    order whose workflow is gone would be a charge nobody gives back by itself."""
+    order_id = new_id("tcancel3")
+    pid = f"pmt.{order_id}"
+    handle = await _paid_and_shipping_nowhere(running, order_id, pid, deadline_s=6)
+    holder = await _holding_row(running, order_id)
+    try:
+        # Past the deadline the parent cancels its child, which no worker serves: ended here.
+        started = (await handle.describe()).start_time
+        await asyncio.sleep(max(0.0, (started - datetime.now(UTC)).total_seconds() + 6.5))
+        await running.client.get_workflow_handle(f"shipping-{order_id}-1").terminate("no carrier")
+        await eventually(lambda: _waiting_on_lock(running, "FOR UPDATE"), what="CloseOrder waiting")
+        await handle.cancel()
+        await _cancel_handled(handle)
+    finally:
+        await holder.rollback()
+        await holder.close()
+    with pytest.raises(WorkflowFailureError):  # FAILED: deadline_exceeded
+        await handle.result()
+    order = await row(running, order_id)
+    assert (order.state, order.reason) == ("FAILED", "deadline_exceeded")
+    assert kept(await gateway_of(running, order_id)) == 0 and order.settled_at is not None

@@ -14,6 +14,7 @@ from temporalio.exceptions import (
     ChildWorkflowError,
     RetryState,
     TimeoutError,
+    is_cancelled_exception,
 )
 
 with workflow.unsafe.imports_passed_through():
@@ -24,7 +25,12 @@ with workflow.unsafe.imports_passed_through():
         shown_message,
     )
 
-from app.orders.workflows.policies import GATE_RETRY, GATE_TIMEOUT, STEP_RETRY
+from app.orders.workflows.policies import (
+    GATE_RETRY,
+    GATE_TIMEOUT,
+    PATCH_CLOSE_OUTLIVES_CANCEL,
+    STEP_RETRY,
+)
 
 InputT = TypeVar("InputT")
 
@@ -92,3 +98,9 @@ async def gate(method: Callable[[Any, InputT], Awaitable[None]], arg: InputT) ->
             type=application_type(err) or "RequestFailed",
             non_retryable=True,
         ) from None
+
+
+def cancel_reached_close(err: BaseException) -> bool:
+    """A Temporal cancel that reached the order's close (as the cancellation of its activity):
+    the close goes on. Histories recorded when it cut the close off replay that way."""
+    return is_cancelled_exception(err) and workflow.patched(PATCH_CLOSE_OUTLIVES_CANCEL)

@@ -1,9 +1,8 @@
 """OrderWorkflow (orders-tq): the order state machine of docs/architecture.md, its steps run
-alike by `_run_step` as a task racing the order's deadline. How the order ends is decided
-once (`Ending`, order_state.py); `_close` records it and compensates. Rules live here,
-effects in activities (calls.py says what each is told). The order's database row decides
-whether the carrier has the parcel: DispatchCarrier, cancel and address changes all lock
-it, so a cancel or address change either lands before dispatch or is refused.
+alike by `_run_step` racing the deadline. How the order ends is decided once (`Ending`);
+`_close` records it and compensates, whatever cancels the run. Rules live here, effects in
+activities (calls.py). The order row decides whether the carrier has the parcel: dispatch,
+cancel and address changes lock it, so a cancel or change lands before dispatch or not at all.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ from temporalio.exceptions import (
 
 with workflow.unsafe.imports_passed_through():
     from app.orders.messages import (
-        ERR_INVALID_ORDER,
         ERR_ORDER_CANCELLED,
         ERR_ORDER_FAILED,
         ERR_REVIEW_OVER,
@@ -55,16 +53,16 @@ with workflow.unsafe.imports_passed_through():
         order_amount_cents,
     )
     from app.orders.search import ORDER_STATE, upsert_search_attributes
-    from app.orders.validation import address_problems
 
 from app.orders.workflows import calls
 from app.orders.workflows.failures import (
     OrderStopped,
     application_type,
+    cancel_reached_close,
     failure_message,
     stop_reason,
 )
-from app.orders.workflows.order_state import Ending, Review, Shipment, StepLog, order_closed
+from app.orders.workflows.order_state import Ending, Review, Shipment, StepLog, check_address
 from app.orders.workflows.policies import MAX_SHIPPING_ATTEMPTS, PATCH_SEARCH_ATTRIBUTES
 from app.orders.workflows.shipping import start_shipping
 
@@ -101,10 +99,9 @@ class OrderWorkflow:
         await self._race_deadline(business)
         if not business.done():
             business.cancel()
-        result = await self._close(await self._outcome(business))
+        result = await self._close_to_the_end(await self._outcome(business))
         await workflow.wait_condition(workflow.all_handlers_finished)
-        if result.state == OrderState.FAILED:
-            # Compensation is done; fail the execution so the Temporal UI shows it.
+        if result.state == OrderState.FAILED:  # compensated: failed in the Temporal UI too
             raise ApplicationError(
                 f"order {inp.order_id} failed: {result.reason}",
                 {"reason": result.reason, "payment_status": result.payment_status},
@@ -141,8 +138,7 @@ class OrderWorkflow:
         self._checkpoint()
 
     async def _race_deadline(self, business: asyncio.Task[None]) -> None:
-        """Wait until the business is done or the order decided to end; the deadline and a
-        Temporal-level cancel are decided here."""
+        """Until the business is done or the end decided (here: deadline, Temporal cancel)."""
         remaining = max((self._deadline - workflow.now()).total_seconds(), 0.001)
         try:
             await workflow.wait_condition(
@@ -224,6 +220,17 @@ class OrderWorkflow:
         self._log("shipping failed", attempt=attempt, reason=reason)
         if attempt >= MAX_SHIPPING_ATTEMPTS or self._deadline <= workflow.now():
             raise self._ending.decide(OrderState.FAILED, "shipping_failed") from None
+
+    async def _close_to_the_end(self, stop: OrderStopped | None) -> OrderResult:
+        """`_close`, though a Temporal cancel arrive meanwhile (it would cut the refund off,
+        the money kept): both activities are idempotent, so the close starts again."""
+        while True:
+            try:
+                return await self._close(stop)
+            except (asyncio.CancelledError, ActivityError) as err:
+                if not cancel_reached_close(err):
+                    raise
+                self._log("workflow cancellation requested while closing: the close goes on")
 
     async def _close(self, stop: OrderStopped | None) -> OrderResult:
         """Record how the order ended and compensate; a shipped order has nothing to undo."""
@@ -318,11 +325,7 @@ class OrderWorkflow:
     def _validate_address_change(self, change: AddressChange) -> None:
         self._ending.refuse_if_closed(self._state)
         self._shipment.refuse_if_dispatched()
-        problems = address_problems(change.address.as_dict())
-        if problems:
-            raise ApplicationError(
-                "invalid address", problems, type=ERR_INVALID_ORDER, non_retryable=True
-            )
+        check_address(change.address)
 
     @workflow.query(name=QUERY_STATUS)
     def status(self) -> OrderStatus:
@@ -366,11 +369,9 @@ class OrderWorkflow:
         await workflow.wait_condition(
             lambda: self._state != OrderState.PENDING or self._ending.decided is not None
         )
-        if self._ending.decided is not None:
-            raise order_closed()
+        self._ending.refuse_if_decided()
         await calls.apply_address_change(self._inp, change)
-        if self._ending.decided is not None:  # it decided to end while the row was written
-            raise order_closed()
+        self._ending.refuse_if_decided()  # it may have, while the row was written
         self._address = change.address
         self._log("address updated", by=change.requested_by)
 

@@ -11,21 +11,33 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from app.orders.messages import (
+        ERR_INVALID_ORDER,
         ERR_ORDER_CLOSED,
         ERR_ORDER_DISPATCHED,
         MAX_ERRORS_SHOWN,
         TERMINAL_STATES,
+        Address,
         ApproveRequest,
         CancelRequest,
         OrderState,
         StepError,
     )
+    from app.orders.validation import address_problems
 
 from app.orders.workflows.failures import OrderStopped, attempts_used, failure_message
 
 
 def order_closed() -> ApplicationError:
     return ApplicationError("order is already closed", type=ERR_ORDER_CLOSED)
+
+
+def check_address(address: Address) -> None:
+    """Refuse an address the product would not ship to (the API's rules)."""
+    problems = address_problems(address.as_dict())
+    if problems:
+        raise ApplicationError(
+            "invalid address", problems, type=ERR_INVALID_ORDER, non_retryable=True
+        )
 
 
 @dataclass
@@ -70,6 +82,11 @@ class Ending:
         except a cancel while a cancel is what ends it (cancelling twice is no error)."""
         again = cancelling and self.cancel is not None
         if state in TERMINAL_STATES or (self.decided is not None and not again):
+            raise order_closed()
+
+    def refuse_if_decided(self) -> None:
+        """Refuse a request that waited (for the row, on a gate) while the end was decided."""
+        if self.decided is not None:
             raise order_closed()
 
     def accept_cancel(self, req: CancelRequest) -> bool:

@@ -36,3 +36,6 @@ MAX_SHIPPING_ATTEMPTS = 3
 PATCH_REFUND_AFTER_CLOSE = "refund-after-close"
 # Histories recorded before the order published its search attributes replay without.
 PATCH_SEARCH_ATTRIBUTES = "search-attributes"
+# A Temporal-level cancel that arrives while the order closes no longer cuts the close and
+# its compensation off (histories where it did replay as they were recorded).
+PATCH_CLOSE_OUTLIVES_CANCEL = "close-outlives-cancel"
