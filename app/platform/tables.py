@@ -52,6 +52,8 @@ class Order(Base):
     deadline_at: Mapped[datetime | None] = mapped_column(DateTime)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, server_default="false")
     tracking_number: Mapped[str | None] = mapped_column(String)
+    # DispatchCarrier asked the carrier (committed before the call; migration 0012).
+    dispatch_requested_at: Mapped[datetime | None] = mapped_column(DateTime)
     closed_at: Mapped[datetime | None] = mapped_column(DateTime)
     # Closed and compensated (refund, booking cancellation done): migration 0004.
     settled_at: Mapped[datetime | None] = mapped_column(DateTime)

@@ -136,6 +136,7 @@ def reopen(order: Order, run_id: str, payment_id: str) -> None:
     order.settled_at = None
     order.cancel_requested = False
     order.tracking_number = None
+    order.dispatch_requested_at = None
     order.updated_at = datetime.now(UTC).replace(tzinfo=None)
 
 

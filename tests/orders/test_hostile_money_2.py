@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -37,6 +38,7 @@ from app.orders.messages import (
     ORDER_WORKFLOW,
     ActivityContext,
     Address,
+    AddressChangeInput,
     CancelMarkInput,
     ChargeInput,
     CloseInput,
@@ -58,7 +60,7 @@ from app.service.errors import OrderConflict, ServiceError
 from app.service.inputs import order_input
 from app.service.reconciliation import reconcile_now
 from app.service.retry import reopen, retried_event
-from tests.helpers import ADDRESS, Running, eventually, payments, wait_for_step
+from tests.helpers import ADDRESS, NEW_ADDRESS, Running, eventually, payments, wait_for_step
 
 pytestmark = pytest.mark.integration
 
@@ -952,3 +954,58 @@ async def test_a_temporal_cancel_while_the_close_waits_leaves_no_paid_order_behi
     order = await row(running, order_id)
     assert (order.state, order.reason) == ("FAILED", "deadline_exceeded")
     assert kept(await gateway_of(running, order_id)) == 0 and order.settled_at is not None
+
+
+async def test_address_change_after_a_lost_dispatch_answer_ships_where_the_customer_was_told(
+    running: Running, acts: Acts
+) -> None:
+    """DispatchCarrier attempt 1 books the parcel at the carrier (to the old address) and
+    its answer is lost: its transaction rolls back, the row has no tracking number and the
+    row lock is released. The customer's address change then takes the lock and is
+    accepted. Attempt 2 asks the carrier under the same key with the new address (refused:
+    the key was used with other parameters); the next shipping attempt supersedes the key
+    and gets the earlier booking back, to the OLD address.
+
+    Promise: a change either is refused, or the parcel ships to the new address."""
+    order_id = new_id("addr")
+    pid = f"pmt.{order_id}"
+    await receive_validate(acts, order_id, pid)
+    await ActivityEnvironment().run(acts.payment.charge_payment, charge_input(order_id, pid))
+
+    lost = ctx_of(order_id, "lost_first=1")
+    with pytest.raises(SimulatedLostResponse):
+        await attempt(1).run(acts.shipping.dispatch_carrier, DispatchInput(lost, 1))
+    assert (await row(running, order_id)).tracking_number is None
+
+    change = AddressChangeInput(
+        ctx=ctx_of(order_id), address=Address(**NEW_ADDRESS), requested_by="customer"
+    )
+    try:
+        await ActivityEnvironment().run(acts.changes.apply_address_change, change)
+        accepted = True
+    except ApplicationError:
+        accepted = False
+
+    # The workflow's next tries: the same shipping attempt, then (refused) a new one.
+    same_key = "answered"
+    try:
+        outcome = await attempt(2).run(acts.shipping.dispatch_carrier, DispatchInput(lost, 1))
+    except ApplicationError as refused:
+        assert refused.non_retryable
+        same_key = f"refused ({refused.type})"
+        outcome = await attempt(1).run(
+            acts.shipping.dispatch_carrier, DispatchInput(ctx_of(order_id), 2)
+        )
+    bookings = (await carrier_ledger(running.providers.carrier.engine, [order_id]))[order_id]
+    live = [b for b in bookings if not b["cancelled"]]
+    shipped_to = {
+        (json.loads(b["address"]) if isinstance(b["address"], str) else b["address"])["street"]
+        for b in live
+    }
+    if accepted:
+        assert outcome.address == Address(**NEW_ADDRESS), (
+            f"address change accepted after the carrier booked; the same key's retry was "
+            f"{same_key}; parcel ships to {outcome.address.street}, live bookings to "
+            f"{shipped_to}; our row says {(await row(running, order_id)).address_json}"
+        )
+        assert shipped_to == {NEW_ADDRESS["street"]}

@@ -38,6 +38,14 @@ class ChangeActivities:
         async with timed_transaction(self.sessions, "apply_address_change") as s:
             order = await lock_order(s, inp.ctx.order_id)
             _refuse_if_closed_or_dispatched(order)
+            if order.dispatch_requested_at is not None:
+                # The carrier was asked to take the parcel (its answer may have been lost):
+                # it may be on its way to the address it was given.
+                raise ApplicationError(
+                    "order was already handed to the carrier",
+                    type=ERR_ORDER_DISPATCHED,
+                    non_retryable=True,
+                )
             order.address_json = inp.address.as_dict()
             order.updated_at = now_utc()
             await record_event(

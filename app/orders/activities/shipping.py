@@ -42,6 +42,7 @@ from app.orders.providers.api import (
     prepare_key,
 )
 from app.platform.db import timed_driver
+from app.platform.sql import DriverSql
 
 log = logging.getLogger("app.orders.activities")
 
@@ -78,7 +79,14 @@ class ShippingActivities:
         """Hand the parcel to the carrier, holding the order row so a concurrent cancel or
         address change is decided before or after dispatch, never during."""
         info = activity.info()
-        async with timed_driver(self.sessions, "dispatch_carrier") as db, db.transaction():
+        async with timed_driver(self.sessions, "dispatch_carrier") as db:
+            # Committed before the carrier is asked: if its answer is lost, this attempt's
+            # transaction rolls back, and the mark is what refuses an address change then.
+            await db.run(_DISPATCH_REQUESTED, id=inp.ctx.order_id, at=now_utc())
+            return await self._dispatch(db, inp, info.attempt)
+
+    async def _dispatch(self, db: DriverSql, inp: DispatchInput, attempt: int) -> DispatchOutcome:
+        async with db.transaction():
             order = await locked_order(
                 db,
                 inp.ctx.order_id,
@@ -86,7 +94,7 @@ class ShippingActivities:
             )
             if order["tracking_number"] is not None:  # an earlier attempt already dispatched
                 return DispatchOutcome(
-                    attempt=info.attempt,
+                    attempt=attempt,
                     tracking_number=order["tracking_number"],
                     address=Address(**(order["address_json"] or {})),
                 )
@@ -97,15 +105,13 @@ class ShippingActivities:
                     non_retryable=True,
                 )
             shipped_to = Address(**(order["address_json"] or {}))
-            booking = await self._book(inp, shipped_to, info.attempt)
+            booking = await self._book(inp, shipped_to, attempt)
             # An earlier attempt's booking (its answer was lost) went to its own address.
             address = Address(**booking.address)
-            await db.run(
-                _COMPLETED, **_completed(inp, booking.tracking_number, address, info.attempt)
-            )
+            await db.run(_COMPLETED, **_completed(inp, booking.tracking_number, address, attempt))
         observe_end(OrderState.COMPLETED, None, order["created_at"])
         return DispatchOutcome(
-            attempt=info.attempt, tracking_number=booking.tracking_number, address=address
+            attempt=attempt, tracking_number=booking.tracking_number, address=address
         )
 
     async def _book(self, inp: DispatchInput, address: Address, attempt: int) -> Booking:
@@ -128,6 +134,10 @@ def _shipping_call(inp: PrepareInput | DispatchInput, attempt: int) -> CallInfo:
     """A shipping call, named by its shipping attempt and its activity attempt."""
     return call_info(inp.ctx, f"{inp.shipping_attempt}.{attempt}")
 
+
+_DISPATCH_REQUESTED = """UPDATE orders SET dispatch_requested_at = :at
+    WHERE id = :id AND dispatch_requested_at IS NULL AND tracking_number IS NULL
+        AND NOT cancel_requested AND closed_at IS NULL"""
 
 # The order dispatched and closed COMPLETED, with both events stamped as closed_at says.
 _COMPLETED = with_events(
