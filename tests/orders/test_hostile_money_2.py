@@ -838,13 +838,7 @@ async def test_a_temporal_cancel_during_compensation_does_not_cut_the_refund_off
     await handle.cancel()
     with pytest.raises(WorkflowFailureError):
         await handle.result()
-    desc = await handle.describe()
-
-    async def refunded() -> bool | None:
-        ledger = await gateway_of(running, order_id)
-        return (bool(ledger) and kept(ledger) == 0) or None
-
-    await asyncio.sleep(12)  # any attempt still running has timed out by now
+    desc = await handle.describe()  # the run ends once its compensation is done
     ledger = await gateway_of(running, order_id)
     order = await row(running, order_id)
     recorded = {p.payment_id: p.status for p in await payments(running, order_id)}

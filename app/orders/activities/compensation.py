@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -137,7 +138,7 @@ class CompensationActivities:
                     Order.id == inp.ctx.order_id,
                     # This run's order: a late attempt of an earlier run settles nothing of
                     # the retry's (each run pays with its own payment id).
-                    Order.payment_id == inp.payment_id,
+                    or_(Order.payment_id == inp.payment_id, Order.payment_id.is_(None)),
                     Order.settled_at.is_(None),
                     Order.state.in_(TERMINAL_STATES),
                 )
@@ -275,7 +276,7 @@ async def _record_end(
             )
             .on_conflict_do_nothing(index_elements=[Order.id])
         )
-    elif locked.payment_id != inp.payment_id:
+    elif locked.payment_id not in (None, inp.payment_id):
         # A late attempt of an earlier run (each run pays with its own payment id): the row
         # is the retry's now, and that run records its own end.
         return OrderState(inp.state), False
