@@ -222,8 +222,8 @@ class OrderWorkflow:
             raise self._ending.decide(OrderState.FAILED, "shipping_failed") from None
 
     async def _close_to_the_end(self, stop: OrderStopped | None) -> OrderResult:
-        """`_close`, though a Temporal cancel arrive meanwhile (it would cut the refund off,
-        the money kept): both activities are idempotent, so the close starts again."""
+        """`_close`, even if a Temporal cancel arrives meanwhile (it would cut the refund off
+        with the money kept): both activities are idempotent, so the close starts again."""
         while True:
             try:
                 return await self._close(stop)
