@@ -566,6 +566,22 @@ async def test_two_retries_at_once_start_one_run(running: Running) -> None:
     assert [c["payment_id"] for c in ledger] == [f"{pid}#r2"] and kept(ledger) == AMOUNT
 
 
+async def _failed_at_pay_refund_in_flight(running: Running, order_id: str, faults: str) -> str:
+    """An order approved, PAY failed with the gateway's answers lost (it charged), closed
+    FAILED and its compensation still retrying. Its payment id."""
+    pid = f"pmt.{order_id}"
+    await running.service.start_order(order_id, pid, ADDRESS, fault_profile=faults)
+    await wait_for_step(running, order_id, "MANUAL_REVIEW")
+    await running.service.approve(order_id, reviewer="alice")
+
+    async def refund_in_flight() -> bool | None:
+        order = await row(running, order_id)
+        return (order.state == "FAILED" and order.settled_at is None) or None
+
+    await eventually(refund_in_flight, timeout=30, what="FAILED, refund in flight")
+    return pid
+
+
 async def test_retry_and_reconciliation_while_the_failed_runs_refund_is_in_flight(
     running: Running,
 ) -> None:
@@ -575,16 +591,7 @@ async def test_retry_and_reconciliation_while_the_failed_runs_refund_is_in_fligh
     settling) and the reconciliation runs (the order is settling: nothing healed). Once
     settled, the retry pays under its own payment: one refund, one charge kept."""
     order_id = new_id("inflight")
-    pid = f"pmt.{order_id}"
-    await running.service.start_order(order_id, pid, ADDRESS, fault_profile="lost_first=5")
-    await wait_for_step(running, order_id, "MANUAL_REVIEW")
-    await running.service.approve(order_id, reviewer="alice")
-
-    async def closed_unsettled() -> bool | None:
-        order = await row(running, order_id)
-        return (order.state == "FAILED" and order.settled_at is None) or None
-
-    await eventually(closed_unsettled, timeout=30, what="FAILED, refund in flight")
+    pid = await _failed_at_pay_refund_in_flight(running, order_id, "lost_first=5")
     with pytest.raises(OrderConflict) as refused:
         await running.service.retry_order(order_id, fault_profile="off")
     assert refused.value.extra.get("reason") == "settling", refused.value.message
@@ -824,16 +831,7 @@ async def test_a_temporal_cancel_during_compensation_does_not_cut_the_refund_off
     Promise: compensation runs to the end: the charge is refunded and the order settled,
     without waiting for a reconciliation run."""
     order_id = new_id("tcancel")
-    pid = f"pmt.{order_id}"
-    await running.service.start_order(order_id, pid, ADDRESS, fault_profile="lost_first=8")
-    await wait_for_step(running, order_id, "MANUAL_REVIEW")
-    await running.service.approve(order_id, reviewer="alice")
-
-    async def refund_in_flight() -> bool | None:
-        order = await row(running, order_id)
-        return (order.state == "FAILED" and order.settled_at is None) or None
-
-    await eventually(refund_in_flight, timeout=30, what="FAILED, refund in flight")
+    pid = await _failed_at_pay_refund_in_flight(running, order_id, "lost_first=8")
     handle = running.client.get_workflow_handle(order_workflow_id(order_id))
     await handle.cancel()
     with pytest.raises(WorkflowFailureError):
