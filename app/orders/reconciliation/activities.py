@@ -91,6 +91,10 @@ MAX_REPORTED_FINDINGS = 1000
 MAX_STORED_FINDINGS = 10_000
 MAX_REPORTED_SETTLING = 100
 HEARTBEAT_S = 5.0
+# The audit is CPU (about 0.1 ms an order) on the orders worker's event loop: it lets the
+# worker's orders run between chunks of this many instead of stalling them for the whole
+# window (0.26 s at 3,000 orders).
+AUDIT_CHUNK = 100
 
 
 def _cents(amount: Decimal | None) -> int | None:
@@ -249,7 +253,9 @@ class Run:
     async def execute(self) -> dict[str, Any]:
         facts = await self.gather(self.scope)
         found: dict[str, list[Finding]] = {}
-        for oid in facts.order_ids():
+        for n, oid in enumerate(facts.order_ids()):
+            if n % AUDIT_CHUNK == 0:
+                await asyncio.sleep(0)
             findings = facts.audit(oid, self.since)
             if findings:
                 found[oid] = findings
