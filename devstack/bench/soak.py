@@ -1,8 +1,8 @@
 """`cli.py bench --soak`: is the order system flat over a long run?
 
 The orders side only (no baseline, no status phase), run in four equal quarters back to
-back. Per quarter: throughput, latency, and the resident memory of the workers and the API
-at its end. Over the run: how much the app's, the providers' and the dev server's
+back. Per quarter: throughput, latency, the CPU an order cost each process of the stack,
+and the resident memory of the workers and the API at its end. Over the run: how much the app's, the providers' and the dev server's
 databases grew, per 1,000 orders. A leak or a table that slows as it grows shows as a last
 quarter slower or bigger than the first.
 """
@@ -68,7 +68,9 @@ async def run_soak(
         runner = OrdersPhase(http, client, uuid.uuid4().hex[:8], "signal", "off")
         first = 0
         for index, count in enumerate(_split(orders), start=1):
-            part = await closed_loop(runner.one, count, concurrency, first_index=first)
+            part = await closed_loop(
+                runner.one, count, concurrency, first_index=first, cpu_groups=procs
+            )
             first += count
             quarters.append(_quarter(index, part, watched))
             say(f"quarter {index}: {part.completed} at {part.per_s:.1f}/s")
@@ -105,6 +107,8 @@ def _quarter(index: int, part: PhaseResult, watched: Mapping[str, Sequence[int]]
         "p99_ms": rounded(percentile(part.latencies_ms, 99)),
         # Now, not the peak: growth from quarter to quarter is the question.
         "rss_mb": {name: rounded(_rss_mb(pids)) for name, pids in watched.items()},
+        # Which process an order costs more as the databases grow.
+        "cpu_ms_per_order": part.summary()["cpu_ms_per_order"],
     }
 
 
@@ -168,12 +172,16 @@ def run_soak_sync(settings: StackSettings, **options: Any) -> dict[str, Any]:
 
 
 def format_soak(result: Mapping[str, Any]) -> str:
-    lines = [f"{'quarter':<8} {'orders/s':>9} {'p50 ms':>8} {'p99 ms':>8}  RSS MB (worker, api)"]
+    lines = [
+        f"{'quarter':<8} {'orders/s':>9} {'p50 ms':>8} {'p99 ms':>8}  RSS MB (worker, api)  "
+        "CPU ms per order"
+    ]
     for q in result["quarters"]:
         rss = q["rss_mb"]
+        cpu = ", ".join(f"{k} {v}" for k, v in q.get("cpu_ms_per_order", {}).items())
         lines.append(
             f"{q['quarter']:<8} {q['per_s']:>9} {q['p50_ms']:>8} {q['p99_ms']:>8}  "
-            f"{rss['worker']}, {rss['api']}"
+            f"{rss['worker']}, {rss['api']}  {cpu}"
         )
     lines += [
         f"last vs first quarter: throughput {result['throughput_change_pct']}%, "

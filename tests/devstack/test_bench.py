@@ -273,6 +273,10 @@ async def test_soak_reports_quarters_and_database_growth(bench_stack: BenchStack
     for q in result["quarters"]:
         assert q["per_s"] > 0 and 0 < q["p50_ms"] <= q["p99_ms"]
         assert 10 < q["rss_mb"]["worker"] < 4096 and 10 < q["rss_mb"]["api"] < 4096
+        # Each process of the stack is measured, and the workers and the dev server worked.
+        cpu = q["cpu_ms_per_order"]
+        assert {"temporal", "postgres", "app", "bench_client"} <= set(cpu), cpu
+        assert cpu["temporal"] > 0 and sum(v for k, v in cpu.items() if k.startswith("worker")) > 0
     first, last = result["quarters"][0], result["quarters"][-1]
     assert result["throughput_change_pct"] == pytest.approx(
         (last["per_s"] - first["per_s"]) / first["per_s"] * 100, abs=0.1
