@@ -1001,3 +1001,32 @@ async def test_address_change_after_a_lost_dispatch_answer_ships_where_the_custo
             f"{shipped_to}; our row says {(await row(running, order_id)).address_json}"
         )
         assert shipped_to == {NEW_ADDRESS["street"]}
+
+
+async def test_a_retrys_receive_waits_for_the_retrys_uncommitted_claim(
+    running: Running, acts: Acts
+) -> None:
+    """The operator's retry claims the order's payment id (unclaimed: its first run failed
+    before claiming it) in the transaction that starts the new run, and commits after the
+    start; the new run's ReceiveOrder may run first. It waits for that claim instead of
+    refusing the order's own payment id as nobody's."""
+    order_id = new_id("race")
+    pid = f"pmt.{order_id}"
+    async with running.sessions() as s, s.begin():
+        claim = await claim_payment_id(on_session(s), pid, order_id)
+        assert claim.new
+        receiving = asyncio.create_task(
+            ActivityEnvironment().run(
+                acts.intake.receive_order, receive_input(order_id, f"{pid}#r2", retry=2)
+            )
+        )
+        await eventually(lambda: _waiting_on_lock(running, "payment_claims"), what="a wait")
+    await receiving  # no PaymentIdInUse: the claim it waited for is its own order's
+    async with running.sessions() as s:
+        owners = (
+            await s.execute(
+                text("SELECT payment_id, order_id FROM payment_claims WHERE order_id = :o"),
+                {"o": order_id},
+            )
+        ).all()
+    assert sorted(tuple(r) for r in owners) == [(pid, order_id), (f"{pid}#r2", order_id)]

@@ -39,10 +39,11 @@ class ChangeActivities:
             order = await lock_order(s, inp.ctx.order_id)
             _refuse_if_closed_or_dispatched(order)
             if order.dispatch_requested_at is not None:
-                # The carrier was asked to take the parcel (its answer may have been lost):
-                # it may be on its way to the address it was given.
+                # The carrier was asked to take the parcel: whatever came of it (an answer
+                # lost, an attempt that failed), a booking may exist for the address it was
+                # given, and a later attempt gets that booking back. The address is final.
                 raise ApplicationError(
-                    "order was already handed to the carrier",
+                    "order's dispatch to the carrier has begun: its address can no longer change",
                     type=ERR_ORDER_DISPATCHED,
                     non_retryable=True,
                 )

@@ -18,7 +18,6 @@ from app.orders.activities.common import (
     naive_utc,
     now_utc,
     record_event,
-    refuse_unless_payment_owner,
     require_order,
     step_activity,
     with_events,
@@ -66,11 +65,8 @@ class IntakeActivities:
             },
         )
         async with timed_driver(self.sessions, "receive_order") as db:
-            if inp.ctx.retry > 1:
-                # A retry's reference is made from the order's own first payment id.
-                await refuse_unless_payment_owner(
-                    db, first_reference(inp.payment_id), inp.ctx.order_id
-                )
+            # A retry's reference only for the order that owns the payment id it is made
+            # from (claims.py: the claim waits for a retry's uncommitted claim of it).
             await _claim_or_refuse(db, inp.payment_id, inp.ctx.order_id)
             if await db.value(_RECEIVED, **_received(inp), **event_params(received)):
                 return StepOutcome(attempt=info.attempt)
