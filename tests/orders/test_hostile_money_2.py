@@ -831,7 +831,7 @@ async def test_a_temporal_cancel_during_compensation_does_not_cut_the_refund_off
     Promise: compensation runs to the end: the charge is refunded and the order settled,
     without waiting for a reconciliation run."""
     order_id = new_id("tcancel")
-    pid = await _failed_at_pay_refund_in_flight(running, order_id, "lost_first=8")
+    pid = await _failed_at_pay_refund_in_flight(running, order_id, "lost_first=4")
     handle = running.client.get_workflow_handle(order_workflow_id(order_id))
     await handle.cancel()
     with pytest.raises(WorkflowFailureError):
