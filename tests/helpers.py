@@ -26,6 +26,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.client import Client
 
 from app.api.app import create_app
+from app.orders.activities import (
+    ChangeActivities,
+    CompensationActivities,
+    IntakeActivities,
+    PaymentActivities,
+    ShippingActivities,
+)
+from app.orders.faults import FaultInjector
+from app.orders.providers.intake import OrderIntake
 from app.orders.providers.wiring import Simulators
 from app.platform.db import engine_from_settings
 from app.platform.settings import PROJECT_ROOT, Settings
@@ -90,6 +99,33 @@ class Running:
     inspector: Inspector
     # The gateway and carrier simulators the workers use (their ledgers: tests audit them).
     providers: Simulators
+
+
+@dataclass(frozen=True)
+class StackActivities:
+    """The activities a test drives in ActivityEnvironment, each as a worker builds it, on
+    the running stack's databases and provider simulators (no faults of their own)."""
+
+    intake: IntakeActivities
+    payment: PaymentActivities
+    compensation: CompensationActivities
+    shipping: ShippingActivities
+    changes: ChangeActivities
+
+    @classmethod
+    def of(cls, running: Running) -> StackActivities:
+        sessions, gateway, carrier = (
+            running.sessions,
+            running.providers.gateway,
+            running.providers.carrier,
+        )
+        return cls(
+            IntakeActivities(sessions, OrderIntake(FaultInjector("off"))),
+            PaymentActivities(sessions, gateway),
+            CompensationActivities(sessions, gateway, carrier),
+            ShippingActivities(sessions, carrier),
+            ChangeActivities(sessions),
+        )
 
 
 @dataclass

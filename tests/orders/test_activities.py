@@ -19,10 +19,8 @@ from temporalio.testing import ActivityEnvironment
 from app.orders.activities import (
     CompensationActivities,
     IntakeActivities,
-    PaymentActivities,
-    ShippingActivities,
 )
-from app.orders.faults import FaultInjector, SimulatedLostResponse
+from app.orders.faults import SimulatedLostResponse
 from app.orders.messages import (
     DEFAULT_ITEMS,
     ActivityContext,
@@ -40,9 +38,15 @@ from app.orders.messages import (
 from app.orders.providers.api import charge_key
 from app.orders.providers.carrier import read_ledger as carrier_ledger
 from app.orders.providers.gateway import read_ledger as gateway_ledger
-from app.orders.providers.intake import OrderIntake
 from app.platform.tables import Order, Payment
-from tests.helpers import ADDRESS, HAPPY_PATH_EVENTS, Running, order_events, payments
+from tests.helpers import (
+    ADDRESS,
+    HAPPY_PATH_EVENTS,
+    Running,
+    StackActivities,
+    order_events,
+    payments,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -50,29 +54,9 @@ SHIP_TO = Address(**ADDRESS)
 ITEMS = list(DEFAULT_ITEMS)
 
 
-@dataclasses.dataclass(frozen=True)
-class Activities:
-    """The activities a test drives, each as a worker builds it."""
-
-    intake: IntakeActivities
-    payment: PaymentActivities
-    compensation: CompensationActivities
-    shipping: ShippingActivities
-
-
 @pytest.fixture
-def acts(running: Running) -> Activities:
-    sessions, gateway, carrier = (
-        running.sessions,
-        running.providers.gateway,
-        running.providers.carrier,
-    )
-    return Activities(
-        IntakeActivities(sessions, OrderIntake(FaultInjector("off"))),
-        PaymentActivities(sessions, gateway),
-        CompensationActivities(sessions, gateway, carrier),
-        ShippingActivities(sessions, carrier),
-    )
+def acts(running: Running) -> StackActivities:
+    return StackActivities.of(running)
 
 
 def _receive(
@@ -105,7 +89,7 @@ async def _refused(env: ActivityEnvironment, fn: Any, arg: Any) -> ApplicationEr
 
 
 async def test_every_step_recorded_once_when_each_attempt_runs_twice(
-    running: Running, acts: Activities
+    running: Running, acts: StackActivities
 ) -> None:
     env = ActivityEnvironment()
     order_id = f"acts-{uuid.uuid4().hex[:10]}"
@@ -141,7 +125,7 @@ async def test_every_step_recorded_once_when_each_attempt_runs_twice(
     assert len(payments) == 1 and payments[0][0].status == "charged"
 
 
-async def test_order_id_of_another_run_is_refused(running: Running, acts: Activities) -> None:
+async def test_order_id_of_another_run_is_refused(running: Running, acts: StackActivities) -> None:
     env = ActivityEnvironment()
     order_id = f"acts-{uuid.uuid4().hex[:10]}"
     await env.run(acts.intake.receive_order, _receive(order_id, run_id="run-1"))
@@ -151,7 +135,7 @@ async def test_order_id_of_another_run_is_refused(running: Running, acts: Activi
     assert await order_events(running, order_id) == ["RECEIVED", "STEP_ATTEMPT_FAILED"]
 
 
-async def test_validating_an_unknown_order_is_retryable(acts: Activities) -> None:
+async def test_validating_an_unknown_order_is_retryable(acts: StackActivities) -> None:
     ctx = ActivityContext(order_id=f"acts-{uuid.uuid4().hex[:10]}", fault_profile="off")
     with pytest.raises(ApplicationError) as err:
         await ActivityEnvironment().run(
@@ -237,7 +221,7 @@ async def _close_and_refund(
 
 @pytest.mark.parametrize("attempts", [2, 3])
 async def test_lost_answers_charge_refund_and_dispatch_once_per_key(
-    running: Running, acts: Activities, attempts: int
+    running: Running, acts: StackActivities, attempts: int
 ) -> None:
     order_id = await _received(acts.intake)
     lost = f"lost_first={attempts - 1}"  # every attempt but the last takes effect, then fails
@@ -267,7 +251,7 @@ async def test_lost_answers_charge_refund_and_dispatch_once_per_key(
 
 
 async def test_charge_whose_answer_never_came_is_found_and_refunded(
-    running: Running, acts: Activities
+    running: Running, acts: StackActivities
 ) -> None:
     order_id = await _received(acts.intake)
     # PAY fails three times: the gateway charged, we never heard.
@@ -290,7 +274,9 @@ async def test_charge_whose_answer_never_came_is_found_and_refunded(
     assert [p.status for p in await payments(running, order_id)] == ["refunded"]
 
 
-async def test_voided_payment_refuses_a_late_charge(running: Running, acts: Activities) -> None:
+async def test_voided_payment_refuses_a_late_charge(
+    running: Running, acts: StackActivities
+) -> None:
     order_id = await _received(acts.intake)
     await ActivityEnvironment().run(acts.compensation.close_order, _close(order_id))
     refund = _refund(order_id, "off")
@@ -304,7 +290,7 @@ async def test_voided_payment_refuses_a_late_charge(running: Running, acts: Acti
 
 
 async def test_a_charge_refunded_since_never_counts_as_this_runs_payment(
-    running: Running, acts: Activities
+    running: Running, acts: StackActivities
 ) -> None:
     """The gateway replays a charge that was refunded since (same key): it holds no money,
     so the order must not go on to ship as paid."""
@@ -322,7 +308,7 @@ async def test_a_charge_refunded_since_never_counts_as_this_runs_payment(
 
 
 async def test_payment_key_reused_with_other_parameters_is_refused(
-    running: Running, acts: Activities
+    running: Running, acts: StackActivities
 ) -> None:
     first, second = await _received(acts.intake), await _received(acts.intake)
     await ActivityEnvironment().run(acts.payment.charge_payment, _charge(first, "off"))
@@ -338,7 +324,7 @@ async def test_payment_key_reused_with_other_parameters_is_refused(
 
 @pytest.mark.parametrize("free", [False, True])
 async def test_booking_whose_answer_never_came_is_cancelled_when_the_order_closes(
-    running: Running, acts: Activities, free: bool
+    running: Running, acts: StackActivities, free: bool
 ) -> None:
     """Paid or free (nothing to refund), an order closed while shipping cancels its
     bookings: a parcel booked for it would ship a cancelled order."""

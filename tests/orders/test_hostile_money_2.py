@@ -24,15 +24,8 @@ from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from app.orders.activities import (
-    ChangeActivities,
-    CompensationActivities,
-    IntakeActivities,
-    PaymentActivities,
-    ShippingActivities,
-)
 from app.orders.claims import claim_payment_id
-from app.orders.faults import CallInfo, FaultInjector, SimulatedLostResponse
+from app.orders.faults import CallInfo, SimulatedLostResponse
 from app.orders.messages import (
     DEFAULT_ITEMS,
     ORDER_WORKFLOW,
@@ -53,14 +46,21 @@ from app.orders.messages import (
 from app.orders.providers.api import ChargeRequest, charge_key
 from app.orders.providers.carrier import read_ledger as carrier_ledger
 from app.orders.providers.gateway import read_ledger as gateway_ledger
-from app.orders.providers.intake import OrderIntake
 from app.platform.sql import on_session
 from app.platform.tables import Order, Payment
 from app.service.errors import OrderConflict, ServiceError
 from app.service.inputs import order_input
 from app.service.reconciliation import reconcile_now
 from app.service.retry import reopen, retried_event
-from tests.helpers import ADDRESS, NEW_ADDRESS, Running, eventually, payments, wait_for_step
+from tests.helpers import (
+    ADDRESS,
+    NEW_ADDRESS,
+    Running,
+    StackActivities,
+    eventually,
+    payments,
+    wait_for_step,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -69,29 +69,9 @@ ITEMS = list(DEFAULT_ITEMS)
 AMOUNT = order_amount_cents(ITEMS)
 
 
-@dataclasses.dataclass(frozen=True)
-class Acts:
-    intake: IntakeActivities
-    payment: PaymentActivities
-    compensation: CompensationActivities
-    shipping: ShippingActivities
-    changes: ChangeActivities
-
-
 @pytest.fixture
-def acts(running: Running) -> Acts:
-    sessions, gateway, carrier = (
-        running.sessions,
-        running.providers.gateway,
-        running.providers.carrier,
-    )
-    return Acts(
-        IntakeActivities(sessions, OrderIntake(FaultInjector("off"))),
-        PaymentActivities(sessions, gateway),
-        CompensationActivities(sessions, gateway, carrier),
-        ShippingActivities(sessions, carrier),
-        ChangeActivities(sessions),
-    )
+def acts(running: Running) -> StackActivities:
+    return StackActivities.of(running)
 
 
 def new_id(kind: str) -> str:
@@ -164,7 +144,7 @@ def close_input(
 
 
 async def receive_validate(
-    acts: Acts,
+    acts: StackActivities,
     order_id: str,
     payment_id: str,
     *,
@@ -195,7 +175,7 @@ def kept(charges: list[dict[str, Any]]) -> int:
 
 
 async def close_and_compensate(
-    acts: Acts, order_id: str, payment_id: str, state: str, reason: str, step: str
+    acts: StackActivities, order_id: str, payment_id: str, state: str, reason: str, step: str
 ) -> None:
     """What the workflow does once it decided to end: CloseOrder, then RefundPayment."""
     env = ActivityEnvironment()
@@ -231,7 +211,7 @@ async def retry_reopens(running: Running, order_id: str, run_id: str, retry: int
 
 
 async def test_straggling_close_of_the_failed_run_leaves_its_retry_alone(
-    running: Running, acts: Acts
+    running: Running, acts: StackActivities
 ) -> None:
     """Run 1 fails at PAY (its charge refunded) and settles; the operator retries; run 2
     receives, validates and pays under `<pid>#r2`. An attempt of run 1's CloseOrder that
@@ -271,7 +251,7 @@ async def test_straggling_close_of_the_failed_run_leaves_its_retry_alone(
 
 
 async def test_straggling_charge_of_the_failed_run_takes_nothing_from_its_retry(
-    running: Running, acts: Acts
+    running: Running, acts: StackActivities
 ) -> None:
     """Run 1's charge answers are all lost (the gateway charged), it fails at PAY, its
     compensation refunds the charge it finds. Retried. A straggling run-1 charge attempt
@@ -301,7 +281,9 @@ async def test_straggling_charge_of_the_failed_run_takes_nothing_from_its_retry(
 # --- races on the charge ---------------------------------------------------------------------
 
 
-async def test_cancel_racing_the_charge_never_keeps_money(running: Running, acts: Acts) -> None:
+async def test_cancel_racing_the_charge_never_keeps_money(
+    running: Running, acts: StackActivities
+) -> None:
     """ChargePayment and the workflow's close (CloseOrder, then RefundPayment) at once, for
     several orders (different interleavings): nothing stays kept, and no row says charged."""
     orders = [new_id(f"race{i}") for i in range(6)]
@@ -330,7 +312,9 @@ async def test_cancel_racing_the_charge_never_keeps_money(running: Running, acts
         assert (await row(running, oid)).state == "CANCELLED"
 
 
-async def test_two_attempts_of_one_charge_at_once_charge_once(running: Running, acts: Acts) -> None:
+async def test_two_attempts_of_one_charge_at_once_charge_once(
+    running: Running, acts: StackActivities
+) -> None:
     """A timed-out attempt still running beside its retry (Core cancels it only 5 s past
     its timeout): both reach the gateway and our ledger together."""
     order_id = new_id("twice")
@@ -350,7 +334,7 @@ async def test_two_attempts_of_one_charge_at_once_charge_once(running: Running, 
 
 
 async def test_free_order_closed_while_paying_never_reaches_the_gateway(
-    running: Running, acts: Acts
+    running: Running, acts: StackActivities
 ) -> None:
     order_id = new_id("free")
     pid = f"pmt.{order_id}"
@@ -466,7 +450,7 @@ async def _seed_failed_charged(running: Running, order_id: str, pid: str) -> Non
 
 
 async def test_heal_and_the_orders_compensation_at_once_refund_once(
-    running: Running, acts: Acts
+    running: Running, acts: StackActivities
 ) -> None:
     """The reconciliation heals a FAILED order's kept charge while the order's own
     RefundPayment (a straggling attempt, or a resumed one) refunds it too; two
@@ -514,7 +498,7 @@ async def test_heal_never_refunds_an_order_that_goes_on_to_complete(
 
 
 async def test_cancel_after_a_lost_dispatch_answer_cancels_the_booking_and_refunds(
-    running: Running, acts: Acts
+    running: Running, acts: StackActivities
 ) -> None:
     """The sibling of the address change: the carrier booked (answer lost), the cancel is
     accepted, the next dispatch attempt refuses, the close cancels the carrier's booking
@@ -721,7 +705,7 @@ async def _holding_row(running: Running, order_id: str) -> Any:
 
 @pytest.mark.parametrize("how", ["cancelled", "backend_killed"])
 async def test_charge_cut_off_while_recording_then_retried_records_once(
-    running: Running, acts: Acts, how: str
+    running: Running, acts: StackActivities, how: str
 ) -> None:
     """ChargePayment's attempt 1 has the gateway's charge and waits for the order row (a
     cancel holds it). It is then cancelled (its timeout) or its connection killed (a
@@ -760,7 +744,7 @@ async def test_charge_cut_off_while_recording_then_retried_records_once(
 
 
 async def test_straggling_refund_of_the_failed_run_does_not_settle_its_retry(
-    running: Running, acts: Acts
+    running: Running, acts: StackActivities
 ) -> None:
     """Run 1 fails at PAY and settles; retried; run 2's charge answers are lost (the
     gateway charged `<pid>#r2`), it fails at PAY and its refund is still to come. A cut-off
@@ -800,7 +784,7 @@ async def test_straggling_refund_of_the_failed_run_does_not_settle_its_retry(
 
 
 async def test_straggling_dispatch_of_the_failed_run_books_nothing_for_its_retry(
-    running: Running, acts: Acts
+    running: Running, acts: StackActivities
 ) -> None:
     """Run 1 fails while shipping (its bookings cancelled at the carrier), is retried, and
     a cut-off DispatchCarrier attempt of run 1 reaches the reopened row (not terminal, no
@@ -949,7 +933,7 @@ async def test_a_temporal_cancel_while_the_close_waits_leaves_no_paid_order_behi
 
 
 async def test_address_change_after_a_lost_dispatch_answer_ships_where_the_customer_was_told(
-    running: Running, acts: Acts
+    running: Running, acts: StackActivities
 ) -> None:
     """DispatchCarrier attempt 1 books the parcel at the carrier (to the old address) and
     its answer is lost: its transaction rolls back, the row has no tracking number and the
@@ -1004,7 +988,7 @@ async def test_address_change_after_a_lost_dispatch_answer_ships_where_the_custo
 
 
 async def test_a_retrys_receive_waits_for_the_retrys_uncommitted_claim(
-    running: Running, acts: Acts
+    running: Running, acts: StackActivities
 ) -> None:
     """The operator's retry claims the order's payment id (unclaimed: its first run failed
     before claiming it) in the transaction that starts the new run, and commits after the
