@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from app.cli.common import STEPS, out
@@ -137,9 +137,11 @@ async def play_demo(services: ServiceLayer) -> list[DemoRun]:
 
 
 def print_summary(runs: list[DemoRun]) -> None:
+    # The scenario and the order id never fold (they are what a reader greps for); the
+    # long cells (attempts, notes) wrap instead.
     table = Table(
-        "scenario",
-        "order",
+        Column("scenario", no_wrap=True),
+        Column("order", no_wrap=True),
         "state",
         "reason",
         "payment",

@@ -10,11 +10,12 @@ import pytest
 import typer
 from pydantic import ValidationError
 
-from app.cli.common import OPERATOR, build_app
+from app.cli.common import OPERATOR, build_app, out
 from app.cli.main import COMMAND_GROUPS
 from app.platform.settings import Settings, settings_problem
 from devstack.cli import build_launcher
 from devstack.cli.context import launcher_context
+from devstack.cli.demo import DemoRun, print_summary
 from devstack.stack.config import StackSettings
 
 pytestmark = pytest.mark.unit
@@ -104,3 +105,25 @@ def test_each_entry_point_gives_its_own_context() -> None:
     context = launcher_context()
     assert context.settings_type is StackSettings
     assert context.explainers and context.start_hint == OPERATOR.start_hint
+
+
+def test_the_demo_summary_keeps_each_orders_names_on_its_first_line() -> None:
+    """A long row (many attempts, a long note) wraps its long cells, never the scenario or
+    the order id, so a reader of piped output greps one line per order."""
+    attempts = {"RECEIVE": 2, "VALIDATE": 3, "MANUAL_REVIEW": 1, "PAY": 4, "SHIP": 3}
+    runs = [
+        DemoRun(
+            f"scenario number {n} with a long name",
+            f"demo-235959abcd-order-{n}-with-a-long-id",
+            "ANY",
+            view={"state": "FAILED", "reason": "deadline_exceeded", "attempts": attempts},
+            notes=["approved", "still closing when the demo stopped waiting"] * 2,
+        )
+        for n in range(3)
+    ]
+    with out.capture() as captured:
+        print_summary(runs)
+    lines = captured.get().splitlines()
+    for run in runs:
+        [line] = [line for line in lines if run.scenario in line]
+        assert run.order_id in line
