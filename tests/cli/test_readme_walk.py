@@ -68,9 +68,10 @@ def failed_and_settled(view: View) -> bool:
 
 
 def table_column(out: str, column: int = 0) -> list[str]:
-    """A rich table's cells of one column, top to bottom."""
+    """A rich table's cells of one column, top to bottom. A row whose long cells wrap goes
+    on in lines with an empty first cell: those are left out."""
     rows = [line.split("│")[1:-1] for line in out.splitlines() if line.startswith("│")]
-    return [row[column].strip() for row in rows if len(row) > column]
+    return [row[column].strip() for row in rows if len(row) > column and row[0].strip()]
 
 
 @dataclass
