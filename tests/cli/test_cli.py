@@ -477,7 +477,7 @@ def test_logs_follow_prints_new_lines(cli_stack: CliStack) -> None:
         assert follow.stdout.readline().startswith("==> worker-orders")
         assert follow.stdout.readline().startswith("==> worker-shipping")
         time.sleep(0.5)  # the follower is polling by now
-        cli_stack.ok("start-workflow", oid, "pmt-follow", "--approve")
+        cli_stack.ok("start-workflow", oid, f"pmt-{oid}", "--approve")
         deadline = time.monotonic() + 20
         line = ""
         while oid not in line:
@@ -485,7 +485,9 @@ def test_logs_follow_prints_new_lines(cli_stack: CliStack) -> None:
             line = follow.stdout.readline()
         assert line.startswith("worker-orders | ")
         follow.send_signal(signal.SIGINT)
-        assert follow.wait(timeout=10) == 0
+        # Read on while it stops: a reader that stopped would leave it blocked on a full pipe.
+        _, err = follow.communicate(timeout=10)
+        assert follow.returncode == 0, err
     finally:
         if follow.poll() is None:
             follow.kill()
