@@ -501,7 +501,7 @@ def test_demo(cli_stack: CliStack) -> None:
     # A shorter order deadline bounds the wait for the seed-faults order.
     out = cli_stack.ok("demo", env={**cli_stack.env, "ORDER_DEADLINE_S": "15"})
     assert "demo summary" in out
-    # A row whose long cells wrap goes on under an empty first cell: key by the names.
+    # A wrapped row goes on in lines with an empty first cell: those are not rows.
     rows = {
         cells[1].strip(): line
         for line in out.splitlines()
